@@ -1,0 +1,187 @@
+"""The `sorl` command: one entry point, one subcommand per job.
+
+    sorl data list | generate TASK... | verify [TASK...]
+    sorl train --task TASK --agent AGENT [--agent.KEY=VALUE ...]
+    sorl eval RUN_DIR --K 1,2,4,8 --N 1,4,16
+
+Agent hyperparameters use the reference code's dotted names (`--agent.q_loss_coef=100`); they are
+split off argv before tyro parses the rest, because their valid set depends on `--agent`.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+from sorl.errors import SorlError
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class DataList:
+    """List the tasks, which datasets are present, where they came from and their sizes."""
+
+    data_dir: Path | None = None
+    """Data directory (default: $OGBENCH_DATA_DIR or ~/.ogbench/data)."""
+
+
+@dataclass(frozen=True)
+class DataGenerate:
+    """Generate datasets locally with OGBench's oracles (same format as the published files)."""
+
+    tasks: tyro.conf.Positional[tuple[str, ...]]
+    """Tasks or environments, e.g. cube-single-play or cube-single-play-singletask-task2-v0."""
+    episodes: int | None = None
+    """Training episodes (default: the published count); validation gets a tenth (at least 1)."""
+    workers: int | None = None
+    """Worker processes (default: all cores)."""
+    seed: int = 0
+    data_dir: Path | None = None
+    force: bool = False
+    """Overwrite an existing dataset."""
+
+
+@dataclass(frozen=True)
+class DataVerify:
+    """Check datasets against the manifest (sha256, size) and the environment's format."""
+
+    tasks: tyro.conf.Positional[tuple[str, ...]] = ()
+    data_dir: Path | None = None
+
+
+DataCommand = (
+    Annotated[DataList, tyro.conf.subcommand("list")]
+    | Annotated[DataGenerate, tyro.conf.subcommand("generate")]
+    | Annotated[DataVerify, tyro.conf.subcommand("verify")]
+)
+
+
+def data(cmd: tyro.conf.OmitSubcommandPrefixes[DataCommand]) -> None:
+    """Inspect, generate and verify OGBench datasets."""
+    from envs import datasets
+
+    if isinstance(cmd, DataList):
+        datasets.cli_list(cmd.data_dir)
+    elif isinstance(cmd, DataGenerate):
+        datasets.cli_generate(cmd.tasks, cmd.episodes, cmd.workers, cmd.seed, cmd.data_dir, cmd.force)
+    else:
+        datasets.cli_verify(cmd.tasks, cmd.data_dir)
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    """Train one agent on one task; writes one run directory."""
+
+    task: str
+    """OGBench singletask name or environment (its default task), e.g. cube-single-play."""
+    agent: str = "sorl"
+    """Agent: sorl, fql, rebrac, iql, bc. Hyperparameters: --agent.KEY=VALUE."""
+    steps: int = 1_000_000
+    """Gradient updates."""
+    seed: int = 0
+    run_dir: Path | None = None
+    """Run directory (default: runs/TASK/AGENT/seedS)."""
+    data_dir: Path | None = None
+    success_timing: Literal["pre", "post"] = "pre"
+    """'post' reproduces the published protocol (ogbench < 1.2)."""
+    log_interval: int = 5_000
+    eval_interval: int = 100_000
+    eval_episodes: int = 50
+    eval_K: str = "1,2,4,8"
+    """Sampling steps evaluated during and after training (comma-separated powers of two)."""
+    eval_N: str = "1"
+    """Best-of-N candidate counts evaluated (comma-separated)."""
+    eval_workers: int | None = None
+    """Environment worker processes for evaluation (default: all cores)."""
+    train_episodes: int | None = None
+    """If the dataset must be generated: training episodes (default: the published count)."""
+    progress: bool = True
+
+
+def train(args: TrainArgs, agent_overrides: dict[str, str] | None = None) -> None:
+    from sorl import train as train_lib
+
+    train_lib.train_from_cli(args, agent_overrides or {})
+
+
+# ----------------------------------------------------------------------------------------------- eval
+
+
+@dataclass(frozen=True)
+class EvalArgs:
+    """Evaluate a trained run over a (K, N) grid; writes scaling.json/csv next to the run."""
+
+    run_dir: tyro.conf.Positional[Path]
+    K: str = "1,2,4,8"
+    """Sampling steps (comma-separated powers of two, at most the trained maximum)."""
+    N: str = "1,4,16"
+    """Best-of-N candidate counts (comma-separated, >= 1)."""
+    episodes: int = 50
+    workers: int | None = None
+    seed: int = 0
+    """Evaluation seed (episodes are reproducible for a given seed)."""
+
+
+def evaluate(args: EvalArgs) -> None:
+    from sorl import evaluation
+
+    evaluation.eval_from_cli(args)
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+_COMMANDS = {"data": data, "train": train, "eval": evaluate}
+
+
+def split_agent_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Pull `--agent.KEY=VALUE` / `--agent.KEY VALUE` out of argv."""
+    rest: list[str] = []
+    overrides: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--agent."):
+            key, eq, value = arg[len("--agent.") :].partition("=")
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise SorlError(f"--agent.{key} needs a value: --agent.{key}=VALUE")
+                value = argv[i + 1]
+                i += 1
+            overrides[key.replace("-", "_")] = value
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv, overrides = split_agent_overrides(argv)
+        if overrides and (not argv or argv[0] != "train"):
+            raise SorlError("--agent.KEY=VALUE overrides only apply to `sorl train`")
+        if argv and argv[0] == "train":
+            args = tyro.cli(TrainArgs, args=argv[1:], prog="sorl train", config=(tyro.conf.FlagConversionOff,))
+            train(args, overrides)
+        else:
+            tyro.extras.subcommand_cli_from_dict(_COMMANDS, args=argv, prog="sorl")
+    except SorlError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
