@@ -1,1 +1,19 @@
-"""agents package."""
+"""Agents by name: each is an immutable pytree class with `Config`, `create`, `update` and `sample_actions`."""
+
+from __future__ import annotations
+
+from agents.sorl import SORLAgent
+from sorl.errors import SorlError, suggest
+
+AGENTS: dict[str, type] = {
+    "sorl": SORLAgent,
+}
+
+
+def get_agent(name: str) -> type:
+    """The agent class registered as `name`; SorlError listing the valid names otherwise."""
+    try:
+        return AGENTS[name]
+    except KeyError:
+        valid = sorted(AGENTS)
+        raise SorlError(f"unknown agent '{name}'{suggest(name, valid)}; valid agents: {', '.join(valid)}") from None

@@ -44,6 +44,8 @@ class DataGenerate:
     data_dir: Path | None = None
     force: bool = False
     """Overwrite an existing dataset."""
+    max_episode_steps: int | None = None
+    """Steps per episode (default: the published length); small values make quick test datasets."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,9 @@ def data(cmd: tyro.conf.OmitSubcommandPrefixes[DataCommand]) -> None:
     if isinstance(cmd, DataList):
         datasets.cli_list(cmd.data_dir)
     elif isinstance(cmd, DataGenerate):
-        datasets.cli_generate(cmd.tasks, cmd.episodes, cmd.workers, cmd.seed, cmd.data_dir, cmd.force)
+        datasets.cli_generate(
+            cmd.tasks, cmd.episodes, cmd.workers, cmd.seed, cmd.data_dir, cmd.force, cmd.max_episode_steps
+        )
     else:
         datasets.cli_verify(cmd.tasks, cmd.data_dir)
 
@@ -101,6 +105,10 @@ class TrainArgs:
     """Best-of-N candidate counts evaluated (comma-separated)."""
     eval_workers: int | None = None
     """Environment worker processes for evaluation (default: all cores)."""
+    eval_max_episode_steps: int | None = None
+    """Cut evaluation episodes at this many steps (default: the environment's own limit)."""
+    checkpoint_interval: int | None = None
+    """Updates between checkpoints (default: eval_interval); one is always written at the end."""
     train_episodes: int | None = None
     """If the dataset must be generated: training episodes (default: the published count)."""
     progress: bool = True
@@ -128,6 +136,8 @@ class EvalArgs:
     workers: int | None = None
     seed: int = 0
     """Evaluation seed (episodes are reproducible for a given seed)."""
+    max_episode_steps: int | None = None
+    """Cut episodes at this many steps (default: what the run used during training)."""
 
 
 def evaluate(args: EvalArgs) -> None:

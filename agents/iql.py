@@ -1,0 +1,192 @@
+"""IQL: implicit Q-learning (Kostrikov, Nair & Levine 2021), with the FQL reference's defaults.
+
+In-sample learning: no loss ever evaluates an action outside the dataset.
+
+- `value_loss`: `V(x)` regresses on `agg_j Q'_j(x, a)` of the target critic with the asymmetric `expectile_loss`
+  (expectile 0.9), an upper expectile of Q over the dataset's actions;
+- `critic_loss`: each `Q_j(x, a)` regresses on `r + gamma mask V(x')` (summed over members, as the reference);
+- `actor_loss`: advantage-weighted regression of a Gaussian policy (constant std 1 by default) on dataset actions,
+  weights `min(exp(alpha (agg_j Q_j(x, a) - V(x))), 100)`;
+- one Adam step of all three on the summed losses per update, then the EMA target critic.
+
+At test time the action is the Gaussian's mean (the reference evaluates with temperature 0), and K is ignored.
+Best-of-N keeps the best by `agg_j Q_j(x, a)` among the mean and N - 1 samples of the Gaussian
+(`sorl.baselines.best_of_mode_and_samples`). Note that IQL's critic is trained on dataset actions only, so it is a
+weaker verifier off the data than the critics of the agents that query their own policy's actions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from sorl import baselines as B
+from sorl.inference import validate_K_N
+
+Array = jax.Array
+Params = Any
+Batch = dict[str, Array]
+
+ADVANTAGE_WEIGHT_MAX = 100.0  # the reference's clip of exp(alpha * advantage)
+
+
+class IQLAgent(flax.struct.PyTreeNode):
+    rng: Array
+    step: Array
+    params: dict[str, Params]  # {'value', 'critic', 'actor'}
+    target_params: dict[str, Params]  # {'critic'}
+    opt_state: dict[str, Any]
+    action_dim: int = flax.struct.field(pytree_node=False)
+    config: IQLConfig = flax.struct.field(pytree_node=False)
+
+    @property
+    def max_K(self) -> None:
+        """None: the Gaussian policy has no step count, so every power-of-two K is accepted and gives the same."""
+        return None
+
+    # ------------------------------------------------------------------------------------------- networks
+
+    def policy(self, actor_params: Params, observations: Array) -> tuple[Array, Array]:
+        """`(mean, log_std)` of the Gaussian policy."""
+        return _actor_def(self.config, self.action_dim).apply({"params": actor_params}, observations)
+
+    def q(self, critic_params: Params, observations: Array, actions: Array) -> Array:
+        """`agg_j Q_j(x, a)`, `[B]`."""
+        qs = B.critic_def(self.config).apply({"params": critic_params}, observations, actions)
+        return B.aggregate(qs, self.config.q_agg)
+
+    def v(self, value_params: Params, observations: Array) -> Array:
+        """`V(x)`, `[B]`."""
+        return B.critic_def(self.config, num_members=1).apply({"params": value_params}, observations)[0]
+
+    # --------------------------------------------------------------------------------------------- losses
+
+    def value_loss(self, batch: Batch, params: dict[str, Params]) -> tuple[Array, dict[str, Array]]:
+        """Expectile regression of V(x) on the target critic's Q(x, a) at dataset actions."""
+        # The regression target is a constant: no gradient to the target critic.
+        q = self.q(jax.lax.stop_gradient(self.target_params["critic"]), batch["observations"], batch["actions"])
+        v = self.v(params["value"], batch["observations"])
+        loss = B.expectile_loss(q - v, self.config.expectile).mean()
+        return loss, {"value_loss": loss, "v_mean": v.mean(), "v_max": v.max(), "v_min": v.min()}
+
+    def critic_loss(self, batch: Batch, params: dict[str, Params]) -> tuple[Array, dict[str, Array]]:
+        """`sum_j mean (Q_j(x, a) - (r + gamma mask V(x')))^2`."""
+        # The TD target is a constant: no gradient to the value network through V(x').
+        next_v = self.v(jax.lax.stop_gradient(params["value"]), batch["next_observations"])
+        y = batch["rewards"] + self.config.discount * batch["masks"] * next_v
+        qs = B.critic_def(self.config).apply({"params": params["critic"]}, batch["observations"], batch["actions"])
+        loss = jnp.mean(jnp.sum((qs - y) ** 2, axis=0))
+        return loss, {"critic_loss": loss, "q_mean": qs.mean(), "q_max": qs.max(), "q_min": qs.min()}
+
+    def actor_loss(self, batch: Batch, params: dict[str, Params]) -> tuple[Array, dict[str, Array]]:
+        """AWR: `-mean(w * log pi(a | x))`, `w = min(exp(alpha * (Q(x, a) - V(x))), 100)`."""
+        observations, actions = batch["observations"], batch["actions"]
+        # The advantage weights are constants: the actor loss moves neither the critic nor the value network.
+        v = self.v(jax.lax.stop_gradient(params["value"]), observations)
+        q = self.q(jax.lax.stop_gradient(params["critic"]), observations, actions)
+        advantage = q - v
+        weights = jnp.minimum(jnp.exp(self.config.alpha * advantage), ADVANTAGE_WEIGHT_MAX)
+        mean, log_std = self.policy(params["actor"], observations)
+        log_prob = B.gaussian_log_prob(mean, log_std, actions)
+        loss = -jnp.mean(weights * log_prob)
+        mse = jnp.mean((mean - actions) ** 2)
+        info = {"actor_loss": loss, "adv": advantage.mean(), "bc_log_prob": log_prob.mean(), "mse": mse}
+        return loss, {**info, "std": jnp.exp(log_std).mean()}
+
+    # --------------------------------------------------------------------------------------------- update
+
+    def update(self, batch: Batch) -> tuple[IQLAgent, dict[str, Array]]:
+        """One Adam step of the value, critic and actor networks on the sum of their losses at the pre-step
+        parameters, then the EMA target critic towards the pre-step critic. Pure; jit/scan/vmap it outside."""
+
+        def total(params):
+            value_loss, value_info = self.value_loss(batch, params)
+            critic_loss, critic_info = self.critic_loss(batch, params)
+            actor_loss, actor_info = self.actor_loss(batch, params)
+            info = B.prefixed(value=value_info, critic=critic_info, actor=actor_info)
+            return value_loss + critic_loss + actor_loss, info
+
+        grads, info = jax.grad(total, has_aux=True)(self.params)
+        params, opt_state, norms = B.ModuleOptimizer.of(self.config).step(self.params, self.opt_state, grads)
+        tau = self.config.tau
+        target = {"critic": optax.incremental_update(self.params["critic"], self.target_params["critic"], tau)}
+        new_rng = jax.random.split(self.rng)[0]  # the update draws no randomness; the key still advances
+        agent = self.replace(rng=new_rng, step=self.step + 1, params=params, target_params=target, opt_state=opt_state)
+        return agent, {**info, **norms}
+
+    # ------------------------------------------------------------------------------------------ inference
+
+    def sample_actions(self, observations: Array, rng: Array, K: int = 1, N: int = 1) -> Array:
+        """`[B, A]`: the clipped Gaussian mean for N = 1 (K accepted and ignored); for N > 1 the best by
+        `agg_j Q_j(x, a)` of the mean and N - 1 clipped samples of the policy."""
+        validate_K_N(K, N, self.max_K)
+        mean, log_std = self.policy(self.params["actor"], observations)
+        mode = jnp.clip(mean, -1, 1)
+
+        def sample_fn(_obs: Array, key: Array) -> Array:
+            return jnp.clip(mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape), -1, 1)
+
+        def score_fn(obs: Array, actions: Array) -> Array:
+            return self.q(self.params["critic"], obs, actions)
+
+        return B.best_of_mode_and_samples(mode, sample_fn, score_fn, observations, rng, N)
+
+    # --------------------------------------------------------------------------------------------- create
+
+    @classmethod
+    def create(
+        cls, rng: Array | int, example_observations: Array, example_actions: Array, config: IQLConfig | None = None
+    ) -> IQLAgent:
+        config = IQLConfig() if config is None else config
+        config.validate()
+        rng, init_rng = jax.random.split(B.as_key(rng))
+        obs = jnp.asarray(example_observations, jnp.float32)
+        act = jnp.asarray(example_actions, jnp.float32)
+        action_dim = int(act.shape[-1])
+        modules = {
+            "value": (B.critic_def(config, num_members=1), (obs,)),
+            "critic": (B.critic_def(config), (obs, act)),
+            "actor": (_actor_def(config, action_dim), (obs,)),
+        }
+        params = B.init_params(init_rng, modules)
+        return cls(
+            rng=rng,
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            target_params={"critic": params["critic"]},
+            opt_state=B.ModuleOptimizer.of(config).init(params),
+            action_dim=action_dim,
+            config=config,
+        )
+
+
+def _actor_def(config: IQLConfig, action_dim: int) -> B.ActorHead:
+    return B.ActorHead(
+        action_dim=action_dim,
+        hidden_dims=B.hidden_dims(config.actor_layer_size, config.actor_num_layers),
+        layer_norm=config.actor_layer_norm,
+        final_init_scale=config.actor_fc_scale,
+        const_std=config.const_std,
+    )
+
+
+# ------------------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class IQLConfig(B.BaselineConfig):
+    """The reference's `agents/iql.py` keys and defaults (AWR actor); per-environment values in envs/registry.py."""
+
+    q_agg: Literal["mean", "min"] = "min"  # value target, advantage and best-of-N verifier (the reference: min)
+    expectile: float = 0.9
+    alpha: float = 10.0  # AWR inverse temperature (tuned per environment)
+    const_std: bool = True  # std fixed at 1; False learns one log-std per action dimension
+    actor_fc_scale: float = 0.01  # init scale of the actor's mean layer
+
+
+IQLAgent.Config = IQLConfig

@@ -1,0 +1,212 @@
+"""ReBRAC: behaviour-regularised actor-critic revisited (Tarasov et al. 2023), with the FQL reference's defaults.
+
+TD3+BC with LayerNorm critics and separate behaviour-cloning penalties in the actor and the critic:
+
+- `actor_loss`: a deterministic tanh actor `pi(x)` (final layer initialised at scale 0.01) maximises the
+  scale-normalised `min_j Q_j(x, pi(x))` with the penalty `alpha_actor * ||pi(x) - a||^2` (critic frozen);
+- `critic_loss`: `y = r + gamma mask (min_j Q'_j(x', a') - alpha_critic * ||a' - a'_data||^2)` with
+  `a' = clip(pi'(x') + clip(N(0, actor_noise^2), +-actor_noise_clip))` from the target actor (target policy
+  smoothing); `a'_data` is the dataset's next action (`next_actions`, see `prepare_dataset`);
+- the critic steps every update, the actor (and the EMA of both targets) every `actor_freq`-th update.
+
+Optimiser: the critic and the actor each have their own Adam, and the actor's only steps on actor updates (the
+ReBRAC paper's scheme). The FQL reference code holds both in one Adam and feeds the actor a zero gradient on critic-
+only updates, so its actor still drifts by Adam momentum there; we do not reproduce that side effect.
+
+At test time the action is `pi(x)` (the reference evaluates with temperature 0, i.e. without exploration noise), and
+K is ignored. Best-of-N keeps the best by `agg_j Q_j(x, a)` among `pi(x)` and N - 1 copies perturbed by the target
+policy noise (`sorl.baselines.best_of_mode_and_samples`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from sorl import baselines as B
+from sorl.errors import SorlError
+from sorl.inference import validate_K_N
+
+Array = jax.Array
+Params = Any
+Batch = dict[str, Array]
+
+
+class ReBRACAgent(flax.struct.PyTreeNode):
+    rng: Array
+    step: Array  # updates done so far; the actor steps when (step + 1) % actor_freq == 0
+    params: dict[str, Params]  # {'actor', 'critic'}
+    target_params: dict[str, Params]  # {'actor', 'critic'}
+    opt_state: dict[str, Any]
+    action_dim: int = flax.struct.field(pytree_node=False)
+    config: ReBRACConfig = flax.struct.field(pytree_node=False)
+
+    @property
+    def max_K(self) -> None:
+        """None: the actor is deterministic and one-step, so every power-of-two K is accepted and gives the same."""
+        return None
+
+    @staticmethod
+    def prepare_dataset(dataset: dict[str, Array]) -> dict[str, Array]:
+        """The training dataset with `next_actions` added (`sorl.baselines.with_next_actions`), for the critic's
+        behaviour-cloning penalty. The training loop calls this once, before sampling batches."""
+        return B.with_next_actions(dataset)
+
+    # ------------------------------------------------------------------------------------------- networks
+
+    def actions(self, actor_params: Params, observations: Array) -> Array:
+        """`pi(x) = tanh(mean)`, in (-1, 1)."""
+        mean, _ = _actor_def(self.config, self.action_dim).apply({"params": actor_params}, observations)
+        return jnp.tanh(mean)
+
+    def smoothing_noise(self, rng: Array, shape: tuple[int, ...]) -> Array:
+        cfg = self.config
+        return jnp.clip(cfg.actor_noise * jax.random.normal(rng, shape), -cfg.actor_noise_clip, cfg.actor_noise_clip)
+
+    def q_values(self, critic_params: Params, observations: Array, actions: Array) -> Array:
+        return B.critic_def(self.config).apply({"params": critic_params}, observations, actions)
+
+    # --------------------------------------------------------------------------------------------- losses
+
+    def critic_loss(self, batch: Batch, params: dict[str, Params], rng: Array) -> tuple[Array, dict[str, Array]]:
+        """Mean over members and batch of `(Q_j(x, a) - y)^2` with the penalised, smoothed target `y`."""
+        cfg = self.config
+        next_observations = batch["next_observations"]
+        # Targets are constants: neither the target actor nor the target critic receives a gradient.
+        target = jax.lax.stop_gradient(self.target_params)
+        next_actions = self.actions(target["actor"], next_observations)
+        next_actions = jnp.clip(next_actions + self.smoothing_noise(rng, next_actions.shape), -1, 1)
+        next_q = B.aggregate(self.q_values(target["critic"], next_observations, next_actions), cfg.q_agg)
+        if cfg.alpha_critic > 0:
+            if "next_actions" not in batch:
+                raise SorlError(
+                    "rebrac with alpha_critic > 0 needs 'next_actions' in the batch: the training loop must pass "
+                    "its dataset through ReBRACAgent.prepare_dataset (or set --agent.alpha_critic=0)"
+                )
+            next_q = next_q - cfg.alpha_critic * jnp.sum((next_actions - batch["next_actions"]) ** 2, axis=-1)
+        y = batch["rewards"] + cfg.discount * batch["masks"] * next_q
+        q = self.q_values(params["critic"], batch["observations"], batch["actions"])
+        loss = jnp.mean((q - y) ** 2)
+        return loss, {"critic_loss": loss, "q_mean": q.mean(), "q_max": q.max(), "q_min": q.min()}
+
+    def actor_loss(self, batch: Batch, params: dict[str, Params]) -> tuple[Array, dict[str, Array]]:
+        """`-mean(Q / stopgrad(mean |Q|)) + alpha_actor * mean ||pi(x) - a||^2`, `Q = agg_j Q_j(x, pi(x))`."""
+        actions = self.actions(params["actor"], batch["observations"])
+        # Policy improvement must not move the critic.
+        critic_params = jax.lax.stop_gradient(self.params["critic"])
+        q = B.aggregate(self.q_values(critic_params, batch["observations"], actions), self.config.q_agg)
+        q_loss = -jnp.mean(q * jax.lax.stop_gradient(1.0 / jnp.abs(q).mean()))
+        mse = jnp.sum((actions - batch["actions"]) ** 2, axis=-1).mean()
+        bc_loss = self.config.alpha_actor * mse
+        loss = q_loss + bc_loss
+        return loss, {"actor_loss": loss, "q_loss": q_loss, "bc_loss": bc_loss, "q": q.mean(), "mse": mse}
+
+    # --------------------------------------------------------------------------------------------- update
+
+    def update(self, batch: Batch) -> tuple[ReBRACAgent, dict[str, Array]]:
+        """A critic step; on every `actor_freq`-th update also an actor step (from the pre-step critic) and the EMA
+        of both targets towards the pre-step networks. Pure; jit/scan/vmap it outside."""
+        new_rng, critic_rng = jax.random.split(self.rng)
+        optimizer = B.ModuleOptimizer.of(self.config)
+        critic_grads, critic_info = jax.grad(
+            lambda p: self.critic_loss(batch, {**self.params, "critic": p}, critic_rng), has_aux=True
+        )(self.params["critic"])
+        params, opt_state, norms = optimizer.step(
+            self.params, self.opt_state, {"critic": critic_grads}, names=["critic"]
+        )
+
+        def actor_step(_):
+            grad, info = jax.grad(lambda p: self.actor_loss(batch, {**self.params, "actor": p}), has_aux=True)(
+                self.params["actor"]
+            )
+            new_params, new_state, actor_norms = optimizer.step(params, opt_state, {"actor": grad}, names=["actor"])
+            targets = optax.incremental_update(self.params, self.target_params, self.config.tau)
+            return new_params, new_state, targets, _floats(info, grad_norm=actor_norms["actor/grad_norm"], updated=1)
+
+        def critic_only(_):
+            # The actor's loss at the current parameters, for the log; nothing moves.
+            _, info = self.actor_loss(batch, self.params)
+            return params, opt_state, self.target_params, _floats(info, grad_norm=0, updated=0)
+
+        is_actor_step = (self.step + 1) % self.config.actor_freq == 0
+        params, opt_state, targets, actor_info = jax.lax.cond(is_actor_step, actor_step, critic_only, None)
+        agent = self.replace(rng=new_rng, step=self.step + 1, params=params, target_params=targets, opt_state=opt_state)
+        return agent, {**B.prefixed(critic=critic_info, actor=actor_info), **norms}
+
+    # ------------------------------------------------------------------------------------------ inference
+
+    def sample_actions(self, observations: Array, rng: Array, K: int = 1, N: int = 1) -> Array:
+        """`[B, A]`: `pi(x)` for N = 1 (K accepted and ignored); for N > 1 the best by `agg_j Q_j(x, a)` of `pi(x)`
+        and N - 1 noisy copies `clip(pi(x) + clipped N(0, actor_noise^2))`."""
+        validate_K_N(K, N, self.max_K)
+        mode = self.actions(self.params["actor"], observations)
+
+        def sample_fn(_obs: Array, key: Array) -> Array:
+            return jnp.clip(mode + self.smoothing_noise(key, mode.shape), -1, 1)
+
+        def score_fn(obs: Array, actions: Array) -> Array:
+            return B.aggregate(self.q_values(self.params["critic"], obs, actions), self.config.q_agg)
+
+        return B.best_of_mode_and_samples(mode, sample_fn, score_fn, observations, rng, N)
+
+    # --------------------------------------------------------------------------------------------- create
+
+    @classmethod
+    def create(
+        cls, rng: Array | int, example_observations: Array, example_actions: Array, config: ReBRACConfig | None = None
+    ) -> ReBRACAgent:
+        config = ReBRACConfig() if config is None else config
+        config.validate()
+        rng, init_rng = jax.random.split(B.as_key(rng))
+        obs = jnp.asarray(example_observations, jnp.float32)
+        act = jnp.asarray(example_actions, jnp.float32)
+        action_dim = int(act.shape[-1])
+        modules = {"actor": (_actor_def(config, action_dim), (obs,)), "critic": (B.critic_def(config), (obs, act))}
+        params = B.init_params(init_rng, modules)
+        return cls(
+            rng=rng,
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            target_params=params,
+            opt_state=B.ModuleOptimizer.of(config).init(params),
+            action_dim=action_dim,
+            config=config,
+        )
+
+
+def _floats(info: dict[str, Array], **extra: Array | float) -> dict[str, Array]:
+    """`info` and `extra` as float32 arrays (both branches of the actor-step `cond` must return the same types)."""
+    return {k: jnp.asarray(v, jnp.float32) for k, v in {**info, **extra}.items()}
+
+
+def _actor_def(config: ReBRACConfig, action_dim: int) -> B.ActorHead:
+    return B.ActorHead(
+        action_dim=action_dim,
+        hidden_dims=B.hidden_dims(config.actor_layer_size, config.actor_num_layers),
+        layer_norm=config.actor_layer_norm,
+        final_init_scale=config.actor_fc_scale,
+    )
+
+
+# ------------------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class ReBRACConfig(B.BaselineConfig):
+    """The reference's `agents/rebrac.py` keys and defaults; per-environment values in envs/registry.py."""
+
+    q_agg: Literal["mean", "min"] = "min"  # critic target, actor's Q and best-of-N verifier (the reference: min)
+    alpha_actor: float = 0.0  # actor BC coefficient (tuned per environment)
+    alpha_critic: float = 0.0  # critic BC coefficient (tuned per environment)
+    actor_freq: int = 2  # actor and target updates every actor_freq-th update
+    actor_noise: float = 0.2  # target policy smoothing noise (also the best-of-N perturbation)
+    actor_noise_clip: float = 0.5
+    actor_fc_scale: float = 0.01  # init scale of the actor's last layer
+
+
+ReBRACAgent.Config = ReBRACConfig

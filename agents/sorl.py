@@ -1,0 +1,393 @@
+"""SORL: a shortcut-model policy and an ensemble critic trained together in one stage (shared/docs/method.md).
+
+Each loss of the method is one method below: `flow_matching_loss`, `self_consistency_loss`, `q_loss` (their
+weighted sum is `actor_loss`) and `critic_loss`. The sampler, targets and verifier come from `sorl.shortcut` and
+`sorl.inference`, the same code the critic target and evaluation use.
+
+Parameter convention: a loss differentiates only the parameters passed to it (`actor_params`, or
+`params = {'actor', 'critic'}` for the critic loss); everything read from `self` (the critic in the Q term, the
+target networks) is the pre-update value and is wrapped in an explicit `stop_gradient`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from sorl import shortcut
+from sorl.errors import SorlError
+from sorl.inference import sample_best_of_n, validate_K_N
+from sorl.networks import CriticEnsemble, ShortcutVelocityNet
+
+Array = jax.Array
+Params = Any
+Batch = dict[str, Array]
+
+
+class SORLAgent(flax.struct.PyTreeNode):
+    """Immutable agent state: checkpointable as one pytree and vmappable over seeds (its PRNG key included)."""
+
+    rng: Array
+    step: Array
+    params: dict[str, Params]  # {'actor': shortcut velocity net, 'critic': Q ensemble}
+    target_params: dict[str, Params]  # EMA copies of both
+    opt_state: Any  # default: {'actor': ..., 'critic': ...}; released_update: one state over `params`
+    action_dim: int = flax.struct.field(pytree_node=False)
+    config: SORLConfig = flax.struct.field(pytree_node=False)
+
+    # ------------------------------------------------------------------------------------------- networks
+
+    @property
+    def max_K(self) -> int:
+        """Largest sampling step count trained (`denoise_timesteps`, M)."""
+        return self.config.denoise_timesteps
+
+    @property
+    def actor_def(self) -> ShortcutVelocityNet:
+        return _actor_def(self.config, self.action_dim)
+
+    @property
+    def critic_def(self) -> CriticEnsemble:
+        return _critic_def(self.config)
+
+    def velocity_fn(self, actor_params: Params) -> shortcut.VelocityFn:
+        def velocity(observations: Array, a_t: Array, t: Array | float, d: Array | float) -> Array:
+            return self.actor_def.apply({"params": actor_params}, observations, a_t, t, d)
+
+        return velocity
+
+    def q_values(self, critic_params: Params, observations: Array, actions: Array, K: Array | float) -> Array:
+        """`[num_critics, B]` Q values of actions produced with K sampling steps."""
+        return self.critic_def.apply({"params": critic_params}, observations, actions, K)
+
+    def aggregate(self, qs: Array) -> Array:
+        return qs.min(axis=0) if self.config.q_agg == "min" else qs.mean(axis=0)
+
+    def aggregated_q(self, observations: Array, actions: Array, K: Array | float) -> Array:
+        """`agg_j Q_j(x, a, K)` with the current critic: the best-of-N verifier's score, `[B]`."""
+        return self.aggregate(self.q_values(self.params["critic"], observations, actions, K))
+
+    def sample_with_random_K(self, actor_params: Params, observations: Array, rng: Array) -> tuple[Array, Array]:
+        """Actions from the policy with one K drawn uniformly from {1, 2, ..., max_k_backprop}; returns (a, K).
+
+        K must be static for the sampler, so each K is one `lax.switch` branch; only the drawn branch runs.
+        Gradients reach `actor_params` through every Euler step unless the caller stops them.
+        """
+        K_values = [2**i for i in range(int(math.log2(self.config.max_k_backprop)) + 1)]
+        idx_rng, noise_rng = jax.random.split(rng)
+        idx = jax.random.randint(idx_rng, (), 0, len(K_values))
+        noise = jax.random.normal(noise_rng, (*observations.shape[:-1], self.action_dim))
+
+        def branch(K: int):
+            return lambda p, obs, z: shortcut.sample_euler(self.velocity_fn(p), obs, z, K)
+
+        actions = jax.lax.switch(idx, [branch(K) for K in K_values], actor_params, observations, noise)
+        return actions, jnp.exp2(idx).astype(jnp.float32)
+
+    # --------------------------------------------------------------------------------------------- losses
+
+    def flow_matching_loss(self, batch: Batch, actor_params: Params, rng: Array) -> Array:
+        """L_FM: velocity at the finest step (d = log2 M) regressed on a1 - (1 - eps) a0."""
+        a1 = batch["actions"]
+        fm = shortcut.flow_matching_batch(rng, a1, self.config.denoise_timesteps, self.config.t_epsilon)
+        target = shortcut.flow_matching_target(fm.a0, a1, self.config.t_epsilon)
+        pred = self.velocity_fn(actor_params)(batch["observations"], fm.a_t, fm.t, fm.d)
+        return jnp.mean((pred - target) ** 2)
+
+    def self_consistency_loss(self, batch: Batch, actor_params: Params, rng: Array) -> Array:
+        """L_SC: one step of size h matches two half steps of the target policy, for every coarser h."""
+        M = self.config.denoise_timesteps
+        if M == 1:  # no coarser level than the finest: nothing to distil
+            return jnp.zeros((), jnp.float32)
+        sc = shortcut.self_consistency_batch(rng, batch["actions"], M, self.config.t_epsilon)
+        target_velocity = self.velocity_fn(jax.lax.stop_gradient(self.target_params["actor"]))
+        # self_consistency_target stops the gradient of the target itself, whatever network produced it.
+        target = shortcut.self_consistency_target(target_velocity, batch["observations"], sc.a_t, sc.t, sc.d, sc.h)
+        pred = self.velocity_fn(actor_params)(batch["observations"], sc.a_t, sc.t, sc.d)
+        return jnp.mean((pred - target) ** 2)
+
+    def q_loss(self, batch: Batch, actor_params: Params, rng: Array) -> tuple[Array, dict[str, Array]]:
+        """L_Q = -mean Q(x, a^pi, K) over batch and ensemble; a^pi sampled with gradients, critic frozen."""
+        observations = batch["observations"]
+        actions, K = self.sample_with_random_K(actor_params, observations, rng)
+        # Policy improvement must not move the critic.
+        critic_params = jax.lax.stop_gradient(self.params["critic"])
+        q = self.q_values(critic_params, observations, actions, K).mean(axis=0)
+        loss = -q.mean()
+        if self.config.normalize_q_loss:
+            # Scale-free Q term: the normaliser is a constant, not something to optimise.
+            loss = loss * jax.lax.stop_gradient(1.0 / jnp.abs(q).mean())
+        info = {"q_loss": loss, "q": q.mean(), "mse": jnp.mean((actions - batch["actions"]) ** 2), "K": K}
+        return loss, info
+
+    def actor_loss(self, batch: Batch, actor_params: Params, rng: Array) -> tuple[Array, dict[str, Array]]:
+        """c_FM * L_FM + alpha * L_SC + c_Q * L_Q."""
+        cfg = self.config
+        fm_rng, sc_rng, q_rng = jax.random.split(rng, 3)
+        fm_loss = self.flow_matching_loss(batch, actor_params, fm_rng)
+        sc_loss = self.self_consistency_loss(batch, actor_params, sc_rng)
+        if cfg.q_loss_coef != 0:
+            q_loss, info = self.q_loss(batch, actor_params, q_rng)
+        else:  # the "Q term off" ablation skips the K-step sampler entirely
+            q_loss, info = jnp.zeros((), jnp.float32), {}
+        loss = cfg.bc_flow_loss_coef * fm_loss + cfg.alpha * sc_loss + cfg.q_loss_coef * q_loss
+        return loss, {"actor_loss": loss, "bc_flow_loss": fm_loss, "consistency_loss": sc_loss, **info}
+
+    def critic_loss(self, batch: Batch, params: dict[str, Params], rng: Array) -> tuple[Array, dict[str, Array]]:
+        """Mean over members and batch of (Q_j(x, a, K) - y)^2, y = r + gamma mask agg_j Q'_j(x', a', K)."""
+        next_actions, K = self.sample_with_random_K(params["actor"], batch["next_observations"], rng)
+        if not self.config.released_update:
+            # The paper's critic loss has no policy term; the released code lets it through (see released_update).
+            next_actions = jax.lax.stop_gradient(next_actions)
+        target_critic = jax.lax.stop_gradient(self.target_params["critic"])
+        next_q = self.aggregate(self.q_values(target_critic, batch["next_observations"], next_actions, K))
+        target = batch["rewards"] + self.config.discount * batch["masks"] * next_q
+        q = self.q_values(params["critic"], batch["observations"], batch["actions"], K)
+        loss = jnp.mean((q - target) ** 2)
+        info = {"critic_loss": loss, "q_mean": q.mean(), "q_max": q.max(), "q_min": q.min(), "K": K}
+        return loss, info
+
+    # --------------------------------------------------------------------------------------------- update
+
+    def update(self, batch: Batch) -> tuple[SORLAgent, dict[str, Array]]:
+        """One critic step and one actor step on `batch`, then EMA targets. Pure; jit/scan/vmap it outside.
+
+        Randomness: `new_rng, critic_rng, actor_rng = jax.random.split(self.rng, 3)`.
+        """
+        new_rng, critic_rng, actor_rng = jax.random.split(self.rng, 3)
+        if self.config.released_update:
+            params, opt_state, info = self._released_step(batch, critic_rng, actor_rng)
+        else:
+            params, opt_state, info = self._paper_step(batch, critic_rng, actor_rng)
+        # Targets move towards the pre-step parameters, as in both the FQL and the released SORL code.
+        target_params = optax.incremental_update(self.params, self.target_params, self.config.tau)
+        agent = self.replace(
+            rng=new_rng, step=self.step + 1, params=params, target_params=target_params, opt_state=opt_state
+        )
+        return agent, info
+
+    def _paper_step(self, batch: Batch, critic_rng: Array, actor_rng: Array):
+        """The paper's update: critic and actor each take one step of their own clipped Adam.
+
+        One backward pass of critic_loss + actor_loss gives both gradients at once: the critic loss cannot reach
+        the policy (a' is stop-gradient'ed) and the actor loss cannot reach the critic (frozen in the Q term), so
+        grads['critic'] = dL_critic/dcritic and grads['actor'] = dL_actor/dactor, both at the pre-step
+        parameters — the same as a critic step then an actor step from the pre-step parameters.
+        """
+
+        def total_loss(params: dict[str, Params]):
+            critic_loss, critic_info = self.critic_loss(batch, params, critic_rng)
+            actor_loss, actor_info = self.actor_loss(batch, params["actor"], actor_rng)
+            return critic_loss + actor_loss, _prefixed(critic_info, actor_info)
+
+        grads, info = jax.grad(total_loss, has_aux=True)(self.params)
+        tx = make_optimizer(self.config)
+        params, opt_state = {}, {}
+        for name in ("actor", "critic"):
+            updates, opt_state[name] = tx.update(grads[name], self.opt_state[name], self.params[name])
+            params[name] = optax.apply_updates(self.params[name], updates)
+            info[f"{name}/grad_norm"] = optax.global_norm(grads[name])
+        return params, opt_state, info
+
+    def _released_step(self, batch: Batch, critic_rng: Array, actor_rng: Array):
+        """The released code's update, reproduced exactly (method.md, "Known quirks").
+
+        One clipped Adam over all parameters, stepped twice: (1) with the critic loss's gradient, which includes
+        a policy gradient through a' (no stop-gradient in this mode) and is clipped jointly with the critic's;
+        (2) with the actor loss's gradient at the parameters after (1), the critic getting a zero gradient but
+        still moving by Adam's momentum. Both losses read the critic and the targets from before the update.
+        """
+        tx = make_optimizer(self.config)
+        critic_grads, critic_info = jax.grad(lambda p: self.critic_loss(batch, p, critic_rng), has_aux=True)(
+            self.params
+        )
+        updates, opt_state = tx.update(critic_grads, self.opt_state, self.params)
+        params = optax.apply_updates(self.params, updates)
+
+        actor_grad, actor_info = jax.grad(lambda p: self.actor_loss(batch, p, actor_rng), has_aux=True)(
+            params["actor"]
+        )
+        actor_grads = {"actor": actor_grad, "critic": jax.tree.map(jnp.zeros_like, params["critic"])}
+        updates, opt_state = tx.update(actor_grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+
+        info = _prefixed(critic_info, actor_info)
+        info["critic/grad_norm"] = optax.global_norm(critic_grads)
+        info["actor/grad_norm"] = optax.global_norm(actor_grad)
+        return params, opt_state, info
+
+    # ------------------------------------------------------------------------------------------- inference
+
+    def sample_actions(self, observations: Array, rng: Array, K: int = 1, N: int = 1) -> Array:
+        """`[B, A]` actions in [-1, 1] from K-step sampling; N > 1 keeps the best of N by agg_j Q_j(x, a, K).
+
+        K and N are static; call through `sorl.inference.make_policy_fn()` for the jitted version.
+        """
+        validate_K_N(K, N, self.max_K)
+        velocity = self.velocity_fn(self.params["actor"])
+
+        def sample_fn(obs: Array, key: Array) -> Array:
+            noise = jax.random.normal(key, (*obs.shape[:-1], self.action_dim))
+            return shortcut.sample_euler(velocity, obs, noise, K)
+
+        def score_fn(obs: Array, actions: Array) -> Array:
+            return self.aggregated_q(obs, actions, K)
+
+        return sample_best_of_n(sample_fn, score_fn, observations, rng, N)
+
+    # ---------------------------------------------------------------------------------------------- create
+
+    @classmethod
+    def create(
+        cls,
+        rng: Array | int,
+        example_observations: Array,
+        example_actions: Array,
+        config: SORLConfig | None = None,
+    ) -> SORLAgent:
+        """A fresh agent; `rng` a PRNG key (or an int seed). vmap over keys for several seeds at once."""
+        config = SORLConfig() if config is None else config
+        config.validate()
+        if isinstance(rng, int):
+            rng = jax.random.PRNGKey(rng)
+        observations = jnp.asarray(example_observations, jnp.float32)
+        actions = jnp.asarray(example_actions, jnp.float32)
+        return _init_agent(cls, config, rng, observations[:1], actions[:1])
+
+
+# Jitted as a whole and cached per (class, config, shapes): op-by-op initialisation compiles every small op.
+@partial(jax.jit, static_argnums=(0, 1))
+def _init_agent(cls: type[SORLAgent], config: SORLConfig, rng: Array, observations: Array, actions: Array):
+    action_dim = int(actions.shape[-1])
+    rng, actor_rng, critic_rng = jax.random.split(rng, 3)
+    scalars = actions[..., :1]
+    params = {
+        "actor": _actor_def(config, action_dim).init(actor_rng, observations, actions, scalars, scalars)["params"],
+        "critic": _critic_def(config).init(critic_rng, observations, actions, scalars)["params"],
+    }
+    tx = make_optimizer(config)
+    if config.released_update:
+        opt_state = tx.init(params)
+    else:
+        opt_state = {name: tx.init(p) for name, p in params.items()}
+    return cls(
+        rng=rng,
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        target_params=params,
+        opt_state=opt_state,
+        action_dim=action_dim,
+        config=config,
+    )
+
+
+def _actor_def(config: SORLConfig, action_dim: int) -> ShortcutVelocityNet:
+    return ShortcutVelocityNet(
+        action_dim=action_dim,
+        hidden_dims=(config.actor_layer_size,) * config.actor_num_layers,
+        layer_norm=config.actor_layer_norm,
+    )
+
+
+def _critic_def(config: SORLConfig) -> CriticEnsemble:
+    return CriticEnsemble(
+        hidden_dims=(config.value_layer_size,) * config.value_num_layers,
+        layer_norm=config.layer_norm,
+        num_members=config.num_critics,
+    )
+
+
+def make_optimizer(config: SORLConfig) -> optax.GradientTransformation:
+    """Global-norm clip (0 disables it, as in the reference) then Adam."""
+    adam = optax.adam(config.lr, b1=config.optimizer_beta1, b2=config.optimizer_beta2)
+    if config.grad_clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adam)
+    return adam
+
+
+def _prefixed(critic_info: dict[str, Array], actor_info: dict[str, Array]) -> dict[str, Array]:
+    return {**{f"critic/{k}": v for k, v in critic_info.items()}, **{f"actor/{k}": v for k, v in actor_info.items()}}
+
+
+# ------------------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class SORLConfig:
+    """The released code's keys and defaults (method.md); per-environment values are set by the caller."""
+
+    lr: float = 1e-4
+    grad_clip_norm: float = 1.0  # 0 disables clipping
+    optimizer_beta1: float = 0.9
+    optimizer_beta2: float = 0.999
+    batch_size: int = 256
+    actor_layer_size: int = 512
+    actor_num_layers: int = 4  # 0 makes the velocity net linear (used by tests)
+    value_layer_size: int = 512
+    value_num_layers: int = 4
+    layer_norm: bool = True  # critic
+    actor_layer_norm: bool = False
+    discount: float = 0.99
+    tau: float = 0.005
+    q_agg: Literal["mean", "min"] = "mean"  # critic target and best-of-N verifier
+    alpha: float = 10.0  # self-consistency coefficient
+    bc_flow_loss_coef: float = 10.0
+    q_loss_coef: float = 100.0  # released default; the per-environment table overrides it
+    normalize_q_loss: bool = True
+    t_epsilon: float = 1e-5
+    denoise_timesteps: int = 8  # M, the finest discretisation trained and the largest K at test time
+    max_k_backprop: int = 8  # largest K the Q term and the critic target sample with
+    num_critics: int = 2
+    released_update: bool = False  # reproduce the released code's update (method.md, "Known quirks")
+
+    def validate(self) -> None:
+        """Raise a one-line SorlError naming the first invalid setting."""
+
+        def bad(key: str, requirement: str) -> SorlError:
+            return SorlError(f"invalid agent setting {key}={getattr(self, key)!r}: {requirement} (--agent.{key}=...)")
+
+        def finite(key: str) -> bool:
+            value = getattr(self, key)
+            return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+        for key in ("lr",):
+            if not finite(key) or getattr(self, key) <= 0:
+                raise bad(key, "must be a positive number")
+        for key in ("grad_clip_norm", "alpha", "bc_flow_loss_coef", "q_loss_coef"):
+            if not finite(key) or getattr(self, key) < 0:
+                raise bad(key, "must be a non-negative number")
+        for key in ("optimizer_beta1", "optimizer_beta2", "t_epsilon"):
+            if not finite(key) or not 0 <= getattr(self, key) < 1:
+                raise bad(key, "must be in [0, 1)")
+        if not finite("discount") or not 0 <= self.discount <= 1:
+            raise bad("discount", "must be in [0, 1]")
+        if not finite("tau") or not 0 < self.tau <= 1:
+            raise bad("tau", "must be in (0, 1]")
+        for key in ("batch_size", "actor_layer_size", "value_layer_size", "num_critics"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(key, "must be a positive integer")
+        for key in ("actor_num_layers", "value_num_layers"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise bad(key, "must be a non-negative integer")
+        if self.q_agg not in ("mean", "min"):
+            raise bad("q_agg", "must be 'mean' or 'min'")
+        for key in ("denoise_timesteps", "max_k_backprop"):
+            if not shortcut.is_power_of_two(getattr(self, key)):
+                raise bad(key, "must be a power of two (1, 2, 4, 8, ...)")
+        if self.max_k_backprop > self.denoise_timesteps:
+            raise bad("max_k_backprop", f"must be at most denoise_timesteps={self.denoise_timesteps}")
+        for key in ("layer_norm", "actor_layer_norm", "normalize_q_loss", "released_update"):
+            if not isinstance(getattr(self, key), bool):
+                raise bad(key, "must be true or false")
+
+
+SORLAgent.Config = SORLConfig

@@ -1,0 +1,559 @@
+"""Datasets on disk: where they live, loading them through ogbench, generating missing ones, `sorl data ...`.
+
+    from envs.datasets import load_task, make_env
+    env, train, val = load_task("cube-single-play")              # default task; generates the data if missing
+    env, train, val = load_task("cube-single-play-task3", success_timing="post")
+    eval_env = make_env("cube-single-play-singletask-task3-v0")   # no dataset (evaluation workers)
+
+`train`/`val` are dicts of float32 arrays: observations, actions, rewards, masks, next_observations, terminals
+(rewards and masks relabelled by ogbench for the task from the stored qpos/qvel/button_states).
+
+The data directory is `--data-dir`, else `$OGBENCH_DATA_DIR`, else `~/.ogbench/data` (ogbench's default), so
+published OGBench files placed there are used as they are. Nothing here ever touches the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from envs import checks, manifest
+from envs.registry import ENVIRONMENTS, EnvSpec, Task, resolve_env, resolve_task
+from sorl.errors import SorlError
+
+DATA_DIR_ENV = "OGBENCH_DATA_DIR"
+DEFAULT_DATA_DIR = "~/.ogbench/data"
+SUCCESS_TIMINGS = ("pre", "post")
+# shared/docs/method.md: manipulation simulators step at about 500 env steps/s per core on this machine class.
+_STEPS_PER_SECOND_PER_CORE = 500
+
+
+# ------------------------------------------------------------------------------------------------ paths
+
+
+def data_dir(path: str | Path | None = None) -> Path:
+    """`path` if given, else $OGBENCH_DATA_DIR, else ~/.ogbench/data (not created here)."""
+    if path is None or str(path) == "":
+        path = os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
+    return Path(path).expanduser()
+
+
+_resolve_dir = data_dir  # for functions whose `data_dir` argument shadows the function
+
+
+def dataset_paths(env_spec: EnvSpec | str, data_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """(train, val) file paths: `<dir>/<dataset>.npz` and `<dir>/<dataset>-val.npz`."""
+    spec = env_spec if isinstance(env_spec, EnvSpec) else resolve_env(env_spec)
+    d = _resolve_dir(data_dir)
+    return d / f"{spec.dataset_name}.npz", d / f"{spec.dataset_name}-val.npz"
+
+
+def _as_spec(x: Task | EnvSpec | str) -> EnvSpec:
+    if isinstance(x, Task):
+        return x.env
+    if isinstance(x, EnvSpec):
+        return x
+    return resolve_env(x)
+
+
+def _fix_hint(spec: EnvSpec) -> str:
+    if spec.generatable:
+        return f"regenerate it with `sorl data generate {spec.name} --force`"
+    return "replace it with the published OGBench file"
+
+
+def _placement_message(spec: EnvSpec, train: Path, val: Path) -> str:
+    return (
+        f"{spec.name} cannot be generated locally (its data come from OGBench's trained expert locomotion "
+        f"policies): put the published files at {train} and {val} "
+        f"(or point --data-dir / ${DATA_DIR_ENV} at a directory holding them)"
+    )
+
+
+def _check_writable(directory: Path) -> None:
+    """Create the data directory if needed and prove we can write there, before any long job starts."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SorlError(
+            f"cannot create data directory {directory} ({e.strerror or e}); "
+            f"pass --data-dir or set ${DATA_DIR_ENV} to a writable directory"
+        ) from None
+    if not directory.is_dir():
+        raise SorlError(f"data directory {directory} is not a directory; pass --data-dir or set ${DATA_DIR_ENV}")
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise SorlError(
+            f"data directory {directory} is not writable ({e.strerror or e}); "
+            f"pass --data-dir or set ${DATA_DIR_ENV} to a writable directory"
+        ) from None
+
+
+def _validate(episodes: int | None, workers: int | None, seed: int, max_episode_steps: int | None) -> None:
+    if episodes is not None and episodes < 1:
+        raise SorlError(f"--episodes must be at least 1 (got {episodes}); leave it out for the published count")
+    if workers is not None and workers < 1:
+        raise SorlError(f"--workers must be at least 1 (got {workers}); leave it out to use all cores")
+    if seed < 0:
+        raise SorlError(f"--seed must be non-negative (got {seed})")
+    if max_episode_steps is not None and max_episode_steps < 2:
+        raise SorlError(f"--max-episode-steps must be at least 2 (got {max_episode_steps})")
+
+
+def _dataset_lock(directory: Path, spec: EnvSpec):
+    """Serialises generation of one dataset between processes sharing the data directory."""
+    return manifest.file_lock(directory / f".{spec.dataset_name}.lock")
+
+
+def _state(spec: EnvSpec, directory: Path, known: dict) -> str:
+    """'present', 'missing', 'partial' (one of the two files) or 'pending' (interrupted/ongoing generation)."""
+    train, val = dataset_paths(spec, directory)
+    if any(known.get(p.name, {}).get("status") == "pending" for p in (train, val)):
+        return "pending"
+    n = train.is_file() + val.is_file()
+    return ("missing", "partial", "present")[n]
+
+
+def _record_published(spec: EnvSpec, directory: Path) -> None:
+    train, val = dataset_paths(spec, directory)
+    manifest.record_published(
+        directory, {train.name: (spec.dataset_name, "train"), val.name: (spec.dataset_name, "val")}
+    )
+
+
+# ------------------------------------------------------------------------------------------- generation
+
+
+def _generate(
+    spec: EnvSpec,
+    directory: Path,
+    *,
+    episodes: int | None,
+    workers: int | None,
+    seed: int,
+    max_episode_steps: int | None,
+    progress: bool,
+):
+    from envs import generate
+
+    s = generate.settings_for(spec, episodes, max_episode_steps, seed)
+    n_workers = generate.default_workers() if workers is None else workers
+    n_workers = max(1, min(n_workers, s.train_episodes + s.val_episodes))
+    train, val = dataset_paths(spec, directory)
+    steps = (s.train_episodes + s.val_episodes) * s.max_episode_steps
+    eta = steps / (_STEPS_PER_SECOND_PER_CORE * n_workers)
+    print(
+        f"generating {spec.dataset_name} in {directory} with OGBench's oracles: "
+        f"{s.train_episodes}+{s.val_episodes} episodes x {s.max_episode_steps} steps, seed {seed}, "
+        f"{n_workers} worker{'s' * (n_workers > 1)} (about {_duration(eta)})",
+        flush=True,
+    )
+    try:
+        result = generate.generate_dataset(
+            spec,
+            train,
+            val,
+            episodes=episodes,
+            max_episode_steps=max_episode_steps,
+            workers=n_workers,
+            seed=seed,
+            progress=progress,
+        )
+    except OSError as e:
+        raise SorlError(f"could not write {spec.dataset_name} to {directory}: {e.strerror or e}") from None
+    extra = f", {result.retries} scene episodes redone" if result.retries else ""
+    print(
+        f"wrote {train} ({_size(train.stat().st_size)}) and {val.name} ({_size(val.stat().st_size)}): "
+        f"{result.steps} steps in {result.seconds:.1f} s ({result.steps_per_second:.0f} steps/s{extra})",
+        flush=True,
+    )
+    return result
+
+
+def ensure_dataset(
+    task: Task | EnvSpec | str,
+    data_dir: str | Path | None = None,
+    *,
+    generate: bool = True,
+    episodes: int | None = None,
+    workers: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    max_episode_steps: int | None = None,
+) -> tuple[Path, Path]:
+    """(train, val) paths of the task's dataset, generating it first if it is missing and generatable. Present
+    files are checked (keys, dtypes, shapes from the .npy headers) and, if new to the manifest, recorded there.
+
+    Missing and not generatable (ant/humanoid mazes, antsoccer): SorlError naming exactly where the published
+    files go. Half present or left pending by an interrupted generation: SorlError saying how to repair.
+    """
+    spec = _as_spec(task)
+    _validate(episodes, workers, seed, max_episode_steps)
+    directory = _resolve_dir(data_dir)
+    train, val = dataset_paths(spec, directory)
+
+    def ready() -> bool:
+        known = manifest.entries(directory) if directory.is_dir() else {}
+        state = _state(spec, directory, known)
+        if state == "present":
+            _check_files(spec, train, val)
+            _record_published(spec, directory)
+            return True
+        if state == "pending":
+            raise SorlError(
+                f"{spec.dataset_name} in {directory} is incomplete (a generation was interrupted or is still "
+                f"running); {_fix_hint(spec)}"
+            )
+        if state == "partial":
+            have, lack = (train, val) if train.is_file() else (val, train)
+            raise SorlError(
+                f"{lack} is missing but {have.name} is there; "
+                + (
+                    f"regenerate both with `sorl data generate {spec.name} --force`"
+                    if spec.generatable
+                    else f"put the published {lack.name} at {lack}"
+                )
+            )
+        return False
+
+    if ready():
+        return train, val
+    if not spec.generatable:
+        raise SorlError(_placement_message(spec, train, val))
+    if not generate:
+        raise SorlError(f"{train} is missing; generate it with `sorl data generate {spec.name}`")
+    _check_writable(directory)
+    with _dataset_lock(directory, spec):
+        if ready():  # another process generated it while we waited for the lock
+            return train, val
+        print(f"dataset {spec.dataset_name} not found in {directory}: generating it (run once, then reused)")
+        _generate(
+            spec,
+            directory,
+            episodes=episodes,
+            workers=workers,
+            seed=seed,
+            max_episode_steps=max_episode_steps,
+            progress=progress,
+        )
+    return train, val
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _check_success_timing(success_timing: str) -> None:
+    if success_timing not in SUCCESS_TIMINGS:
+        raise SorlError(f"success_timing must be 'pre' or 'post' (got {success_timing!r})")
+
+
+def make_env(task_name: str | Task, *, success_timing: str = "pre"):
+    """The task's gymnasium environment without any dataset (for evaluation workers).
+
+    `success_timing` is accepted by every OGBench singletask env, pointmaze included (ogbench 1.2.2's locomaze
+    MazeEnv and BallEnv take it, as do the manipspace envs): 'pre' is ogbench>=1.2's default (reward and success
+    from the state before the action), 'post' the published protocol (ogbench 1.1.0)."""
+    import ogbench
+
+    task = task_name if isinstance(task_name, Task) else resolve_task(task_name)
+    _check_success_timing(success_timing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ogbench.make_env_and_datasets(task.name, env_only=True, success_timing=success_timing)
+
+
+def _bad_file(spec: EnvSpec, path: Path, what: str) -> SorlError:
+    return SorlError(f"{path} {what}; run `sorl data verify {spec.name}` and {_fix_hint(spec)}")
+
+
+def _check_files(spec: EnvSpec, *paths: Path) -> None:
+    """Keys, dtypes and shapes from the .npy headers (cheap); SorlError on an unreadable or mismatched file."""
+    for path in paths:
+        try:
+            problems = checks.check_headers(spec, path)
+        except Exception as e:  # noqa: BLE001 - any failure to read the zip means the file is damaged
+            what = f"is not a readable .npz (truncated or corrupt: {type(e).__name__}: {e})"
+            raise _bad_file(spec, path, what) from None
+        if problems:
+            raise _bad_file(spec, path, f"does not match {spec.name}: {'; '.join(problems)}")
+
+
+def _readable(path: Path) -> str | None:
+    """None if every member of the zip reads back with a good CRC, else the problem."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+        return None if bad is None else f"member {bad} has a bad CRC"
+    except Exception as e:  # noqa: BLE001 - any failure to read means the file is damaged
+        return f"{type(e).__name__}: {e}"
+
+
+def load_task(
+    task_name: str | Task,
+    data_dir: str | Path | None = None,
+    *,
+    success_timing: str = "pre",
+    generate: bool = True,
+    episodes: int | None = None,
+    workers: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    max_episode_steps: int | None = None,
+):
+    """(env, train, val) for a task; see the module docstring. Every problem with the files is a SorlError."""
+    import ogbench
+
+    task = task_name if isinstance(task_name, Task) else resolve_task(task_name)
+    spec = task.env
+    _check_success_timing(success_timing)
+    train_path, val_path = ensure_dataset(
+        task,
+        data_dir,
+        generate=generate,
+        episodes=episodes,
+        workers=workers,
+        seed=seed,
+        progress=progress,
+        max_episode_steps=max_episode_steps,
+    )
+    env = make_env(task, success_timing=success_timing)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            train, val = ogbench.make_env_and_datasets(
+                task.name, dataset_path=str(train_path), dataset_only=True, cur_env=env
+            )
+    except Exception as e:  # noqa: BLE001 - a damaged file can fail in many ways inside numpy/zipfile/zlib
+        for path in (train_path, val_path):
+            problem = _readable(path)
+            if problem:
+                raise _bad_file(spec, path, f"is corrupt ({problem})") from None
+        raise _bad_file(
+            spec, train_path, f"(or {val_path.name}) could not be loaded ({type(e).__name__}: {e})"
+        ) from None
+    for split in (train, val):
+        for k, v in split.items():
+            if v.dtype != np.float32:
+                split[k] = v.astype(np.float32)
+    return env, train, val
+
+
+# ------------------------------------------------------------------------------------------ verification
+
+OK, MISSING, MISMATCH, CORRUPT, INCOMPLETE = "OK", "MISSING", "MISMATCH", "CORRUPT", "INCOMPLETE"
+
+
+def verify_file(spec: EnvSpec, path: Path, split: str, entry: dict | None) -> tuple[str, str]:
+    """(status, detail) of one dataset file against the manifest and the environment's format."""
+    if entry is not None and entry.get("status") == "pending":
+        return INCOMPLETE, f"left by an interrupted generation; {_fix_hint(spec)}"
+    if not path.is_file():
+        if not spec.generatable:
+            return MISSING, f"put the published file at {path}"
+        return MISSING, f"generate it with `sorl data generate {spec.name}`"
+    try:
+        problems = checks.check_full(spec, path)
+    except Exception as e:  # noqa: BLE001
+        return CORRUPT, f"unreadable, truncated or corrupt ({type(e).__name__}: {e})"
+    if problems:
+        return CORRUPT, "; ".join(problems)
+    if entry is None:
+        new = manifest.record_published(path.parent, {path.name: (spec.dataset_name, split)})
+        return OK, "published (recorded now)" if new else "published (not recorded: data directory read-only)"
+    size = path.stat().st_size
+    if size != entry.get("size"):
+        return MISMATCH, f"size {size} bytes, manifest says {entry.get('size')}"
+    if manifest.sha256_file(path) != entry.get("sha256"):
+        return MISMATCH, "sha256 differs from the manifest"
+    return OK, entry.get("provenance", "")
+
+
+# ------------------------------------------------------------------------------------------ CLI helpers
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, math.ceil(seconds))} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    rows = [list(map(str, r)) for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def _specs(tasks: Iterable[str]) -> list[EnvSpec]:
+    out: dict[str, EnvSpec] = {}
+    for t in tasks:
+        spec = resolve_env(t)
+        out.setdefault(spec.name, spec)
+    return list(out.values())
+
+
+def cli_list(data_dir: str | Path | None = None) -> None:
+    """`sorl data list`: every environment, whether its dataset is present, where from, and its size."""
+    directory = _resolve_dir(data_dir)
+    exists = directory.is_dir()
+    damaged = set()
+    if exists:
+        known = manifest.entries(directory)
+        for spec in ENVIRONMENTS.values():
+            if _state(spec, directory, known) == "present":
+                try:
+                    _check_files(spec, *dataset_paths(spec, directory))
+                except SorlError:
+                    damaged.add(spec.name)
+                    continue
+                with contextlib.suppress(OSError):
+                    _record_published(spec, directory)
+    known = manifest.entries(directory) if exists else {}
+    rows = []
+    for spec in ENVIRONMENTS.values():
+        train, val = dataset_paths(spec, directory)
+        state = _state(spec, directory, known) if exists else "missing"
+        if spec.name in damaged:
+            state = "damaged"
+        size = sum(p.stat().st_size for p in (train, val) if p.is_file())
+        entry = known.get(train.name, {})
+        source = entry.get("provenance", "-") if state == "present" else "-"
+        gen = entry.get("generator") or {}
+        episodes = ""
+        if state == "present" and gen:
+            episodes = f"{gen['train_episodes']}+{gen['val_episodes']} x {gen['max_episode_steps']}"
+            episodes += f" (seed {gen['seed']})"
+        elif state == "present":
+            episodes = "published"
+        rows.append(
+            [
+                spec.name,
+                f"task{spec.default_task}",
+                state,
+                source,
+                _size(size) if size else "-",
+                episodes or "-",
+                "yes" if spec.generatable else "no (expert data)",
+            ]
+        )
+    print(f"data directory: {directory}{'' if exists else ' (does not exist yet)'}")
+    print(_table(["ENVIRONMENT", "DEFAULT", "DATASET", "SOURCE", "SIZE", "EPISODES", "GENERATABLE"], rows))
+    n = sum(r[2] == "present" for r in rows)
+    print(f"{n} of {len(rows)} datasets present; tasks are ENVIRONMENT-task1 ... -task5 (DEFAULT when omitted)")
+    if any(r[2] in ("damaged", "partial", "pending") for r in rows):
+        print("some datasets are damaged, partial or pending: `sorl data verify` tells which files and what to do")
+
+
+def cli_generate(
+    tasks: Sequence[str],
+    episodes: int | None = None,
+    workers: int | None = None,
+    seed: int = 0,
+    data_dir: str | Path | None = None,
+    force: bool = False,
+    max_episode_steps: int | None = None,
+    progress: bool = True,
+) -> None:
+    """`sorl data generate TASK... [--episodes N] [--workers W] [--seed S] [--force]`."""
+    if not tasks:
+        raise SorlError("name at least one task or environment, e.g. `sorl data generate cube-single-play`")
+    _validate(episodes, workers, seed, max_episode_steps)
+    specs = _specs(tasks)
+    directory = _resolve_dir(data_dir)
+    # Everything the user can get wrong is checked before anything is generated.
+    known = manifest.entries(directory) if directory.is_dir() else {}
+    todo = []
+    for spec in specs:
+        state = _state(spec, directory, known) if directory.is_dir() else "missing"
+        if state == "present" and not force:
+            todo.append((spec, False))
+            continue
+        if state == "partial" and not force:
+            train, val = dataset_paths(spec, directory)
+            have, lack = (train, val) if train.is_file() else (val, train)
+            raise SorlError(
+                f"{lack} is missing but {have} is there: put the missing file there, or regenerate both with "
+                f"`sorl data generate {spec.name} --force` (replaces {have.name})"
+            )
+        if not spec.generatable:
+            train, val = dataset_paths(spec, directory)
+            raise SorlError(_placement_message(spec, train, val))
+        todo.append((spec, True))
+    if any(run for _, run in todo):
+        _check_writable(directory)
+    for spec, run in todo:
+        if not run:
+            print(f"{spec.dataset_name}: already in {directory} (use --force to regenerate)")
+            continue
+        with _dataset_lock(directory, spec):
+            if not force and _state(spec, directory, manifest.entries(directory)) == "present":
+                print(f"{spec.dataset_name}: generated meanwhile by another process in {directory}")
+                continue
+            _generate(
+                spec,
+                directory,
+                episodes=episodes,
+                workers=workers,
+                seed=seed,
+                max_episode_steps=max_episode_steps,
+                progress=progress,
+            )
+
+
+def cli_verify(tasks: Sequence[str] = (), data_dir: str | Path | None = None) -> None:
+    """`sorl data verify [TASK...]`: sha256/size against the manifest, keys/dtypes/shapes against the env."""
+    directory = _resolve_dir(data_dir)
+    known = manifest.entries(directory) if directory.is_dir() else {}
+    if tasks:
+        specs = _specs(tasks)
+    else:
+        names = {e.get("dataset") for e in known.values()}
+        specs = [
+            s
+            for s in ENVIRONMENTS.values()
+            if s.dataset_name in names or any(p.is_file() for p in dataset_paths(s, directory))
+        ]
+        if not specs:
+            print(f"no datasets in {directory}; nothing to verify")
+            return
+    rows, bad = [], []
+    for spec in specs:
+        for path, split in zip(dataset_paths(spec, directory), ("train", "val"), strict=True):
+            status, detail = verify_file(spec, path, split, known.get(path.name))
+            rows.append([path.name, status, detail])
+            if status != OK:
+                bad.append((spec, path, status))
+    print(f"data directory: {directory}")
+    print(_table(["FILE", "STATUS", "DETAIL"], rows))
+    if bad:
+        names = sorted({s.name for s, _, _ in bad if s.generatable})
+        others = sorted({s.name for s, _, _ in bad if not s.generatable})
+        fixes = []
+        if names:
+            fixes.append(f"regenerate with `sorl data generate {' '.join(names)} --force`")
+        if others:
+            fixes.append(f"put the published files for {', '.join(others)} in {directory}")
+        raise SorlError(f"{len(bad)} of {len(rows)} dataset files failed verification; {' and '.join(fixes)}")
+    print(f"all {len(rows)} files OK")

@@ -1,0 +1,185 @@
+"""`manifest.json` beside the data: what each dataset file is, where it came from, and its checksum.
+
+    {"version": 1,
+     "files": {"cube-single-play-v0.npz": {
+         "dataset": "cube-single-play-v0", "split": "train", "status": "complete",
+         "provenance": "generated",            # or "published": a file we found there and did not write
+         "sha256": "...", "size": 123, "recorded": "2025-01-01T00:00:00+00:00",
+         "ogbench_version": "1.2.2", "generator": {episodes, max_episode_steps, noise, seed, ...} | null}}}
+
+A file with `"status": "pending"` is being (or was, when interrupted) replaced by `sorl data generate`; it is not
+trusted until the generator records it as complete. Every write is atomic (temporary file, fsync, os.replace)
+and read-modify-writes hold an exclusive lock (`.manifest.lock`), so concurrent jobs sharing a data directory
+do not lose each other's entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from sorl.errors import SorlError
+
+MANIFEST_NAME = "manifest.json"
+LOCK_NAME = ".manifest.lock"
+VERSION = 1
+
+
+def manifest_path(data_dir: Path) -> Path:
+    return Path(data_dir) / MANIFEST_NAME
+
+
+def ogbench_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ogbench")
+    except PackageNotFoundError:
+        return None
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock on `path` (created if needed)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def read(data_dir: Path) -> dict:
+    """The manifest ({'version', 'files'}); empty if there is none. A damaged manifest is a SorlError."""
+    path = manifest_path(data_dir)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {"version": VERSION, "files": {}}
+    except OSError as e:
+        raise SorlError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+            raise ValueError("no 'files' table")
+    except ValueError as e:
+        raise SorlError(
+            f"{path} is damaged ({e}); move it aside and run `sorl data verify` "
+            "(files will be re-recorded, as 'published' since their origin is then unknown)"
+        ) from None
+    return data
+
+
+def entries(data_dir: Path) -> dict[str, dict]:
+    return read(data_dir)["files"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def mkstemp_public(directory: Path, prefix: str) -> tuple[int, str]:
+    """`tempfile.mkstemp` in `directory`, but with the usual umask-derived mode (mkstemp makes files 0600)."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
+
+
+def _write(data_dir: Path, data: dict) -> None:
+    path = manifest_path(data_dir)
+    fd, tmp = mkstemp_public(Path(data_dir), ".manifest.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def update(data_dir: Path, changes: dict[str, dict | None]) -> None:
+    """Set (dict) or delete (None) entries by file name, atomically and under the lock."""
+    data_dir = Path(data_dir)
+    with file_lock(data_dir / LOCK_NAME):
+        data = read(data_dir)
+        for name, entry in changes.items():
+            if entry is None:
+                data["files"].pop(name, None)
+            else:
+                data["files"][name] = entry
+        data["version"] = VERSION
+        _write(data_dir, data)
+
+
+def mark_pending(data_dir: Path, names: list[str], dataset: str) -> None:
+    update(data_dir, {n: {"dataset": dataset, "status": "pending", "recorded": now()} for n in names})
+
+
+def make_entry(
+    path: Path,
+    *,
+    provenance: str,
+    dataset: str,
+    split: str,
+    generator: dict | None = None,
+    ogbench_version: str | None = None,
+) -> dict:
+    path = Path(path)
+    return {
+        "dataset": dataset,
+        "split": split,
+        "status": "complete",
+        "provenance": provenance,
+        "sha256": sha256_file(path),
+        "size": path.stat().st_size,
+        "recorded": now(),
+        "ogbench_version": ogbench_version,
+        "generator": generator,
+    }
+
+
+def record_published(data_dir: Path, found: dict[str, tuple[str, str]]) -> dict[str, dict]:
+    """Record files present in the data directory that the manifest does not know: `found` maps file name ->
+    (dataset, split). They were not written by us, so they are 'published' (sha256 taken now). Best effort: a
+    read-only data directory just goes unrecorded. Returns the new entries."""
+    data_dir = Path(data_dir)
+    known = entries(data_dir)
+    new = {}
+    for name, (dataset, split) in found.items():
+        path = data_dir / name
+        if name in known or not path.is_file():
+            continue
+        new[name] = make_entry(path, provenance="published", dataset=dataset, split=split, ogbench_version=None)
+    if new:
+        with contextlib.suppress(OSError), file_lock(data_dir / LOCK_NAME):
+            current = read(data_dir)
+            # Another process may have recorded (or started generating) one of them meanwhile: keep theirs.
+            fresh = {k: v for k, v in new.items() if k not in current["files"]}
+            current["files"].update(fresh)
+            _write(data_dir, current)
+    return new

@@ -1,0 +1,283 @@
+"""Building blocks the baseline agents (agents/fql.py, rebrac.py, iql.py, bc.py) share.
+
+What is here, and nowhere else:
+
+- `BaselineConfig`: the fields and defaults every baseline of the FQL reference code shares (4x512 GELU MLPs,
+  LayerNorm in critics only, Adam 3e-4 without clipping, batch 256, gamma 0.99, tau 0.005, two critics), and
+  `check_config`, the one-line validation the agents' `validate()` methods call.
+- `ActorHead`: the reference's Gaussian/deterministic actor (MLP trunk, small-init mean head, constant or learned
+  log-std). ReBRAC plays `tanh(mean)`; IQL uses the Gaussian.
+- `euler_flow`: Euler integration of a plain flow-matching velocity `v(x, a_t, t)` with any number of steps (FQL's
+  flow BC uses 10, which `sorl.shortcut.sample_euler`, a sampler over power-of-two step codes, does not take).
+- `expectile_loss`, `gaussian_log_prob`, `aggregate`: the small formulas of IQL and the critics.
+- `ModuleOptimizer`: one Adam state per network, stepped with that network's gradient, so one backward pass of the
+  summed losses updates every network (equivalent to the reference's single Adam over all parameters, which has no
+  clipping and so no coupling between networks).
+- `best_of_mode_and_samples`: best-of-N for agents whose N = 1 action is deterministic (ReBRAC, IQL).
+- `with_next_actions`: the dataset key ReBRAC's critic penalty needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from sorl.errors import SorlError
+from sorl.inference import best_of_n
+from sorl.networks import MLP, CriticEnsemble, default_init
+
+Array = jax.Array
+Params = Any
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """Defaults shared by FQL, ReBRAC and IQL in the FQL reference code (`agents/*.py` get_config)."""
+
+    lr: float = 3e-4
+    grad_clip_norm: float = 0.0  # the reference baselines do not clip; > 0 adds a per-network global-norm clip
+    batch_size: int = 256
+    actor_layer_size: int = 512
+    actor_num_layers: int = 4
+    value_layer_size: int = 512
+    value_num_layers: int = 4
+    layer_norm: bool = True  # critics (and IQL's value network)
+    actor_layer_norm: bool = False
+    discount: float = 0.99
+    tau: float = 0.005
+    num_critics: int = 2
+
+    def validate(self) -> None:
+        check_config(self)
+
+
+# Requirements by field name; `check_config` applies the ones whose field a config has.
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {}
+
+
+def _rule(names: Iterable[str], ok: Callable[[Any], bool], requirement: str) -> None:
+    for name in names:
+        _RULES[name] = (ok, requirement)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _integer(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_rule(["lr"], lambda v: _number(v) and v > 0, "must be a positive number")
+_rule(
+    ["grad_clip_norm", "alpha", "alpha_actor", "alpha_critic", "actor_noise", "actor_noise_clip"],
+    lambda v: _number(v) and v >= 0,
+    "must be a non-negative number",
+)
+_rule(["discount"], lambda v: _number(v) and 0 <= v <= 1, "must be in [0, 1]")
+_rule(["tau"], lambda v: _number(v) and 0 < v <= 1, "must be in (0, 1]")
+_rule(["expectile"], lambda v: _number(v) and 0 < v < 1, "must be in (0, 1)")
+_rule(["actor_fc_scale"], lambda v: _number(v) and v > 0, "must be a positive number")
+_rule(
+    ["batch_size", "actor_layer_size", "value_layer_size", "num_critics", "flow_steps", "actor_freq"],
+    lambda v: _integer(v) and v >= 1,
+    "must be a positive integer",
+)
+_rule(["actor_num_layers", "value_num_layers"], lambda v: _integer(v) and v >= 0, "must be a non-negative integer")
+_rule(["q_agg"], lambda v: v in ("mean", "min"), "must be 'mean' or 'min'")
+_rule(
+    ["layer_norm", "actor_layer_norm", "normalize_q_loss", "const_std"],
+    lambda v: isinstance(v, bool),
+    "must be true or false",
+)
+
+
+def check_config(config: Any) -> None:
+    """Raise a one-line SorlError naming the first field of `config` that breaks its rule above."""
+    for f in fields(config):
+        rule = _RULES.get(f.name)
+        if rule is None:
+            continue
+        ok, requirement = rule
+        value = getattr(config, f.name)
+        if not ok(value):
+            raise SorlError(f"invalid agent setting {f.name}={value!r}: {requirement} (--agent.{f.name}=...)")
+
+
+def hidden_dims(size: int, num_layers: int) -> tuple[int, ...]:
+    return (size,) * num_layers
+
+
+def critic_def(config: BaselineConfig, num_members: int | None = None) -> CriticEnsemble:
+    """The reference `Value` network: an ensemble of MLPs with LayerNorm (per `layer_norm`) on `[x, a]` or `[x]`."""
+    return CriticEnsemble(
+        hidden_dims=hidden_dims(config.value_layer_size, config.value_num_layers),
+        layer_norm=config.layer_norm,
+        num_members=config.num_critics if num_members is None else num_members,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- networks
+
+
+class ActorHead(nn.Module):
+    """`(mean, log_std)` of the reference `Actor`: GELU MLP trunk with an activated last hidden layer, a linear mean
+    head initialised at `final_init_scale` (small, so the initial policy is near the origin), and a log-std that is
+    0 (`const_std`, std = 1) or one learned value per action dimension, clipped to [-5, 2]."""
+
+    action_dim: int
+    hidden_dims: Sequence[int] = (512, 512, 512, 512)
+    layer_norm: bool = False
+    final_init_scale: float = 1e-2
+    const_std: bool = True
+
+    @nn.compact
+    def __call__(self, observations: Array) -> tuple[Array, Array]:
+        x = MLP(tuple(self.hidden_dims), activate_final=True, layer_norm=self.layer_norm)(observations)
+        mean = nn.Dense(self.action_dim, kernel_init=default_init(self.final_init_scale))(x)
+        if self.const_std:
+            log_std = jnp.zeros_like(mean)
+        else:
+            log_std = jnp.broadcast_to(self.param("log_stds", nn.initializers.zeros, (self.action_dim,)), mean.shape)
+        return mean, jnp.clip(log_std, -5.0, 2.0)
+
+
+def gaussian_log_prob(mean: Array, log_std: Array, actions: Array) -> Array:
+    """Log-density of a diagonal Gaussian, summed over the action dimensions: `[B]`."""
+    z = (actions - mean) * jnp.exp(-log_std)
+    return jnp.sum(-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi), axis=-1)
+
+
+VelocityFn = Callable[[Array, Array, Array | float], Array]  # (observations, a_t, t) -> velocity
+
+
+def euler_flow(velocity_fn: VelocityFn, observations: Array, noise: Array, steps: int) -> Array:
+    """`steps` Euler steps of `da/dt = v(x, a, t)` from `noise` at t = 0 to t = 1, clipped to [-1, 1].
+
+    `steps` is a static int (any positive value); the loop unrolls into `steps` network calls.
+    """
+    a = noise
+    for i in range(steps):
+        a = a + velocity_fn(observations, a, i / steps) / steps
+    return jnp.clip(a, -1.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------- formulas
+
+
+def aggregate(qs: Array, how: str) -> Array:
+    """`[members, B]` -> `[B]`: the minimum (clipped double Q) or the mean over the ensemble."""
+    return qs.min(axis=0) if how == "min" else qs.mean(axis=0)
+
+
+def expectile_loss(diff: Array, expectile: float) -> Array:
+    """Asymmetric squared loss of `diff = target - prediction`: weight `expectile` where the target is above the
+    prediction, `1 - expectile` below, so the minimiser is the `expectile`-expectile of the target."""
+    weight = jnp.where(diff >= 0, expectile, 1.0 - expectile)
+    return weight * diff**2
+
+
+# ---------------------------------------------------------------------------------------------- optimiser
+
+
+@dataclass(frozen=True)
+class ModuleOptimizer:
+    """Adam (optionally after a global-norm clip) with one state per named network."""
+
+    lr: float
+    grad_clip_norm: float = 0.0
+
+    @classmethod
+    def of(cls, config: Any) -> ModuleOptimizer:
+        return cls(config.lr, getattr(config, "grad_clip_norm", 0.0))
+
+    @property
+    def tx(self) -> optax.GradientTransformation:
+        adam = optax.adam(self.lr)
+        return optax.chain(optax.clip_by_global_norm(self.grad_clip_norm), adam) if self.grad_clip_norm > 0 else adam
+
+    def init(self, params: Mapping[str, Params]) -> dict[str, Any]:
+        return {name: self.tx.init(p) for name, p in params.items()}
+
+    def step(
+        self,
+        params: Mapping[str, Params],
+        opt_state: Mapping[str, Any],
+        grads: Mapping[str, Params],
+        names: Iterable[str] | None = None,
+    ) -> tuple[dict[str, Params], dict[str, Any], dict[str, Array]]:
+        """One Adam step for each network in `names` (default: all); the others are returned unchanged.
+
+        Returns (params, opt_state, {"<name>/grad_norm": ...}).
+        """
+        names = list(params) if names is None else list(names)
+        new_params, new_state, info = dict(params), dict(opt_state), {}
+        for name in names:
+            updates, new_state[name] = self.tx.update(grads[name], opt_state[name], params[name])
+            new_params[name] = optax.apply_updates(params[name], updates)
+            info[f"{name}/grad_norm"] = optax.global_norm(grads[name])
+        return new_params, new_state, info
+
+
+def prefixed(**infos: Mapping[str, Array]) -> dict[str, Array]:
+    """`prefixed(critic={...}, actor={...})` -> {'critic/k': v, 'actor/k': v}: the training log's key scheme."""
+    return {f"{group}/{k}": v for group, info in infos.items() for k, v in info.items()}
+
+
+def init_params(rng: Array, modules: Mapping[str, tuple[nn.Module, tuple[Array, ...]]]) -> dict[str, Params]:
+    """`{name: module.init(key, *example_args)['params']}` with an independent key per network."""
+    keys = jax.random.split(rng, len(modules))
+    return {name: m.init(k, *args)["params"] for k, (name, (m, args)) in zip(keys, modules.items(), strict=True)}
+
+
+def as_key(rng: Array | int) -> Array:
+    return jax.random.PRNGKey(rng) if isinstance(rng, int) else rng
+
+
+# ---------------------------------------------------------------------------------------------- inference
+
+SampleFn = Callable[[Array, Array], Array]
+ScoreFn = Callable[[Array, Array], Array]
+
+
+def best_of_mode_and_samples(
+    mode: Array, sample_fn: SampleFn, score_fn: ScoreFn, observations: Array, rng: Array, N: int
+) -> Array:
+    """Best-of-N for a policy whose N = 1 action is its deterministic `mode` `[B, A]`.
+
+    The candidates are the mode and N - 1 draws of `sample_fn(observations, key)`; the verifier `score_fn` picks
+    one per state (`sorl.inference.best_of_n`). Keeping the mode as a candidate means N > 1 never scores below the
+    N = 1 action. N = 1 returns the mode without calling the sampler or the critic.
+    """
+    if N == 1:
+        return mode
+    keys = jax.random.split(rng, N - 1)
+    samples = jax.vmap(sample_fn, in_axes=(None, 0))(observations, keys)
+    candidates = jnp.concatenate([mode[None], samples], axis=0)
+    scores = jax.vmap(score_fn, in_axes=(None, 0))(observations, candidates)
+    return best_of_n(candidates, scores)
+
+
+# -------------------------------------------------------------------------------------------------- data
+
+
+def with_next_actions(dataset: Mapping[str, Array]) -> dict[str, Array]:
+    """`dataset` plus `next_actions[i] = actions[min(i + 1, n - 1)]`, the reference code's definition.
+
+    Transitions are stored in order, so this is the dataset action taken at `next_observations[i]`, except on an
+    episode's last transition (where it is the next episode's first action, as in the reference). An existing
+    `next_actions` key is kept.
+    """
+    if "next_actions" in dataset:
+        return dict(dataset)
+    actions = dataset["actions"]
+    return {**dataset, "next_actions": jnp.concatenate([actions[1:], actions[-1:]], axis=0)}

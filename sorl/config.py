@@ -1,0 +1,158 @@
+"""Typed agent configs from command-line strings and JSON, with one-line errors.
+
+`--agent.KEY=VALUE` arrives as strings; each is coerced to the dataclass field's declared type (bool, int, float,
+str, Literal, Optional, tuples), so `--agent.lr=1e-4`, `--agent.normalize_q_loss=false` and `--agent.q_agg=min`
+work as in the reference code's flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, TypeVar
+
+from sorl.errors import SorlError, suggest
+
+C = TypeVar("C")
+
+_TRUE = {"true", "1", "yes", "y", "on"}
+_FALSE = {"false", "0", "no", "n", "off"}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    # Resolves the string annotations left by `from __future__ import annotations`.
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "comma-separated " + " ".join(_type_name(a) for a in typing.get_args(tp) if a is not Ellipsis)
+    if tp is type(None):
+        return "none"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """`value` (a CLI string or a JSON value) as type `tp`; ValueError if it is not one."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        for choice in choices:
+            if value == choice or (isinstance(value, str) and str(choice) == value):
+                return choice
+        raise ValueError
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg)
+            except ValueError:
+                pass
+        raise ValueError
+    if origin is tuple:
+        args = typing.get_args(tp)
+        items = [s.strip() for s in value.split(",") if s.strip()] if isinstance(value, str) else list(value)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0]) for v in items)
+        if len(items) != len(args):
+            raise ValueError
+        return tuple(_coerce(v, a) for v, a in zip(items, args, strict=True))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ValueError
+    if tp is int:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                value = float(value)
+        # "1e6" and "100.0" name integers too; "2.5" does not.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ValueError
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    raise ValueError
+
+
+def _unknown_key(key: str, valid: list[str], prefix: str) -> SorlError:
+    return SorlError(f"unknown setting {prefix}{key}{suggest(key, valid)}; valid keys: {', '.join(valid)}")
+
+
+def apply_overrides(config: C, overrides: dict[str, str], prefix: str = "--agent.") -> C:
+    """A copy of the dataclass `config` with `overrides` (key -> string value) coerced to the fields' types.
+
+    Raises `SorlError` for an unknown key (listing the valid ones), a value of the wrong type (naming key and
+    type), or a resulting config its own `validate()` rejects.
+    """
+    types_ = _field_types(type(config))
+    valid = list(types_)
+    changes: dict[str, Any] = {}
+    for raw_key, value in overrides.items():
+        key = raw_key.replace("-", "_")
+        if key not in types_:
+            raise _unknown_key(key, valid, prefix)
+        try:
+            changes[key] = _coerce(value, types_[key])
+        except (ValueError, TypeError):
+            raise SorlError(
+                f"{prefix}{key}={value!r}: expected {_type_name(types_[key])} "
+                f"(current value {getattr(config, key)!r})"
+            ) from None
+    new = dataclasses.replace(config, **changes)
+    validate = getattr(new, "validate", None)
+    if callable(validate):
+        validate()
+    return new
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """JSON-ready dict of a dataclass config (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        return [plain(x) for x in v] if isinstance(v, tuple | list) else v
+
+    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
+    """Inverse of `config_to_dict`; missing keys take the defaults, unknown keys and bad values raise SorlError."""
+    types_ = _field_types(cls)
+    valid = list(types_)
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in types_:
+            raise _unknown_key(key, valid, prefix="")
+        try:
+            values[key] = _coerce(value, types_[key])
+        except (ValueError, TypeError):
+            raise SorlError(f"config key {key}={value!r}: expected {_type_name(types_[key])}") from None
+    config = cls(**values)
+    validate = getattr(config, "validate", None)
+    if callable(validate):
+        validate()
+    return config

@@ -1,0 +1,531 @@
+"""Vectorised evaluation over a (K, N) grid: episodes in lockstep, environments in worker processes.
+
+All running episodes advance together: one batched, jitted policy call per environment step answers every
+episode at once (the batch has a fixed size — finished episodes are padded with their last observation — so
+the policy compiles once per (K, N)), and the environments are stepped in parallel by worker processes, each
+owning a slice of them (default: one worker per core). Success is OGBench's `info['success']` at the end of
+an episode (an episode ends when it terminates or is truncated by the time limit).
+
+Reproducibility: episode i is reset with a seed derived from (eval seed, i), and the policy's keys come from
+the eval seed, so the same seed gives the same numbers whatever the number of workers. Every (K, N) cell
+sees the same initial states and the same policy keys (common random numbers).
+
+This module imports JAX lazily: the environment workers (started with 'spawn') import it too and should
+not pay for JAX.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import multiprocessing as mp
+import os
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sorl.errors import SorlError
+
+if TYPE_CHECKING:
+    from sorl.cli import EvalArgs
+
+SUCCESS_UNIT = "fraction"
+"""`success` in every results file is the fraction of episodes that succeeded, in [0, 1]."""
+
+RESULT_KEYS = ("K", "N", "success", "return", "length", "episodes")
+
+
+# ------------------------------------------------------------------------------------------- parsing
+
+
+def parse_int_list(text: str | Sequence[int] | int, name: str) -> tuple[int, ...]:
+    """'1,2,4,8' -> (1, 2, 4, 8); one clear SorlError on junk. Duplicates are dropped, order kept."""
+    if isinstance(text, bool):
+        raise SorlError(f"{name}: expected comma-separated integers, got {text!r}")
+    if isinstance(text, int):
+        items: list[Any] = [text]
+    elif isinstance(text, str):
+        items = [s.strip() for s in text.split(",")]
+        if not text.strip() or any(s == "" for s in items):
+            raise SorlError(f"{name}: expected comma-separated integers like 1,2,4,8, got {text!r}")
+    else:
+        items = list(text)
+        if not items:
+            raise SorlError(f"{name}: expected at least one value")
+    out: list[int] = []
+    for s in items:
+        try:
+            if isinstance(s, str):
+                v = int(s, 10)
+            elif isinstance(s, (int, np.integer)) and not isinstance(s, bool):
+                v = int(s)
+            else:
+                raise ValueError
+        except ValueError:
+            raise SorlError(
+                f"{name}: {s!r} is not an integer (expected comma-separated integers like 1,2,4,8)"
+            ) from None
+        if v not in out:
+            out.append(v)
+    return tuple(out)
+
+
+def validate_grid(Ks: Sequence[int], Ns: Sequence[int], max_K: int | None) -> None:
+    """Every K a power of two <= max_K and every N >= 1, else SorlError (via `sorl.inference.validate_K_N`)."""
+    from sorl.inference import validate_K_N
+
+    for K in Ks:
+        validate_K_N(K, 1, max_K)
+    for N in Ns:
+        validate_K_N(1, N, max_K)
+
+
+def default_workers() -> int:
+    """Cores available to this process."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def episode_seed(seed: int, episode: int) -> int:
+    """The reset seed of episode `episode` of an evaluation with seed `seed`."""
+    return int(np.random.SeedSequence([int(seed) % 2**32, int(episode)]).generate_state(1)[0])
+
+
+# -------------------------------------------------------------------------------------- environments
+
+
+def _make_env(task_name: str, success_timing: str, max_episode_steps: int | None):
+    from envs.datasets import make_env
+
+    if max_episode_steps is None:
+        return make_env(task_name, success_timing=success_timing)
+    try:
+        return make_env(task_name, success_timing=success_timing, max_episode_steps=max_episode_steps)
+    except TypeError:  # make_env without gymnasium kwargs: cut episodes with an outer time limit
+        import gymnasium
+
+        return gymnasium.wrappers.TimeLimit(make_env(task_name, success_timing=success_timing), max_episode_steps)
+
+
+class _EnvSlice:
+    """Some environments of a pool, stepped in this process (inside a worker, or in the main process)."""
+
+    def __init__(self, task_name: str, n: int, success_timing: str, max_episode_steps: int | None):
+        import warnings
+
+        warnings.filterwarnings("ignore")  # gymnasium/glfw chatter on headless machines
+        self.envs = [_make_env(task_name, success_timing, max_episode_steps) for _ in range(n)]
+        env = self.envs[0]
+        self.obs_dim = int(np.prod(env.observation_space.shape))
+        self.action_dim = int(np.prod(env.action_space.shape))
+        self.obs = np.zeros((n, self.obs_dim), np.float32)
+
+    def spec(self) -> tuple[int, int]:
+        return self.obs_dim, self.action_dim
+
+    def reset(self, slots_seeds: Sequence[tuple[int, int]]) -> np.ndarray:
+        for slot, seed in slots_seeds:
+            ob, _ = self.envs[slot].reset(seed=int(seed))
+            self.obs[slot] = np.asarray(ob, np.float32).reshape(-1)
+        return self.obs.copy()
+
+    def step(self, actions: np.ndarray, active: np.ndarray):
+        n = len(self.envs)
+        reward = np.zeros(n, np.float64)
+        terminated = np.zeros(n, bool)
+        truncated = np.zeros(n, bool)
+        success = np.zeros(n, bool)
+        for i in np.flatnonzero(active):
+            ob, r, te, tr, info = self.envs[i].step(actions[i])
+            self.obs[i] = np.asarray(ob, np.float32).reshape(-1)
+            reward[i], terminated[i], truncated[i] = float(r), bool(te), bool(tr)
+            success[i] = bool(info.get("success", False))
+        return self.obs.copy(), reward, terminated, truncated, success
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def _worker(conn, task_name: str, n: int, success_timing: str, max_episode_steps: int | None) -> None:
+    """Worker process: owns `n` environments and answers (method, args) messages on `conn`."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    envs = None
+    try:
+        envs = _EnvSlice(task_name, n, success_timing, max_episode_steps)
+        conn.send(("ok", envs.spec()))
+        while True:
+            method, args = conn.recv()
+            if method == "close":
+                break
+            conn.send(("ok", getattr(envs, method)(*args)))
+    except (EOFError, KeyboardInterrupt, BrokenPipeError):
+        pass
+    except SorlError as e:  # a user error (unknown task, missing package): one line in the main process
+        with contextlib.suppress(OSError):
+            conn.send(("sorl_error", str(e)))
+    except BaseException as e:  # report to the main process, which raises
+        with contextlib.suppress(OSError):
+            conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+    finally:
+        if envs is not None:
+            envs.close()
+        conn.close()
+
+
+class EnvPool:
+    """`num_envs` environments of one task, stepped in `workers` processes (1: in this process).
+
+    Each worker owns a contiguous slice of the environments; a step sends every worker its slice of the
+    actions, then collects the answers, so the workers step in parallel. Reuse one pool across evaluations
+    (training does) to pay the process start-up once.
+    """
+
+    def __init__(
+        self,
+        task_name: str,
+        num_envs: int,
+        *,
+        workers: int | None = None,
+        success_timing: str = "pre",
+        max_episode_steps: int | None = None,
+        context: str = "spawn",
+    ):
+        if num_envs < 1:
+            raise SorlError(f"need at least one environment, got {num_envs}")
+        workers = default_workers() if workers is None else workers
+        if workers < 1:
+            raise SorlError(f"workers={workers}: need at least 1 (1 steps the environments in this process)")
+        self.task_name = task_name
+        self.num_envs = num_envs
+        self.workers = min(workers, num_envs)
+        self.success_timing = success_timing
+        self.max_episode_steps = max_episode_steps
+        bounds = np.linspace(0, num_envs, self.workers + 1).round().astype(int)
+        self._slices = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        self._local: _EnvSlice | None = None
+        self._conns: list[Any] = []
+        self._procs: list[Any] = []
+        if self.workers == 1:
+            self._local = _EnvSlice(task_name, num_envs, success_timing, max_episode_steps)
+            self.obs_dim, self.action_dim = self._local.spec()
+            return
+        ctx = mp.get_context(context)
+        try:
+            for a, b in self._slices:
+                parent, child = ctx.Pipe()
+                p = ctx.Process(
+                    target=_worker, args=(child, task_name, b - a, success_timing, max_episode_steps), daemon=True
+                )
+                p.start()
+                child.close()
+                self._conns.append(parent)
+                self._procs.append(p)
+            specs = self._gather()
+        except BaseException:
+            self.close()
+            raise
+        self.obs_dim, self.action_dim = specs[0]
+
+    # -- messaging
+    def _gather(self, conns: Sequence[Any] | None = None) -> list[Any]:
+        out = []
+        for conn in self._conns if conns is None else conns:
+            try:
+                status, payload = conn.recv()
+            except EOFError:
+                raise RuntimeError("an evaluation worker process died unexpectedly") from None
+            if status == "sorl_error":
+                raise SorlError(payload)
+            if status == "error":
+                raise RuntimeError(f"evaluation worker failed: {payload}")
+            out.append(payload)
+        return out
+
+    def reset(self, slots_seeds: Sequence[tuple[int, int]]) -> np.ndarray:
+        """Reset the given (slot, seed) environments; the observations of all slots, [num_envs, obs_dim]."""
+        if self._local is not None:
+            return self._local.reset(slots_seeds)
+        per = [[(s - a, seed) for s, seed in slots_seeds if a <= s < b] for a, b in self._slices]
+        for conn, items in zip(self._conns, per, strict=True):
+            conn.send(("reset", (items,)))
+        return np.concatenate(self._gather(), axis=0)
+
+    def step(self, actions: np.ndarray, active: np.ndarray):
+        """Step the `active` environments: (obs, reward, terminated, truncated, success), each [num_envs]."""
+        if self._local is not None:
+            return self._local.step(actions, active)
+        busy = []
+        for conn, (a, b) in zip(self._conns, self._slices, strict=True):
+            if active[a:b].any():
+                conn.send(("step", (actions[a:b], active[a:b])))
+                busy.append(conn)
+        answers = iter(self._gather(busy))
+        parts = []
+        for conn, (a, b) in zip(self._conns, self._slices, strict=True):
+            if conn in busy:
+                parts.append(next(answers))
+            else:  # nothing ran here: the caller ignores these slots
+                n = b - a
+                z = np.zeros(n, bool)
+                parts.append((np.zeros((n, self.obs_dim), np.float32), np.zeros(n), z, z, z))
+        return tuple(np.concatenate(x, axis=0) for x in zip(*parts, strict=True))
+
+    def close(self) -> None:
+        if self._local is not None:
+            self._local.close()
+            self._local = None
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.send(("close", ()))
+        for p in self._procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
+        for conn in self._conns:
+            conn.close()
+        self._conns, self._procs = [], []
+
+    def __enter__(self) -> EnvPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # best effort; close() is the contract
+        try:
+            if self._procs or self._local is not None:
+                self.close()
+        except Exception:
+            pass
+
+
+# ------------------------------------------------------------------------------------------ rollouts
+
+
+def run_episodes(
+    pool: EnvPool,
+    act: Callable[[np.ndarray, int], np.ndarray],
+    episodes: int,
+    seed: int,
+    on_episode: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Run `episodes` episodes in lockstep on `pool` with `act(observations [E, O], t) -> actions [E, A]`.
+
+    `act` always receives the full, fixed-size batch (one row per environment of the pool); rows of slots
+    with no running episode hold stale observations and their actions are ignored. When an episode ends,
+    its slot starts the next pending episode. Returns per-episode arrays and the summary numbers.
+    """
+    E = pool.num_envs
+    slot_episode = np.full(E, -1)
+    next_episode = 0
+    starts = []
+    for slot in range(min(E, episodes)):
+        slot_episode[slot] = next_episode
+        starts.append((slot, episode_seed(seed, next_episode)))
+        next_episode += 1
+    obs = pool.reset(starts)
+    active = slot_episode >= 0
+    ep_return = np.zeros(episodes)
+    ep_length = np.zeros(episodes, np.int64)
+    ep_success = np.zeros(episodes, bool)
+    t = 0
+    steps = 0
+    start = time.perf_counter()
+    while active.any():
+        actions = np.clip(np.asarray(act(obs, t), np.float32), -1.0, 1.0)
+        new_obs, reward, terminated, truncated, success = pool.step(actions, active)
+        eps = slot_episode[active]
+        ep_return[eps] += reward[active]
+        ep_length[eps] += 1
+        steps += int(active.sum())
+        obs = np.where(active[:, None], new_obs, obs)
+        done = active & (terminated | truncated)
+        ep_success[slot_episode[done]] = success[done]
+        restart = []
+        for slot in np.flatnonzero(done):
+            if on_episode is not None:
+                on_episode()
+            if next_episode < episodes:
+                slot_episode[slot] = next_episode
+                restart.append((int(slot), episode_seed(seed, next_episode)))
+                next_episode += 1
+            else:
+                slot_episode[slot] = -1
+                active[slot] = False
+        if restart:
+            reset_obs = pool.reset(restart)
+            idx = [s for s, _ in restart]
+            obs[idx] = reset_obs[idx]
+        t += 1
+    return {
+        "success": float(ep_success.mean()),
+        "return": float(ep_return.mean()),
+        "length": float(ep_length.mean()),
+        "episodes": int(episodes),
+        "env_steps": steps,
+        "time_s": time.perf_counter() - start,
+        "per_episode": {"success": ep_success, "return": ep_return, "length": ep_length},
+    }
+
+
+def evaluate(
+    agent: Any,
+    task_name: str,
+    Ks: Sequence[int],
+    Ns: Sequence[int],
+    episodes: int,
+    seed: int = 0,
+    workers: int | None = None,
+    success_timing: str = "pre",
+    *,
+    max_episode_steps: int | None = None,
+    pool: EnvPool | None = None,
+    policy: Callable[..., Any] | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Evaluate `agent` on every (K, N) of the grid; one dict per cell, K-major:
+    `{K, N, success (fraction in [0, 1]), return, length (means over episodes), episodes, env_steps, time_s}`.
+
+    `pool` reuses running environments (its task/timing/limit win over the arguments); otherwise one is
+    started with min(episodes, workers) processes and closed at the end. `policy(agent, obs, rng, K, N)`
+    defaults to `sorl.inference.make_policy_fn()`.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    Ks = parse_int_list(Ks, "K")
+    Ns = parse_int_list(Ns, "N")
+    if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
+        raise SorlError(f"episodes={episodes}: need at least 1 evaluation episode")
+    validate_grid(Ks, Ns, getattr(agent, "max_K", None))
+    if policy is None:
+        from sorl.inference import make_policy_fn
+
+        policy = make_policy_fn()
+    own_pool = pool is None
+    if own_pool:
+        pool = EnvPool(
+            task_name,
+            episodes,
+            workers=workers,
+            success_timing=success_timing,
+            max_episode_steps=max_episode_steps,
+        )
+    base_key = jax.random.PRNGKey(int(seed) % 2**32)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(Ks) * len(Ns) * episodes, desc="eval", unit="ep", leave=False, dynamic_ncols=True)
+    results = []
+    try:
+        for K in Ks:
+            for N in Ns:
+                if bar is not None:
+                    bar.set_postfix_str(f"K={K} N={N}")
+
+                def act(obs, t, K=K, N=N):
+                    key = jax.random.fold_in(base_key, t)
+                    return np.asarray(policy(agent, jnp.asarray(obs), key, K, N))
+
+                r = run_episodes(pool, act, episodes, seed, on_episode=bar.update if bar is not None else None)
+                r.pop("per_episode")
+                results.append({"K": int(K), "N": int(N), **r})
+    finally:
+        if bar is not None:
+            bar.close()
+        if own_pool:
+            pool.close()
+    return results
+
+
+# ---------------------------------------------------------------------------------------- reporting
+
+
+def format_grid(results: Sequence[dict[str, Any]], title: str | None = None) -> str:
+    """The grid as a table: rows K, columns N, cells success in %."""
+    Ks = sorted({r["K"] for r in results})
+    Ns = sorted({r["N"] for r in results})
+    cell = {(r["K"], r["N"]): r["success"] for r in results}
+    width = max(7, *(len(f"N={n}") + 1 for n in Ns))
+    lines = [title] if title else []
+    lines.append("success % (rows: K sampling steps, columns: N best-of-N candidates)")
+    lines.append(f"{'K':>5}" + "".join(f"{f'N={n}':>{width}}" for n in Ns))
+    for K in Ks:
+        row = f"{K:>5}"
+        for N in Ns:
+            v = cell.get((K, N))
+            row += f"{'-' if v is None or math.isnan(v) else f'{100 * v:.1f}':>{width}}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
+    """`sorl eval RUN_DIR --K ... --N ...`: evaluate the run's last checkpoint over the grid.
+
+    Writes scaling.json and scaling.csv in the run directory and prints the table.
+    """
+    from sorl import runs
+    from sorl.train import load_run
+
+    Ks = parse_int_list(args.K, "--K")
+    Ns = parse_int_list(args.N, "--N")
+    if args.episodes < 1:
+        raise SorlError(f"--episodes={args.episodes}: need at least 1 evaluation episode")
+    if args.workers is not None and args.workers < 1:
+        raise SorlError(f"--workers={args.workers}: need at least 1")
+    max_steps = getattr(args, "max_episode_steps", None)
+    if max_steps is not None and max_steps < 1:
+        raise SorlError(f"--max-episode-steps={max_steps}: must be >= 1")
+    validate_grid(Ks, Ns, None)  # powers of two, N >= 1; the trained maximum once the agent is loaded
+    run = runs.RunDir(args.run_dir)
+    cfg = run.read_config()
+    agent, step = load_run(run)
+    validate_grid(Ks, Ns, getattr(agent, "max_K", None))
+    if max_steps is None:
+        max_steps = cfg.get("eval", {}).get("max_episode_steps")
+    timing = cfg.get("success_timing", "pre")
+    print(
+        f"evaluating {run.path} (step {step}) on {cfg['task']}: K={list(Ks)} N={list(Ns)}, "
+        f"{args.episodes} episodes, success_timing={timing}",
+        flush=True,
+    )
+    grid = evaluate(
+        agent,
+        cfg["task"],
+        Ks,
+        Ns,
+        args.episodes,
+        seed=args.seed,
+        workers=args.workers,
+        success_timing=timing,
+        max_episode_steps=max_steps,
+        progress=True,
+    )
+    out = {
+        "task": cfg["task"],
+        "agent": cfg["agent"],
+        "seed": cfg["seed"],
+        "step": step,
+        "eval_seed": args.seed,
+        "episodes": args.episodes,
+        "max_episode_steps": max_steps,
+        "success_timing": timing,
+        "ogbench_version": cfg.get("ogbench_version"),
+        "success_unit": SUCCESS_UNIT,
+        "success_metric": "fraction of episodes with OGBench info['success'] at the episode's end",
+        "grid": grid,
+    }
+    runs.write_json(run.scaling_json, out)
+    runs.write_csv(run.scaling_csv, grid, [*RESULT_KEYS, "env_steps", "time_s"])
+    title = f"{cfg['task']}  agent={cfg['agent']}  seed={cfg['seed']}  step={step}  ({args.episodes} episodes)"
+    print(format_grid(grid, title))
+    print(f"wrote {run.scaling_json} and {run.scaling_csv}")
+    return grid

@@ -1,0 +1,78 @@
+"""Test-time scaling: the Q verifier (best-of-N) and the jitted policy every evaluation calls.
+
+Sequential scaling is the `K` of the sampler; parallel scaling draws `N` candidates per state and keeps the one the
+critic scores highest. Both are static per call, so each `(K, N)` pair compiles once and runs as one XLA program
+for a whole batch of states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from sorl.errors import SorlError
+from sorl.shortcut import is_power_of_two
+
+Array = jax.Array
+SampleFn = Callable[[Array, Array], Array]  # (observations [B, O], rng) -> actions [B, A]
+ScoreFn = Callable[[Array, Array], Array]  # (observations [B, O], actions [B, A]) -> scores [B]
+
+
+def validate_K_N(K: int, N: int, max_K: int | None = None) -> None:
+    """Raise a one-line `SorlError` unless K is a power of two within the trained maximum and N >= 1."""
+    if not is_power_of_two(K):
+        raise SorlError(f"K={K}: the number of sampling steps must be a power of two (1, 2, 4, 8, ...)")
+    if max_K is not None and K > max_K:
+        raise SorlError(
+            f"K={K} is above the largest step count this agent was trained for ({max_K}, its denoise_timesteps); "
+            f"use K <= {max_K} or train with --agent.denoise_timesteps={K}"
+        )
+    if isinstance(N, bool) or not isinstance(N, int) or N < 1:
+        raise SorlError(f"N={N}: the number of best-of-N candidates must be an integer >= 1")
+
+
+def best_of_n(candidates: Array, scores: Array) -> Array:
+    """Per state, the candidate with the highest score: `[N, B, A]`, `[N, B]` -> `[B, A]` (first one on ties)."""
+    best = jnp.argmax(scores, axis=0)
+    return jnp.take_along_axis(candidates, best[None, :, None], axis=0)[0]
+
+
+def sample_best_of_n(sample_fn: SampleFn, score_fn: ScoreFn, observations: Array, rng: Array, N: int) -> Array:
+    """Draw N candidates per state with independent keys and keep the best by `score_fn`.
+
+    With N = 1 the critic is never evaluated, so N = 1 costs exactly one sampler call. Agent-agnostic: any policy
+    with a sampler and a critic (SORL, flow BC + Q, FQL) gets the same verifier.
+    """
+    keys = jax.random.split(rng, N)
+    candidates = jax.vmap(sample_fn, in_axes=(None, 0))(observations, keys)
+    if N == 1:
+        return candidates[0]
+    scores = jax.vmap(score_fn, in_axes=(None, 0))(observations, candidates)
+    return best_of_n(candidates, scores)
+
+
+@partial(jax.jit, static_argnames=("K", "N"))
+def _policy(agent: Any, observations: Array, rng: Array, K: int, N: int) -> Array:
+    return agent.sample_actions(observations, rng, K=K, N=N)
+
+
+def make_policy_fn() -> Callable[[Any, Array, Array, int, int], Array]:
+    """`policy(agent, observations, rng, K, N) -> actions`, jitted with K and N static.
+
+    The agent is a traced argument (not closed over), so new parameters after training steps reuse the
+    compiled program; one compilation per `(K, N)` pair and observation shape. A single unbatched observation
+    `[obs_dim]` is accepted and answered with a single action.
+    """
+
+    def policy(agent: Any, observations: Array, rng: Array, K: int, N: int) -> Array:
+        validate_K_N(K, N, getattr(agent, "max_K", None))
+        observations = jnp.asarray(observations)
+        if observations.ndim == 1:
+            return _policy(agent, observations[None], rng, K=K, N=N)[0]
+        return _policy(agent, observations, rng, K=K, N=N)
+
+    return policy

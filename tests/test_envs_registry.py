@@ -1,0 +1,107 @@
+"""The environment registry: names, tasks, defaults and settings, checked against the installed ogbench."""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium
+import pytest
+
+from envs.registry import (
+    AGENT_ENV_SETTINGS,
+    ENVIRONMENTS,
+    agent_env_settings,
+    expand_environment,
+    resolve_env,
+    resolve_task,
+)
+from sorl.errors import SorlError
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import ogbench  # noqa: F401  (registers the gym ids)
+
+EXPECTED = {
+    *(f"pointmaze-{m}-{t}" for m in ("medium", "large", "giant", "teleport") for t in ("navigate", "stitch")),
+    *(f"antmaze-{m}-{t}" for m in ("medium", "large", "giant", "teleport") for t in ("navigate", "stitch")),
+    *(f"antmaze-{m}-explore" for m in ("medium", "large", "teleport")),
+    *(f"humanoidmaze-{m}-{t}" for m in ("medium", "large", "giant") for t in ("navigate", "stitch")),
+    *(f"antsoccer-{m}-{t}" for m in ("arena", "medium") for t in ("navigate", "stitch")),
+    *(f"cube-{n}-play" for n in ("single", "double", "triple", "quadruple")),
+    "scene-play",
+    *(f"puzzle-{n}-play" for n in ("3x3", "4x4", "4x5", "4x6")),
+}
+
+
+def test_registry_covers_ogbench_singletask_environments():
+    assert set(ENVIRONMENTS) == EXPECTED
+    registered = set(gymnasium.envs.registry)
+    for spec in ENVIRONMENTS.values():
+        assert spec.env_id in registered, spec.env_id
+        assert spec.singletask_env_id() in registered
+        for task in spec.tasks:
+            assert spec.singletask_env_id(task.task_id) in registered
+        assert spec.generatable == (spec.family in ("pointmaze", "cube", "scene", "puzzle"))
+        assert spec.dataset_name == f"{spec.name}-v0"
+
+
+def test_default_tasks_match_ogbench():
+    # ogbench resolves `reward_task_id=0` (the '-singletask-v0' name) to an environment-specific default.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for spec in ENVIRONMENTS.values():
+            env = gymnasium.make(spec.singletask_env_id())
+            assert env.unwrapped._reward_task_id == spec.default_task, spec.name
+            assert env.unwrapped.num_tasks == spec.num_tasks == 5
+            env.close()
+
+
+@pytest.mark.parametrize(
+    "name, task_id",
+    [
+        ("cube-single-play", 2),
+        ("cube-single-play-v0", 2),
+        ("cube-single-play-singletask-v0", 2),
+        ("cube-single-play-singletask-task3-v0", 3),
+        ("cube-single-play-task5", 5),
+        ("  Puzzle-3x3-Play ", 4),
+        ("antsoccer-arena-navigate", 4),
+        ("pointmaze-giant-stitch-task1", 1),
+    ],
+)
+def test_resolve_task_spellings(name, task_id):
+    task = resolve_task(name)
+    assert task.task_id == task_id
+    assert task.name == f"{task.env.name}-singletask-task{task_id}-v0"
+    assert resolve_task(task.name) == task  # canonical names round-trip
+
+
+def test_unknown_names_suggest_close_ones():
+    with pytest.raises(SorlError, match="did you mean: cube-single-play"):
+        resolve_task("cube-singel-play")
+    with pytest.raises(SorlError, match="did you mean"):
+        resolve_task("antmaze-large-navigat-singletask-task1-v0")
+    with pytest.raises(SorlError, match="tasks 1-5"):
+        resolve_task("scene-play-task7")
+
+
+def test_expand_environment():
+    tasks = expand_environment("scene-play")
+    assert [t.task_id for t in tasks] == [1, 2, 3, 4, 5]
+    assert [t.name for t in tasks][0] == "scene-play-singletask-task1-v0"
+    assert expand_environment("scene-play-task3") == [resolve_task("scene-play-task3")]
+
+
+def test_agent_env_settings_from_method_table():
+    # shared/docs/method.md: the SORL per-environment table.
+    assert agent_env_settings("sorl", "antmaze-giant-navigate-singletask-task2-v0") == dict(
+        q_loss_coef=500, discount=0.995, q_agg="min"
+    )
+    assert agent_env_settings("sorl", "cube-single-play") == dict(q_loss_coef=10, discount=0.99, q_agg="mean")
+    assert agent_env_settings("sorl", "puzzle-3x3-play") == {}  # not in the table: agent defaults
+    assert agent_env_settings("fql", "cube-single-play") == {}  # baseline rows not filled in yet
+    for rows in AGENT_ENV_SETTINGS.values():
+        for env_name in rows:
+            assert resolve_env(env_name).name == env_name
+    with pytest.raises(SorlError):
+        agent_env_settings("sorl", "no-such-env")
