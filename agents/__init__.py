@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from agents.bc import BCAgent
+from agents.fql import FQLAgent
+from agents.iql import IQLAgent
+from agents.rebrac import ReBRACAgent
 from agents.sorl import SORLAgent
 from sorl.errors import SorlError, suggest
 
 AGENTS: dict[str, type] = {
     "sorl": SORLAgent,
+    "fql": FQLAgent,
+    "rebrac": ReBRACAgent,
+    "iql": IQLAgent,
+    "bc": BCAgent,
 }
 
 

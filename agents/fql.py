@@ -25,7 +25,6 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from sorl import baselines as B
 from sorl import shortcut
@@ -153,12 +152,7 @@ class FQLAgent(flax.struct.PyTreeNode):
             actor_loss, actor_info = self.actor_loss(batch, params, actor_rng)
             return critic_loss + actor_loss, B.prefixed(critic=critic_info, actor=actor_info)
 
-        grads, info = jax.grad(total, has_aux=True)(self.params)
-        params, opt_state, norms = B.ModuleOptimizer.of(self.config).step(self.params, self.opt_state, grads)
-        tau = self.config.tau
-        target = {"critic": optax.incremental_update(self.params["critic"], self.target_params["critic"], tau)}
-        agent = self.replace(rng=new_rng, step=self.step + 1, params=params, target_params=target, opt_state=opt_state)
-        return agent, {**info, **norms}
+        return B.joint_update(self, total, new_rng)
 
     # ------------------------------------------------------------------------------------------ inference
 
@@ -182,29 +176,15 @@ class FQLAgent(flax.struct.PyTreeNode):
     def create(
         cls, rng: Array | int, example_observations: Array, example_actions: Array, config: FQLConfig | None = None
     ) -> FQLAgent:
-        config = FQLConfig() if config is None else config
-        config.validate()
-        rng, init_rng = jax.random.split(B.as_key(rng))
-        obs = jnp.asarray(example_observations, jnp.float32)
-        act = jnp.asarray(example_actions, jnp.float32)
-        action_dim = int(act.shape[-1])
-        params = B.init_params(
-            init_rng,
-            {
+        def networks(obs: Array, act: Array, action_dim: int):
+            return {
                 "critic": (B.critic_def(config), (obs, act)),
                 "actor_bc_flow": (_flow_def(config, action_dim), (obs, act, act[..., :1])),
                 "actor_onestep_flow": (_onestep_def(config, action_dim), (obs, act)),
-            },
-        )
-        return cls(
-            rng=rng,
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            target_params={"critic": params["critic"]},
-            opt_state=B.ModuleOptimizer.of(config).init(params),
-            action_dim=action_dim,
-            config=config,
-        )
+            }
+
+        config = FQLConfig() if config is None else config
+        return cls(**B.initial_fields(rng, config, example_observations, example_actions, networks, ["critic"]))
 
 
 def _flow_def(config: FQLConfig, action_dim: int) -> ShortcutVelocityNet:

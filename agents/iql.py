@@ -23,7 +23,6 @@ from typing import Any, Literal
 import flax
 import jax
 import jax.numpy as jnp
-import optax
 
 from sorl import baselines as B
 from sorl.inference import validate_K_N
@@ -53,7 +52,7 @@ class IQLAgent(flax.struct.PyTreeNode):
 
     def policy(self, actor_params: Params, observations: Array) -> tuple[Array, Array]:
         """`(mean, log_std)` of the Gaussian policy."""
-        return _actor_def(self.config, self.action_dim).apply({"params": actor_params}, observations)
+        return B.actor_head(self.config, self.action_dim).apply({"params": actor_params}, observations)
 
     def q(self, critic_params: Params, observations: Array, actions: Array) -> Array:
         """`agg_j Q_j(x, a)`, `[B]`."""
@@ -111,13 +110,8 @@ class IQLAgent(flax.struct.PyTreeNode):
             info = B.prefixed(value=value_info, critic=critic_info, actor=actor_info)
             return value_loss + critic_loss + actor_loss, info
 
-        grads, info = jax.grad(total, has_aux=True)(self.params)
-        params, opt_state, norms = B.ModuleOptimizer.of(self.config).step(self.params, self.opt_state, grads)
-        tau = self.config.tau
-        target = {"critic": optax.incremental_update(self.params["critic"], self.target_params["critic"], tau)}
-        new_rng = jax.random.split(self.rng)[0]  # the update draws no randomness; the key still advances
-        agent = self.replace(rng=new_rng, step=self.step + 1, params=params, target_params=target, opt_state=opt_state)
-        return agent, {**info, **norms}
+        # The update draws no randomness; the agent's key still advances, as for every agent.
+        return B.joint_update(self, total, jax.random.split(self.rng)[0])
 
     # ------------------------------------------------------------------------------------------ inference
 
@@ -143,36 +137,12 @@ class IQLAgent(flax.struct.PyTreeNode):
         cls, rng: Array | int, example_observations: Array, example_actions: Array, config: IQLConfig | None = None
     ) -> IQLAgent:
         config = IQLConfig() if config is None else config
-        config.validate()
-        rng, init_rng = jax.random.split(B.as_key(rng))
-        obs = jnp.asarray(example_observations, jnp.float32)
-        act = jnp.asarray(example_actions, jnp.float32)
-        action_dim = int(act.shape[-1])
-        modules = {
+        networks = lambda obs, act, action_dim: {  # noqa: E731
             "value": (B.critic_def(config, num_members=1), (obs,)),
             "critic": (B.critic_def(config), (obs, act)),
-            "actor": (_actor_def(config, action_dim), (obs,)),
+            "actor": (B.actor_head(config, action_dim), (obs,)),
         }
-        params = B.init_params(init_rng, modules)
-        return cls(
-            rng=rng,
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            target_params={"critic": params["critic"]},
-            opt_state=B.ModuleOptimizer.of(config).init(params),
-            action_dim=action_dim,
-            config=config,
-        )
-
-
-def _actor_def(config: IQLConfig, action_dim: int) -> B.ActorHead:
-    return B.ActorHead(
-        action_dim=action_dim,
-        hidden_dims=B.hidden_dims(config.actor_layer_size, config.actor_num_layers),
-        layer_norm=config.actor_layer_norm,
-        final_init_scale=config.actor_fc_scale,
-        const_std=config.const_std,
-    )
+        return cls(**B.initial_fields(rng, config, example_observations, example_actions, networks, ["critic"]))
 
 
 # ------------------------------------------------------------------------------------------------- config

@@ -26,7 +26,6 @@ from typing import Any, Literal
 import flax
 import jax
 import jax.numpy as jnp
-import optax
 
 from sorl import baselines as B
 from sorl.errors import SorlError
@@ -61,7 +60,7 @@ class ReBRACAgent(flax.struct.PyTreeNode):
 
     def actions(self, actor_params: Params, observations: Array) -> Array:
         """`pi(x) = tanh(mean)`, in (-1, 1)."""
-        mean, _ = _actor_def(self.config, self.action_dim).apply({"params": actor_params}, observations)
+        mean, _ = B.actor_head(self.config, self.action_dim).apply({"params": actor_params}, observations)
         return jnp.tanh(mean)
 
     def smoothing_noise(self, rng: Array, shape: tuple[int, ...]) -> Array:
@@ -125,7 +124,7 @@ class ReBRACAgent(flax.struct.PyTreeNode):
                 self.params["actor"]
             )
             new_params, new_state, actor_norms = optimizer.step(params, opt_state, {"actor": grad}, names=["actor"])
-            targets = optax.incremental_update(self.params, self.target_params, self.config.tau)
+            targets = B.ema_targets(self.params, self.target_params, self.config.tau)
             return new_params, new_state, targets, _floats(info, grad_norm=actor_norms["actor/grad_norm"], updated=1)
 
         def critic_only(_):
@@ -161,36 +160,23 @@ class ReBRACAgent(flax.struct.PyTreeNode):
         cls, rng: Array | int, example_observations: Array, example_actions: Array, config: ReBRACConfig | None = None
     ) -> ReBRACAgent:
         config = ReBRACConfig() if config is None else config
-        config.validate()
-        rng, init_rng = jax.random.split(B.as_key(rng))
-        obs = jnp.asarray(example_observations, jnp.float32)
-        act = jnp.asarray(example_actions, jnp.float32)
-        action_dim = int(act.shape[-1])
-        modules = {"actor": (_actor_def(config, action_dim), (obs,)), "critic": (B.critic_def(config), (obs, act))}
-        params = B.init_params(init_rng, modules)
-        return cls(
-            rng=rng,
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            target_params=params,
-            opt_state=B.ModuleOptimizer.of(config).init(params),
-            action_dim=action_dim,
-            config=config,
+        fields = B.initial_fields(
+            rng,
+            config,
+            example_observations,
+            example_actions,
+            lambda obs, act, action_dim: {
+                "actor": (B.actor_head(config, action_dim), (obs,)),
+                "critic": (B.critic_def(config), (obs, act)),
+            },
+            targets=["actor", "critic"],
         )
+        return cls(**fields)
 
 
 def _floats(info: dict[str, Array], **extra: Array | float) -> dict[str, Array]:
     """`info` and `extra` as float32 arrays (both branches of the actor-step `cond` must return the same types)."""
     return {k: jnp.asarray(v, jnp.float32) for k, v in {**info, **extra}.items()}
-
-
-def _actor_def(config: ReBRACConfig, action_dim: int) -> B.ActorHead:
-    return B.ActorHead(
-        action_dim=action_dim,
-        hidden_dims=B.hidden_dims(config.actor_layer_size, config.actor_num_layers),
-        layer_norm=config.actor_layer_norm,
-        final_init_scale=config.actor_fc_scale,
-    )
 
 
 # ------------------------------------------------------------------------------------------------- config

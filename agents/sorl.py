@@ -211,9 +211,7 @@ class SORLAgent(flax.struct.PyTreeNode):
         updates, opt_state = tx.update(critic_grads, self.opt_state, self.params)
         params = optax.apply_updates(self.params, updates)
 
-        actor_grad, actor_info = jax.grad(lambda p: self.actor_loss(batch, p, actor_rng), has_aux=True)(
-            params["actor"]
-        )
+        actor_grad, actor_info = jax.grad(lambda p: self.actor_loss(batch, p, actor_rng), has_aux=True)(params["actor"])
         actor_grads = {"actor": actor_grad, "critic": jax.tree.map(jnp.zeros_like, params["critic"])}
         updates, opt_state = tx.update(actor_grads, opt_state, params)
         params = optax.apply_updates(params, updates)
@@ -273,10 +271,8 @@ def _init_agent(cls: type[SORLAgent], config: SORLConfig, rng: Array, observatio
         "critic": _critic_def(config).init(critic_rng, observations, actions, scalars)["params"],
     }
     tx = make_optimizer(config)
-    if config.released_update:
-        opt_state = tx.init(params)
-    else:
-        opt_state = {name: tx.init(p) for name, p in params.items()}
+    # One shared Adam state in the released update; one per network otherwise.
+    opt_state = tx.init(params) if config.released_update else {name: tx.init(p) for name, p in params.items()}
     return cls(
         rng=rng,
         step=jnp.zeros((), jnp.int32),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -79,11 +80,17 @@ def _integer(v: Any) -> bool:
 
 _rule(["lr"], lambda v: _number(v) and v > 0, "must be a positive number")
 _rule(
-    ["grad_clip_norm", "alpha", "alpha_actor", "alpha_critic", "actor_noise", "actor_noise_clip"],
+    ["grad_clip_norm", "alpha", "alpha_actor", "alpha_critic", "actor_noise", "actor_noise_clip", "bc_flow_loss_coef"],
     lambda v: _number(v) and v >= 0,
     "must be a non-negative number",
 )
 _rule(["discount"], lambda v: _number(v) and 0 <= v <= 1, "must be in [0, 1]")
+_rule(["optimizer_beta1", "optimizer_beta2", "t_epsilon"], lambda v: _number(v) and 0 <= v < 1, "must be in [0, 1)")
+_rule(
+    ["denoise_timesteps"],
+    lambda v: _integer(v) and v >= 1 and v & (v - 1) == 0,
+    "must be a power of two (1, 2, 4, 8, ...)",
+)
 _rule(["tau"], lambda v: _number(v) and 0 < v <= 1, "must be in (0, 1]")
 _rule(["expectile"], lambda v: _number(v) and 0 < v < 1, "must be in (0, 1)")
 _rule(["actor_fc_scale"], lambda v: _number(v) and v > 0, "must be a positive number")
@@ -151,6 +158,17 @@ class ActorHead(nn.Module):
         return mean, jnp.clip(log_std, -5.0, 2.0)
 
 
+def actor_head(config: Any, action_dim: int) -> ActorHead:
+    """The `ActorHead` a config describes (`actor_*` sizes, `actor_fc_scale`, `const_std` where it has one)."""
+    return ActorHead(
+        action_dim=action_dim,
+        hidden_dims=hidden_dims(config.actor_layer_size, config.actor_num_layers),
+        layer_norm=config.actor_layer_norm,
+        final_init_scale=config.actor_fc_scale,
+        const_std=getattr(config, "const_std", True),
+    )
+
+
 def gaussian_log_prob(mean: Array, log_std: Array, actions: Array) -> Array:
     """Log-density of a diagonal Gaussian, summed over the action dimensions: `[B]`."""
     z = (actions - mean) * jnp.exp(-log_std)
@@ -195,14 +213,22 @@ class ModuleOptimizer:
 
     lr: float
     grad_clip_norm: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
 
     @classmethod
     def of(cls, config: Any) -> ModuleOptimizer:
-        return cls(config.lr, getattr(config, "grad_clip_norm", 0.0))
+        """From a config's `lr`, `grad_clip_norm`, `optimizer_beta1`, `optimizer_beta2` (the last three optional)."""
+        return cls(
+            config.lr,
+            getattr(config, "grad_clip_norm", 0.0),
+            getattr(config, "optimizer_beta1", 0.9),
+            getattr(config, "optimizer_beta2", 0.999),
+        )
 
     @property
     def tx(self) -> optax.GradientTransformation:
-        adam = optax.adam(self.lr)
+        adam = optax.adam(self.lr, b1=self.b1, b2=self.b2)
         return optax.chain(optax.clip_by_global_norm(self.grad_clip_norm), adam) if self.grad_clip_norm > 0 else adam
 
     def init(self, params: Mapping[str, Params]) -> dict[str, Any]:
@@ -233,14 +259,74 @@ def prefixed(**infos: Mapping[str, Array]) -> dict[str, Array]:
     return {f"{group}/{k}": v for group, info in infos.items() for k, v in info.items()}
 
 
-def init_params(rng: Array, modules: Mapping[str, tuple[nn.Module, tuple[Array, ...]]]) -> dict[str, Params]:
-    """`{name: module.init(key, *example_args)['params']}` with an independent key per network."""
+NetworksFn = Callable[[Array, Array, int], Mapping[str, tuple[nn.Module, tuple[Array, ...]]]]
+
+
+def initial_fields(
+    rng: Array | int,
+    config: Any,
+    example_observations: Array,
+    example_actions: Array,
+    networks: NetworksFn,
+    targets: Sequence[str],
+) -> dict[str, Any]:
+    """The constructor arguments of a fresh baseline agent (its fields rng, step, params, target_params,
+    opt_state, action_dim, config), after `config.validate()`.
+
+    `networks(observations, actions, action_dim)` names each network with its module and example inputs; each is
+    initialised with its own key, and those named in `targets` get EMA copies that start equal to them. The
+    initialisation runs as one compiled program, cached per (networks, optimiser, shapes).
+    """
+    config.validate()
+    rng = jax.random.PRNGKey(rng) if isinstance(rng, int) else rng
+    rng, init_rng = jax.random.split(rng)
+    obs = jnp.asarray(example_observations, jnp.float32)[:1]
+    act = jnp.asarray(example_actions, jnp.float32)[:1]
+    action_dim = int(act.shape[-1])
+    nets = networks(obs, act, action_dim)
+    modules = tuple((name, module) for name, (module, _) in nets.items())
+    params, opt_state = _init_networks(modules, ModuleOptimizer.of(config), init_rng, [a for _, a in nets.values()])
+    return dict(
+        rng=rng,
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        target_params={name: params[name] for name in targets},
+        opt_state=opt_state,
+        action_dim=action_dim,
+        config=config,
+    )
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _init_networks(
+    modules: tuple[tuple[str, nn.Module], ...], optimizer: ModuleOptimizer, rng: Array, example_args: list
+) -> tuple[dict[str, Params], dict[str, Any]]:
     keys = jax.random.split(rng, len(modules))
-    return {name: m.init(k, *args)["params"] for k, (name, (m, args)) in zip(keys, modules.items(), strict=True)}
+    params = {
+        name: module.init(key, *args)["params"]
+        for key, (name, module), args in zip(keys, modules, example_args, strict=True)
+    }
+    return params, optimizer.init(params)
 
 
-def as_key(rng: Array | int) -> Array:
-    return jax.random.PRNGKey(rng) if isinstance(rng, int) else rng
+def ema_targets(params: Mapping[str, Params], target_params: Mapping[str, Params], tau: float) -> dict[str, Params]:
+    """Every target network moved `tau` of the way towards its online network (pass the pre-step `params` to do as
+    the reference code does)."""
+    return {name: optax.incremental_update(params[name], target, tau) for name, target in target_params.items()}
+
+
+def joint_update(
+    agent: Any, total_loss: Callable[[dict[str, Params]], tuple[Array, dict[str, Array]]], new_rng: Array
+) -> tuple[Any, dict[str, Array]]:
+    """`agent` after one backward pass of `total_loss(params)` (a sum of losses, each reaching only its own network),
+    one Adam step per network, and the EMA of `agent.target_params` towards the pre-step networks; its key becomes
+    `new_rng` and its step count advances. Returns `(agent, info)`, info with each network's gradient norm added.
+    """
+    grads, info = jax.grad(total_loss, has_aux=True)(agent.params)
+    params, opt_state, norms = ModuleOptimizer.of(agent.config).step(agent.params, agent.opt_state, grads)
+    targets = ema_targets(agent.params, agent.target_params, agent.config.tau)
+    new = agent.replace(rng=new_rng, step=agent.step + 1, params=params, target_params=targets, opt_state=opt_state)
+    return new, {**info, **norms}
 
 
 # ---------------------------------------------------------------------------------------------- inference

@@ -140,7 +140,7 @@ class EvalArgs:
     """Cut episodes at this many steps (default: what the run used during training)."""
 
 
-def evaluate(args: EvalArgs) -> None:
+def evaluate(args: Annotated[EvalArgs, tyro.conf.arg(name="")]) -> None:
     from sorl import evaluation
 
     evaluation.eval_from_cli(args)

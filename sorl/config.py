@@ -120,8 +120,7 @@ def apply_overrides(config: C, overrides: dict[str, str], prefix: str = "--agent
             changes[key] = _coerce(value, types_[key])
         except (ValueError, TypeError):
             raise SorlError(
-                f"{prefix}{key}={value!r}: expected {_type_name(types_[key])} "
-                f"(current value {getattr(config, key)!r})"
+                f"{prefix}{key}={value!r}: expected {_type_name(types_[key])} (current value {getattr(config, key)!r})"
             ) from None
     new = dataclasses.replace(config, **changes)
     validate = getattr(new, "validate", None)

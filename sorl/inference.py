@@ -26,7 +26,7 @@ def validate_K_N(K: int, N: int, max_K: int | None = None) -> None:
     """Raise a one-line `SorlError` unless K is a power of two within the trained maximum and N >= 1."""
     if not is_power_of_two(K):
         raise SorlError(f"K={K}: the number of sampling steps must be a power of two (1, 2, 4, 8, ...)")
-    if max_K is not None and K > max_K:
+    if max_K is not None and max_K < K:
         raise SorlError(
             f"K={K} is above the largest step count this agent was trained for ({max_K}, its denoise_timesteps); "
             f"use K <= {max_K} or train with --agent.denoise_timesteps={K}"
@@ -44,13 +44,14 @@ def best_of_n(candidates: Array, scores: Array) -> Array:
 def sample_best_of_n(sample_fn: SampleFn, score_fn: ScoreFn, observations: Array, rng: Array, N: int) -> Array:
     """Draw N candidates per state with independent keys and keep the best by `score_fn`.
 
-    With N = 1 the critic is never evaluated, so N = 1 costs exactly one sampler call. Agent-agnostic: any policy
-    with a sampler and a critic (SORL, flow BC + Q, FQL) gets the same verifier.
+    N = 1 is exactly `sample_fn(observations, rng)` and never evaluates the critic; for N > 1 candidate i uses
+    `jax.random.split(rng, N)[i]`. Agent-agnostic: any policy with a sampler and a critic (SORL, flow BC + Q,
+    FQL) gets the same verifier.
     """
+    if N == 1:
+        return sample_fn(observations, rng)
     keys = jax.random.split(rng, N)
     candidates = jax.vmap(sample_fn, in_axes=(None, 0))(observations, keys)
-    if N == 1:
-        return candidates[0]
     scores = jax.vmap(score_fn, in_axes=(None, 0))(observations, candidates)
     return best_of_n(candidates, scores)
 

@@ -88,7 +88,9 @@ class CriticEnsemble(nn.Module):
         if K is not None:
             inputs.append(as_column(K, batch_shape))
         x = jnp.concatenate(inputs, axis=-1)
-        heads = ensemblize(MLP, self.num_members)((*self.hidden_dims, 1), activate_final=False, layer_norm=self.layer_norm)
+        heads = ensemblize(MLP, self.num_members)(
+            (*self.hidden_dims, 1), activate_final=False, layer_norm=self.layer_norm
+        )
         return heads(x).squeeze(-1)
 
 
@@ -108,9 +110,7 @@ class ShortcutVelocityNet(nn.Module):
     layer_norm: bool = False
 
     @nn.compact
-    def __call__(
-        self, observations: Array, a_t: Array, t: Array | float, d: Array | float | None = None
-    ) -> Array:
+    def __call__(self, observations: Array, a_t: Array, t: Array | float, d: Array | float | None = None) -> Array:
         batch_shape = a_t.shape[:-1]
         inputs = [observations, a_t, as_column(t, batch_shape)]
         if d is not None:

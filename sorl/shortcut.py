@@ -56,20 +56,28 @@ def self_consistency_target(
     return jax.lax.stop_gradient(0.5 * (v1 + v2))
 
 
+def euler(velocity_fn: VelocityFn, observations: Array, noise: Array, steps: int, d: float | None = None) -> Array:
+    """`steps` equal Euler steps of `velocity_fn(observations, a, t, d)` from t = 0 to 1, unclipped.
+
+    Any positive step count; `d` is passed through unchanged (None for a plain flow field). The loop is a Python
+    loop on purpose: exactly `steps` network calls, each differentiable.
+    """
+    h = 1.0 / steps
+    a = noise
+    for i in range(steps):
+        a = a + h * velocity_fn(observations, a, i / steps, d)
+    return a
+
+
 def sample_euler(velocity_fn: VelocityFn, observations: Array, noise: Array, K: int) -> Array:
-    """K-step Euler from `noise` (t = 0) to an action (t = 1), clipped to [-1, 1].
+    """The shortcut sampler: K-step Euler with step code d = log2 K, clipped to [-1, 1].
 
     `K` is a static Python int: the loop unrolls into exactly K network calls, which keeps every step
     differentiable (the Q term backpropagates through all of them) and costs little compile time for K <= 8.
     """
     if not is_power_of_two(K):
         raise SorlError(f"the number of sampling steps K must be a power of two (1, 2, 4, ...), got {K}")
-    d = float(math.log2(K))
-    h = 1.0 / K
-    a = noise
-    for i in range(K):
-        a = a + h * velocity_fn(observations, a, i / K, d)
-    return jnp.clip(a, -1.0, 1.0)
+    return jnp.clip(euler(velocity_fn, observations, noise, K, float(math.log2(K))), -1.0, 1.0)
 
 
 class ShortcutBatch(NamedTuple):

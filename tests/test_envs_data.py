@@ -30,6 +30,9 @@ PUBLISHED_FORMAT = {
 }
 BUTTON_FORMAT = {"button_states": (np.int64, 2)}
 
+# gymnasium warns about float64 Box bounds each time a manipspace env's action_space is read.
+pytestmark = pytest.mark.filterwarnings("ignore:.*precision lowered:UserWarning")
+
 EPISODES, STEPS = 2, 30
 ENVS = ["cube-single-play", "scene-play", "puzzle-3x3-play", "pointmaze-medium-navigate", "pointmaze-large-stitch"]
 

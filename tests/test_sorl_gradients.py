@@ -68,6 +68,7 @@ def loss_grads(agent: SORLAgent, loss: str, rng: jax.Array) -> tuple[dict, dict]
 
 
 BATCH = make_batch()
+UPDATE = jax.jit(SORLAgent.update)  # one compilation per config, shared by the tests
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -121,7 +122,6 @@ def released_by_hand(pre: SORLAgent, state, batch):
 
 def test_released_update_is_two_steps_of_one_shared_adam():
     agent = make_agent(released_update=True)
-    update = jax.jit(SORLAgent.update)
     state = shared_adam(agent.config).init(agent.params)
     expected = agent
     for batch in (BATCH, make_batch(seed=7)):
@@ -131,7 +131,7 @@ def test_released_update_is_two_steps_of_one_shared_adam():
         assert any_nonzero(jax.tree.map(lambda a, b: a - b, p2["critic"], p1["critic"]))
         expected = expected.replace(params=p2, target_params=targets, rng=jax.random.split(expected.rng, 3)[0])
 
-        agent, _ = update(agent, batch)
+        agent, _ = UPDATE(agent, batch)
         close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)  # noqa: E731
         jax.tree.map(close, agent.params, expected.params)
         jax.tree.map(close, agent.target_params, expected.target_params)
@@ -157,6 +157,25 @@ def test_default_update_is_one_step_of_separate_adams():
         return expected
 
     expected = by_hand(agent)
-    new, info = jax.jit(SORLAgent.update)(agent, BATCH)
+    new, info = UPDATE(agent, BATCH)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), new.params, expected)
     assert all(np.isfinite(float(v)) for v in info.values())
+
+
+def test_update_vmaps_over_seeds():
+    # Seeds as a batch axis: one vmapped update equals the per-seed updates.
+    keys = jax.random.split(jax.random.PRNGKey(3), 2)
+    create = lambda k: SORLAgent.create(k, jnp.zeros((1, OBS)), jnp.zeros((1, ACT)), TINY)  # noqa: E731
+    singles = [create(k) for k in keys]
+    agents = jax.tree.map(lambda *x: jnp.stack(x), *singles)
+    # create itself vmaps too (traced only here, to save a compilation).
+    assert jax.tree.structure(jax.eval_shape(jax.vmap(create), keys)) == jax.tree.structure(agents)
+    kernels = agents.params["actor"]["MLP_0"]["Dense_0"]["kernel"]
+    assert not np.allclose(kernels[0], kernels[1])  # the seeds differ
+    new, info = jax.jit(jax.vmap(SORLAgent.update, in_axes=(0, None)))(agents, BATCH)
+    assert info["critic/critic_loss"].shape == (2,)
+    for i, single in enumerate(singles):
+        single, _ = UPDATE(single, BATCH)
+        jax.tree.map(
+            lambda a, b, i=i: np.testing.assert_allclose(a[i], b, rtol=1e-4, atol=1e-6), new.params, single.params
+        )
