@@ -77,7 +77,8 @@ class SORLAgent(flax.struct.PyTreeNode):
     def sample_with_random_K(self, actor_params: Params, observations: Array, rng: Array) -> tuple[Array, Array]:
         """Actions from the policy with one K drawn uniformly from {1, 2, ..., max_k_backprop}; returns (a, K).
 
-        K must be static for the sampler, so each K is one `lax.switch` branch; only the drawn branch runs.
+        K must be static for the sampler, so each K is one `lax.switch` branch; only the drawn branch runs (under
+        `vmap` over seeds the index is batched and every branch runs, 1 + 2 + ... + max_k_backprop network calls).
         Gradients reach `actor_params` through every Euler step unless the caller stops them.
         """
         K_values = [2**i for i in range(int(math.log2(self.config.max_k_backprop)) + 1)]

@@ -125,12 +125,15 @@ def test_rebrac_actor_loss_moves_only_the_actor(alpha_actor):
     assert_moves_only(grads_of(agent, lambda a, p: a.actor_loss(BATCH_DATA, p)[0]), {"actor"})
 
 
+def changed(x, y) -> bool:
+    return not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True))
+
+
 def test_rebrac_actor_and_targets_move_only_every_actor_freq_updates():
     agent = make_agent("rebrac", actor_freq=2, alpha_actor=0.1, alpha_critic=0.1)
     update = jax.jit(lambda a: a.update(BATCH_DATA))
     first, info1 = update(agent)  # update 1: critic only
     second, info2 = update(first)  # update 2: critic and actor, then both targets
-    changed = lambda x, y: not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y)))  # noqa: E731
 
     assert changed(agent.params["critic"], first.params["critic"])
     assert not changed(agent.params["actor"], first.params["actor"])
