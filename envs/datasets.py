@@ -257,19 +257,20 @@ def _check_success_timing(success_timing: str) -> None:
         raise SorlError(f"success_timing must be 'pre' or 'post' (got {success_timing!r})")
 
 
-def make_env(task_name: str | Task, *, success_timing: str = "pre"):
+def make_env(task_name: str | Task, *, success_timing: str = "pre", **env_kwargs):
     """The task's gymnasium environment without any dataset (for evaluation workers).
 
     `success_timing` is accepted by every OGBench singletask env, pointmaze included (ogbench 1.2.2's locomaze
     MazeEnv and BallEnv take it, as do the manipspace envs): 'pre' is ogbench>=1.2's default (reward and success
-    from the state before the action), 'post' the published protocol (ogbench 1.1.0)."""
+    from the state before the action), 'post' the published protocol (ogbench 1.1.0). `env_kwargs` go to
+    `gymnasium.make` (e.g. `max_episode_steps=...`)."""
     import ogbench
 
     task = task_name if isinstance(task_name, Task) else resolve_task(task_name)
     _check_success_timing(success_timing)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return ogbench.make_env_and_datasets(task.name, env_only=True, success_timing=success_timing)
+        return ogbench.make_env_and_datasets(task.name, env_only=True, success_timing=success_timing, **env_kwargs)
 
 
 def _bad_file(spec: EnvSpec, path: Path, what: str) -> SorlError:

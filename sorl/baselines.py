@@ -1,20 +1,25 @@
 """Building blocks the baseline agents (agents/fql.py, rebrac.py, iql.py, bc.py) share.
 
-What is here, and nowhere else:
-
-- `BaselineConfig`: the fields and defaults every baseline of the FQL reference code shares (4x512 GELU MLPs,
+- `BaselineConfig`: the fields and defaults FQL, ReBRAC and IQL share in the FQL reference code (4x512 GELU MLPs,
   LayerNorm in critics only, Adam 3e-4 without clipping, batch 256, gamma 0.99, tau 0.005, two critics), and
-  `check_config`, the one-line validation the agents' `validate()` methods call.
-- `ActorHead`: the reference's Gaussian/deterministic actor (MLP trunk, small-init mean head, constant or learned
-  log-std). ReBRAC plays `tanh(mean)`; IQL uses the Gaussian.
-- `euler_flow`: Euler integration of a plain flow-matching velocity `v(x, a_t, t)` with any number of steps (FQL's
-  flow BC uses 10, which `sorl.shortcut.sample_euler`, a sampler over power-of-two step codes, does not take).
-- `expectile_loss`, `gaussian_log_prob`, `aggregate`: the small formulas of IQL and the critics.
-- `ModuleOptimizer`: one Adam state per network, stepped with that network's gradient, so one backward pass of the
-  summed losses updates every network (equivalent to the reference's single Adam over all parameters, which has no
-  clipping and so no coupling between networks).
-- `best_of_mode_and_samples`: best-of-N for agents whose N = 1 action is deterministic (ReBRAC, IQL).
-- `with_next_actions`: the dataset key ReBRAC's critic penalty needs.
+  `check_config`, the one-line validation every baseline config's `validate()` runs.
+- Networks: `critic_def` (the reference `Value`: a `CriticEnsemble`, one member for IQL's V), `ActorHead` /
+  `actor_head` (the reference `Actor`: MLP trunk, small-init mean head, constant or learned log-std; ReBRAC plays
+  `tanh(mean)`, IQL uses the Gaussian) and `euler_flow` (Euler integration of a plain flow-matching velocity
+  `v(x, a_t, t)` with any number of steps: FQL's flow BC uses 10, which `sorl.shortcut.sample_euler`, a sampler over
+  power-of-two step codes, does not take).
+- Formulas: `aggregate` (ensemble min / mean), `expectile_loss`, `gaussian_log_prob`.
+- Training state: `initial_fields` (a fresh agent's fields, initialised by one compiled program), `ModuleOptimizer`
+  (one Adam state per network), `joint_update` (one backward pass of the summed losses, one Adam step per network,
+  EMA targets: equivalent to the reference's single unclipped Adam over all parameters, since each loss reaches
+  only its own network), `ema_targets`, `prefixed` (the `critic/...`, `actor/...` log keys).
+- Inference: `best_of_mode_and_samples`, best-of-N for agents whose N = 1 action is deterministic (ReBRAC, IQL).
+- Data: `with_next_actions`, the dataset key ReBRAC's critic penalty needs (`ReBRACAgent.prepare_dataset`).
+
+The (K, N) contract of `sample_actions(observations, rng, K, N)` across the baselines: FQL, ReBRAC and IQL have no
+multi-step sampler, so their `max_K` is None (`sorl.inference.validate_K_N` then accepts every power of two) and K
+does not change the action; best-of-N ranks candidates with the agent's own critic. Flow BC samples with K steps
+(`max_K = denoise_timesteps`, as SORL) and, having no critic, answers every N with the N = 1 sample.
 """
 
 from __future__ import annotations

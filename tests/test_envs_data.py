@@ -104,6 +104,7 @@ def test_load_task_returns_float32_dicts_and_success_timing(data):
     with pytest.raises(SorlError, match="success_timing"):
         datasets.load_task("cube-single-play", data, success_timing="later")
     assert datasets.make_env("scene-play").unwrapped._reward_task_id == 2
+    assert datasets.make_env("pointmaze-medium-navigate", max_episode_steps=7).spec.max_episode_steps == 7
 
 
 def test_same_seed_same_arrays_with_1_and_2_workers(data, tmp_path):

@@ -99,7 +99,7 @@ def test_agent_env_settings_from_method_table():
     )
     assert agent_env_settings("sorl", "cube-single-play") == dict(q_loss_coef=10, discount=0.99, q_agg="mean")
     assert agent_env_settings("sorl", "puzzle-3x3-play") == {}  # not in the table: agent defaults
-    assert agent_env_settings("fql", "cube-single-play") == {}  # baseline rows not filled in yet
+    assert agent_env_settings("no-such-agent", "cube-single-play") == {}
     for rows in AGENT_ENV_SETTINGS.values():
         for env_name in rows:
             assert resolve_env(env_name).name == env_name
