@@ -253,6 +253,10 @@ def train(
     example_act = np.asarray(train_data["actions"][:1], np.float32)
     dataset = to_device(train_data)
     del train_data
+    # Agents that need more than the standard batch keys (ReBRAC's next dataset action) derive them once here.
+    prepare = getattr(agent_cls, "prepare_dataset", None)
+    if prepare is not None:
+        dataset = prepare(dataset)
 
     state = initial_state(agent_cls, config, seed, example_obs, example_act)
     validate_grid(Ks, Ns, getattr(state["agent"], "max_K", None))
