@@ -65,9 +65,10 @@ class FQLAgent(flax.struct.PyTreeNode):
 
     # ------------------------------------------------------------------------------------------- networks
 
-    def flow_velocity(self, flow_params: Params) -> B.VelocityFn:
+    def flow_velocity(self, flow_params: Params) -> shortcut.VelocityFn:
         net = _flow_def(self.config, self.action_dim)
-        return lambda obs, a_t, t: net.apply({"params": flow_params}, obs, a_t, t)
+        # A plain flow field: the step code d that shortcut.euler passes through is None and not an input.
+        return lambda obs, a_t, t, d=None: net.apply({"params": flow_params}, obs, a_t, t)
 
     def onestep_actions(self, onestep_params: Params, observations: Array, noise: Array) -> Array:
         return _onestep_def(self.config, self.action_dim).apply({"params": onestep_params}, observations, noise)
@@ -77,7 +78,8 @@ class FQLAgent(flax.struct.PyTreeNode):
 
     def flow_actions(self, flow_params: Params, observations: Array, noise: Array) -> Array:
         """The flow BC policy's action from `noise` with `flow_steps` Euler steps, clipped."""
-        return B.euler_flow(self.flow_velocity(flow_params), observations, noise, self.config.flow_steps)
+        a = shortcut.euler(self.flow_velocity(flow_params), observations, noise, self.config.flow_steps)
+        return jnp.clip(a, -1.0, 1.0)
 
     def _noise(self, rng: Array, observations: Array) -> Array:
         return jax.random.normal(rng, (*observations.shape[:-1], self.action_dim))

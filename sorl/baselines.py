@@ -5,9 +5,8 @@
   `check_config`, the one-line validation every baseline config's `validate()` runs.
 - Networks: `critic_def` (the reference `Value`: a `CriticEnsemble`, one member for IQL's V), `ActorHead` /
   `actor_head` (the reference `Actor`: MLP trunk, small-init mean head, constant or learned log-std; ReBRAC plays
-  `tanh(mean)`, IQL uses the Gaussian) and `euler_flow` (Euler integration of a plain flow-matching velocity
-  `v(x, a_t, t)` with any number of steps: FQL's flow BC uses 10, which `sorl.shortcut.sample_euler`, a sampler over
-  power-of-two step codes, does not take).
+  `tanh(mean)`, IQL uses the Gaussian). FQL's 10-step flow sampler is `sorl.shortcut.euler`, the same Euler
+  integrator the shortcut sampler uses.
 - Formulas: `aggregate` (ensemble min / mean), `expectile_loss`, `gaussian_log_prob`.
 - Training state: `initial_fields` (a fresh agent's fields, initialised by one compiled program), `ModuleOptimizer`
   (one Adam state per network), `joint_update` (one backward pass of the summed losses, one Adam step per network,
@@ -178,20 +177,6 @@ def gaussian_log_prob(mean: Array, log_std: Array, actions: Array) -> Array:
     """Log-density of a diagonal Gaussian, summed over the action dimensions: `[B]`."""
     z = (actions - mean) * jnp.exp(-log_std)
     return jnp.sum(-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi), axis=-1)
-
-
-VelocityFn = Callable[[Array, Array, Array | float], Array]  # (observations, a_t, t) -> velocity
-
-
-def euler_flow(velocity_fn: VelocityFn, observations: Array, noise: Array, steps: int) -> Array:
-    """`steps` Euler steps of `da/dt = v(x, a, t)` from `noise` at t = 0 to t = 1, clipped to [-1, 1].
-
-    `steps` is a static int (any positive value); the loop unrolls into `steps` network calls.
-    """
-    a = noise
-    for i in range(steps):
-        a = a + velocity_fn(observations, a, i / steps) / steps
-    return jnp.clip(a, -1.0, 1.0)
 
 
 # ----------------------------------------------------------------------------------------------- formulas
