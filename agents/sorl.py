@@ -74,21 +74,37 @@ class SORLAgent(flax.struct.PyTreeNode):
         """`agg_j Q_j(x, a, K)` with the current critic: the best-of-N verifier's score, `[B]`."""
         return self.aggregate(self.q_values(self.params["critic"], observations, actions, K))
 
-    def sample_with_random_K(self, actor_params: Params, observations: Array, rng: Array) -> tuple[Array, Array]:
+    @property
+    def K_choices(self) -> list[int]:
+        """The step counts the Q term and the critic target draw from: 1, 2, 4, ..., max_k_backprop."""
+        return [2**i for i in range(int(math.log2(self.config.max_k_backprop)) + 1)]
+
+    def draw_K_index(self, rng: Array) -> Array:
+        """An index into `K_choices`, uniform."""
+        return jax.random.randint(rng, (), 0, len(self.K_choices))
+
+    def sample_with_random_K(
+        self, actor_params: Params, observations: Array, rng: Array, K_index: Array | int | None = None
+    ) -> tuple[Array, Array]:
         """Actions from the policy with one K drawn uniformly from {1, 2, ..., max_k_backprop}; returns (a, K).
 
-        K must be static for the sampler, so each K is one `lax.switch` branch; only the drawn branch runs (under
-        `vmap` over seeds the index is batched and every branch runs, 1 + 2 + ... + max_k_backprop network calls).
+        `rng` gives the noise and, unless `K_index` is given, the draw of K. K must be static for the sampler,
+        so each K is one `lax.switch` branch and only the drawn branch runs — as long as the index is not
+        batched: under `vmap` over seeds a per-seed index makes every branch run (1 + 2 + ... +
+        max_k_backprop network calls), which is why the training loop draws K from a key shared by the seeds
+        (`train_update`). A Python int `K_index` traces the one branch alone (XLA cost analysis per K).
         Gradients reach `actor_params` through every Euler step unless the caller stops them.
         """
-        K_values = [2**i for i in range(int(math.log2(self.config.max_k_backprop)) + 1)]
+        K_values = self.K_choices
         idx_rng, noise_rng = jax.random.split(rng)
-        idx = jax.random.randint(idx_rng, (), 0, len(K_values))
+        idx = self.draw_K_index(idx_rng) if K_index is None else K_index
         noise = jax.random.normal(noise_rng, (*observations.shape[:-1], self.action_dim))
 
         def branch(K: int):
             return lambda p, obs, z: shortcut.sample_euler(self.velocity_fn(p), obs, z, K)
 
+        if isinstance(idx, int):
+            return branch(K_values[idx])(actor_params, observations, noise), jnp.float32(K_values[idx])
         actions = jax.lax.switch(idx, [branch(K) for K in K_values], actor_params, observations, noise)
         return actions, jnp.exp2(idx).astype(jnp.float32)
 
@@ -114,10 +130,12 @@ class SORLAgent(flax.struct.PyTreeNode):
         pred = self.velocity_fn(actor_params)(batch["observations"], sc.a_t, sc.t, sc.d)
         return jnp.mean((pred - target) ** 2)
 
-    def q_loss(self, batch: Batch, actor_params: Params, rng: Array) -> tuple[Array, dict[str, Array]]:
+    def q_loss(
+        self, batch: Batch, actor_params: Params, rng: Array, K_index: Array | int | None = None
+    ) -> tuple[Array, dict[str, Array]]:
         """L_Q = -mean Q(x, a^pi, K) over batch and ensemble; a^pi sampled with gradients, critic frozen."""
         observations = batch["observations"]
-        actions, K = self.sample_with_random_K(actor_params, observations, rng)
+        actions, K = self.sample_with_random_K(actor_params, observations, rng, K_index)
         # Policy improvement must not move the critic.
         critic_params = jax.lax.stop_gradient(self.params["critic"])
         q = self.q_values(critic_params, observations, actions, K).mean(axis=0)
@@ -128,22 +146,26 @@ class SORLAgent(flax.struct.PyTreeNode):
         info = {"q_loss": loss, "q": q.mean(), "mse": jnp.mean((actions - batch["actions"]) ** 2), "K": K}
         return loss, info
 
-    def actor_loss(self, batch: Batch, actor_params: Params, rng: Array) -> tuple[Array, dict[str, Array]]:
-        """c_FM * L_FM + alpha * L_SC + c_Q * L_Q."""
+    def actor_loss(
+        self, batch: Batch, actor_params: Params, rng: Array, K_index: Array | int | None = None
+    ) -> tuple[Array, dict[str, Array]]:
+        """c_FM * L_FM + alpha * L_SC + c_Q * L_Q (`K_index`: the Q term's K, else drawn from `rng`)."""
         cfg = self.config
         fm_rng, sc_rng, q_rng = jax.random.split(rng, 3)
         fm_loss = self.flow_matching_loss(batch, actor_params, fm_rng)
         sc_loss = self.self_consistency_loss(batch, actor_params, sc_rng)
         if cfg.q_loss_coef != 0:
-            q_loss, info = self.q_loss(batch, actor_params, q_rng)
+            q_loss, info = self.q_loss(batch, actor_params, q_rng, K_index)
         else:  # the "Q term off" ablation skips the K-step sampler entirely
             q_loss, info = jnp.zeros((), jnp.float32), {}
         loss = cfg.bc_flow_loss_coef * fm_loss + cfg.alpha * sc_loss + cfg.q_loss_coef * q_loss
         return loss, {"actor_loss": loss, "bc_flow_loss": fm_loss, "consistency_loss": sc_loss, **info}
 
-    def critic_loss(self, batch: Batch, params: dict[str, Params], rng: Array) -> tuple[Array, dict[str, Array]]:
+    def critic_loss(
+        self, batch: Batch, params: dict[str, Params], rng: Array, K_index: Array | int | None = None
+    ) -> tuple[Array, dict[str, Array]]:
         """Mean over members and batch of (Q_j(x, a, K) - y)^2, y = r + gamma mask agg_j Q'_j(x', a', K)."""
-        next_actions, K = self.sample_with_random_K(params["actor"], batch["next_observations"], rng)
+        next_actions, K = self.sample_with_random_K(params["actor"], batch["next_observations"], rng, K_index)
         if not self.config.released_update:
             # The paper's critic loss has no policy term; the released code lets it through (see released_update).
             next_actions = jax.lax.stop_gradient(next_actions)
@@ -157,16 +179,30 @@ class SORLAgent(flax.struct.PyTreeNode):
 
     # --------------------------------------------------------------------------------------------- update
 
-    def update(self, batch: Batch) -> tuple[SORLAgent, dict[str, Array]]:
+    def update(
+        self, batch: Batch, *, K_rng: Array | None = None, K: int | None = None
+    ) -> tuple[SORLAgent, dict[str, Array]]:
         """One critic step and one actor step on `batch`, then EMA targets. Pure; jit/scan/vmap it outside.
 
-        Randomness: `new_rng, critic_rng, actor_rng = jax.random.split(self.rng, 3)`.
+        Randomness: `new_rng, critic_rng, actor_rng = jax.random.split(self.rng, 3)`. The critic target's K and
+        the Q term's K are drawn from critic_rng and actor_rng (`sample_with_random_K`) unless `K_rng` is given;
+        then from `fold_in(K_rng, 0)` and `fold_in(K_rng, 1)` (the training loop's schedule shared by all
+        seeds, `train_update`); the noise comes from critic_rng and actor_rng either way. `K`, a static int,
+        fixes both step counts (analysis only: XLA's cost of the update as executed for that K).
         """
         new_rng, critic_rng, actor_rng = jax.random.split(self.rng, 3)
-        if self.config.released_update:
-            params, opt_state, info = self._released_step(batch, critic_rng, actor_rng)
+        if K is not None:
+            if K not in self.K_choices:
+                raise SorlError(f"K={K}: the update samples with K in {self.K_choices}")
+            K_indices = (self.K_choices.index(K),) * 2
+        elif K_rng is not None:
+            K_indices = tuple(self.draw_K_index(jax.random.fold_in(K_rng, i)) for i in (0, 1))
         else:
-            params, opt_state, info = self._paper_step(batch, critic_rng, actor_rng)
+            K_indices = (None, None)
+        if self.config.released_update:
+            params, opt_state, info = self._released_step(batch, critic_rng, actor_rng, K_indices)
+        else:
+            params, opt_state, info = self._paper_step(batch, critic_rng, actor_rng, K_indices)
         # Targets move towards the pre-step parameters, as in both the FQL and the released SORL code.
         target_params = optax.incremental_update(self.params, self.target_params, self.config.tau)
         agent = self.replace(
@@ -174,7 +210,20 @@ class SORLAgent(flax.struct.PyTreeNode):
         )
         return agent, info
 
-    def _paper_step(self, batch: Batch, critic_rng: Array, actor_rng: Array):
+    def train_update(self, batch: Batch) -> tuple[SORLAgent, dict[str, Array]]:
+        """`update` as the training loop runs it: K drawn from the schedule shared by all seeds.
+
+        Both K draws of update `step` come from `K_schedule_rng(step)`, which depends on the step count alone.
+        Every seed therefore sees the same sequence of K (each K still uniform and independent across updates;
+        everything else — initialisation, batches, noise — stays per seed), and seeds trained as one vmapped
+        batch (`sorl.multiseed`, the step count shared, not batched) run the one drawn `lax.switch` branch
+        instead of all of them, while a single-seed run takes exactly the same steps as that seed in a batch.
+        """
+        if type(self).update is not SORLAgent.update:  # a subclass with its own update (flow BC) draws no K
+            return self.update(batch)
+        return self.update(batch, K_rng=K_schedule_rng(self.step))
+
+    def _paper_step(self, batch: Batch, critic_rng: Array, actor_rng: Array, K_indices=(None, None)):
         """The paper's update: critic and actor each take one step of their own clipped Adam.
 
         One backward pass of critic_loss + actor_loss gives both gradients at once: the critic loss cannot reach
@@ -184,8 +233,8 @@ class SORLAgent(flax.struct.PyTreeNode):
         """
 
         def total_loss(params: dict[str, Params]):
-            critic_loss, critic_info = self.critic_loss(batch, params, critic_rng)
-            actor_loss, actor_info = self.actor_loss(batch, params["actor"], actor_rng)
+            critic_loss, critic_info = self.critic_loss(batch, params, critic_rng, K_indices[0])
+            actor_loss, actor_info = self.actor_loss(batch, params["actor"], actor_rng, K_indices[1])
             return critic_loss + actor_loss, _prefixed(critic_info, actor_info)
 
         grads, info = jax.grad(total_loss, has_aux=True)(self.params)
@@ -197,7 +246,7 @@ class SORLAgent(flax.struct.PyTreeNode):
             info[f"{name}/grad_norm"] = optax.global_norm(grads[name])
         return params, opt_state, info
 
-    def _released_step(self, batch: Batch, critic_rng: Array, actor_rng: Array):
+    def _released_step(self, batch: Batch, critic_rng: Array, actor_rng: Array, K_indices=(None, None)):
         """The released code's update, reproduced exactly (method.md, "Known quirks").
 
         One clipped Adam over all parameters, stepped twice: (1) with the critic loss's gradient, which includes
@@ -206,13 +255,15 @@ class SORLAgent(flax.struct.PyTreeNode):
         still moving by Adam's momentum. Both losses read the critic and the targets from before the update.
         """
         tx = make_optimizer(self.config)
-        critic_grads, critic_info = jax.grad(lambda p: self.critic_loss(batch, p, critic_rng), has_aux=True)(
-            self.params
-        )
+        critic_grads, critic_info = jax.grad(
+            lambda p: self.critic_loss(batch, p, critic_rng, K_indices[0]), has_aux=True
+        )(self.params)
         updates, opt_state = tx.update(critic_grads, self.opt_state, self.params)
         params = optax.apply_updates(self.params, updates)
 
-        actor_grad, actor_info = jax.grad(lambda p: self.actor_loss(batch, p, actor_rng), has_aux=True)(params["actor"])
+        actor_grad, actor_info = jax.grad(lambda p: self.actor_loss(batch, p, actor_rng, K_indices[1]), has_aux=True)(
+            params["actor"]
+        )
         actor_grads = {"actor": actor_grad, "critic": jax.tree.map(jnp.zeros_like, params["critic"])}
         updates, opt_state = tx.update(actor_grads, opt_state, params)
         params = optax.apply_updates(params, updates)
@@ -259,6 +310,15 @@ class SORLAgent(flax.struct.PyTreeNode):
         observations = jnp.asarray(example_observations, jnp.float32)
         actions = jnp.asarray(example_actions, jnp.float32)
         return _init_agent(cls, config, rng, observations[:1], actions[:1])
+
+
+K_SCHEDULE_SEED = 0x4B5343
+"""Root of the K schedule the training loop shares across seeds (`SORLAgent.train_update`)."""
+
+
+def K_schedule_rng(step: Array | int) -> Array:
+    """The key both K draws of update `step` come from in training: a function of the step count alone."""
+    return jax.random.fold_in(jax.random.PRNGKey(K_SCHEDULE_SEED), step)
 
 
 # Jitted as a whole and cached per (class, config, shapes): op-by-op initialisation compiles every small op.

@@ -2,13 +2,22 @@
 
 The state saved is a pytree of arrays, e.g. `{"agent": agent, "data_rng": key, "step": step}`. Typed PRNG
 keys (`jax.random.key`) are stored as their raw key data and re-wrapped on restore, so any agent pytree
-(including one that holds its own keys) round-trips. Saves are atomic (orbax writes a temporary directory
-and renames it on commit), so a killed process never leaves a half-written checkpoint that looks complete.
+(including one that holds its own keys) round-trips.
+
+Saves are synchronous and atomic: orbax writes `<step>.orbax-checkpoint-tmp-*`, puts `commit_success.txt` in it
+and renames it to `<step>` on commit. Only a step directory holding that marker (or a commit timestamp in its
+metadata) counts as complete; anything else — a temporary directory left by a killed process or by a failed
+save (disk full), an empty or half-copied step directory — is ignored by readers and removed by the writer
+(`writer=True`, the training loop, which holds the run directory's lock). A failed save raises one SorlError
+line and leaves the previous checkpoint as the latest.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +30,34 @@ from sorl.errors import SorlError
 
 # orbax logs every save/restore at INFO/WARNING level through absl; keep the terminal for our own lines.
 logging.getLogger("absl").setLevel(logging.ERROR)
+
+COMMIT_MARKER = "commit_success.txt"
+_METADATA = "_CHECKPOINT_METADATA"
+
+
+def is_complete(step_dir: Path) -> bool:
+    """Whether `step_dir` (named by its step) holds a committed orbax checkpoint."""
+    if not step_dir.name.isdigit() or not step_dir.is_dir():
+        return False
+    if (step_dir / COMMIT_MARKER).is_file():
+        return True
+    try:  # orbax versions that write no marker record the commit time in the step's metadata
+        return json.loads((step_dir / _METADATA).read_text()).get("commit_timestamp_nsecs") is not None
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def complete_steps(directory: str | Path) -> list[int]:
+    """The steps of the complete checkpoints in `directory`, ascending (nothing is created)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if is_complete(p))
+
+
+def _one_line(e: BaseException) -> str:
+    text = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return text.strip().splitlines()[0][:200] if text.strip() else type(e).__name__
 
 
 def _is_key(x: Any) -> bool:
@@ -60,33 +97,65 @@ def _rewrap(template: Any, restored: Any) -> Any:
 
 
 class Checkpointer:
-    """Numbered checkpoints of one run in `directory`, keeping the `max_to_keep` most recent."""
+    """Numbered checkpoints of one run in `directory`, keeping the `max_to_keep` most recent.
 
-    def __init__(self, directory: str | Path, max_to_keep: int = 3):
+    `writer=True` (the one process training the run) first removes what a killed process or a failed save left
+    behind: temporary directories and step directories that were never committed.
+    """
+
+    def __init__(self, directory: str | Path, max_to_keep: int = 3, *, writer: bool = False):
         self.directory = Path(directory).absolute()
+        self._failed = False
         try:
+            if writer:
+                self._remove_incomplete()
             self._manager = ocp.CheckpointManager(
                 self.directory,
-                options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=max_to_keep,
+                    create=True,
+                    enable_async_checkpointing=False,
+                    cleanup_tmp_directories=writer,
+                ),
             )
         except OSError as e:
-            raise SorlError(f"cannot use checkpoint directory {self.directory}: {e.strerror or e}") from None
+            raise SorlError(f"cannot use checkpoint directory {self.directory}: {_one_line(e)}") from None
+
+    def _remove_incomplete(self) -> None:
+        if not self.directory.is_dir():
+            return
+        for p in self.directory.iterdir():
+            if p.is_dir() and not is_complete(p) and (p.name.isdigit() or ".orbax-checkpoint-tmp" in p.name):
+                shutil.rmtree(p, ignore_errors=True)
 
     def save(self, step: int, state: Any) -> None:
-        """Save `state` as checkpoint `step` (asynchronously; `wait()` or `close()` to be sure it is on disk)."""
+        """Save `state` as checkpoint `step`; on return it is on disk and complete. A failure (disk full,
+        unwritable directory) raises one SorlError line; the previous checkpoint stays the latest."""
+        host = _to_host(state)
         try:
-            self._manager.save(int(step), args=ocp.args.StandardSave(_to_host(state)), force=True)
-        except OSError as e:
-            raise SorlError(f"could not write checkpoint {step} in {self.directory}: {e.strerror or e}") from None
+            self._manager.save(int(step), args=ocp.args.StandardSave(host), force=True)
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - orbax/tensorstore report I/O failures with many exception types
+            self._failed = True
+            previous = [s for s in complete_steps(self.directory) if s != int(step)]
+            kept = "there is no earlier checkpoint"
+            if previous:
+                kept = f"the last complete checkpoint (step {previous[-1]}) is still valid"
+            raise SorlError(
+                f"could not write checkpoint {step} in {self.directory}: {_one_line(e)}; {kept}. "
+                "Free some space or fix the permissions, then run the same command again to continue"
+            ) from None
 
     def wait(self) -> None:
         self._manager.wait_until_finished()
 
     def all_steps(self) -> list[int]:
-        return sorted(self._manager.all_steps())
+        """Steps of the complete checkpoints (uncommitted or temporary directories are not checkpoints)."""
+        return complete_steps(self.directory)
 
     def latest_step(self) -> int | None:
-        return self._manager.latest_step()
+        steps = self.all_steps()
+        return steps[-1] if steps else None
 
     def restore(self, template: Any, step: int | None = None) -> Any:
         """The checkpoint `step` (default: the latest) with the structure and dtypes of `template`."""
@@ -94,10 +163,13 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise SorlError(f"no checkpoint in {self.directory}; train the run first (`sorl train ...`)")
+        if not is_complete(self.directory / str(step)):
+            have = ", ".join(map(str, self.all_steps())) or "none"
+            raise SorlError(f"no complete checkpoint {step} in {self.directory} (complete: {have})")
         try:
             restored = self._manager.restore(step, args=ocp.args.StandardRestore(_abstract(template)))
-        except (ValueError, KeyError, TypeError, OSError, FileNotFoundError) as e:
-            msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        except Exception as e:  # noqa: BLE001 - a damaged checkpoint fails in many ways inside orbax/tensorstore
+            msg = _one_line(e)
             raise SorlError(
                 f"checkpoint {step} in {self.directory} does not match this agent or is corrupt ({msg}); "
                 "retrain or point to the right run directory"
@@ -105,8 +177,16 @@ class Checkpointer:
         return _rewrap(template, restored)
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Finish and release; after a failed save, errors while closing are not reported again."""
+        if self._failed:
+            with contextlib.suppress(Exception):
+                self._manager.close()
+            return
+        try:
+            self._manager.wait_until_finished()
+            self._manager.close()
+        except Exception as e:  # noqa: BLE001
+            raise SorlError(f"could not finish writing checkpoints in {self.directory}: {_one_line(e)}") from None
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -117,8 +197,5 @@ class Checkpointer:
 
 def latest_step(directory: str | Path) -> int | None:
     """The latest complete checkpoint step in `directory`, or None (without creating anything)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return None
-    steps = [int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()]
-    return max(steps) if steps else None
+    steps = complete_steps(directory)
+    return steps[-1] if steps else None

@@ -3,6 +3,7 @@
     sorl data list | generate TASK... | verify [TASK...]
     sorl train --task TASK --agent AGENT [--agent.KEY=VALUE ...]
     sorl eval RUN_DIR --K 1,2,4,8 --N 1,4,16
+    sorl sweep SPEC [--launcher local|slurm|ray] | table RUNS... | plot scaling|curves RUNS...   (experiments/)
 
 Agent hyperparameters use the reference code's dotted names (`--agent.q_loss_coef=100`); they are
 split off argv before tyro parses the rest, because their valid set depends on `--agent`.
@@ -17,6 +18,7 @@ from typing import Annotated, Literal
 
 import tyro
 
+from sorl import reliability
 from sorl.errors import SorlError
 
 # ----------------------------------------------------------------------------------------------- data
@@ -148,7 +150,9 @@ def evaluate(args: Annotated[EvalArgs, tyro.conf.arg(name="")]) -> None:
 
 # ----------------------------------------------------------------------------------------------- main
 
-_COMMANDS = {"data": data, "train": train, "eval": evaluate}
+from experiments.commands import plot, sweep, table  # noqa: E402 - experiments layer: sweeps, tables, plots
+
+_COMMANDS = {"data": data, "train": train, "eval": evaluate, "sweep": sweep, "table": table, "plot": plot}
 
 
 def split_agent_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -179,12 +183,15 @@ def main(argv: list[str] | None = None) -> None:
         if overrides and (not argv or argv[0] != "train"):
             raise SorlError("--agent.KEY=VALUE overrides only apply to `sorl train`")
         if argv and argv[0] == "train":
-            args = tyro.cli(TrainArgs, args=argv[1:], prog="sorl train", config=(tyro.conf.FlagConversionOff,))
+            with reliability.compact_parse_errors():  # tyro's parse errors as one `error: ...` line
+                args = tyro.cli(TrainArgs, args=argv[1:], prog="sorl train", config=(tyro.conf.FlagConversionOff,))
             train(args, overrides)
         else:
-            tyro.extras.subcommand_cli_from_dict(_COMMANDS, args=argv, prog="sorl")
+            commands = {name: reliability.after_parsing(fn) for name, fn in _COMMANDS.items()}
+            with reliability.compact_parse_errors():
+                tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="sorl")
     except SorlError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{getattr(e, 'prefix', 'error')}: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -3,15 +3,20 @@
     RUN_DIR/
       config.json     resolved configuration: task, agent, seed, agent config, ogbench version,
                       success_timing, observation/action sizes, training and evaluation settings
-      train.csv       one row per log interval: step, mean of each loss/info over the interval,
-                      updates_per_s, time_s
+      train.csv       one row per log interval (and at every checkpoint): step, mean of each loss/info
+                      over the interval, updates_per_s, time_s
       eval.csv        one row per (evaluation step, K, N): success (fraction), return, length, episodes
       checkpoints/    orbax checkpoints (agent state, data rng, step), the last few kept
-      results.json    the final evaluation and `status` ("complete" or "failed")
+      results.json    the final evaluation and `status`: "complete", or "failed" with `error` (one line: what
+                      went wrong, at which step) — absent while a run is in progress or was killed
       scaling.json    written by `sorl eval`: the (K, N) grid of the last checkpoint
       scaling.csv
+      .lock           held (flock) by the process training the run; see `sorl.reliability`
 
 Default location: runs/<env>-task<k>/<agent>/seed<S>, e.g. runs/cube-single-play-task1/sorl/seed0.
+
+A run killed at any moment continues exactly when the same command is run again: training restarts from the last
+complete checkpoint, and the logs are cut back to it (`CsvLog.truncate_after`), so no row is lost or repeated.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ CHECKPOINTS = "checkpoints"
 RESULTS = "results.json"
 SCALING_JSON = "scaling.json"
 SCALING_CSV = "scaling.csv"
+
+_BOOKKEEPING = {".lock", ".write-test"}
+"""Files a run directory may hold before its config is written (they do not make it 'not empty')."""
 
 _TASK_RE = re.compile(r"^(?P<env>.+?)-singletask(?:-task(?P<k>\d+))?-v\d+$")
 
@@ -84,6 +92,28 @@ class RunDir:
     def write_results(self, results: Mapping[str, Any]) -> None:
         write_json(self.results, results)
 
+    def try_write_results(self, results: Mapping[str, Any]) -> bool:
+        """`write_results`, but a failure (the disk that just failed the run) is not raised: False instead."""
+        try:
+            self.write_results(results)
+        except SorlError:
+            return False
+        return True
+
+    def clear_failed_results(self) -> None:
+        """Remove a results.json that says "failed": the run is being trained again."""
+        try:
+            previous = self.read_results()
+        except SorlError:  # unreadable: it is not a complete result either
+            previous = {"status": "failed"}
+        if previous is not None and previous.get("status") != "complete":
+            try:
+                self.results.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise SorlError(f"could not remove the stale {self.results}: {e.strerror or e}") from None
+
 
 def open_run_dir(path: str | Path, *, task: str, agent: str, seed: int) -> RunDir:
     """Create `path` for a run of (task, agent, seed), or accept it if it already holds that run.
@@ -103,7 +133,7 @@ def open_run_dir(path: str | Path, *, task: str, agent: str, seed: int) -> RunDi
                     f"run directory {p} holds a run with {key}={cfg.get(key)!r}, not {want!r}; "
                     "choose another --run-dir or delete that one"
                 )
-    elif p.is_dir() and any(p.iterdir()):
+    elif p.is_dir() and any(c.name not in _BOOKKEEPING for c in p.iterdir()):
         raise SorlError(f"{p} is not empty and holds no sorl run ({CONFIG} missing); choose another --run-dir")
     try:
         p.mkdir(parents=True, exist_ok=True)
@@ -159,12 +189,15 @@ class CsvLog:
 
     def __init__(self, path: Path, fields: Sequence[str] | None = None):
         self.path = Path(path)
-        self.fields: list[str] | None = list(fields) if fields else None
+        self._given: list[str] | None = list(fields) if fields else None
+        self.fields: list[str] | None = self._given
         if self.path.is_file() and self.path.stat().st_size > 0:
             with self.path.open(newline="") as f:
-                header = next(csv.reader(f), None)
-            if header:
-                self.fields = header
+                first = f.readline()
+            if first.endswith("\n"):  # a header cut short by a kill is no header
+                header = next(csv.reader([first]), None)
+                if header:
+                    self.fields = header
 
     def write(self, row: Mapping[str, Any]) -> None:
         new = self.fields is None or not self.path.is_file() or self.path.stat().st_size == 0
@@ -185,18 +218,53 @@ class CsvLog:
         with self.path.open(newline="") as f:
             return list(csv.DictReader(f))
 
+    def count(self, step: int) -> int:
+        """How many rows were logged at `step`."""
+        return sum(1 for r in self.rows() if _step_of(r.get("step")) == step)
+
     def truncate_after(self, step: int) -> None:
-        """Drop rows with `step` > `step` (used when a run continues from an earlier checkpoint)."""
-        rows = self.rows()
-        keep = [r for r in rows if r.get("step", "") == "" or int(float(r["step"])) <= step]
-        if len(keep) == len(rows) or self.fields is None:
+        """Keep the complete rows with `step` <= `step` (a run continuing from its checkpoint at `step`).
+
+        Rows a killed run logged after its last checkpoint go, and so does a row (or header) cut short by the
+        kill: no line end, or the wrong number of cells. The file is rewritten atomically, if at all.
+        """
+        if not self.path.is_file():
+            return
+        try:
+            with self.path.open(newline="") as f:
+                lines = f.read().splitlines(keepends=True)
+        except (OSError, UnicodeDecodeError) as e:
+            raise SorlError(f"log {self.path} is unreadable ({type(e).__name__}); delete or restore it") from None
+        complete = [line for line in lines if line.endswith("\n")]
+        keep: list[str] = []
+        header = next(csv.reader(complete[:1]), None) if complete else None
+        if header:
+            keep.append(complete[0])
+            col = header.index("step") if "step" in header else None
+            for line in complete[1:]:
+                cells = next(csv.reader([line]), [])
+                if len(cells) != len(header):
+                    continue
+                s = _step_of(cells[col]) if col is not None else None
+                if col is None or (s is not None and s <= step):
+                    keep.append(line)
+        self.fields = header or self._given
+        if keep == lines:
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(keep)
-        os.replace(tmp, self.path)
+        try:
+            with tmp.open("w", newline="") as f:
+                f.write("".join(keep))
+            os.replace(tmp, self.path)
+        except OSError as e:
+            raise SorlError(f"could not write {self.path}: {e.strerror or e}") from None
+
+
+def _step_of(cell: Any) -> int | None:
+    try:
+        return int(float(cell))
+    except (TypeError, ValueError):
+        return None
 
 
 def _fmt(v: Any) -> Any:

@@ -8,8 +8,14 @@ are multiples of `log_interval` and `steps` a multiple of it) and reused, with t
 
 All randomness comes from PRNG keys: the agent's own (inside its state) and the data key, both saved in
 every checkpoint with the step, so a run continues from its last checkpoint when the same command is run
-again. `train_chunk` is a pure function of (agent, key, dataset): `jax.vmap` over the first two trains
-several seeds at once.
+again — after a SIGKILL at any moment too, bit for bit on CPU: the logs are cut back to the checkpoint, a train.csv
+row is written at every checkpoint (so no partial interval is lost), and an evaluation the kill cut short is
+redone. SIGTERM/SIGINT checkpoint at the next logged step and exit (`sorl.reliability.Interrupted`); a
+non-finite loss or parameter stops the run with results.json "failed"; the run directory is locked against a
+second process. Test-only: `SORL_TEST_INJECT_NAN_AT_STEP=S` makes the loss logged at update S NaN.
+
+`train_chunk` is a pure function of (agent, key, dataset): `jax.vmap` over the first two trains several seeds
+at once.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import sorl
-from sorl import runs
+from sorl import reliability, runs
 from sorl.data import dataset_nbytes, dataset_size, sample_batch, to_device
 from sorl.errors import SorlError
 from sorl.evaluation import RESULT_KEYS, SUCCESS_UNIT, EnvPool, evaluate, format_grid, parse_int_list, validate_grid
@@ -51,7 +57,8 @@ def train_chunk(
     def body(carry, _):
         agent, rng = carry
         rng, key = jax.random.split(rng)
-        agent, info = agent.update(sample_batch(dataset, key, batch_size))
+        # `train_update` where the agent has one (SORL: K from the schedule shared by seeds), else `update`.
+        agent, info = getattr(agent, "train_update", agent.update)(sample_batch(dataset, key, batch_size))
         return (agent, rng), info
 
     (agent, data_rng), infos = jax.lax.scan(body, (agent, data_rng), None, length=num_updates)
@@ -165,6 +172,7 @@ def load_run(run: runs.RunDir | str | Path, step: int | None = None) -> tuple[An
 # ------------------------------------------------------------------------------------------ training
 
 
+@reliability.releases_locks
 def train(
     task: str,
     agent: str = "sorl",
@@ -225,6 +233,7 @@ def train(
     run = runs.open_run_dir(
         run_dir or runs.default_run_dir(task_name, agent, seed), task=task_name, agent=agent, seed=seed
     )
+    reliability.lock_run_dir(run.path)  # a second process training into this directory is refused
     previous = run.read_config() if run.exists() else None
     if previous is not None:
         if previous.get("agent_config") != _plain(config_to_dict(config)):
@@ -303,9 +312,11 @@ def train(
 
     train_log = runs.CsvLog(run.train_log)
     eval_log = runs.CsvLog(run.eval_log, ["step", *RESULT_KEYS, "env_steps", "time_s"])
-    ckpt = Checkpointer(run.checkpoints, max_to_keep=keep_checkpoints)
+    ckpt = Checkpointer(run.checkpoints, max_to_keep=keep_checkpoints, writer=True)
     pool: EnvPool | None = None
     bar = None
+    stop = reliability.GracefulStop()  # SIGTERM/SIGINT: checkpoint at the next logged step, then exit
+    step: int | None = None  # set once training starts: failures from then on mark the run failed
     try:
         start = ckpt.latest_step() or 0
         if start > steps:
@@ -315,9 +326,11 @@ def train(
             )
         if start:
             state = ckpt.restore(state, start)
-            train_log.truncate_after(start)
-            eval_log.truncate_after(start)
             print(f"continuing {run.path} from its checkpoint at step {start}", flush=True)
+        # rows logged after the checkpoint (or cut short) by a killed run go; a stale "failed" result too
+        train_log.truncate_after(start)
+        eval_log.truncate_after(start)
+        run.clear_failed_results()
 
         batch_size = int(config.batch_size)
         agent_state, data_rng = state["agent"], jnp.asarray(state["data_rng"])
@@ -364,7 +377,29 @@ def train(
                 dynamic_ncols=True,
                 smoothing=0.1,
             )
+
+        def save(step: int) -> None:
+            ckpt.save(step, {"agent": agent_state, "data_rng": data_rng, "step": np.int64(step)})
+
+        def eval_or_stop(step: int) -> list[dict[str, Any]]:
+            """`run_eval`, unless a signal stopped the evaluation workers too: then stop at a checkpoint."""
+            try:
+                return run_eval(step)
+            except Exception:
+                if not stop.requested:
+                    raise
+                if acc_n:  # between logged steps: stop at the last checkpoint, not here
+                    raise stop.interrupted(step, run.path, ckpt.latest_step()) from None
+                if ckpt.latest_step() != step:
+                    save(step)
+                raise stop.interrupted(step, run.path, step) from None
+
+        stop.__enter__()
         step = start
+        due = start == steps or (start > 0 and start % eval_interval == 0)
+        if due and (start == steps or eval_log.count(start) < len(Ks) * len(Ns)):
+            eval_log.truncate_after(start - 1)  # the evaluation at the checkpoint was cut short: redo it
+            last_eval, last_eval_step = eval_or_stop(start), start
         for end in boundaries(start, steps, (log_interval, eval_interval, checkpoint_interval)):
             n = end - step
             agent_state, data_rng = distinct_buffers((agent_state, data_rng))
@@ -374,7 +409,7 @@ def train(
                 compile_s += time.perf_counter() - tc
             tc = time.perf_counter()
             agent_state, data_rng, infos = compiled[n](agent_state, data_rng, dataset)
-            infos = jax.device_get(infos)
+            infos = reliability.inject_test_nan(jax.device_get(infos), step, n)  # no-op unless a test asks
             dt = time.perf_counter() - tc
             train_s += dt
             step = end
@@ -382,18 +417,19 @@ def train(
                 acc[k] = acc.get(k, 0.0) + float(np.sum(np.asarray(v, np.float64)))
             acc_n += n
             acc_t += dt
-            bad = [k for k, v in infos.items() if not np.all(np.isfinite(np.asarray(v, np.float64)))]
-            if bad:
+            bad = reliability.first_non_finite(infos, step - n)
+            leaf = None if bad else reliability.non_finite_leaf(agent_state)
+            if bad or leaf:
                 good = ckpt.latest_step()
-                msg = (
-                    f"non-finite {bad[0]} between steps {step - n} and {step}; stopped. Last good checkpoint: "
-                    f"{'step ' + str(good) if good else 'none'} in {run.checkpoints}"
+                what = f"{bad[0]} at step {bad[1]}" if bad else f"parameter {leaf} by step {step}"
+                raise SorlError(
+                    f"non-finite {what}; stopped the run (results.json: failed). Last good checkpoint: "
+                    f"{f'step {good}' if good else 'none'} in {run.checkpoints}; lower the learning rate or check "
+                    "the data, and train into a new --run-dir"
                 )
-                run.write_results(_results(run_config, steps, step, last_eval, "failed", error=msg))
-                raise SorlError(msg)
             if bar is not None:
                 bar.update(n)
-            if end % log_interval == 0 or end == steps:
+            if end % log_interval == 0 or end % checkpoint_interval == 0 or end == steps:
                 row = {
                     "step": step,
                     **{k: v / acc_n for k, v in acc.items()},
@@ -404,10 +440,15 @@ def train(
                 if bar is not None:
                     bar.set_postfix(_postfix(row), refresh=False)
                 acc, acc_n, acc_t = {}, 0, 0.0
-            if end % checkpoint_interval == 0 or end == steps:
-                ckpt.save(step, {"agent": agent_state, "data_rng": data_rng, "step": np.int64(step)})
-            if end % eval_interval == 0 or end == steps:
-                last_eval, last_eval_step = run_eval(step), step
+            stopping = stop.requested and acc_n == 0  # a signal came: stop at this logged step
+            if end % checkpoint_interval == 0 or end == steps or stopping:
+                save(step)
+            if (end % eval_interval == 0 or end == steps) and not stopping:
+                last_eval, last_eval_step = eval_or_stop(step), step
+            if stop.requested and acc_n == 0:
+                if ckpt.latest_step() != step:  # the signal came during the evaluation
+                    save(step)
+                raise stop.interrupted(step, run.path, step)
         if last_eval_step != steps:  # resumed at the end (e.g. killed during the final evaluation)
             last_eval = run_eval(steps)
         ckpt.wait()
@@ -419,7 +460,13 @@ def train(
             "wall_s": time.perf_counter() - t0,
         }
         run.write_results(results)
+    except Exception as e:
+        if step is not None and not isinstance(e, reliability.Interrupted):  # a failed run says so, and why
+            error = str(e) if isinstance(e, SorlError) else f"{type(e).__name__}: {e}"
+            run.try_write_results(_results(run_config, steps, step, last_eval, "failed", error=error))
+        raise
     finally:
+        stop.__exit__()
         if bar is not None:
             bar.close()
         if pool is not None:

@@ -1,0 +1,580 @@
+"""`sorl table`: run directories -> success per task, per environment and overall, with seeds aggregated.
+
+Statistics (success in %, from each run's `results.json` "final" grid: the final checkpoint):
+
+- mean ± std: per task, over seeds (sample std, ddof=1; "—" with one seed). Per environment and overall, the
+  mean weights tasks equally (mean of the per-task means) and the std is over seeds of each seed's average over
+  the tasks it has — the paper's "mean over 5 tasks x 8 seeds ± std over seeds".
+- IQM: the interquartile mean of all runs' scores (25 % trimmed from each end, as `scipy.stats.trim_mean(x, 0.25)`
+  and rliable's `aggregate_iqm`), with a 95 % percentile confidence interval from a stratified bootstrap: seeds
+  are resampled with replacement within each task (rliable's `StratifiedBootstrap`), `reps` times, with a fixed
+  seed so tables are reproducible. Implemented here in numpy because rliable 1.2 imports `arch`, whose current
+  release fails to import with pandas 3 (numpy 2.x environments); the computation is the same.
+
+Methods are the agents, split by the settings that differ between runs of one agent on one environment (the grid
+of a sweep): e.g. "sorl alpha=1" and "sorl alpha=10". Each row says which (K, N) cell it reports; the default is
+the largest K with N = 1 that the method's runs evaluated (`--K`/`--N` pick another). Partial sweeps are
+aggregated with the number of tasks and seeds shown; runs that are not complete are left out and counted.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sorl.errors import SorlError
+
+BOOTSTRAP_REPS = 2000
+BOOTSTRAP_SEED = 0
+CONFIDENCE = 0.95
+
+
+# ------------------------------------------------------------------------------------------- statistics
+
+
+def iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Interquartile mean along `axis`: the mean after dropping int(0.25 n) values from each end."""
+    x = np.sort(np.asarray(x, np.float64), axis=axis)
+    n = x.shape[axis]
+    k = int(0.25 * n)
+    return np.take(x, np.arange(k, n - k), axis=axis).mean(axis=axis)
+
+
+def mean(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.asarray(x, np.float64).mean(axis=axis)
+
+
+STATS: dict[str, Callable[..., np.ndarray]] = {"iqm": iqm, "mean": mean}
+
+
+def stratified_bootstrap_ci(
+    groups: Sequence[Sequence[float]],
+    stat: Callable[..., np.ndarray] = iqm,
+    *,
+    reps: int = BOOTSTRAP_REPS,
+    confidence: float = CONFIDENCE,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """Percentile CI of `stat` over all scores, resampling with replacement within each group (task)."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for g in groups:
+        g = np.asarray(g, np.float64)
+        if g.size == 0:
+            continue
+        parts.append(g[rng.integers(0, g.size, size=(reps, g.size))])
+    if not parts:
+        return float("nan"), float("nan")
+    samples = stat(np.concatenate(parts, axis=1), axis=1)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.percentile(samples, [100 * alpha, 100 * (1 - alpha)])
+    return float(lo), float(hi)
+
+
+def sample_std(x: Sequence[float]) -> float:
+    x = np.asarray(x, np.float64)
+    return float(np.std(x, ddof=1)) if x.size > 1 else float("nan")
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """One run directory as the aggregation sees it."""
+
+    path: Path
+    task: str
+    env: str
+    agent: str
+    seed: int
+    status: str
+    steps: int | None
+    success_timing: str | None
+    overrides: dict[str, str]
+    final: dict[tuple[int, int], dict[str, Any]]
+    label: str = ""
+
+    @property
+    def short_task(self) -> str:
+        from sorl.runs import short_task_name
+
+        return short_task_name(self.task)
+
+    def scaling_grid(self) -> dict[tuple[int, int], dict[str, Any]]:
+        """The (K, N) grid of `sorl eval` (scaling.json) if the run has one, else its final evaluation."""
+        path = self.path / "scaling.json"
+        if path.is_file():
+            try:
+                grid = json.loads(path.read_text()).get("grid") or []
+                cells = {(int(r["K"]), int(r["N"])): r for r in grid}
+                if cells:
+                    return cells
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        return self.final
+
+
+@dataclasses.dataclass
+class RunSet:
+    records: list[RunRecord]
+    """Complete runs."""
+    incomplete: list[Path]
+    """Run directories left out (failed, running or unreadable)."""
+    expected_seeds: int | None = None
+    """Seeds per task the sweep asks for, when aggregated from a spec."""
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(path.read_text())
+        return obj if isinstance(obj, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def load_record(run_dir: Path) -> RunRecord | None:
+    """A RunRecord from RUN_DIR/results.json (+ config.json if present); None if missing or unreadable."""
+    from envs.registry import resolve_task
+
+    results = _read(run_dir / "results.json")
+    if results is None:
+        return None
+    config = _read(run_dir / "config.json") or {}
+    try:
+        task = resolve_task(results["task"])
+        final = {(int(r["K"]), int(r["N"])): r for r in results.get("final") or []}
+        return RunRecord(
+            path=run_dir,
+            task=task.name,
+            env=task.env.name,
+            agent=str(results["agent"]),
+            seed=int(results["seed"]),
+            status=str(results.get("status")),
+            steps=results.get("steps"),
+            success_timing=results.get("success_timing"),
+            overrides={str(k): str(v) for k, v in (config.get("agent_overrides") or {}).items()},
+            final=final,
+        )
+    except (KeyError, TypeError, ValueError, SorlError):
+        return None
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """Directories under `root` (or `root` itself) holding a results.json."""
+    if (root / "results.json").is_file():
+        return [root]
+    found = []
+    for p in sorted(root.rglob("results.json")):
+        rel = p.parent.relative_to(root)
+        if any(part.startswith(".") or part in ("checkpoints", "submitit", "logs") for part in rel.parts):
+            continue
+        found.append(p.parent)
+    return found
+
+
+def load_runs(paths: Iterable[str | Path]) -> RunSet:
+    """Complete runs from run directories, directories of runs, or sweep specs (.toml: the runs it expands to)."""
+    paths = list(paths)
+    if not paths:
+        raise SorlError("give run directories, a directory of runs or a sweep spec (.toml)")
+    dirs: list[Path] = []
+    expected: int | None = None
+    for p in paths:
+        path = Path(p).expanduser()
+        if path.suffix.lower() == ".toml" or (not path.exists() and not str(p).endswith("/") and "/" not in str(p)):
+            from experiments.spec import load_spec
+
+            spec = load_spec(p)
+            dirs += [Path(r.run_dir) for r in spec.runs()]
+            expected = max(expected or 0, len(spec.seeds))
+        elif path.is_dir():
+            dirs += find_run_dirs(path)
+        else:
+            raise SorlError(f"{p}: no such run directory or sweep spec")
+    dirs = list(dict.fromkeys(d.resolve() for d in dirs))
+    records, incomplete = [], []
+    for d in dirs:
+        rec = load_record(d) if (d / "results.json").is_file() else None
+        if rec is not None and rec.status == "complete":
+            records.append(rec)
+        elif d.exists():
+            incomplete.append(d)
+    if not records:
+        where = ", ".join(str(p) for p in paths)
+        raise SorlError(f"no complete runs (results.json with status complete) in {where}; run `sorl sweep` first")
+    assign_labels(records)
+    return RunSet(records, incomplete, expected)
+
+
+def assign_labels(records: Sequence[RunRecord]) -> None:
+    """Label = agent, plus the settings that differ between its runs on one environment (the sweep's grid)."""
+
+    def settings(r: RunRecord) -> dict[str, str]:
+        return {**r.overrides, "steps": str(r.steps), "success_timing": str(r.success_timing)}
+
+    varying: dict[str, set[str]] = {}
+    by_agent_env: dict[tuple[str, str], list[RunRecord]] = {}
+    for r in records:
+        by_agent_env.setdefault((r.agent, r.env), []).append(r)
+    for (agent, _), group in by_agent_env.items():
+        keys = set().union(*(settings(r) for r in group))
+        for key in keys:
+            if len({settings(r).get(key) for r in group}) > 1:
+                varying.setdefault(agent, set()).add(key)
+    for r in records:
+        keys = sorted(varying.get(r.agent, ()))
+        s = settings(r)
+        r.label = r.agent + ("".join(f" {k}={s.get(k, 'default')}" for k in keys) if keys else "")
+
+
+# ------------------------------------------------------------------------------------------------ table
+
+
+@dataclasses.dataclass
+class Row:
+    level: str  # "task" | "env" | "all"
+    env: str
+    task: str
+    method: str
+    agent: str
+    K: int
+    N: int
+    tasks: int
+    tasks_total: int
+    seeds: list[int]  # seeds per task (one entry per task)
+    expected_seeds: int | None
+    mean: float
+    std: float
+    iqm: float
+    ci_low: float
+    ci_high: float
+    paper: float | None = None
+    paper_std: float | None = None
+
+    @property
+    def runs(self) -> int:
+        return sum(self.seeds)
+
+    @property
+    def diff(self) -> float | None:
+        return None if self.paper is None else self.mean - self.paper
+
+    def seeds_text(self) -> str:
+        lo, hi = min(self.seeds), max(self.seeds)
+        text = str(lo) if lo == hi else f"{lo}-{hi}"
+        if self.expected_seeds and (lo != self.expected_seeds or hi != self.expected_seeds):
+            text += f"/{self.expected_seeds}"  # a partial sweep
+        return text
+
+
+def default_cell(records: Sequence[RunRecord]) -> tuple[int, int]:
+    """The largest K with N = 1 evaluated by every run (else by most runs; N = smallest if no N = 1)."""
+    common = set.intersection(*(set(r.final) for r in records)) if records else set()
+    cells = common or set().union(*(set(r.final) for r in records))
+    if not cells:
+        raise SorlError(f"runs of {records[0].label} have no final evaluation in results.json")
+    n = 1 if any(c[1] == 1 for c in cells) else min(c[1] for c in cells)
+    return max(c[0] for c in cells if c[1] == n), n
+
+
+def _score(r: RunRecord, cell: tuple[int, int]) -> float | None:
+    c = r.final.get(cell)
+    return None if c is None or c.get("success") is None else 100.0 * float(c["success"])
+
+
+def summarize(
+    groups: dict[str, dict[int, float]],
+    *,
+    level: str,
+    env: str,
+    task: str,
+    method: str,
+    agent: str,
+    cell: tuple[int, int],
+    tasks_total: int,
+    expected_seeds: int | None,
+    reps: int,
+) -> Row:
+    """One row from {task: {seed: score %}}."""
+    task_means = [np.mean(list(s.values())) for s in groups.values()]
+    per_seed: dict[int, list[float]] = {}
+    for s in groups.values():
+        for seed, v in s.items():
+            per_seed.setdefault(seed, []).append(v)
+    if level == "task":
+        std = sample_std(list(next(iter(groups.values())).values()))
+    else:
+        std = sample_std([np.mean(v) for v in per_seed.values()])
+    scores = [list(s.values()) for s in groups.values()]
+    flat = np.concatenate([np.asarray(s, np.float64) for s in scores])
+    lo, hi = stratified_bootstrap_ci(scores, iqm, reps=reps)
+    return Row(
+        level=level,
+        env=env,
+        task=task,
+        method=method,
+        agent=agent,
+        K=cell[0],
+        N=cell[1],
+        tasks=len(groups),
+        tasks_total=tasks_total,
+        seeds=[len(s) for s in groups.values()],
+        expected_seeds=expected_seeds,
+        mean=float(np.mean(task_means)),
+        std=std,
+        iqm=float(iqm(flat)),
+        ci_low=lo,
+        ci_high=hi,
+    )
+
+
+def table_rows(
+    runset: RunSet,
+    *,
+    K: int | None = None,
+    N: int | None = None,
+    levels: Sequence[str] = ("task", "env", "all"),
+    compare: str | None = None,
+    reps: int = BOOTSTRAP_REPS,
+) -> tuple[list[Row], list[str]]:
+    """(rows, notes) of the table."""
+    from envs.registry import ENVIRONMENTS
+    from experiments import paper
+
+    bad = [lv for lv in levels if lv not in ("task", "env", "all")]
+    if bad or not levels:
+        raise SorlError(f"--level {','.join(levels)}: use task, env and/or all")
+    published = paper.published(compare) if compare else None
+    notes: list[str] = []
+    by_method: dict[str, list[RunRecord]] = {}
+    for r in runset.records:
+        by_method.setdefault(r.label, []).append(r)
+    env_order = {name: i for i, name in enumerate(ENVIRONMENTS)}
+    rows: list[Row] = []
+    for method, recs in by_method.items():
+        cell = (K, N) if K is not None and N is not None else None
+        if cell is None:
+            dk, dn = default_cell(recs)
+            cell = (K if K is not None else dk, N if N is not None else dn)
+        missing = [r for r in recs if _score(r, cell) is None]
+        if missing:
+            notes.append(
+                f"{method}: {len(missing)} runs have no K={cell[0]}, N={cell[1]} cell and are left out "
+                f"(e.g. {missing[0].path})"
+            )
+        recs = [r for r in recs if _score(r, cell) is not None]
+        if not recs:
+            continue
+        agent = recs[0].agent
+        scores: dict[str, dict[str, dict[int, float]]] = {}  # env -> task -> seed -> score
+        for r in recs:
+            scores.setdefault(r.env, {}).setdefault(r.short_task, {})[r.seed] = _score(r, cell)
+        all_groups: dict[str, dict[int, float]] = {}
+        for env in sorted(scores, key=lambda e: env_order.get(e, len(env_order))):
+            tasks = dict(sorted(scores[env].items()))
+            total = ENVIRONMENTS[env].num_tasks if env in ENVIRONMENTS else len(tasks)
+            common = dict(method=method, agent=agent, cell=cell, expected_seeds=runset.expected_seeds, reps=reps)
+            if "task" in levels:
+                for task, seeds in tasks.items():
+                    rows.append(summarize({task: seeds}, level="task", env=env, task=task, tasks_total=1, **common))
+            if "env" in levels:
+                row = summarize(tasks, level="env", env=env, task="", tasks_total=total, **common)
+                if published is not None:
+                    value = paper.published_value(published, env, agent)
+                    if value is not None:
+                        row.paper, row.paper_std = value
+                rows.append(row)
+            all_groups.update({f"{env}/{t}": s for t, s in tasks.items()})
+        if "all" in levels and len(scores) > 1:
+            rows.append(
+                summarize(
+                    all_groups,
+                    level="all",
+                    env="all",
+                    task="",
+                    method=method,
+                    agent=agent,
+                    cell=cell,
+                    tasks_total=len(all_groups),
+                    expected_seeds=runset.expected_seeds,
+                    reps=reps,
+                )
+            )
+    rows.sort(key=lambda r: (env_order.get(r.env, len(env_order)), r.level != "task", r.task, r.method))
+    if runset.incomplete:
+        notes.append(
+            f"{len(runset.incomplete)} run directories not complete (failed or running) are left out, "
+            f"e.g. {runset.incomplete[0]}"
+        )
+    if published is not None and not any(r.paper is not None for r in rows):
+        notes.append("no published number matches these environments and agents")
+    return rows, notes
+
+
+# ------------------------------------------------------------------------------------------- formatting
+
+
+def _f(x: float | None, digits: int = 1) -> str:
+    return "—" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _signed(x: float | None) -> str:
+    return "—" if x is None or not np.isfinite(x) else f"{x:+.1f}"
+
+
+def _cells(r: Row, compare: bool) -> list[str]:
+    if r.level == "task":
+        name = r.task
+    elif r.tasks == r.tasks_total:
+        name = f"all {r.tasks} tasks"
+    else:
+        name = f"{r.tasks}/{r.tasks_total} tasks"
+    cells = [
+        r.env,
+        name,
+        r.method,
+        f"K={r.K}, N={r.N}",
+        r.seeds_text(),
+        f"{_f(r.mean)} ± {_f(r.std)}",
+        f"{_f(r.iqm)} [{_f(r.ci_low)}, {_f(r.ci_high)}]",
+    ]
+    if compare:
+        paper_text = "—" if r.paper is None else _f(r.paper, 0) + (f" ± {_f(r.paper_std, 0)}" if r.paper_std else "")
+        cells += [paper_text, _signed(r.diff)]
+    return cells
+
+
+HEADER = ["environment", "task", "method", "cell", "seeds", "success % (mean ± std)", "IQM [95% CI]"]
+COMPARE_HEADER = ["paper", "ours − paper"]
+CSV_FIELDS = [
+    "level",
+    "environment",
+    "task",
+    "method",
+    "agent",
+    "K",
+    "N",
+    "tasks",
+    "tasks_total",
+    "seeds_min",
+    "seeds_max",
+    "expected_seeds",
+    "runs",
+    "mean",
+    "std",
+    "iqm",
+    "ci_low",
+    "ci_high",
+    "paper",
+    "paper_std",
+    "diff",
+]
+
+
+def caption(reps: int) -> str:
+    return (
+        "Success rate (%) of the final checkpoint, per (K, N) cell shown: K sampling steps, best-of-N candidates. "
+        "mean ± std over seeds (environment rows: tasks weighted equally, std over seeds of the task average); "
+        f"IQM with a 95 % stratified-bootstrap CI ({reps} resamples of seeds within tasks). "
+        "seeds: seeds per task (a/b: a of the b the sweep asks for)."
+    )
+
+
+def format_table(rows: Sequence[Row], fmt: str = "md", *, compare: bool = False, notes: Sequence[str] = (),
+                 reps: int = BOOTSTRAP_REPS) -> str:  # fmt: skip
+    if fmt not in ("md", "csv", "latex"):
+        raise SorlError(f"--format {fmt}: use md, csv or latex")
+    header = HEADER + (COMPARE_HEADER if compare else [])
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow(
+                {
+                    "level": r.level,
+                    "environment": r.env,
+                    "task": r.task,
+                    "method": r.method,
+                    "agent": r.agent,
+                    "K": r.K,
+                    "N": r.N,
+                    "tasks": r.tasks,
+                    "tasks_total": r.tasks_total,
+                    "seeds_min": min(r.seeds),
+                    "seeds_max": max(r.seeds),
+                    "expected_seeds": r.expected_seeds or "",
+                    "runs": r.runs,
+                    **{k: _num(getattr(r, k)) for k in ("mean", "std", "iqm", "ci_low", "ci_high")},
+                    "paper": _num(r.paper),
+                    "paper_std": _num(r.paper_std),
+                    "diff": _num(r.diff),
+                }
+            )
+        return buf.getvalue()
+    body = [_cells(r, compare) for r in rows]
+    if fmt == "md":
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(c) + " |" for c in body]
+        lines += ["", caption(reps)] + [f"Note: {n}" for n in notes]
+        return "\n".join(lines) + "\n"
+
+    # latex
+    def esc(s: str) -> str:
+        s = s.replace("\\", "\\textbackslash{}")
+        for a, b in (("_", "\\_"), ("%", "\\%"), ("&", "\\&"), ("#", "\\#")):
+            s = s.replace(a, b)
+        return s.replace("±", "$\\pm$").replace("−", "$-$").replace("—", "--")
+
+    lines = [
+        "\\begin{table}[t]",
+        "\\centering",
+        "\\small",
+        "\\begin{tabular}{" + "lll" + "c" * (len(header) - 3) + "}",
+        "\\toprule",
+        " & ".join(esc(h) for h in header) + " \\\\",
+        "\\midrule",
+    ]
+    prev_env = None
+    for r, c in zip(rows, body, strict=True):
+        if prev_env is not None and r.env != prev_env:
+            lines.append("\\midrule")
+        prev_env = r.env
+        lines.append(" & ".join(esc(x) for x in c) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{esc(caption(reps))}}}", "\\end{table}"]
+    lines += [f"% Note: {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None or not np.isfinite(x) else f"{x:.4g}"
+
+
+def table(
+    paths: Sequence[str | Path],
+    *,
+    fmt: str = "md",
+    K: int | None = None,
+    N: int | None = None,
+    levels: Sequence[str] = ("task", "env", "all"),
+    compare: str | None = None,
+    reps: int = BOOTSTRAP_REPS,
+) -> str:
+    """The text of `sorl table`."""
+    if (K is not None and K < 1) or (N is not None and N < 1):
+        raise SorlError("--K and --N must be at least 1")
+    if reps < 100:
+        raise SorlError(f"--reps {reps}: use at least 100 bootstrap resamples")
+    runset = load_runs(paths)
+    rows, notes = table_rows(runset, K=K, N=N, levels=levels, compare=compare, reps=reps)
+    if not rows:
+        raise SorlError("no run has the requested (K, N) cell; `sorl table --help` shows how to pick one")
+    return format_table(rows, fmt, compare=compare is not None, notes=notes, reps=reps)

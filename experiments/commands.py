@@ -1,0 +1,221 @@
+"""The `sorl sweep`, `sorl table` and `sorl plot` subcommands (registered in sorl/cli.py's `_COMMANDS`).
+
+    sorl sweep SPEC [--launcher local|slurm|ray] [--dry-run] [--max-parallel P] [--group-seeds] ...
+    sorl table RUN_DIRS_OR_SWEEP... [--format md|csv|latex] [--K K --N N] [--compare paper] [--level env]
+    sorl plot scaling RUN_DIRS_OR_SWEEP... [--out plots] [--stat mean|iqm] [--formats png,pdf]
+    sorl plot curves RUN_DIRS_OR_SWEEP... [--out plots] [--K K --N N] [--metrics critic/critic_loss,...]
+
+Kept free of heavy imports: the work is imported when a command runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+
+from sorl.errors import SorlError
+
+# ---------------------------------------------------------------------------------------------- sweep
+
+
+@dataclass(frozen=True)
+class SweepArgs:
+    """Run a sweep spec: expand it to runs, skip those whose results.json exists, launch the rest."""
+
+    spec: tyro.conf.Positional[str]
+    """Spec file (.toml), or the name of a shipped spec (experiments/specs/: paper-sorl, local, scaling, ...)."""
+    launcher: str = "local"
+    """local (process pool here), slurm (submitit) or ray."""
+    dry_run: bool = False
+    """List the runs, their state and their `sorl train` commands; launch nothing."""
+    max_parallel: int | None = None
+    """Runs at once (local default: cores // 4; slurm: array parallelism; ray: as resources allow)."""
+    out: Path | None = None
+    """Root of the run directories (default: the spec's `out`)."""
+    data_dir: Path | None = None
+    """Datasets (default: the spec's data_dir, else $OGBENCH_DATA_DIR, else ~/.ogbench/data)."""
+    group_seeds: bool = False
+    """One job per (agent, setting, task) holding all its pending seeds (vmapped when sorl.train can)."""
+    retry_failed: bool = False
+    """Also rerun runs whose results.json says failed."""
+    check_data: bool = True
+    """Stop before launching if a dataset is missing and cannot be generated here."""
+    progress: bool = True
+    # slurm (submitit); defaults from the spec's [launcher.slurm]
+    partition: str | None = None
+    """Slurm partition (slurm launcher; unset flags take the spec's [launcher.slurm] values)."""
+    time: int | None = None
+    """Minutes per job (default 1440)."""
+    gpus: int | None = None
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    array_parallelism: int | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    submitit_folder: Path | None = None
+    """submitit's folder for job pickles and logs (default: OUT/submitit)."""
+    submitit_cluster: str = "slurm"
+    """'local' runs the slurm launcher's jobs on this machine through submitit (testing)."""
+    wait: bool = True
+    """Wait for the Slurm jobs (a progress bar); --no-wait submits and returns."""
+    # ray; defaults from the spec's [launcher.ray]
+    address: str | None = None
+    """Ray cluster address ('auto', 'ray://HOST:10001'); none starts a local Ray instance for the sweep."""
+    cpus_per_run: int | None = None
+    """CPUs a Ray task reserves (default 1); also the run's evaluation workers."""
+    gpus_per_run: float | None = None
+    """GPUs a Ray task reserves (default 0; fractions share a GPU)."""
+
+
+def sweep(args: Annotated[SweepArgs, tyro.conf.arg(name="")]) -> None:
+    """Run a sweep (tasks x seeds x settings) on this machine, Slurm or Ray; resumes where it stopped."""
+    from experiments.launchers import RayOptions, SlurmOptions
+    from experiments.launchers import sweep as run_sweep
+    from experiments.spec import load_spec
+
+    spec = load_spec(args.spec)
+    slurm_cfg = dict(spec.launcher.get("slurm", {}))
+    ray_cfg = dict(spec.launcher.get("ray", {}))
+
+    def pick(flag, key, cfg, default):
+        return flag if flag is not None else cfg.get(key, default)
+
+    slurm = SlurmOptions(
+        cluster=args.submitit_cluster,
+        partition=pick(args.partition, "partition", slurm_cfg, None),
+        time=pick(args.time, "time", slurm_cfg, 1440),
+        gpus=pick(args.gpus, "gpus", slurm_cfg, 0),
+        cpus_per_task=pick(args.cpus_per_task, "cpus_per_task", slurm_cfg, 8),
+        mem_gb=pick(args.mem_gb, "mem_gb", slurm_cfg, None),
+        array_parallelism=pick(args.array_parallelism, "array_parallelism", slurm_cfg, None),
+        account=pick(args.account, "account", slurm_cfg, None),
+        qos=pick(args.qos, "qos", slurm_cfg, None),
+        constraint=pick(args.constraint, "constraint", slurm_cfg, None),
+        additional=dict(slurm_cfg.get("additional", {})),
+        folder=str(args.submitit_folder) if args.submitit_folder else slurm_cfg.get("folder"),
+        wait=args.wait,
+    )
+    ray = RayOptions(
+        address=pick(args.address, "address", ray_cfg, None),
+        cpus_per_run=pick(args.cpus_per_run, "cpus_per_run", ray_cfg, 1),
+        gpus_per_run=pick(args.gpus_per_run, "gpus_per_run", ray_cfg, 0.0),
+    )
+    summary = run_sweep(
+        spec,
+        launcher=args.launcher,
+        dry_run=args.dry_run,
+        max_parallel=args.max_parallel,
+        out=args.out,
+        data_dir=args.data_dir,
+        group_seeds=True if args.group_seeds else None,
+        retry_failed=args.retry_failed,
+        check_data=args.check_data,
+        slurm=slurm,
+        ray_options=ray,
+        progress=args.progress,
+    )
+    if summary.failed:
+        raise SorlError(f"{len(summary.failed)} of {summary.total} runs failed; their logs are listed above")
+
+
+# ---------------------------------------------------------------------------------------------- table
+
+
+@dataclass(frozen=True)
+class TableArgs:
+    """Aggregate run directories into a table: per task, per environment and overall."""
+
+    paths: tyro.conf.Positional[tuple[str, ...]]
+    """Run directories, directories holding runs (searched recursively), or sweep specs (.toml)."""
+    format: str = "md"
+    """md, csv or latex."""
+    K: int | None = None
+    """Sampling steps of the cell reported (default: each method's largest evaluated K)."""
+    N: int | None = None
+    """Best-of-N of the cell reported (default: 1)."""
+    level: str = "task,env,all"
+    """Rows to show: task, env and/or all (comma-separated)."""
+    compare: str | None = None
+    """'paper': the published numbers (shared/docs/method.md) side by side, and our difference; or a .md file."""
+    reps: int = 2000
+    """Bootstrap resamples for the IQM confidence interval."""
+    output: Path | None = None
+    """Write the table to this file instead of printing it."""
+
+
+def table(args: Annotated[TableArgs, tyro.conf.arg(name="")]) -> None:
+    """Success mean ± std and IQM with 95 % bootstrap CIs over seeds, optionally next to the paper's numbers."""
+    from experiments.aggregate import table as make_table
+
+    levels = [lv.strip() for lv in args.level.split(",") if lv.strip()]
+    text = make_table(
+        args.paths, fmt=args.format, K=args.K, N=args.N, levels=levels, compare=args.compare, reps=args.reps
+    )
+    if args.output is not None:
+        try:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(text)
+        except OSError as e:
+            raise SorlError(f"cannot write {args.output}: {e.strerror or e}") from None
+        print(f"wrote {args.output}")
+    else:
+        print(text, end="")
+
+
+# ----------------------------------------------------------------------------------------------- plot
+
+
+@dataclass(frozen=True)
+class PlotScaling:
+    """Success against sampling steps K (per N) and against candidates N (per K), per environment and overall."""
+
+    paths: tyro.conf.Positional[tuple[str, ...]]
+    """Run directories, directories holding runs, or sweep specs (.toml)."""
+    out: Path = Path("plots")
+    """Directory for scaling-METHOD.png/.pdf."""
+    stat: str = "mean"
+    """mean or iqm."""
+    formats: str = "png,pdf"
+    reps: int = 1000
+
+
+@dataclass(frozen=True)
+class PlotCurves:
+    """Success and losses against gradient updates, per environment and overall."""
+
+    paths: tyro.conf.Positional[tuple[str, ...]]
+    """Run directories, directories holding runs, or sweep specs (.toml)."""
+    out: Path = Path("plots")
+    """Directory for curves.png/.pdf."""
+    K: int | None = None
+    N: int | None = None
+    metrics: str | None = None
+    """train.csv columns to plot, comma-separated (default: the critic and actor losses)."""
+    stat: str = "mean"
+    formats: str = "png,pdf"
+    reps: int = 1000
+
+
+PlotCommand = (
+    Annotated[PlotScaling, tyro.conf.subcommand("scaling")] | Annotated[PlotCurves, tyro.conf.subcommand("curves")]
+)
+
+
+def plot(cmd: tyro.conf.OmitSubcommandPrefixes[PlotCommand]) -> None:
+    """Plot test-time scaling or training curves from run directories (PNG and PDF)."""
+    from experiments import plots
+
+    formats = [f for f in cmd.formats.split(",") if f.strip()]
+    if isinstance(cmd, PlotScaling):
+        paths = plots.plot_scaling(cmd.paths, cmd.out, stat=cmd.stat, formats=formats, reps=cmd.reps)
+    else:
+        metrics = [m.strip() for m in cmd.metrics.split(",") if m.strip()] if cmd.metrics else None
+        paths = plots.plot_curves(
+            cmd.paths, cmd.out, K=cmd.K, N=cmd.N, metrics=metrics, stat=cmd.stat, formats=formats, reps=cmd.reps
+        )
+    for p in paths:
+        print(f"wrote {p}")

@@ -1,0 +1,664 @@
+"""`sorl sweep`: expand a spec to runs, skip the finished ones, launch the rest on this machine, Slurm or Ray.
+
+Launchers (all run `sorl.train.train` on one or more runs of the same task and agent — a *job* — and report one
+outcome per run; a failed run is reported with its log and does not stop the others):
+
+- `local`: a pool of P worker slots on this machine; each job runs in its own process
+  (`python -m experiments.worker`), pinned to its slot's share of the cores (cores // P, also its evaluation
+  workers), stdout/stderr to the run's log. With P > 1 and a GPU, each process gets 0.9/P of its memory.
+- `slurm`: `submitit` (an array job on Slurm; `--submitit-cluster local` runs the same jobs as local processes
+  through submitit's LocalExecutor, which is how it is tested).
+- `ray`: Ray tasks on an existing cluster (`--address`), or on a local Ray instance started (and stopped) here.
+
+`--group-seeds` makes one job of all pending seeds of one (agent, variant, task): through
+`sorl.train`'s multi-seed path (several seeds vmapped in one process) when this version has one, else the seeds
+run one after another in that job's process (see `multi_seed_trainer`).
+
+A run counts as finished when its `results.json` exists: "complete" (with the spec's step budget) is skipped;
+"failed" (a non-finite loss) is skipped and listed again unless `--retry-failed`. Re-running the same command
+therefore resumes a sweep; a run killed half-way continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from experiments.spec import RunSpec, Spec, load_spec
+from sorl.errors import SorlError, suggest
+
+LAUNCHERS = ("local", "slurm", "ray")
+
+
+# ----------------------------------------------------------------------------------------------- jobs
+
+
+@dataclasses.dataclass
+class Job:
+    """Runs that share one process: one run, or (with --group-seeds) the seeds of one (agent, variant, task)."""
+
+    runs: list[RunSpec]
+
+    @property
+    def id(self) -> str:
+        if len(self.runs) == 1:
+            return self.runs[0].id
+        head = self.runs[0].id.rsplit("/", 1)[0]
+        return f"{head}/seeds{','.join(str(r.seed) for r in self.runs)}"
+
+    @property
+    def log(self) -> str:
+        if len(self.runs) == 1:
+            return self.runs[0].log
+        first = Path(self.runs[0].log)
+        return str(first.parent / (self.id.replace("/", "__") + ".log"))
+
+
+def make_jobs(runs: Sequence[RunSpec], group_seeds: bool) -> list[Job]:
+    if not group_seeds:
+        return [Job([r]) for r in runs]
+    groups: dict[tuple[str, str, str], list[RunSpec]] = {}
+    for r in runs:
+        groups.setdefault(r.group, []).append(r)
+    return [Job(g) for g in groups.values()]
+
+
+def run_state(run: RunSpec) -> tuple[str, str | None]:
+    """('complete' | 'failed' | 'pending', error) from the run's results.json."""
+    path = Path(run.run_dir) / "results.json"
+    if not path.is_file():
+        return "pending", None
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "pending", None  # half-written or corrupt: train() rewrites it
+    status = results.get("status")
+    if status == "complete" and results.get("steps") == run.train["steps"]:
+        return "complete", None
+    if status == "failed":
+        return "failed", str(results.get("error") or "failed")
+    return "pending", None
+
+
+# ---------------------------------------------------------------------------------- running one job
+
+
+def _first_line(text: str) -> str:
+    lines = [line for line in str(text).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+@contextlib.contextmanager
+def redirect_output(path: str | Path) -> Iterator[None]:
+    """Send this process's stdout and stderr (Python and C level) to `path` (appended) for the duration."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with path.open("a", buffering=1) as f:
+        saved = []
+        try:
+            for fd in (1, 2):
+                saved.append((fd, os.dup(fd)))
+                os.dup2(f.fileno(), fd)
+        except OSError:  # no usable file descriptors (unusual embedding): Python-level only
+            pass
+        try:
+            with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+                yield
+        finally:
+            f.flush()
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+
+
+def _outcome(run: RunSpec, status: str, error: str | None, seconds: float) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "run_dir": run.run_dir,
+        "log": run.log,
+        "status": status,
+        "error": error,
+        "seconds": round(seconds, 3),
+    }
+
+
+def execute_run(run: RunSpec, *, log: bool = True) -> dict[str, Any]:
+    """Train one run in this process (output to its log when `log`); never raises for a failed run."""
+    t0 = time.perf_counter()
+    status, error = "failed", None
+    ctx = redirect_output(run.log) if log else contextlib.nullcontext()
+    with ctx:
+        print(f"=== {run.id}\n$ {run.command()}", flush=True)
+        try:
+            from sorl.train import train
+
+            results = train(run.task, run.agent, **run.train_kwargs())
+            if results.get("status") == "complete":
+                status = "done"
+            else:
+                error = str(results.get("error") or f"run ended with status {results.get('status')!r}")
+        except SorlError as e:
+            error = str(e)
+            print(f"error: {e}", flush=True)
+        except Exception as e:  # noqa: BLE001 - a crash of one run must not stop the sweep
+            traceback.print_exc()
+            error = f"{type(e).__name__}: {_first_line(str(e)) or 'see the log'}"
+        print(f"=== {run.id}: {status}" + (f" ({error})" if error else ""), flush=True)
+    return _outcome(run, status, error, time.perf_counter() - t0)
+
+
+def multi_seed_trainer() -> Callable[..., Any] | None:
+    """The multi-seed training entry point of `sorl.train` (several seeds vmapped in one process), if any.
+
+    Hook for `--group-seeds`: a function `fn(task, agent, *, seeds, run_dirs, **train_kwargs)` that trains the
+    given seeds together, writing one run directory per seed, and returns one results dict per seed. When the
+    installed `sorl.train` has none, grouped seeds run one after another in the job's process.
+    """
+    from sorl import train as train_lib
+
+    for name in ("train_seeds", "train_multi_seed", "train_many"):
+        fn = getattr(train_lib, name, None)
+        if callable(fn):
+            return fn
+    return None
+
+
+def execute_job(runs: Sequence[RunSpec], *, log: bool = True) -> list[dict[str, Any]]:
+    """All runs of one job, in this process; one outcome per run."""
+    runs = list(runs)
+    fn = multi_seed_trainer() if len(runs) > 1 else None
+    if fn is None:
+        return [execute_run(r, log=log) for r in runs]
+    return _execute_multi_seed(fn, runs, log=log)
+
+
+def _execute_multi_seed(fn: Callable[..., Any], runs: list[RunSpec], *, log: bool) -> list[dict[str, Any]]:
+    t0 = time.perf_counter()
+    job = Job(runs)
+    kwargs = runs[0].train_kwargs()
+    kwargs.pop("seed")
+    kwargs.pop("run_dir")
+    ctx = redirect_output(job.log) if log else contextlib.nullcontext()
+    with ctx:
+        print(f"=== {job.id} (seeds {[r.seed for r in runs]} in one process)", flush=True)
+        try:
+            results = fn(
+                runs[0].task, runs[0].agent, seeds=[r.seed for r in runs], run_dirs=[r.run_dir for r in runs], **kwargs
+            )
+            if isinstance(results, dict):
+                results = [results]
+            out = []
+            for run, res in zip(runs, results, strict=False):
+                ok = isinstance(res, dict) and res.get("status") == "complete"
+                err = None if ok else str((res or {}).get("error") or "did not complete")
+                out.append({**_outcome(run, "done" if ok else "failed", err, time.perf_counter() - t0), "log": job.log})
+            return out
+        except SorlError as e:
+            print(f"error: {e}", flush=True)
+            error = str(e)
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            error = f"{type(e).__name__}: {_first_line(str(e)) or 'see the log'}"
+    dt = time.perf_counter() - t0
+    return [{**_outcome(r, "failed", error, dt), "log": job.log} for r in runs]
+
+
+def _with_workers(runs: Sequence[RunSpec], workers: int) -> list[RunSpec]:
+    """Runs whose evaluation uses `workers` processes unless the spec fixed the number."""
+    out = []
+    for r in runs:
+        if r.train.get("eval_workers") is None:
+            r = dataclasses.replace(r, train={**r.train, "eval_workers": workers})
+        out.append(r)
+    return out
+
+
+def _failed_job(job: Job, error: str, log: str | None = None) -> list[dict[str, Any]]:
+    return [{**_outcome(r, "failed", error, 0.0), "log": log or job.log} for r in job.runs]
+
+
+# --------------------------------------------------------------------------------------------- local
+
+
+def available_cores() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def default_parallel() -> int:
+    """Runs at once on this machine when not told: one per 4 cores (each run evaluates on its cores)."""
+    return max(1, len(available_cores()) // 4)
+
+
+def launch_local(
+    jobs: Sequence[Job], *, max_parallel: int, on_outcome: Callable[[dict[str, Any]], None]
+) -> list[dict[str, Any]]:
+    """Run the jobs in worker processes, at most `max_parallel` at once, cores divided between the slots."""
+    cores = available_cores()
+    slots_n = max(1, min(max_parallel, len(jobs)))
+    per = max(1, len(cores) // slots_n)
+    slots: queue.Queue[int] = queue.Queue()
+    for i in range(slots_n):
+        slots.put(i)
+    procs: dict[int, subprocess.Popen] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+    outcomes: list[dict[str, Any]] = []
+
+    def run_one(job: Job) -> list[dict[str, Any]]:
+        slot = slots.get()
+        try:
+            if stop.is_set():
+                return _failed_job(job, "interrupted")
+            mine = [cores[(slot * per + j) % len(cores)] for j in range(per)]
+            runs = _with_workers(job.runs, per)
+            env = dict(os.environ)
+            env["OMP_NUM_THREADS"] = str(per)
+            if slots_n > 1:
+                env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{min(0.75, 0.9 / slots_n):.2f}")
+            log = Path(job.log)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            result_file = log.parent / f".outcome-{uuid.uuid4().hex}.json"
+            cmd = [sys.executable, "-m", "experiments.worker", "--outcomes", str(result_file)]
+            cmd += ["--cores", ",".join(map(str, mine))]
+            if len(runs) > 1:
+                cmd.append("--log-each")
+            payload = json.dumps([dataclasses.asdict(r) for r in runs])
+            with log.open("a") as logf:
+                proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=logf, stderr=subprocess.STDOUT, env=env)
+                with lock:
+                    procs[proc.pid] = proc
+                try:
+                    proc.communicate(payload.encode())
+                finally:
+                    with lock:
+                        procs.pop(proc.pid, None)
+            try:
+                result = json.loads(result_file.read_text())
+                result_file.unlink()
+                return result
+            except (OSError, ValueError):
+                return _failed_job(job, f"worker process exited with code {proc.returncode}")
+        finally:
+            slots.put(slot)
+
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    pool = ThreadPoolExecutor(slots_n, thread_name_prefix="sorl-sweep")
+    try:
+        futures = [pool.submit(run_one, job) for job in jobs]
+        for fut in as_completed(futures):
+            for o in fut.result():
+                outcomes.append(o)
+                on_outcome(o)
+    except BaseException:
+        stop.set()
+        with lock:
+            for proc in procs.values():  # only the worker processes this launcher started
+                proc.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return outcomes
+
+
+# ---------------------------------------------------------------------------------------------- slurm
+
+
+def run_job_remote(runs: list[RunSpec], workers: int | None = None) -> list[dict[str, Any]]:
+    """The function a Slurm (submitit) or Ray worker calls: train `runs`, each with its output in its log."""
+    if workers:
+        runs = _with_workers(runs, workers)
+    return execute_job(runs, log=True)
+
+
+@dataclasses.dataclass
+class SlurmOptions:
+    cluster: str = "slurm"
+    """submitit cluster: 'slurm', or 'local' / 'debug' to run the same jobs on this machine."""
+    partition: str | None = None
+    time: int = 1440
+    """Minutes per job."""
+    gpus: int = 0
+    cpus_per_task: int = 8
+    mem_gb: float | None = None
+    array_parallelism: int | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    additional: dict[str, Any] = dataclasses.field(default_factory=dict)
+    folder: str | None = None
+    """submitit's job folder (pickles and its own logs); default OUT/submitit."""
+    wait: bool = True
+
+
+def launch_slurm(
+    jobs: Sequence[Job],
+    *,
+    options: SlurmOptions,
+    folder: Path,
+    name: str,
+    max_parallel: int | None,
+    on_outcome: Callable[[dict[str, Any]], None],
+) -> list[dict[str, Any]]:
+    try:
+        import submitit
+    except ImportError:
+        raise SorlError("the slurm launcher needs submitit: pip install submitit") from None
+    if options.cluster not in ("slurm", "local", "debug"):
+        raise SorlError(f"--submitit-cluster {options.cluster!r}: use slurm, local or debug")
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=options.cluster)
+    params: dict[str, Any] = {
+        "name": f"sorl-{name}",
+        "timeout_min": int(options.time),
+        "cpus_per_task": int(options.cpus_per_task),
+        "gpus_per_node": int(options.gpus),
+        "slurm_array_parallelism": options.array_parallelism or max_parallel or len(jobs),
+    }
+    if options.mem_gb:
+        params["mem_gb"] = float(options.mem_gb)
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(options, key):
+            params[f"slurm_{key}"] = getattr(options, key)
+    if options.additional:
+        params["slurm_additional_parameters"] = dict(options.additional)
+    try:
+        executor.update_parameters(**params)
+    except (NameError, AssertionError, ValueError) as e:
+        raise SorlError(f"slurm launcher: bad parameter ({_first_line(str(e))})") from None
+    workers = int(options.cpus_per_task)
+    outcomes: list[dict[str, Any]] = []
+
+    def collect(sjob: Any, job: Job) -> None:
+        try:
+            result = sjob.result()
+        except Exception as e:  # noqa: BLE001 - the job crashed, timed out or was cancelled
+            log = str(sjob.paths.stderr)
+            result = _failed_job(job, f"submitit job {sjob.job_id} failed: {_first_line(str(e))[:300]}", log)
+        for o in result:
+            outcomes.append(o)
+            on_outcome(o)
+
+    try:
+        if options.cluster == "slurm":
+            submitted = executor.map_array(run_job_remote, [j.runs for j in jobs], [workers] * len(jobs))
+            print(f"submitted {len(jobs)} jobs as Slurm array {submitted[0].job_id.split('_')[0]}", flush=True)
+            if not options.wait:
+                return []
+            pending = list(zip(submitted, jobs, strict=True))
+            while pending:
+                still = []
+                for sjob, job in pending:
+                    if sjob.done():
+                        collect(sjob, job)
+                    else:
+                        still.append((sjob, job))
+                pending = still
+                if pending:
+                    time.sleep(5)
+        else:  # local / debug: submit within a window of max_parallel jobs
+            window = max(1, max_parallel or len(jobs))
+            todo = list(jobs)
+            running: list[tuple[Any, Job]] = []
+            while todo or running:
+                while todo and len(running) < window:
+                    job = todo.pop(0)
+                    running.append((executor.submit(run_job_remote, job.runs, workers), job))
+                still = []
+                for sjob, job in running:
+                    if sjob.done():
+                        collect(sjob, job)
+                    else:
+                        still.append((sjob, job))
+                running = still
+                if running:
+                    time.sleep(0.5)
+    except FileNotFoundError as e:
+        raise SorlError(
+            f"slurm launcher: {e.filename or 'sbatch'} not found; run on a Slurm login node, or use "
+            "--launcher local (or --submitit-cluster local to test the slurm path here)"
+        ) from None
+    return outcomes
+
+
+# ------------------------------------------------------------------------------------------------ ray
+
+
+@dataclasses.dataclass
+class RayOptions:
+    address: str | None = None
+    """An existing Ray cluster ('auto' or 'ray://host:10001'); none starts a local instance for the sweep."""
+    cpus_per_run: int = 1
+    gpus_per_run: float = 0.0
+    num_cpus: int | None = None
+    """CPUs of the local instance (default: all)."""
+
+
+def launch_ray(
+    jobs: Sequence[Job],
+    *,
+    options: RayOptions,
+    max_parallel: int | None,
+    on_outcome: Callable[[dict[str, Any]], None],
+) -> list[dict[str, Any]]:
+    try:
+        import ray
+    except ImportError:
+        raise SorlError("the ray launcher needs Ray: pip install 'sorl[ray]' (or pip install ray)") from None
+    started = False
+    if not ray.is_initialized():
+        try:
+            if options.address:
+                ray.init(address=options.address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=options.num_cpus, include_dashboard=False, log_to_driver=False)
+                started = True
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise SorlError(f"ray launcher: cannot connect to Ray ({_first_line(str(e))[:200]})") from None
+    remote = ray.remote(run_job_remote).options(
+        num_cpus=options.cpus_per_run, num_gpus=options.gpus_per_run, max_retries=0
+    )
+    workers = max(1, int(options.cpus_per_run))
+    window = max(1, max_parallel or len(jobs))
+    todo = list(jobs)
+    running: dict[Any, Job] = {}
+    outcomes: list[dict[str, Any]] = []
+    try:
+        while todo or running:
+            while todo and len(running) < window:
+                job = todo.pop(0)
+                running[remote.remote(job.runs, workers)] = job
+            ready, _ = ray.wait(list(running), num_returns=1)
+            for ref in ready:
+                job = running.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except Exception as e:  # noqa: BLE001 - the task or its worker died
+                    result = _failed_job(job, f"Ray task failed: {_first_line(str(e))[:300]}")
+                for o in result:
+                    outcomes.append(o)
+                    on_outcome(o)
+    except BaseException:
+        for ref in running:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+    return outcomes
+
+
+# ---------------------------------------------------------------------------------------------- sweep
+
+
+@dataclasses.dataclass
+class Summary:
+    name: str
+    total: int
+    done: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    failed: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    skipped: list[str] = dataclasses.field(default_factory=list)
+    """Runs whose results.json already says complete."""
+    failed_before: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """Runs whose results.json says failed (skipped unless --retry-failed)."""
+    submitted: int = 0
+
+    def line(self) -> str:
+        parts = [f"{len(self.done)} done", f"{len(self.failed)} failed", f"{len(self.skipped)} skipped (complete)"]
+        if self.failed_before:
+            parts.append(f"{len(self.failed_before)} skipped (failed before; --retry-failed reruns them)")
+        if self.submitted:
+            parts.append(f"{self.submitted} submitted, not waited for")
+        return f"sweep {self.name}: {self.total} runs: " + ", ".join(parts)
+
+
+def check_datasets(runs: Sequence[RunSpec]) -> list[str]:
+    """Notes on datasets the pending runs need; SorlError if one is missing and cannot be generated here."""
+    from envs.datasets import dataset_paths
+    from envs.registry import resolve_env
+
+    notes, missing = [], []
+    seen: set[tuple[str, str | None]] = set()
+    for r in runs:
+        key = (r.env, r.train.get("data_dir"))
+        if key in seen:
+            continue
+        seen.add(key)
+        train_file, val_file = dataset_paths(r.env, r.train.get("data_dir"))
+        if train_file.is_file() and val_file.is_file():
+            continue
+        if resolve_env(r.env).generatable:
+            notes.append(
+                f"note: {train_file} is missing; the first run that needs it generates it "
+                f"(or run `sorl data generate {r.env}` first)"
+            )
+        else:
+            missing.append((r.env, train_file))
+    if missing:
+        names = ", ".join(env for env, _ in missing)
+        raise SorlError(
+            f"datasets missing and not generatable here: {names}; place the published files in "
+            f"{missing[0][1].parent} (e.g. {missing[0][1].name}), or sweep a spec without them "
+            "(experiments/specs/local.toml); --no-check-data skips this check"
+        )
+    return notes
+
+
+def sweep(
+    spec: str | Path | Spec,
+    *,
+    launcher: str = "local",
+    dry_run: bool = False,
+    max_parallel: int | None = None,
+    out: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    group_seeds: bool | None = None,
+    retry_failed: bool = False,
+    check_data: bool = True,
+    slurm: SlurmOptions | None = None,
+    ray_options: RayOptions | None = None,
+    progress: bool = True,
+) -> Summary:
+    """Expand `spec`, skip finished runs, launch the others with `launcher`; prints a summary and returns it."""
+    if launcher not in LAUNCHERS:
+        valid = ", ".join(LAUNCHERS)
+        raise SorlError(f"unknown launcher {launcher!r}{suggest(launcher, LAUNCHERS)}; use one of: {valid}")
+    if max_parallel is not None and (isinstance(max_parallel, bool) or max_parallel < 1):
+        raise SorlError(f"--max-parallel={max_parallel}: must be at least 1")
+    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    runs = spec.runs(out=out, data_dir=data_dir)
+    root = Path(runs[0].run_dir).parents[len(Path(runs[0].id).parts) - 1]
+    summary = Summary(spec.name, len(runs))
+    pending: list[RunSpec] = []
+    states = {}
+    for r in runs:
+        state, error = run_state(r)
+        states[r.id] = state
+        if state == "complete":
+            summary.skipped.append(r.id)
+        elif state == "failed" and not retry_failed:
+            summary.failed_before.append({"id": r.id, "error": error, "log": r.log, "run_dir": r.run_dir})
+        else:
+            pending.append(r)
+    cfg = spec.launcher
+    max_parallel = max_parallel or cfg.get("max_parallel")
+    group_seeds = cfg.get("group_seeds", False) if group_seeds is None else group_seeds
+    jobs = make_jobs(pending, group_seeds)
+
+    header = (
+        f"sweep {spec.name}: {len(runs)} runs ({', '.join(spec.agents)}; {len(spec.tasks)} tasks; "
+        f"{len(spec.seeds)} seeds) under {root}: {len(summary.skipped)} complete, "
+        f"{len(summary.failed_before)} failed before, {len(pending)} to run as {len(jobs)} jobs ({launcher})"
+    )
+    print(header, flush=True)
+    if dry_run:
+        for r in runs:
+            print(f"  {states[r.id]:<9} {r.id}")
+        for job in jobs:
+            for r in job.runs:
+                print(f"    $ {r.command()}")
+        print("dry run: nothing launched", flush=True)
+        return summary
+    if not jobs:
+        print(summary.line(), flush=True)
+        return summary
+    if check_data and not (launcher == "ray" and (ray_options and ray_options.address)):
+        for note in check_datasets(pending):
+            print(note, flush=True)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(pending), unit="run", desc=f"sweep {spec.name}", dynamic_ncols=True)
+
+    def on_outcome(o: dict[str, Any]) -> None:
+        (summary.done if o["status"] == "done" else summary.failed).append(o)
+        msg = None if o["status"] == "done" else f"failed: {o['id']}: {o['error']} (log: {o['log']})"
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({"done": len(summary.done), "failed": len(summary.failed)}, refresh=False)
+            if msg:
+                bar.write(msg)
+        elif msg:
+            print(msg, flush=True)
+
+    try:
+        if launcher == "local":
+            launch_local(jobs, max_parallel=max_parallel or default_parallel(), on_outcome=on_outcome)
+        elif launcher == "slurm":
+            options = slurm or SlurmOptions()
+            folder = Path(options.folder) if options.folder else root / "submitit"
+            launch_slurm(
+                jobs, options=options, folder=folder, name=spec.name, max_parallel=max_parallel, on_outcome=on_outcome
+            )
+            if not options.wait:
+                summary.submitted = len(pending)
+        else:
+            launch_ray(jobs, options=ray_options or RayOptions(), max_parallel=max_parallel, on_outcome=on_outcome)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(summary.line(), flush=True)
+    for o in summary.failed:
+        print(f"  failed: {o['id']}: {o['error']} (log: {o['log']})", flush=True)
+    for o in summary.failed_before:
+        print(f"  failed before: {o['id']}: {o['error']} (results: {o['run_dir']}/results.json)", flush=True)
+    return summary

@@ -1,0 +1,331 @@
+"""`sorl plot scaling` and `sorl plot curves`: figures (PNG and PDF, matplotlib) from run directories only.
+
+- scaling: success against K (one line per N) and against N (one line per K), per environment and over all
+  environments, one figure per method. Cells come from each run's `scaling.json` (`sorl eval`) when it has
+  one, else from the final evaluation in `results.json`.
+- curves: success (at one (K, N) cell, from `eval.csv`) and losses (from `train.csv`) against gradient updates,
+  per environment and over all, every method in the same panels.
+
+Lines are the mean over runs (tasks weighted by their runs; `--stat iqm` for the interquartile mean); bands are
+95 % stratified-bootstrap confidence intervals (seeds resampled within tasks; `experiments.aggregate`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.aggregate import STATS, RunRecord, default_cell, load_runs, stratified_bootstrap_ci
+from sorl.errors import SorlError
+
+FORMATS = ("png", "pdf")
+PLOT_REPS = 1000
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(
+        {
+            "font.size": 10,
+            "axes.titlesize": 10,
+            "axes.labelsize": 10,
+            "legend.fontsize": 8,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+        }
+    )
+    return plt
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9=,._+-]+", "_", name).strip("_") or "plot"
+
+
+def _check_formats(formats: Sequence[str]) -> list[str]:
+    formats = [f.strip().lower().lstrip(".") for f in formats if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise SorlError(f"--formats {','.join(formats)}: use png and/or pdf")
+    return formats
+
+
+def _save(fig: Any, out_dir: Path, stem: str, formats: Sequence[str]) -> list[Path]:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SorlError(f"cannot create {out_dir}: {e.strerror or e}") from None
+    paths = []
+    for fmt in formats:
+        path = out_dir / f"{stem}.{fmt}"
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+        paths.append(path)
+    return paths
+
+
+def _estimate(groups: dict[str, list[float]], stat: str, reps: int) -> tuple[float, float, float]:
+    """(point, ci_low, ci_high) of `stat` over all values, CI stratified over the groups (tasks)."""
+    values = [v for v in groups.values() if v]
+    if not values:
+        return math.nan, math.nan, math.nan
+    fn = STATS[stat]
+    point = float(fn(np.concatenate([np.asarray(v, np.float64) for v in values])))
+    lo, hi = stratified_bootstrap_ci(values, fn, reps=reps)
+    return point, lo, hi
+
+
+def _env_panels(records: Sequence[RunRecord]) -> list[tuple[str, list[RunRecord]]]:
+    from envs.registry import ENVIRONMENTS
+
+    order = {name: i for i, name in enumerate(ENVIRONMENTS)}
+    envs = sorted({r.env for r in records}, key=lambda e: order.get(e, len(order)))
+    panels = [(env, [r for r in records if r.env == env]) for env in envs]
+    if len(envs) > 1:
+        panels.append(("all environments", list(records)))
+    return panels
+
+
+def _describe(recs: Sequence[RunRecord]) -> str:
+    tasks = {r.task for r in recs}
+    seeds = {r.seed for r in recs}
+    return f"{len(tasks)} task{'s' * (len(tasks) != 1)} × {len(seeds)} seed{'s' * (len(seeds) != 1)}"
+
+
+def _log2_axis(ax: Any, values: Sequence[int]) -> None:
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    if len(values) > 1:
+        ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(list(values)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([str(v) for v in values])
+
+
+def _by_method(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
+    out: dict[str, list[RunRecord]] = {}
+    for r in records:
+        out.setdefault(r.label, []).append(r)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- scaling
+
+
+def plot_scaling(
+    paths: Sequence[str | Path],
+    out_dir: str | Path = "plots",
+    *,
+    stat: str = "mean",
+    formats: Sequence[str] = FORMATS,
+    reps: int = PLOT_REPS,
+) -> list[Path]:
+    """Success against K (per N) and against N (per K): one figure per method; returns the files written."""
+    if stat not in STATS:
+        raise SorlError(f"--stat {stat}: use mean or iqm")
+    formats = _check_formats(formats)
+    plt = _pyplot()
+    runset = load_runs(paths)
+    written: list[Path] = []
+    for method, recs in _by_method(runset.records).items():
+        grids = {id(r): r.scaling_grid() for r in recs}
+        panels = _env_panels(recs)
+        fig, axes = plt.subplots(len(panels), 2, figsize=(9.0, 3.1 * len(panels)), squeeze=False)
+        for row, (env, env_recs) in enumerate(panels):
+            cells = set().union(*(set(grids[id(r)]) for r in env_recs))
+            Ks = sorted({k for k, _ in cells})
+            Ns = sorted({n for _, n in cells})
+
+            def point(K: int, N: int, env_recs=env_recs, grids=grids) -> tuple[float, float, float]:
+                groups: dict[str, list[float]] = {}
+                for r in env_recs:
+                    c = grids[id(r)].get((K, N))
+                    if c is not None and c.get("success") is not None:
+                        groups.setdefault(r.task, []).append(100.0 * float(c["success"]))
+                return _estimate(groups, stat, reps)
+
+            for col, (xs, lines, xname, lname) in enumerate(
+                (
+                    (Ks, Ns, "sampling steps K", "N"),
+                    (Ns, Ks, "candidates N (best-of-N, ranked by Q)", "K"),
+                )
+            ):
+                ax = axes[row][col]
+                cmap = plt.get_cmap("viridis")
+                for i, line in enumerate(lines):
+                    pts = [point(x, line) if col == 0 else point(line, x) for x in xs]
+                    ok = [(x, p) for x, p in zip(xs, pts, strict=True) if np.isfinite(p[0])]
+                    if not ok:
+                        continue
+                    x = [o[0] for o in ok]
+                    y = np.array([o[1][0] for o in ok])
+                    lo = np.array([o[1][1] for o in ok])
+                    hi = np.array([o[1][2] for o in ok])
+                    color = cmap(0.85 * i / max(1, len(lines) - 1))
+                    ax.plot(x, y, marker="o", ms=4, color=color, label=f"{lname} = {line}")
+                    ax.fill_between(x, lo, hi, color=color, alpha=0.18, linewidth=0)
+                _log2_axis(ax, xs)
+                ax.set_xlabel(xname)
+                ax.set_ylabel(f"success rate (%, {stat})")
+                ax.set_ylim(bottom=0)
+                ax.set_title(f"{env} ({_describe(env_recs)})")
+                ax.legend(loc="best", frameon=False)
+        fig.suptitle(f"Test-time scaling: {method} (final checkpoint; bands: 95% stratified-bootstrap CI)", y=1.0)
+        fig.tight_layout()
+        written += _save(fig, Path(out_dir), f"scaling-{_safe(method)}", formats)
+        plt.close(fig)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------- curves
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    try:
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return []
+
+
+def _float(x: str | None) -> float | None:
+    try:
+        v = float(x) if x not in (None, "") else None
+    except ValueError:
+        return None
+    return v if v is not None and math.isfinite(v) else None
+
+
+LOSS_PRIORITY = ("critic_loss", "actor_loss", "value_loss", "flow_loss", "bc_flow_loss", "q_loss")
+
+
+def default_metrics(columns: Sequence[str], limit: int = 3) -> list[str]:
+    """Up to `limit` loss columns of train.csv: the usual critic/actor losses first."""
+    losses = [c for c in columns if "loss" in c.rsplit("/", 1)[-1]]
+    ranked = sorted(
+        losses,
+        key=lambda c: (
+            LOSS_PRIORITY.index(c.rsplit("/", 1)[-1]) if c.rsplit("/", 1)[-1] in LOSS_PRIORITY else len(LOSS_PRIORITY),
+            losses.index(c),
+        ),
+    )
+    return ranked[:limit]
+
+
+def plot_curves(
+    paths: Sequence[str | Path],
+    out_dir: str | Path = "plots",
+    *,
+    K: int | None = None,
+    N: int | None = None,
+    metrics: Sequence[str] | None = None,
+    stat: str = "mean",
+    formats: Sequence[str] = FORMATS,
+    reps: int = PLOT_REPS,
+    name: str = "curves",
+) -> list[Path]:
+    """Success and losses against gradient updates, per environment and overall; returns the files written."""
+    if stat not in STATS:
+        raise SorlError(f"--stat {stat}: use mean or iqm")
+    formats = _check_formats(formats)
+    plt = _pyplot()
+    runset = load_runs(paths)
+    methods = _by_method(runset.records)
+    evals = {id(r): _read_csv(r.path / "eval.csv") for r in runset.records}
+    trains = {id(r): _read_csv(r.path / "train.csv") for r in runset.records}
+    columns: list[str] = []
+    for rows in trains.values():
+        for c in rows[0] if rows else []:
+            if c not in columns and c not in ("step", "updates_per_s", "time_s"):
+                columns.append(c)
+    if metrics:
+        unknown = [m for m in metrics if m not in columns]
+        if unknown:
+            from sorl.errors import suggest
+
+            raise SorlError(
+                f"--metrics: {unknown[0]!r} is not a train.csv column{suggest(unknown[0], columns)}; "
+                f"columns: {', '.join(columns)}"
+            )
+        metrics = list(metrics)
+    else:
+        metrics = default_metrics(columns)
+    cells = {m: (K, N) if K is not None and N is not None else None for m in methods}
+    for m, recs in methods.items():
+        if cells[m] is None:
+            dk, dn = default_cell(recs)
+            cells[m] = (K if K is not None else dk, N if N is not None else dn)
+
+    panels = _env_panels(runset.records)
+    ncol = 1 + len(metrics)
+    fig, axes = plt.subplots(len(panels), ncol, figsize=(4.2 * ncol, 3.0 * len(panels)), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for row, (env, env_recs) in enumerate(panels):
+        ids = {id(r) for r in env_recs}
+        for mi, (method, recs) in enumerate(methods.items()):
+            recs = [r for r in recs if id(r) in ids]
+            if not recs:
+                continue
+            color = colors(mi % 10)
+            cK, cN = cells[method]
+            # success against updates
+            per_step: dict[int, dict[str, list[float]]] = {}
+            for r in recs:
+                for e in evals[id(r)]:
+                    s, k, n, v = _float(e.get("step")), _float(e.get("K")), _float(e.get("N")), _float(e.get("success"))
+                    if None in (s, k, n, v) or (int(k), int(n)) != (cK, cN):
+                        continue
+                    per_step.setdefault(int(s), {}).setdefault(r.task, []).append(100.0 * v)
+            _curve(axes[row][0], per_step, stat, reps, color, f"{method} (K={cK}, N={cN})")
+            # losses against updates
+            for j, metric in enumerate(metrics):
+                per_step = {}
+                for r in recs:
+                    for t in trains[id(r)]:
+                        s, v = _float(t.get("step")), _float(t.get(metric))
+                        if s is not None and v is not None:
+                            per_step.setdefault(int(s), {}).setdefault(r.task, []).append(v)
+                _curve(axes[row][1 + j], per_step, "mean", reps, color, method)
+        axes[row][0].set_ylabel(f"success rate (%, {stat})")
+        axes[row][0].set_ylim(bottom=0)
+        axes[row][0].set_title(f"{env} ({_describe(env_recs)}): success")
+        for j, metric in enumerate(metrics):
+            ax = axes[row][1 + j]
+            ax.set_ylabel(f"{metric} (mean over runs)")
+            ax.set_title(f"{env}: {metric}")
+            ys = [y for line in ax.get_lines() for y in line.get_ydata()]
+            if ys and min(ys) > 0 and max(ys) / min(ys) > 50:
+                ax.set_yscale("log")
+        for ax in axes[row]:
+            ax.set_xlabel("gradient updates")
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4), useMathText=True)
+        axes[row][0].legend(loc="best", frameon=False)
+    fig.suptitle("Training curves (bands: 95% stratified-bootstrap CI over seeds within tasks)", y=1.0)
+    fig.tight_layout()
+    written = _save(fig, Path(out_dir), name, formats)
+    plt.close(fig)
+    return written
+
+
+def _curve(ax: Any, per_step: dict[int, dict[str, list[float]]], stat: str, reps: int, color: Any, label: str) -> None:
+    if not per_step:
+        return
+    steps = sorted(per_step)
+    est = [_estimate(per_step[s], stat, reps) for s in steps]
+    y = np.array([e[0] for e in est])
+    lo = np.array([e[1] for e in est])
+    hi = np.array([e[2] for e in est])
+    ax.plot(steps, y, color=color, marker="o" if len(steps) < 15 else None, ms=3, label=label)
+    ax.fill_between(steps, lo, hi, color=color, alpha=0.18, linewidth=0)

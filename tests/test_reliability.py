@@ -1,0 +1,480 @@
+"""Reliability of a training run: exact resume after SIGKILL, SIGTERM/SIGINT, non-finite values, failed writes,
+partial files, and the run-directory lock.
+
+The kill and SIGTERM tests run `sorl train` (the real SORL agent, tiny networks, a tiny generated dataset) as
+subprocesses and compare with an uninterrupted run bit for bit; the others run in-process with the stand-in
+agent of test_train_loop.py. Subprocesses share a JAX compilation cache so only the first one compiles.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from test_train_loop import TASK, TinyAgent, _train, stand_in  # noqa: F401 - stand_in is a fixture
+
+import agents
+from sorl import checkpoint, cli, reliability, runs
+from sorl import train as train_lib
+from sorl.checkpoint import Checkpointer
+from sorl.errors import SorlError
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMING = ("updates_per_s", "time_s")
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _log(run_dir: Path, name: str, drop=TIMING) -> list[dict[str, str]]:
+    path = Path(run_dir) / name
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [{k: v for k, v in r.items() if k not in drop} for r in csv.DictReader(f)]
+
+
+def _raw_checkpoints(run_dir: Path) -> dict[int, list[tuple[str, np.ndarray]]]:
+    """Every complete checkpoint of a run as (path, array) leaves, read without a template."""
+    ckdir = Path(run_dir) / "checkpoints"
+    out = {}
+    mgr = ocp.CheckpointManager(ckdir.absolute(), options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+        for step in checkpoint.complete_steps(ckdir):
+            tree = mgr.restore(step, args=ocp.args.StandardRestore())
+            out[step] = [
+                (jax.tree_util.keystr(p), np.asarray(x)) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+            ]
+    finally:
+        mgr.close()
+    return out
+
+
+def assert_same_run(a: Path, b: Path, optimizer: bool = False) -> None:
+    """Checkpoints (parameters, optimizer state, keys, step), logs and results identical, bit for bit."""
+    ca, cb = _raw_checkpoints(a), _raw_checkpoints(b)
+    assert sorted(ca) == sorted(cb) and ca
+    for step in ca:
+        assert [p for p, _ in ca[step]] == [p for p, _ in cb[step]]
+        assert not optimizer or any("opt_state" in p for p, _ in ca[step])
+        for (path, x), (_, y) in zip(ca[step], cb[step], strict=True):
+            assert x.dtype == y.dtype and x.shape == y.shape, path
+            assert x.tobytes() == y.tobytes(), f"checkpoint {step}: {path} differs"
+    assert _log(a, "train.csv") == _log(b, "train.csv")
+    assert _log(a, "eval.csv", ("time_s",)) == _log(b, "eval.csv", ("time_s",))
+    ra = json.loads((Path(a) / "results.json").read_text())
+    rb = json.loads((Path(b) / "results.json").read_text())
+    assert ra["status"] == rb["status"] == "complete"
+    assert ra["final"] == rb["final"]
+
+
+# ------------------------------------------------------------------- subprocesses: the real SORL agent
+
+SUB_TASK = "cube-single-play-singletask-task1-v0"
+STEPS = 1000
+TINY = [
+    "--agent.actor_layer_size=16",
+    "--agent.actor_num_layers=2",
+    "--agent.value_layer_size=16",
+    "--agent.value_num_layers=2",
+    "--agent.batch_size=16",
+    "--agent.denoise_timesteps=2",
+    "--agent.max_k_backprop=2",
+]
+
+
+@pytest.fixture(scope="module")
+def sub(tmp_path_factory):
+    """(command for a run dir, environment): tiny `sorl train` runs with a shared compilation cache."""
+    from envs.datasets import ensure_dataset
+
+    base = tmp_path_factory.mktemp("sub")
+    data = base / "data"
+    ensure_dataset(SUB_TASK, data, episodes=2, workers=1, max_episode_steps=50, progress=False)
+    env = dict(os.environ)
+    env.update(
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(base / "jax-cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+    )
+    env.pop(reliability.TEST_NAN_ENV, None)
+
+    def command(run_dir: Path) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "sorl.cli",
+            "train",
+            "--task",
+            "cube-single-play-task1",
+            "--steps",
+            str(STEPS),
+            "--seed",
+            "4",
+            "--run-dir",
+            str(run_dir),
+            "--data-dir",
+            str(data),
+            "--log-interval",
+            "10",
+            "--checkpoint-interval",
+            "20",
+            "--eval-interval",
+            "250",
+            "--eval-episodes",
+            "2",
+            "--eval-K",
+            "1,2",
+            "--eval-N",
+            "1",
+            "--eval-workers",
+            "1",
+            "--eval-max-episode-steps",
+            "5",
+            "--progress",
+            "False",
+            *TINY,
+        ]
+
+    return command, env, base
+
+
+@pytest.fixture(scope="module")
+def reference(sub):
+    """An uninterrupted run, started in the background; call it to wait for its directory."""
+    command, env, base = sub
+    ref = base / "reference"
+    proc = subprocess.Popen(command(ref), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_rows(ref / "train.csv", 1, proc)  # compiled (and cached for the others)
+
+    def done() -> Path:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        return ref
+
+    yield done
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def _rows(path: Path) -> int:
+    try:
+        with path.open(newline="") as f:
+            return max(0, sum(1 for line in f if line.endswith("\n")) - 1)
+    except FileNotFoundError:
+        return 0
+
+
+def _wait_rows(path: Path, more_than: int, proc: subprocess.Popen, timeout: float = 120) -> bool:
+    """Wait until `path` has more than `more_than` rows (True), or the process ended (False)."""
+    t0 = time.monotonic()
+    while _rows(path) <= more_than:
+        if proc.poll() is not None:
+            return False
+        assert time.monotonic() - t0 < timeout, f"no progress in {path}"
+        time.sleep(0.02)
+    return True
+
+
+def test_sigkill_at_random_moments_then_resume_is_exact(sub, reference):
+    """kill -9 at random points (while training, logging, checkpointing or evaluating), rerun the same
+    command each time: the end state equals the uninterrupted run's, bit for bit, and no log row is lost
+    or repeated."""
+    command, env, base = sub
+    run = base / "killed"
+    seed = int.from_bytes(os.urandom(4), "little")
+    rng = random.Random(seed)
+    kills = []
+    for _ in range(3):
+        before = _rows(run / "train.csv")
+        proc = subprocess.Popen(command(run), env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if _wait_rows(run / "train.csv", before, proc):  # it trains: kill it soon, at a random moment
+            time.sleep(rng.uniform(0.0, 1.2))
+            proc.send_signal(signal.SIGKILL)
+            kills.append(_rows(run / "train.csv"))
+        proc.wait()
+        assert proc.returncode in (0, -signal.SIGKILL), proc.stderr.read().decode()
+        proc.stderr.close()
+    assert kills, f"no kill landed during training (seed {seed})"
+    done = subprocess.run(command(run), env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    steps = [int(r["step"]) for r in _log(run, "train.csv")]
+    assert steps == list(range(10, STEPS + 1, 10)), f"seed {seed}: rows lost or repeated"
+    assert not [p for p in (run / "checkpoints").iterdir() if not p.name.isdigit()], "temporary files left"
+    assert_same_run(reference(), run, optimizer=True)
+
+
+def test_sigterm_checkpoints_and_exits_with_resume_message(sub, reference):
+    command, env, base = sub
+    run = base / "terminated"
+    proc = subprocess.Popen(command(run), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert _wait_rows(run / "train.csv", 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("interrupted: SIGTERM at step ") and "run the same command again" in lines[0]
+    stopped = int(lines[0].split("at step ")[1].split()[0])
+    assert f"saved a checkpoint at step {stopped}" in lines[0]
+    assert "sorl.cli train" in lines[0] and "--run-dir" in lines[0]
+    assert Checkpointer(run / "checkpoints").latest_step() == stopped
+    assert int(_log(run, "train.csv")[-1]["step"]) == stopped
+    assert not (run / "results.json").exists()
+    again = subprocess.run(command(run), env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"from its checkpoint at step {stopped}" in again.stdout
+    assert_same_run(reference(), run, optimizer=True)
+
+
+# --------------------------------------------------------------------------------- in-process: signals
+
+
+def test_sigint_stops_at_next_logged_step_and_resumes_exactly(tmp_path, stand_in, monkeypatch, capsys):
+    _train(tmp_path, "whole", steps=60)
+    real_write = runs.CsvLog.write
+
+    def write(self, row):
+        real_write(self, row)
+        if self.path.name == "train.csv" and row.get("step") == 20:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while step 20 is logged
+
+    monkeypatch.setattr(runs.CsvLog, "write", write)
+    argv = ["train", "--task", TASK, "--agent", "tiny", "--steps", "60", "--seed", "1"]
+    argv += ["--run-dir", str(tmp_path / "split"), "--log-interval", "10", "--eval-interval", "30"]
+    argv += ["--eval-episodes", "3", "--eval-K", "1,4", "--eval-N", "1,2", "--eval-workers", "1", "--progress", "False"]
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("interrupted: SIGINT at step 20") and "saved a checkpoint" in err[0]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
+    assert Checkpointer(tmp_path / "split" / "checkpoints").all_steps() == [20]
+    monkeypatch.setattr(runs.CsvLog, "write", real_write)
+    cli.main(argv)
+    a, _ = train_lib.load_run(tmp_path / "whole")
+    b, _ = train_lib.load_run(tmp_path / "split")
+    assert np.asarray(a.w).tobytes() == np.asarray(b.w).tobytes()
+    assert _log(tmp_path / "whole", "train.csv") == _log(tmp_path / "split", "train.csv")
+    assert _log(tmp_path / "whole", "eval.csv", ("time_s",)) == _log(tmp_path / "split", "eval.csv", ("time_s",))
+
+
+def test_second_signal_stops_at_once():
+    with reliability.GracefulStop() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.signum == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert stop.interrupted(40, "r", 40).exit_code == 143
+
+
+# --------------------------------------------------------------------------------- non-finite values
+
+
+def test_injected_nan_stops_run_marks_it_failed_keeps_last_good_checkpoint(tmp_path, stand_in, monkeypatch, capsys):
+    monkeypatch.setenv(reliability.TEST_NAN_ENV, "46")
+    argv = ["train", "--task", TASK, "--agent", "tiny", "--steps", "60", "--seed", "1"]
+    argv += ["--run-dir", str(tmp_path / "run"), "--log-interval", "10", "--eval-interval", "30"]
+    argv += ["--eval-episodes", "2", "--eval-K", "1", "--eval-workers", "1", "--progress", "False"]
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: non-finite loss at step 46;"), err
+    assert "Last good checkpoint: step 30" in err[0]
+    run = runs.RunDir(tmp_path / "run")
+    results = json.loads(run.results.read_text())
+    assert results["status"] == "failed" and results["error"] == err[0][len("error: ") :]
+    assert Checkpointer(run.checkpoints).all_steps() == [30]
+    assert [r["step"] for r in _log(run.path, "train.csv")] == ["10", "20", "30", "40"]
+
+    # without the fault the same command continues from the last good checkpoint, and the run completes
+    monkeypatch.delenv(reliability.TEST_NAN_ENV)
+    cli.main(argv)
+    assert json.loads(run.results.read_text())["status"] == "complete"
+    assert [r["step"] for r in _log(run.path, "train.csv")] == [str(s) for s in range(10, 61, 10)]
+
+
+class _ParamNanAgent(TinyAgent):
+    """The stand-in, whose weights turn NaN at update 50 while every logged loss stays finite."""
+
+    def update(self, batch):
+        new, info = TinyAgent.update(self, batch)
+        return new.replace(w=jnp.where(self.count == 49, jnp.nan, new.w)), info
+
+
+def test_non_finite_parameter_stops_run(tmp_path, stand_in, monkeypatch):
+    get = agents.get_agent
+    monkeypatch.setattr(agents, "get_agent", lambda name: _ParamNanAgent if name == "tinyp" else get(name))
+    with pytest.raises(SorlError, match=r"non-finite parameter \.w by step 50;.*Last good checkpoint: step 30") as e:
+        _train(tmp_path, agent="tinyp")
+    assert "\n" not in str(e.value)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "failed" and "non-finite parameter" in results["error"] and results["step"] == 50
+
+
+def test_first_non_finite_names_the_earliest_update():
+    infos = {"b/critic_loss": np.array([1.0, 2.0, np.inf]), "a/actor_loss": np.array([1.0, np.nan, 3.0])}
+    assert reliability.first_non_finite(infos, 100) == ("a/actor_loss", 102)
+    assert reliability.first_non_finite({"x": np.ones((3, 2))}, 0) is None
+    assert reliability.first_non_finite({"q": np.array([[1.0, np.nan]]), "loss": np.array([[np.nan, 1]])}, 0) == (
+        "loss",
+        1,
+    )
+
+
+# ----------------------------------------------------------------------------- failed writes, partial files
+
+
+def test_disk_full_during_checkpoint_keeps_previous_checkpoint(tmp_path, stand_in, monkeypatch):
+    from orbax.checkpoint._src.path import atomicity
+
+    real = atomicity.AtomicRenameTemporaryPath.finalize
+
+    async def finalize(self, *args, **kwargs):
+        if self.get_final().name == "60":  # the second checkpoint: written, but the disk fills before commit
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", finalize)
+    with pytest.raises(SorlError) as e:
+        _train(tmp_path, "split")
+    msg = str(e.value)
+    assert "\n" not in msg and "could not write checkpoint 60" in msg and "No space left on device" in msg
+    assert "the last complete checkpoint (step 30) is still valid" in msg
+    ck = tmp_path / "split" / "checkpoints"
+    assert any(".orbax-checkpoint-tmp" in p.name for p in ck.iterdir())  # the half-written one is left...
+    assert Checkpointer(ck).latest_step() == 30  # ...and not taken for complete
+    assert json.loads((tmp_path / "split" / "results.json").read_text())["status"] == "failed"
+
+    monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", real)
+    _train(tmp_path, "split")  # the same call again: continues from step 30
+    _train(tmp_path, "whole")
+    assert_same_run(tmp_path / "whole", tmp_path / "split")
+
+
+def test_unwritable_log_is_one_error_and_resume_is_exact(tmp_path, stand_in, monkeypatch):
+    real = runs.csv.DictWriter
+
+    class Full(real):
+        def writerow(self, row):
+            if row.get("step") == 50 and "loss" in row:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return super().writerow(row)
+
+    monkeypatch.setattr(runs.csv, "DictWriter", Full)
+    with pytest.raises(SorlError, match=r"could not write .*train\.csv: No space left on device") as e:
+        _train(tmp_path, "split")
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(runs.csv, "DictWriter", real)
+    _train(tmp_path, "split")
+    _train(tmp_path, "whole")
+    assert_same_run(tmp_path / "whole", tmp_path / "split")
+
+
+def test_incomplete_checkpoint_directories_are_ignored_and_removed(tmp_path, stand_in):
+    _train(tmp_path, "whole")
+    _train(tmp_path, "split", steps=30)
+    ck = tmp_path / "split" / "checkpoints"
+    # what a killed process or a broken copy leaves: an uncommitted tmp dir, and a step dir without its commit
+    shutil.copytree(ck / "30", ck / "60.orbax-checkpoint-tmp-1234")
+    shutil.copytree(ck / "30", ck / "90")
+    (ck / "90" / checkpoint.COMMIT_MARKER).unlink()
+    meta = json.loads((ck / "90" / "_CHECKPOINT_METADATA").read_text())
+    meta["commit_timestamp_nsecs"] = None
+    (ck / "90" / "_CHECKPOINT_METADATA").write_text(json.dumps(meta))
+    (ck / "120").mkdir()
+    assert checkpoint.latest_step(ck) == 30 and Checkpointer(ck).all_steps() == [30]
+    with pytest.raises(SorlError, match="no complete checkpoint 90"):
+        train_lib.load_run(tmp_path / "split", 90)
+    _train(tmp_path, "split", steps=60)
+    assert sorted(p.name for p in ck.iterdir()) == ["30", "60"]
+    assert_same_run(tmp_path / "whole", tmp_path / "split")
+
+
+def test_log_rows_past_the_checkpoint_and_cut_rows_are_dropped(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("step,loss\r\n10,1.5\r\n20,1.25\r\n30,1.0\r\n4")  # killed while writing the row of step 40
+    log = runs.CsvLog(path)
+    log.truncate_after(20)
+    assert path.read_text() == "step,loss\r\n10,1.5\r\n20,1.25\r\n"
+    path.write_text("step,loss\r\n10,1.5\r\n20\r\n25,1,2\r\n")  # rows with the wrong number of cells
+    log.truncate_after(100)
+    assert path.read_text() == "step,loss\r\n10,1.5\r\n"
+    path.write_text("step,lo")  # killed while writing the header
+    log = runs.CsvLog(path)
+    assert log.fields is None
+    log.truncate_after(0)
+    log.write({"step": 10, "loss": 2.0})
+    assert path.read_text() == "step,loss\r\n10,2\r\n"
+    assert log.count(10) == 1 and log.count(20) == 0
+
+
+def test_restart_before_the_first_checkpoint_drops_the_killed_runs_rows(tmp_path, stand_in):
+    _train(tmp_path, "whole")
+    run = tmp_path / "split"
+    _train(tmp_path, "split", steps=30)
+    shutil.rmtree(run / "checkpoints")  # as if killed after logging, before its first checkpoint committed
+    (run / "results.json").unlink()
+    _train(tmp_path, "split", steps=60)
+    assert_same_run(tmp_path / "whole", run)
+
+
+# ------------------------------------------------------------------------------------------- the lock
+
+
+def test_second_process_on_the_same_run_dir_is_refused(tmp_path, stand_in, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from sorl import reliability; "
+            "reliability.lock_run_dir(sys.argv[1]); print('locked', flush=True); time.sleep(60)",
+            str(run),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(SystemExit) as e:
+            cli.main(["train", "--task", TASK, "--agent", "tiny", "--run-dir", str(run), "--progress", "False"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"is in use by process {holder.pid}" in err[0], err
+    finally:
+        holder.kill()  # SIGKILL: the operating system drops the lock with the process
+        holder.wait()
+        holder.stdout.close()
+    _train(tmp_path, steps=10, eval_interval=10)  # nothing stuck: the directory is usable at once
+    lock = reliability.lock_run_dir(run)  # and released by the finished run
+    lock.release()
+
+
+def test_lock_is_released_when_train_fails_early(tmp_path, stand_in):
+    with pytest.raises(SorlError, match="above"):
+        _train(tmp_path, eval_K="8")  # refused (K above the trained maximum) after the directory was locked
+    with reliability.RunLock(tmp_path / "run") as lock:
+        assert lock.held
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]
+    _train(tmp_path, steps=10, eval_interval=10)  # a directory holding only the lock file is still usable
