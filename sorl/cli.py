@@ -11,6 +11,7 @@ split off argv before tyro parses the rest, because their valid set depends on `
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,13 +114,44 @@ class TrainArgs:
     """Updates between checkpoints (default: eval_interval); one is always written at the end."""
     train_episodes: int | None = None
     """If the dataset must be generated: training episodes (default: the published count)."""
-    progress: bool = True
+    progress: tyro.conf.FlagConversionOff[bool] = True
+    """Show the progress bar (`--progress False` for logs without it)."""
+    quick: bool = False
+    """Small-budget preset for a ~10-minute CPU run (see QUICK_PRESET); flags you give explicitly win."""
+
+
+# `--quick`: a run that finishes in about ten minutes on a 2-core CPU, data generation included. Every value is
+# a default only; explicit flags and --agent.KEY=VALUE overrides take precedence.
+QUICK_PRESET: dict[str, object] = {
+    "steps": 30_000,
+    "log_interval": 2_000,
+    "eval_interval": 30_000,
+    "eval_episodes": 20,
+    "eval_N": "1,4",
+    "train_episodes": 100,
+}
+QUICK_AGENT_PRESET = {
+    "actor_layer_size": "256",
+    "actor_num_layers": "2",
+    "value_layer_size": "256",
+    "value_num_layers": "2",
+}
+
+
+def apply_quick_preset(args: TrainArgs, agent_overrides: dict[str, str]) -> tuple[TrainArgs, dict[str, str]]:
+    """Fill in QUICK_PRESET where `args` still holds the plain default."""
+    defaults = TrainArgs(task=args.task)
+    changes = {k: v for k, v in QUICK_PRESET.items() if getattr(args, k) == getattr(defaults, k)}
+    return dataclasses.replace(args, **changes), {**QUICK_AGENT_PRESET, **agent_overrides}
 
 
 def train(args: TrainArgs, agent_overrides: dict[str, str] | None = None) -> None:
     from sorl import train as train_lib
 
-    train_lib.train_from_cli(args, agent_overrides or {})
+    agent_overrides = agent_overrides or {}
+    if args.quick:
+        args, agent_overrides = apply_quick_preset(args, agent_overrides)
+    train_lib.train_from_cli(args, agent_overrides)
 
 
 # ----------------------------------------------------------------------------------------------- eval
@@ -184,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SorlError("--agent.KEY=VALUE overrides only apply to `sorl train`")
         if argv and argv[0] == "train":
             with reliability.compact_parse_errors():  # tyro's parse errors as one `error: ...` line
-                args = tyro.cli(TrainArgs, args=argv[1:], prog="sorl train", config=(tyro.conf.FlagConversionOff,))
+                args = tyro.cli(TrainArgs, args=argv[1:], prog="sorl train")
             train(args, overrides)
         else:
             commands = {name: reliability.after_parsing(fn) for name, fn in _COMMANDS.items()}

@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from test_train_loop import TASK, TinyAgent, _train, stand_in  # noqa: F401 - stand_in is a fixture
+from test_train_loop import TASK, TinyAgent, _train
+from test_train_loop import stand_in as _stand_in  # noqa: F401 - a fixture, used through `stand_in` below
 
 import agents
 from sorl import checkpoint, cli, reliability, runs
@@ -35,6 +36,13 @@ from sorl.errors import SorlError
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = ("updates_per_s", "time_s")
+
+
+@pytest.fixture
+def stand_in(request):
+    """test_train_loop's stand-in agent ("tiny"), synthetic dataset and evaluation env."""
+    return request.getfixturevalue("_stand_in")
+
 
 # ------------------------------------------------------------------------------------------- helpers
 
@@ -414,16 +422,16 @@ def test_log_rows_past_the_checkpoint_and_cut_rows_are_dropped(tmp_path):
     path.write_text("step,loss\r\n10,1.5\r\n20,1.25\r\n30,1.0\r\n4")  # killed while writing the row of step 40
     log = runs.CsvLog(path)
     log.truncate_after(20)
-    assert path.read_text() == "step,loss\r\n10,1.5\r\n20,1.25\r\n"
+    assert path.read_bytes() == b"step,loss\r\n10,1.5\r\n20,1.25\r\n"
     path.write_text("step,loss\r\n10,1.5\r\n20\r\n25,1,2\r\n")  # rows with the wrong number of cells
     log.truncate_after(100)
-    assert path.read_text() == "step,loss\r\n10,1.5\r\n"
+    assert path.read_bytes() == b"step,loss\r\n10,1.5\r\n"
     path.write_text("step,lo")  # killed while writing the header
     log = runs.CsvLog(path)
     assert log.fields is None
     log.truncate_after(0)
     log.write({"step": 10, "loss": 2.0})
-    assert path.read_text() == "step,loss\r\n10,2\r\n"
+    assert path.read_bytes() == b"step,loss\r\n10,2\r\n"
     assert log.count(10) == 1 and log.count(20) == 0
 
 
@@ -448,7 +456,7 @@ def test_second_process_on_the_same_run_dir_is_refused(tmp_path, stand_in, capsy
             sys.executable,
             "-c",
             "import sys, time; from sorl import reliability; "
-            "reliability.lock_run_dir(sys.argv[1]); print('locked', flush=True); time.sleep(60)",
+            "lock = reliability.lock_run_dir(sys.argv[1]); print('locked', flush=True); time.sleep(60)",
             str(run),
         ],
         cwd=ROOT,
