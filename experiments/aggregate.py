@@ -187,16 +187,16 @@ def load_runs(paths: Iterable[str | Path]) -> RunSet:
         raise SorlError("give run directories, a directory of runs or a sweep spec (.toml)")
     dirs: list[Path] = []
     expected: int | None = None
+    from experiments.spec import SPECS_DIR, load_spec
+
     for p in paths:
         path = Path(p).expanduser()
-        if path.suffix.lower() == ".toml" or (not path.exists() and not str(p).endswith("/") and "/" not in str(p)):
-            from experiments.spec import load_spec
-
-            spec = load_spec(p)
+        if path.is_dir():
+            dirs += find_run_dirs(path)
+        elif path.suffix.lower() == ".toml" or (SPECS_DIR / f"{p}.toml").is_file():
+            spec = load_spec(p)  # a spec file, or a shipped spec by name: the runs it expands to
             dirs += [Path(r.run_dir) for r in spec.runs()]
             expected = max(expected or 0, len(spec.seeds))
-        elif path.is_dir():
-            dirs += find_run_dirs(path)
         else:
             raise SorlError(f"{p}: no such run directory or sweep spec")
     dirs = list(dict.fromkeys(d.resolve() for d in dirs))

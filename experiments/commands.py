@@ -43,6 +43,8 @@ class SweepArgs:
     """Also rerun runs whose results.json says failed."""
     check_data: bool = True
     """Stop before launching if a dataset is missing and cannot be generated here."""
+    compile_cache: bool = True
+    """Share JAX's persistent compilation cache (OUT/.jax-cache) between the runs' processes."""
     progress: bool = True
     # slurm (submitit); defaults from the spec's [launcher.slurm]
     partition: str | None = None
@@ -114,6 +116,7 @@ def sweep(args: Annotated[SweepArgs, tyro.conf.arg(name="")]) -> None:
         group_seeds=True if args.group_seeds else None,
         retry_failed=args.retry_failed,
         check_data=args.check_data,
+        compile_cache=args.compile_cache,
         slurm=slurm,
         ray_options=ray,
         progress=args.progress,

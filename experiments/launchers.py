@@ -162,26 +162,40 @@ def execute_run(run: RunSpec, *, log: bool = True) -> dict[str, Any]:
 
 
 def multi_seed_trainer() -> Callable[..., Any] | None:
-    """The multi-seed training entry point of `sorl.train` (several seeds vmapped in one process), if any.
+    """`sorl.multiseed.train_seeds` (several seeds vmapped in one process and one compiled program), if present.
 
-    Hook for `--group-seeds`: a function `fn(task, agent, *, seeds, run_dirs, **train_kwargs)` that trains the
-    given seeds together, writing one run directory per seed, and returns one results dict per seed. When the
-    installed `sorl.train` has none, grouped seeds run one after another in the job's process.
+    Hook for `--group-seeds`: `fn(task, agent, *, seeds, run_dir, **train_kwargs)` trains the seeds together,
+    writing one run directory per seed (`run_dir` with `{seed}` filled in). Without it, grouped seeds run one
+    after another in the job's process (sharing its compilations).
     """
-    from sorl import train as train_lib
+    try:
+        from sorl import multiseed
+    except ImportError:
+        return None
+    fn = getattr(multiseed, "train_seeds", None)
+    return fn if callable(fn) else None
 
-    for name in ("train_seeds", "train_multi_seed", "train_many"):
-        fn = getattr(train_lib, name, None)
-        if callable(fn):
-            return fn
-    return None
+
+def use_compile_cache(path: str | None) -> None:
+    """Share JAX's persistent compilation cache between a sweep's processes (runs of one agent and environment
+    compile the same programs). A cache directory the user already set wins."""
+    if not path or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+    if "jax" in sys.modules:  # imported already (a reused Ray worker): set it through the config
+        import jax
+
+        with contextlib.suppress(Exception):
+            jax.config.update("jax_compilation_cache_dir", path)
 
 
-def execute_job(runs: Sequence[RunSpec], *, log: bool = True) -> list[dict[str, Any]]:
+def execute_job(runs: Sequence[RunSpec], *, log: bool = True, compile_cache: str | None = None) -> list[dict[str, Any]]:
     """All runs of one job, in this process; one outcome per run."""
+    use_compile_cache(compile_cache)
     runs = list(runs)
     fn = multi_seed_trainer() if len(runs) > 1 else None
-    if fn is None:
+    same_parent = len({str(Path(r.run_dir).parent) for r in runs}) == 1
+    if fn is None or not same_parent or any(Path(r.run_dir).name != f"seed{r.seed}" for r in runs):
         return [execute_run(r, log=log) for r in runs]
     return _execute_multi_seed(fn, runs, log=log)
 
@@ -192,29 +206,29 @@ def _execute_multi_seed(fn: Callable[..., Any], runs: list[RunSpec], *, log: boo
     kwargs = runs[0].train_kwargs()
     kwargs.pop("seed")
     kwargs.pop("run_dir")
+    template = str(Path(runs[0].run_dir).parent / "seed{seed}")
+    error = None
     ctx = redirect_output(job.log) if log else contextlib.nullcontext()
     with ctx:
-        print(f"=== {job.id} (seeds {[r.seed for r in runs]} in one process)", flush=True)
+        seeds = [r.seed for r in runs]
+        print(f"=== {job.id}: seeds {seeds} vmapped in one process\n$ {runs[0].command()} (with --seeds)", flush=True)
         try:
-            results = fn(
-                runs[0].task, runs[0].agent, seeds=[r.seed for r in runs], run_dirs=[r.run_dir for r in runs], **kwargs
-            )
-            if isinstance(results, dict):
-                results = [results]
-            out = []
-            for run, res in zip(runs, results, strict=False):
-                ok = isinstance(res, dict) and res.get("status") == "complete"
-                err = None if ok else str((res or {}).get("error") or "did not complete")
-                out.append({**_outcome(run, "done" if ok else "failed", err, time.perf_counter() - t0), "log": job.log})
-            return out
+            fn(runs[0].task, runs[0].agent, seeds=seeds, run_dir=template, **kwargs)
         except SorlError as e:
             print(f"error: {e}", flush=True)
             error = str(e)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - a crash must not stop the sweep
             traceback.print_exc()
             error = f"{type(e).__name__}: {_first_line(str(e)) or 'see the log'}"
     dt = time.perf_counter() - t0
-    return [{**_outcome(r, "failed", error, dt), "log": job.log} for r in runs]
+    out = []
+    for r in runs:  # each seed's own results.json says how it ended
+        state, run_error = run_state(r)
+        ok = state == "complete"
+        out.append(
+            {**_outcome(r, "done" if ok else "failed", None if ok else (run_error or error), dt), "log": job.log}
+        )
+    return out
 
 
 def _with_workers(runs: Sequence[RunSpec], workers: int) -> list[RunSpec]:
@@ -247,7 +261,11 @@ def default_parallel() -> int:
 
 
 def launch_local(
-    jobs: Sequence[Job], *, max_parallel: int, on_outcome: Callable[[dict[str, Any]], None]
+    jobs: Sequence[Job],
+    *,
+    max_parallel: int,
+    on_outcome: Callable[[dict[str, Any]], None],
+    compile_cache: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run the jobs in worker processes, at most `max_parallel` at once, cores divided between the slots."""
     cores = available_cores()
@@ -272,6 +290,8 @@ def launch_local(
             env["OMP_NUM_THREADS"] = str(per)
             if slots_n > 1:
                 env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{min(0.75, 0.9 / slots_n):.2f}")
+            if compile_cache:
+                env.setdefault("JAX_COMPILATION_CACHE_DIR", compile_cache)
             log = Path(job.log)
             log.parent.mkdir(parents=True, exist_ok=True)
             result_file = log.parent / f".outcome-{uuid.uuid4().hex}.json"
@@ -321,11 +341,13 @@ def launch_local(
 # ---------------------------------------------------------------------------------------------- slurm
 
 
-def run_job_remote(runs: list[RunSpec], workers: int | None = None) -> list[dict[str, Any]]:
+def run_job_remote(
+    runs: list[RunSpec], workers: int | None = None, compile_cache: str | None = None
+) -> list[dict[str, Any]]:
     """The function a Slurm (submitit) or Ray worker calls: train `runs`, each with its output in its log."""
     if workers:
         runs = _with_workers(runs, workers)
-    return execute_job(runs, log=True)
+    return execute_job(runs, log=True, compile_cache=compile_cache)
 
 
 @dataclasses.dataclass
@@ -356,6 +378,7 @@ def launch_slurm(
     name: str,
     max_parallel: int | None,
     on_outcome: Callable[[dict[str, Any]], None],
+    compile_cache: str | None = None,
 ) -> list[dict[str, Any]]:
     try:
         import submitit
@@ -397,7 +420,9 @@ def launch_slurm(
 
     try:
         if options.cluster == "slurm":
-            submitted = executor.map_array(run_job_remote, [j.runs for j in jobs], [workers] * len(jobs))
+            submitted = executor.map_array(
+                run_job_remote, [j.runs for j in jobs], [workers] * len(jobs), [compile_cache] * len(jobs)
+            )
             print(f"submitted {len(jobs)} jobs as Slurm array {submitted[0].job_id.split('_')[0]}", flush=True)
             if not options.wait:
                 return []
@@ -419,7 +444,7 @@ def launch_slurm(
             while todo or running:
                 while todo and len(running) < window:
                     job = todo.pop(0)
-                    running.append((executor.submit(run_job_remote, job.runs, workers), job))
+                    running.append((executor.submit(run_job_remote, job.runs, workers, compile_cache), job))
                 still = []
                 for sjob, job in running:
                     if sjob.done():
@@ -456,6 +481,7 @@ def launch_ray(
     options: RayOptions,
     max_parallel: int | None,
     on_outcome: Callable[[dict[str, Any]], None],
+    compile_cache: str | None = None,
 ) -> list[dict[str, Any]]:
     try:
         import ray
@@ -483,7 +509,7 @@ def launch_ray(
         while todo or running:
             while todo and len(running) < window:
                 job = todo.pop(0)
-                running[remote.remote(job.runs, workers)] = job
+                running[remote.remote(job.runs, workers, compile_cache)] = job
             ready, _ = ray.wait(list(running), num_returns=1)
             for ref in ready:
                 job = running.pop(ref)
@@ -545,9 +571,10 @@ def check_datasets(runs: Sequence[RunSpec]) -> list[str]:
         if train_file.is_file() and val_file.is_file():
             continue
         if resolve_env(r.env).generatable:
+            data_flag = f" --data-dir {r.train['data_dir']}" if r.train.get("data_dir") else ""
             notes.append(
                 f"note: {train_file} is missing; the first run that needs it generates it "
-                f"(or run `sorl data generate {r.env}` first)"
+                f"(or run `sorl data generate {r.env}{data_flag}` first)"
             )
         else:
             missing.append((r.env, train_file))
@@ -572,6 +599,7 @@ def sweep(
     group_seeds: bool | None = None,
     retry_failed: bool = False,
     check_data: bool = True,
+    compile_cache: bool = True,
     slurm: SlurmOptions | None = None,
     ray_options: RayOptions | None = None,
     progress: bool = True,
@@ -623,6 +651,7 @@ def sweep(
         for note in check_datasets(pending):
             print(note, flush=True)
 
+    cache = str(root / ".jax-cache") if compile_cache else None
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -642,17 +671,30 @@ def sweep(
 
     try:
         if launcher == "local":
-            launch_local(jobs, max_parallel=max_parallel or default_parallel(), on_outcome=on_outcome)
+            parallel = max_parallel or default_parallel()
+            launch_local(jobs, max_parallel=parallel, on_outcome=on_outcome, compile_cache=cache)
         elif launcher == "slurm":
             options = slurm or SlurmOptions()
             folder = Path(options.folder) if options.folder else root / "submitit"
             launch_slurm(
-                jobs, options=options, folder=folder, name=spec.name, max_parallel=max_parallel, on_outcome=on_outcome
+                jobs,
+                options=options,
+                folder=folder,
+                name=spec.name,
+                max_parallel=max_parallel,
+                on_outcome=on_outcome,
+                compile_cache=cache,
             )
             if not options.wait:
                 summary.submitted = len(pending)
         else:
-            launch_ray(jobs, options=ray_options or RayOptions(), max_parallel=max_parallel, on_outcome=on_outcome)
+            launch_ray(
+                jobs,
+                options=ray_options or RayOptions(),
+                max_parallel=max_parallel,
+                on_outcome=on_outcome,
+                compile_cache=cache,
+            )
     finally:
         if bar is not None:
             bar.close()

@@ -112,6 +112,17 @@ def _log2_axis(ax: Any, values: Sequence[int]) -> None:
     ax.set_xticklabels([str(v) for v in values])
 
 
+def _success_ylim(ax: Any) -> None:
+    """0 to a little above the highest line or band (at least 10 %, at most 100 %)."""
+    tops = [float(np.nanmax(line.get_ydata())) for line in ax.get_lines() if len(line.get_ydata())]
+    for coll in ax.collections:
+        for path in coll.get_paths():
+            if len(path.vertices):
+                tops.append(float(np.nanmax(path.vertices[:, 1])))
+    top = max([t for t in tops if np.isfinite(t)], default=0.0)
+    ax.set_ylim(0, min(100.0, max(10.0, 1.1 * top)) + 1.0)
+
+
 def _by_method(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
     out: dict[str, list[RunRecord]] = {}
     for r in records:
@@ -177,7 +188,7 @@ def plot_scaling(
                 _log2_axis(ax, xs)
                 ax.set_xlabel(xname)
                 ax.set_ylabel(f"success rate (%, {stat})")
-                ax.set_ylim(bottom=0)
+                _success_ylim(ax)
                 ax.set_title(f"{env} ({_describe(env_recs)})")
                 ax.legend(loc="best", frameon=False)
         fig.suptitle(f"Test-time scaling: {method} (final checkpoint; bands: 95% stratified-bootstrap CI)", y=1.0)
@@ -299,7 +310,7 @@ def plot_curves(
                             per_step.setdefault(int(s), {}).setdefault(r.task, []).append(v)
                 _curve(axes[row][1 + j], per_step, "mean", reps, color, method)
         axes[row][0].set_ylabel(f"success rate (%, {stat})")
-        axes[row][0].set_ylim(bottom=0)
+        _success_ylim(axes[row][0])
         axes[row][0].set_title(f"{env} ({_describe(env_recs)}): success")
         for j, metric in enumerate(metrics):
             ax = axes[row][1 + j]

@@ -28,8 +28,9 @@ import orbax.checkpoint as ocp
 
 from sorl.errors import SorlError
 
-# orbax logs every save/restore at INFO/WARNING level through absl; keep the terminal for our own lines.
-logging.getLogger("absl").setLevel(logging.ERROR)
+# orbax logs every save/restore through absl, and a failed write with a traceback at ERROR level; keep the
+# terminal for our own lines (a failure reaches the user as one SorlError line).
+logging.getLogger("absl").setLevel(logging.CRITICAL)
 
 COMMIT_MARKER = "commit_success.txt"
 _METADATA = "_CHECKPOINT_METADATA"

@@ -94,6 +94,9 @@ class TrainArgs:
     steps: int = 1_000_000
     """Gradient updates."""
     seed: int = 0
+    seeds: str | None = None
+    """Several seeds trained as one vmapped batch in one process, e.g. 1-8 or 1,3,5 (exclusive with --seed): one run
+    directory per seed, the same as --seed S would write; with --run-dir R they go to R/seedS (or R with {seed})."""
     run_dir: Path | None = None
     """Run directory (default: runs/TASK/AGENT/seedS)."""
     data_dir: Path | None = None
@@ -182,9 +185,19 @@ def evaluate(args: Annotated[EvalArgs, tyro.conf.arg(name="")]) -> None:
 
 # ----------------------------------------------------------------------------------------------- main
 
+from experiments.bench import BenchArgs  # noqa: E402 - the performance benchmark (experiments/bench.py)
 from experiments.commands import plot, sweep, table  # noqa: E402 - experiments layer: sweeps, tables, plots
 
+
+def bench(args: Annotated[BenchArgs, tyro.conf.arg(name="")]) -> None:
+    """Measure training, inference, evaluation, multi-seed and memory performance; prints a table (or --json)."""
+    from experiments.bench import bench_from_cli
+
+    bench_from_cli(args)
+
+
 _COMMANDS = {"data": data, "train": train, "eval": evaluate, "sweep": sweep, "table": table, "plot": plot}
+_COMMANDS["bench"] = bench
 
 
 def split_agent_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -212,11 +225,20 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         argv, overrides = split_agent_overrides(argv)
-        if overrides and (not argv or argv[0] != "train"):
-            raise SorlError("--agent.KEY=VALUE overrides only apply to `sorl train`")
+        if overrides and (not argv or argv[0] not in ("train", "bench")):
+            raise SorlError("--agent.KEY=VALUE overrides only apply to `sorl train` (and `sorl bench`)")
+        if argv and argv[0] == "bench" and overrides:  # the generic path below cannot pass the overrides
+            from experiments.bench import bench_from_cli
+
+            with reliability.compact_parse_errors():
+                bench_args = tyro.cli(BenchArgs, args=argv[1:], prog="sorl bench")
+            bench_from_cli(bench_args, overrides)
+            return
         if argv and argv[0] == "train":
             with reliability.compact_parse_errors():  # tyro's parse errors as one `error: ...` line
                 args = tyro.cli(TrainArgs, args=argv[1:], prog="sorl train")
+            if args.seeds is not None and any(a == "--seed" or a.startswith("--seed=") for a in argv[1:]):
+                raise SorlError("--seed and --seeds are exclusive: one seed with --seed S, several with --seeds 1-8")
             train(args, overrides)
         else:
             commands = {name: reliability.after_parsing(fn) for name, fn in _COMMANDS.items()}

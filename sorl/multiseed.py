@@ -120,7 +120,7 @@ def stack_agents(agents: Sequence[Any]) -> Any:
         if len(steps) != 1:
             raise ValueError(f"seeds trained together must be at the same step, got {sorted(steps)}")
         body = jax.tree.map(lambda *xs: jnp.stack(xs), *[a.replace(step=None) for a in agents])
-        return body.replace(step=first.step)
+        return body.replace(step=jnp.array(first.step, copy=True))  # its own buffer: the chunk donates it
     return jax.tree.map(lambda *xs: jnp.stack(xs), *agents)
 
 
@@ -581,3 +581,27 @@ __all__ = [
     "train_seeds",
     "unstack_agent",
 ]
+
+
+def train_seeds_from_cli(args: Any, agent_overrides: dict[str, str]) -> list[dict[str, Any]]:
+    """`sorl train --seeds 1-8 ...`"""
+    return train_seeds(
+        args.task,
+        args.agent,
+        seeds=args.seeds,
+        steps=args.steps,
+        run_dir=args.run_dir,
+        data_dir=args.data_dir,
+        success_timing=args.success_timing,
+        agent_overrides=agent_overrides,
+        log_interval=args.log_interval,
+        eval_interval=args.eval_interval,
+        checkpoint_interval=getattr(args, "checkpoint_interval", None),
+        eval_episodes=args.eval_episodes,
+        eval_K=args.eval_K,
+        eval_N=args.eval_N,
+        eval_workers=args.eval_workers,
+        eval_max_episode_steps=getattr(args, "eval_max_episode_steps", None),
+        train_episodes=args.train_episodes,
+        progress=args.progress,
+    )

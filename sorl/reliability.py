@@ -129,7 +129,8 @@ def releases_locks(fn: Callable[..., Any]) -> Callable[..., Any]:
 def lock_run_dir(directory: str | Path) -> RunLock:
     """Lock a run directory for this process (SorlError if another process holds it).
 
-    Inside a `@releases_locks` call the lock is released when that call ends; otherwise call `release()`.
+    Inside a `@releases_locks` call the lock is released when that call ends. Otherwise keep the returned
+    object (dropping it releases the lock) and call `release()` when done.
     """
     lock = RunLock(directory).acquire()
     stack = getattr(_scopes, "stack", None)

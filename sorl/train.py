@@ -541,6 +541,10 @@ def _say(bar: Any, msg: str) -> None:
 
 def train_from_cli(args: TrainArgs, agent_overrides: dict[str, str]) -> dict[str, Any]:
     """`sorl train ...`"""
+    if getattr(args, "seeds", None) is not None:  # several seeds, one vmapped program: sorl.multiseed
+        from sorl.multiseed import train_seeds_from_cli
+
+        return train_seeds_from_cli(args, agent_overrides)
     return train(
         args.task,
         args.agent,

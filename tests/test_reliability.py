@@ -19,13 +19,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
-from test_train_loop import TASK, TinyAgent, _train
+from test_train_loop import TASK, TinyAgent, TinyConfig, TinyEnv, _dataset, _train
 from test_train_loop import stand_in as _stand_in  # noqa: F401 - a fixture, used through `stand_in` below
 
 import agents
@@ -89,96 +92,7 @@ def assert_same_run(a: Path, b: Path, optimizer: bool = False) -> None:
     assert ra["final"] == rb["final"]
 
 
-# ------------------------------------------------------------------- subprocesses: the real SORL agent
-
-SUB_TASK = "cube-single-play-singletask-task1-v0"
-STEPS = 1000
-TINY = [
-    "--agent.actor_layer_size=16",
-    "--agent.actor_num_layers=2",
-    "--agent.value_layer_size=16",
-    "--agent.value_num_layers=2",
-    "--agent.batch_size=16",
-    "--agent.denoise_timesteps=2",
-    "--agent.max_k_backprop=2",
-]
-
-
-@pytest.fixture(scope="module")
-def sub(tmp_path_factory):
-    """(command for a run dir, environment): tiny `sorl train` runs with a shared compilation cache."""
-    from envs.datasets import ensure_dataset
-
-    base = tmp_path_factory.mktemp("sub")
-    data = base / "data"
-    ensure_dataset(SUB_TASK, data, episodes=2, workers=1, max_episode_steps=50, progress=False)
-    env = dict(os.environ)
-    env.update(
-        JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=str(base / "jax-cache"),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-    )
-    env.pop(reliability.TEST_NAN_ENV, None)
-
-    def command(run_dir: Path) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "sorl.cli",
-            "train",
-            "--task",
-            "cube-single-play-task1",
-            "--steps",
-            str(STEPS),
-            "--seed",
-            "4",
-            "--run-dir",
-            str(run_dir),
-            "--data-dir",
-            str(data),
-            "--log-interval",
-            "10",
-            "--checkpoint-interval",
-            "20",
-            "--eval-interval",
-            "250",
-            "--eval-episodes",
-            "2",
-            "--eval-K",
-            "1,2",
-            "--eval-N",
-            "1",
-            "--eval-workers",
-            "1",
-            "--eval-max-episode-steps",
-            "5",
-            "--progress",
-            "False",
-            *TINY,
-        ]
-
-    return command, env, base
-
-
-@pytest.fixture(scope="module")
-def reference(sub):
-    """An uninterrupted run, started in the background; call it to wait for its directory."""
-    command, env, base = sub
-    ref = base / "reference"
-    proc = subprocess.Popen(command(ref), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_rows(ref / "train.csv", 1, proc)  # compiled (and cached for the others)
-
-    def done() -> Path:
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
-        return ref
-
-    yield done
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+# -------------------------------------------------------------------------------------- subprocesses
 
 
 def _rows(path: Path) -> int:
@@ -200,55 +114,197 @@ def _wait_rows(path: Path, more_than: int, proc: subprocess.Popen, timeout: floa
     return True
 
 
-def test_sigkill_at_random_moments_then_resume_is_exact(sub, reference):
-    """kill -9 at random points (while training, logging, checkpointing or evaluating), rerun the same
-    command each time: the end state equals the uninterrupted run's, bit for bit, and no log row is lost
-    or repeated."""
-    command, env, base = sub
-    run = base / "killed"
-    seed = int.from_bytes(os.urandom(4), "little")
-    rng = random.Random(seed)
-    kills = []
-    for _ in range(3):
-        before = _rows(run / "train.csv")
-        proc = subprocess.Popen(command(run), env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if _wait_rows(run / "train.csv", before, proc):  # it trains: kill it soon, at a random moment
-            time.sleep(rng.uniform(0.0, 1.2))
-            proc.send_signal(signal.SIGKILL)
-            kills.append(_rows(run / "train.csv"))
-        proc.wait()
-        assert proc.returncode in (0, -signal.SIGKILL), proc.stderr.read().decode()
-        proc.stderr.close()
-    assert kills, f"no kill landed during training (seed {seed})"
-    done = subprocess.run(command(run), env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    steps = [int(r["step"]) for r in _log(run, "train.csv")]
-    assert steps == list(range(10, STEPS + 1, 10)), f"seed {seed}: rows lost or repeated"
-    assert not [p for p in (run / "checkpoints").iterdir() if not p.name.isdigit()], "temporary files left"
-    assert_same_run(reference(), run, optimizer=True)
+def _env(cache: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(cache),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")]),
+    )
+    env.pop(reliability.TEST_NAN_ENV, None)
+    return env
 
 
-def test_sigterm_checkpoints_and_exits_with_resume_message(sub, reference):
-    command, env, base = sub
-    run = base / "terminated"
-    proc = subprocess.Popen(command(run), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert _wait_rows(run / "train.csv", 3, proc)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("interrupted: SIGTERM at step ") and "run the same command again" in lines[0]
-    stopped = int(lines[0].split("at step ")[1].split()[0])
-    assert f"saved a checkpoint at step {stopped}" in lines[0]
-    assert "sorl.cli train" in lines[0] and "--run-dir" in lines[0]
-    assert Checkpointer(run / "checkpoints").latest_step() == stopped
-    assert int(_log(run, "train.csv")[-1]["step"]) == stopped
-    assert not (run / "results.json").exists()
-    again = subprocess.run(command(run), env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr
-    assert f"from its checkpoint at step {stopped}" in again.stdout
-    assert_same_run(reference(), run, optimizer=True)
+class _Background:
+    """An uninterrupted reference run started in the background; `done()` waits for it."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], run_dir: Path):
+        self.run_dir = run_dir
+        self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # once it trains, its compiled chunk is in the shared cache: the runs started after it load it from there
+        _wait_rows(run_dir / "train.csv", 0, self.proc)
+
+    def done(self) -> Path:
+        _, err = self.proc.communicate(timeout=300)
+        assert self.proc.returncode == 0, err
+        return self.run_dir
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+# --- a stand-in with an Adam optimizer, run as `sorl train` in a subprocess (fast to start and compile)
+
+
+class AdamAgent(flax.struct.PyTreeNode):
+    """A linear policy fitted by Adam with noisy targets: parameters, optimizer state and an agent key."""
+
+    params: dict
+    opt_state: Any
+    rng: jax.Array
+    config: TinyConfig = flax.struct.field(pytree_node=False)
+
+    Config = TinyConfig
+
+    @property
+    def max_K(self) -> int:
+        return self.config.denoise_timesteps
+
+    @classmethod
+    def create(cls, rng, example_observations, example_actions, config):
+        k1, k2 = jax.random.split(rng)
+        params = {
+            "w": 0.1 * jax.random.normal(k1, (example_observations.shape[-1], example_actions.shape[-1])),
+            "b": jnp.zeros(example_actions.shape[-1]),
+        }
+        return cls(params, optax.adam(0.01).init(params), k2, config)
+
+    def update(self, batch):
+        rng, key = jax.random.split(self.rng)
+        target = batch["actions"] + 0.05 * jax.random.normal(key, batch["actions"].shape)
+
+        def loss_fn(p):
+            return jnp.mean((batch["observations"] @ p["w"] + p["b"] - target) ** 2)
+
+        loss, grads = jax.value_and_grad(loss_fn)(self.params)
+        updates, opt_state = optax.adam(0.01).update(grads, self.opt_state, self.params)
+        new = self.replace(params=optax.apply_updates(self.params, updates), opt_state=opt_state, rng=rng)
+        return new, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+    def sample_actions(self, observations, rng, K, N):
+        return jnp.clip(observations @ self.params["w"] + self.params["b"], -1, 1)
+
+
+def install_stand_in() -> None:
+    """In a subprocess: agent "adam", the synthetic dataset for any task and TinyEnv for evaluation."""
+    import envs.datasets
+    from sorl import evaluation
+
+    get = agents.get_agent
+    agents.get_agent = lambda name: AdamAgent if name == "adam" else get(name)
+    envs.datasets.load_task = lambda task, data_dir=None, **kw: (TinyEnv(), _dataset(), _dataset(32, 1))
+    evaluation._make_env = lambda task, timing, max_steps: TinyEnv()
+
+
+STAND_IN_MAIN = "import sys, test_reliability; test_reliability.install_stand_in(); from sorl import cli; cli.main()"
+ADAM_STEPS = 300
+
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+def _adam_command(run_dir: Path) -> list[str]:
+    return [
+        *(sys.executable, "-c", STAND_IN_MAIN),
+        *_words("train --task cube-single-play-task1 --agent adam --seed 3 --log-interval 5 --checkpoint-interval 15"),
+        *_words("--eval-interval 60 --eval-episodes 2 --eval-K 1,2 --eval-N 1,2 --eval-workers 1 --progress False"),
+        *("--steps", str(ADAM_STEPS), "--run-dir", str(run_dir)),
+    ]
+
+
+def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path):
+    """kill -9 at random moments (training, logging, checkpointing or evaluating), rerun the same command each
+    time: parameters, optimizer state, keys and logs end identical to the uninterrupted run's, bit for bit,
+    and no log row is lost or repeated."""
+    env = _env(tmp_path / "jax-cache")
+    reference = _Background(_adam_command(tmp_path / "reference"), env, tmp_path / "reference")
+    try:
+        run = tmp_path / "killed"
+        seed = int.from_bytes(os.urandom(4), "little")
+        rng = random.Random(seed)
+        kills = []
+        for _ in range(4):
+            before = _rows(run / "train.csv")
+            proc = subprocess.Popen(_adam_command(run), env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+            if _wait_rows(run / "train.csv", before, proc):  # it trains: kill it at a random moment soon after
+                time.sleep(rng.uniform(0.0, 0.5))
+                proc.send_signal(signal.SIGKILL)
+                kills.append(_rows(run / "train.csv"))
+            proc.wait()
+            assert proc.returncode in (0, -signal.SIGKILL)
+        assert len(kills) >= 2, f"too few kills landed during training (seed {seed})"
+        done = subprocess.run(_adam_command(run), env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        steps = [int(r["step"]) for r in _log(run, "train.csv")]
+        assert steps == list(range(5, ADAM_STEPS + 1, 5)), f"rows lost or repeated (seed {seed}, kills {kills})"
+        assert all(p.name.isdigit() for p in (run / "checkpoints").iterdir()), "temporary checkpoint files left"
+        assert_same_run(reference.done(), run, optimizer=True)
+    finally:
+        reference.close()
+
+
+# --- the real SORL agent (tiny networks, a tiny generated dataset)
+
+SORL_STEPS = 200
+TINY_SORL = [
+    "--agent.actor_layer_size=16",
+    "--agent.actor_num_layers=2",
+    "--agent.value_layer_size=16",
+    "--agent.value_num_layers=2",
+    "--agent.batch_size=16",
+    "--agent.denoise_timesteps=2",
+    "--agent.max_k_backprop=2",
+]
+
+
+def _sorl_command(run_dir: Path, data: Path) -> list[str]:
+    return [
+        *(sys.executable, "-m", "sorl.cli"),
+        *_words("train --task cube-single-play-task1 --agent sorl --seed 4 --log-interval 10 --checkpoint-interval 50"),
+        *_words("--eval-interval 100 --eval-episodes 1 --eval-K 1,2 --eval-N 1 --eval-workers 1 --progress False"),
+        *("--eval-max-episode-steps", "5", "--steps", str(SORL_STEPS), "--run-dir", str(run_dir)),
+        *("--data-dir", str(data)),
+        *TINY_SORL,
+    ]
+
+
+def test_sigterm_checkpoints_and_exits_with_resume_message(tmp_path):
+    """SORL itself: SIGTERM mid-run -> a checkpoint at the next logged step, exit 143 and one line saying how to
+    continue; the same command then ends bit-identical to an uninterrupted run (optimizer state included)."""
+    from envs.datasets import ensure_dataset
+
+    data = tmp_path / "data"
+    ensure_dataset("cube-single-play-singletask-task1-v0", data, episodes=2, workers=1, max_episode_steps=50)
+    env = _env(tmp_path / "jax-cache")
+    reference = _Background(_sorl_command(tmp_path / "reference", data), env, tmp_path / "reference")
+    try:
+        run = tmp_path / "terminated"
+        argv = _sorl_command(run, data)
+        proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert _wait_rows(run / "train.csv", 2, proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 143, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert lines[0].startswith("interrupted: SIGTERM at step ") and "run the same command again" in lines[0]
+        stopped = int(lines[0].split("at step ")[1].split()[0])
+        assert f"saved a checkpoint at step {stopped}" in lines[0] and stopped < SORL_STEPS
+        assert "sorl.cli train" in lines[0] and "--run-dir" in lines[0]
+        assert Checkpointer(run / "checkpoints").latest_step() == stopped
+        assert int(_log(run, "train.csv")[-1]["step"]) == stopped
+        assert not (run / "results.json").exists()
+        again = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr
+        assert f"from its checkpoint at step {stopped}" in again.stdout
+        assert_same_run(reference.done(), run, optimizer=True)
+    finally:
+        reference.close()
 
 
 # --------------------------------------------------------------------------------- in-process: signals
@@ -376,6 +432,37 @@ def test_disk_full_during_checkpoint_keeps_previous_checkpoint(tmp_path, stand_i
     _train(tmp_path, "split")  # the same call again: continues from step 30
     _train(tmp_path, "whole")
     assert_same_run(tmp_path / "whole", tmp_path / "split")
+
+
+def test_real_write_failure_is_one_line_and_the_run_continues(tmp_path):
+    """Not a mock: a file-size limit (RLIMIT_FSIZE) makes the kernel refuse the write that would grow train.csv
+    past 4 KiB, mid-run, after some checkpoints were written. One line, exit 2, the checkpoints stay valid,
+    results.json says failed; the same command without the limit finishes the run."""
+    import resource
+
+    env = _env(tmp_path / "unused")
+    del env["JAX_COMPILATION_CACHE_DIR"]  # its writes would fail too (JAX only warns about them)
+    run = tmp_path / "run"
+    steps = 150
+    argv = [*_adam_command(run), "--log-interval", "1", "--steps", str(steps)]  # ~40 B a row: 4 KiB near step 100
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write returns EFBIG instead of killing us
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    p = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, preexec_fn=limit)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: could not write ") and "File too large" in lines[0]
+    saved = Checkpointer(run / "checkpoints").all_steps()
+    assert saved and saved[-1] < steps
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "failed" and results["error"] == lines[0][len("error: ") :]
+    again = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert f"from its checkpoint at step {saved[-1]}" in again.stdout
+    assert [int(r["step"]) for r in _log(run, "train.csv")] == list(range(1, steps + 1))
+    assert json.loads((run / "results.json").read_text())["status"] == "complete"
 
 
 def test_unwritable_log_is_one_error_and_resume_is_exact(tmp_path, stand_in, monkeypatch):

@@ -1,0 +1,779 @@
+"""The performance benchmark: `sorl bench [--agent A] [--size paper|small] [--json]` or `python -m experiments.bench`.
+
+Everything is measured in this one process (the memory figure in a child process, so that its peak RSS is the
+training path's alone), on synthetic data with cube-single's sizes (observation 28, action 5) unless noted:
+
+- training: `updates_per_s` of the compiled training chunk (`sorl.train.compile_chunk`, the loop's own program)
+  after compilation; `compile_s`; `flops_per_update` from XLA's cost analysis of the compiled update. SORL draws
+  K per update inside a `lax.switch`, whose cost analysis counts every branch, so the update is compiled once
+  per K with K fixed (`SORLAgent.update(batch, K=K)`) and the FLOPs averaged over the K distribution (uniform
+  over 1, 2, ..., max_k_backprop). `achieved_gflops = flops_per_update * updates_per_s`; `peak_gflops` is a
+  2048x2048 float32 matmul under JAX in this process (best of several repetitions); `fraction_of_peak` their
+  ratio. Per K, the fixed-K update's own time and FLOP rate too.
+- inference: latency of `sorl.inference.make_policy_fn()` per (K, N), for batch 1 and batch 50.
+- evaluation: env steps/s of a real `sorl.evaluation.evaluate` on cube-single with all cores (untrained agent,
+  full-length episodes), against the raw physics rate (random actions) of one process and of all cores.
+- seeds: total updates/s of S vmapped seeds (`sorl.multiseed`) for S = 1, 2, 4, 8, against one seed.
+- memory: peak RSS of a child process that puts a synthetic 1M-transition dataset through `sorl.data.to_device`
+  and trains on it, against the dataset's bytes (target: <= 1.5 x dataset + 1.5 GiB).
+- changes (`--changes`): what each speed change buys, before and after, in this process: the released update's
+  policy gradient through the critic target; a host round trip per update instead of a scanned chunk; buffer
+  donation; recompiling per interval instead of reusing the compiled chunk; vmapped seeds drawing K per seed
+  (every switch branch runs) instead of from the shared schedule.
+
+`--size small` runs the same code with small networks and counts, in a minute or two.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from sorl.errors import SorlError
+
+SECTIONS = ("training", "inference", "evaluation", "seeds", "memory")
+TASK = "cube-single-play-singletask-task1-v0"
+OBS_DIM, ACTION_DIM = 28, 5  # cube-single
+GiB = 1024**3
+
+
+@dataclass(frozen=True)
+class Size:
+    layers: int
+    width: int
+    batch: int
+    transitions: int  # synthetic dataset for the timing sections
+    chunk: int  # updates per compiled call when timing
+    reps: int  # timed calls
+    Ks: tuple[int, ...]  # inference grid
+    Ns: tuple[int, ...]
+    latency_reps: int
+    eval_episodes: int
+    eval_max_steps: int | None  # None: the environment's own limit (200 for cube-single)
+    raw_steps: int
+    seeds: tuple[int, ...]
+    seed_chunk: int
+    memory_transitions: int
+
+
+SIZES = {
+    "paper": Size(
+        4, 512, 256, 100_000, 10, 5, (1, 2, 4, 8), (1, 4, 16), 20, 50, None, 2000, (1, 2, 4, 8), 4, 1_000_000
+    ),
+    "small": Size(2, 64, 64, 10_000, 20, 3, (1, 8), (1, 4), 10, 8, 50, 300, (1, 2, 4), 10, 100_000),
+}
+
+
+@dataclass(frozen=True)
+class BenchArgs:
+    """Measure training, inference, evaluation, multi-seed and memory performance on this machine."""
+
+    agent: str = "sorl"
+    """Agent: sorl, fql, rebrac, iql, bc (cube-single's settings; --agent.KEY=VALUE overrides apply)."""
+    size: Literal["paper", "small"] = "paper"
+    """paper: 4x512 networks, batch 256, 1M-transition memory test; small: a quick run of the same code."""
+    json: bool = False
+    """Print the figures as JSON instead of a table."""
+    sections: str = ",".join(SECTIONS)
+    """Comma-separated subset of: training, inference, evaluation, seeds, memory."""
+    changes: bool = False
+    """Also measure what each speed change buys (before/after, in this process)."""
+    workers: int | None = None
+    """Evaluation worker processes (default: all cores)."""
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _now() -> float:
+    return time.perf_counter()
+
+
+def _cores() -> int:
+    from sorl.evaluation import default_workers
+
+    return default_workers()
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _flops(compiled: Any) -> float:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", float("nan")))
+
+
+def _timed(fn: Callable[[], Any], reps: int) -> list[float]:
+    """Seconds of each of `reps` calls of `fn` (which must block until its result is ready)."""
+    out = []
+    for _ in range(reps):
+        t = _now()
+        fn()
+        out.append(_now() - t)
+    return out
+
+
+def synthetic_dataset(n: int, obs_dim: int = OBS_DIM, action_dim: int = ACTION_DIM, seed: int = 0):
+    """Host arrays shaped like a loaded OGBench dataset (float32), `n` transitions."""
+    rng = np.random.default_rng(seed)
+    obs = rng.standard_normal((n, obs_dim), dtype=np.float32)
+    return {
+        "observations": obs,
+        "actions": rng.uniform(-1, 1, (n, action_dim)).astype(np.float32),
+        "rewards": -(rng.random(n) < 0.9).astype(np.float32),
+        "masks": (rng.random(n) > 0.01).astype(np.float32),
+        "next_observations": np.roll(obs, -1, axis=0),
+    }
+
+
+def agent_setup(agent: str, size: Size, overrides: Mapping[str, str] | None = None):
+    """(agent class, config) at `size` with cube-single's settings, then `overrides`."""
+    from sorl.train import resolve_agent_config
+
+    agent_cls = resolve_agent_config(agent, "cube-single-play")[0]
+    sized = {"batch_size": size.batch}
+    fields = {f.name for f in dataclasses.fields(agent_cls.Config)}
+    for key, value in (
+        ("actor_layer_size", size.width),
+        ("actor_num_layers", size.layers),
+        ("value_layer_size", size.width),
+        ("value_num_layers", size.layers),
+    ):
+        if key in fields:
+            sized[key] = value
+    merged = {k: str(v) for k, v in sized.items()} | dict(overrides or {})
+    _, config, _ = resolve_agent_config(agent, "cube-single-play", merged)
+    return agent_cls, config
+
+
+def peak_matmul_gflops(n: int = 2048, reps: int = 5, trials: int = 3) -> dict[str, Any]:
+    """Best float32 GFLOP/s of an n x n matmul under JAX in this process."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+    mm = jax.jit(lambda x, y: x @ y)
+    mm(a, b).block_until_ready()
+    best = 0.0
+    for _ in range(trials):
+        t = _now()
+        for _ in range(reps):
+            out = mm(a, b)
+        out.block_until_ready()
+        best = max(best, 2 * n**3 * reps / (_now() - t) / 1e9)
+    return {"peak_gflops": best, "matmul": f"{n}x{n} float32, best of {trials} x {reps}"}
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def _initial(agent_cls, config, seed: int):
+    from sorl.train import initial_state
+
+    example = (np.zeros((1, OBS_DIM), np.float32), np.zeros((1, ACTION_DIM), np.float32))
+    return initial_state(agent_cls, config, seed, *example)
+
+
+def time_chunk(compiled, agent, rng, dataset, n: int, reps: int) -> tuple[list[float], Any, Any]:
+    """Updates/s of `reps` calls of a compiled chunk of `n` updates (after one warm-up call)."""
+    import jax
+
+    agent, rng, _ = compiled(agent, rng, dataset)
+    jax.block_until_ready(agent)
+    rates = []
+    for _ in range(reps):
+        t = _now()
+        agent, rng, infos = compiled(agent, rng, dataset)
+        jax.block_until_ready((agent, infos))
+        rates.append(n / (_now() - t))
+    return rates, agent, rng
+
+
+def update_flops(agent, batch) -> dict[str, Any]:
+    """FLOPs of one update as executed: per K for agents that draw K (each K compiled alone), else one figure."""
+    import inspect
+
+    import jax
+
+    K_choices = getattr(agent, "K_choices", None)
+    sig = inspect.signature(type(agent).update).parameters
+    if K_choices and "K" in sig and getattr(agent.config, "q_loss_coef", 1) != 0:
+        per_K = {}
+        for K in K_choices:
+            fn = jax.jit(lambda a, b, K=K: a.update(b, K=K))  # a fresh function per K: no cache sharing
+            t = _now()
+            compiled = fn.lower(agent, batch).compile()
+            compile_s = _now() - t
+            flops = _flops(compiled)
+            new, _ = compiled(agent, batch)
+            jax.block_until_ready(new)
+            secs = statistics.median(_timed(lambda c=compiled: jax.block_until_ready(c(agent, batch)), 3))
+            per_K[K] = {"flops": flops, "update_s": secs, "gflops": flops / secs / 1e9, "compile_s": compile_s}
+        mean = sum(v["flops"] for v in per_K.values()) / len(per_K)
+        return {"flops_per_update": mean, "per_K": per_K, "K_distribution": f"uniform over {list(K_choices)}"}
+    compiled = jax.jit(lambda a, b: getattr(a, "train_update", a.update)(b)).lower(agent, batch).compile()
+    return {"flops_per_update": _flops(compiled), "per_K": None, "K_distribution": None}
+
+
+def bench_training(agent_name: str, size: Size, overrides, dataset, peak: float) -> dict[str, Any]:
+    import jax
+
+    from sorl.data import sample_batch
+    from sorl.train import compile_chunk, distinct_buffers
+
+    agent_cls, config = agent_setup(agent_name, size, overrides)
+    state = _initial(agent_cls, config, 0)
+    agent, rng = distinct_buffers((state["agent"], state["data_rng"]))
+    batch = sample_batch(dataset, jax.random.PRNGKey(1), config.batch_size)
+    flops = update_flops(agent, batch)
+    t = _now()
+    compiled = compile_chunk(agent, rng, dataset, config.batch_size, size.chunk)
+    compile_s = _now() - t
+    rates, _, _ = time_chunk(compiled, agent, rng, dataset, size.chunk, size.reps)
+    ups = statistics.median(rates)
+    achieved = flops["flops_per_update"] * ups / 1e9
+    return {
+        "agent": agent_name,
+        "networks": f"{size.layers}x{size.width}",
+        "batch_size": config.batch_size,
+        "chunk_updates": size.chunk,
+        "compile_s": compile_s,
+        "updates_per_s": ups,
+        "updates_per_s_all": rates,
+        **flops,
+        "achieved_gflops": achieved,
+        "peak_gflops": peak,
+        "fraction_of_peak": achieved / peak if peak else None,
+    }
+
+
+# ----------------------------------------------------------------------------------------- inference
+
+
+def bench_inference(agent_name: str, size: Size, overrides) -> dict[str, Any]:
+    import jax
+    import jax.numpy as jnp
+
+    from sorl.inference import make_policy_fn
+
+    agent_cls, config = agent_setup(agent_name, size, overrides)
+    agent = _initial(agent_cls, config, 0)["agent"]
+    policy = make_policy_fn()
+    max_K = getattr(agent, "max_K", None)
+    Ks = [K for K in size.Ks if max_K >= K] if max_K is not None else [1]  # None: the policy has no K
+    out = []
+    key = jax.random.PRNGKey(0)
+    for batch in (1, 50):
+        obs = jnp.zeros((batch, OBS_DIM), jnp.float32)
+        for K in Ks:
+            for N in size.Ns:
+                t = _now()
+                jax.block_until_ready(policy(agent, obs, key, K, N))
+                compile_s = _now() - t
+                secs = _timed(
+                    lambda K=K, N=N, obs=obs: jax.block_until_ready(policy(agent, obs, key, K, N)), size.latency_reps
+                )
+                out.append(
+                    {
+                        "batch": batch,
+                        "K": K,
+                        "N": N,
+                        "latency_ms": 1e3 * statistics.median(secs),
+                        "first_call_s": compile_s,
+                    }
+                )
+    return {"grid": out, "note": "median of repeated jitted policy calls; first_call_s includes compilation"}
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+
+
+def raw_physics_rate(task: str = TASK, steps: int = 1000, seed: int = 0) -> float:
+    """Env steps/s of one environment in this process with random actions (resets included)."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from envs.datasets import make_env
+
+    env = make_env(task)
+    env.action_space.seed(seed)
+    env.reset(seed=seed)
+    actions = [env.action_space.sample() for _ in range(min(steps, 1000))]
+    t = _now()
+    for i in range(steps):
+        _, _, terminated, truncated, _ = env.step(actions[i % len(actions)])
+        if terminated or truncated:
+            env.reset()
+    rate = steps / (_now() - t)
+    env.close()
+    return rate
+
+
+def _raw_worker(args: tuple[str, int, int]) -> float:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    return raw_physics_rate(*args)
+
+
+def raw_physics_rate_all_cores(task: str, steps: int, processes: int) -> float:
+    """Sum of the random-action rates of `processes` environments stepping at once, one per process."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(processes) as pool:
+        rates = pool.map(_raw_worker, [(task, steps, i) for i in range(processes)])
+    return float(sum(rates))
+
+
+def bench_evaluation(agent_name: str, size: Size, overrides, workers: int | None) -> dict[str, Any]:
+    import jax
+    import jax.numpy as jnp
+
+    from sorl.evaluation import EnvPool, evaluate
+    from sorl.inference import make_policy_fn
+
+    cores = _cores()
+    workers = workers or cores
+    raw_one = raw_physics_rate(TASK, size.raw_steps)
+    raw_all = raw_physics_rate_all_cores(TASK, size.raw_steps, cores)
+    agent_cls, config = agent_setup(agent_name, size, overrides)
+    agent = _initial(agent_cls, config, 0)["agent"]
+    pool = EnvPool(TASK, size.eval_episodes, workers=workers, max_episode_steps=size.eval_max_steps)
+    try:
+        # Compile the policy for the pool's batch first: the figure is the steady-state throughput.
+        obs = jnp.zeros((size.eval_episodes, OBS_DIM), jnp.float32)
+        jax.block_until_ready(make_policy_fn()(agent, obs, jax.random.PRNGKey(0), 1, 1))
+        t = _now()
+        (cell,) = evaluate(agent, TASK, [1], [1], size.eval_episodes, seed=0, pool=pool)
+        wall = _now() - t
+    finally:
+        pool.close()
+    rate = cell["env_steps"] / cell["time_s"]
+    return {
+        "task": TASK,
+        "episodes": size.eval_episodes,
+        "max_episode_steps": size.eval_max_steps or 200,
+        "workers": pool.workers,
+        "cores": cores,
+        "env_steps": cell["env_steps"],
+        "eval_steps_per_s": rate,
+        "eval_wall_s": wall,
+        "raw_steps_per_s_one_process": raw_one,
+        "raw_steps_per_s_all_cores": raw_all,
+        "ratio_to_raw_x_cores": rate / (raw_one * cores),
+        "ratio_to_raw_all_cores": rate / raw_all,
+        "target": ">= 0.8 x raw physics x cores",
+    }
+
+
+# --------------------------------------------------------------------------------------------- seeds
+
+
+def _stacked(agent_cls, config, S: int):
+    import jax.numpy as jnp
+
+    from sorl import multiseed
+    from sorl.train import distinct_buffers
+
+    states = [_initial(agent_cls, config, s) for s in range(S)]
+    agents = multiseed.stack_agents([s["agent"] for s in states])
+    rngs = jnp.stack([jnp.asarray(s["data_rng"]) for s in states])
+    return distinct_buffers((agents, rngs))
+
+
+def bench_seeds(agent_name: str, size: Size, overrides, dataset, seeds: Sequence[int]) -> dict[str, Any]:
+    from sorl import multiseed
+
+    agent_cls, config = agent_setup(agent_name, size, overrides)
+    rows = []
+    base = None
+    for S in seeds:
+        agents, rngs = _stacked(agent_cls, config, S)
+        t = _now()
+        compiled = multiseed.compile_chunk_seeds(agents, rngs, dataset, config.batch_size, size.seed_chunk)
+        compile_s = _now() - t
+        rates, _, _ = time_chunk(compiled, agents, rngs, dataset, size.seed_chunk, max(2, size.reps - 2))
+        total = S * statistics.median(rates)
+        base = total if S == 1 else base
+        rows.append(
+            {
+                "seeds": S,
+                "total_updates_per_s": total,
+                "per_seed_updates_per_s": total / S,
+                "speedup_vs_one_seed": total / base if base else None,
+                "compile_s": compile_s,
+            }
+        )
+    return {"rows": rows, "note": "S seeds vmapped in one compiled chunk; speedup = total updates/s over 1 seed's"}
+
+
+# -------------------------------------------------------------------------------------------- memory
+
+
+def memory_child(transitions: int, size_name: str, agent_name: str, overrides_json: str = "{}") -> None:
+    """Run in a child process: dataset through `sorl.data.to_device`, a few training chunks; print the figures."""
+    import gc
+    import resource
+
+    import jax
+
+    from sorl.data import dataset_nbytes, to_device
+    from sorl.train import compile_chunk, distinct_buffers
+
+    size = SIZES[size_name]
+    jax.block_until_ready(jax.numpy.zeros(1))
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    host = synthetic_dataset(transitions)
+    dataset = to_device(host)
+    del host
+    gc.collect()
+    nbytes = dataset_nbytes(dataset)
+    agent_cls, config = agent_setup(agent_name, size, json.loads(overrides_json))
+    prepare = getattr(agent_cls, "prepare_dataset", None)
+    if prepare is not None:
+        dataset = prepare(dataset)
+    state = _initial(agent_cls, config, 0)
+    agent, rng = distinct_buffers((state["agent"], state["data_rng"]))
+    compiled = compile_chunk(agent, rng, dataset, config.batch_size, 2)
+    for _ in range(2):
+        agent, rng, infos = compiled(agent, rng, dataset)
+    jax.block_until_ready((agent, infos))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(
+        "MEMORY_JSON " + json.dumps({"peak_rss_bytes": peak, "dataset_bytes": nbytes, "baseline_rss_bytes": baseline})
+    )
+
+
+def bench_memory(agent_name: str, size_name: str, overrides) -> dict[str, Any]:
+    size = SIZES[size_name]
+    code = (
+        "from experiments.bench import memory_child; "
+        f"memory_child({size.memory_transitions}, {size_name!r}, {agent_name!r}, {json.dumps(dict(overrides))!r})"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("MEMORY_JSON ")), None)
+    if proc.returncode != 0 or line is None:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"memory probe failed: {tail[0]}")
+    r = json.loads(line[len("MEMORY_JSON ") :])
+    limit = 1.5 * r["dataset_bytes"] + 1.5 * GiB
+    return {
+        "transitions": size.memory_transitions,
+        **r,
+        "peak_over_dataset": r["peak_rss_bytes"] / r["dataset_bytes"],
+        "limit_bytes": limit,
+        "within_limit": r["peak_rss_bytes"] <= limit,
+        "target": "peak RSS <= 1.5 x dataset bytes + 1.5 GiB",
+    }
+
+
+# ------------------------------------------------------------------------------------------- changes
+
+
+def bench_changes(agent_name: str, size: Size, overrides, dataset, training: Mapping[str, Any]) -> dict[str, Any]:
+    """Before/after updates/s of each speed change, measured here (the 'after' is the code as it is)."""
+    import jax
+
+    from sorl import multiseed
+    from sorl.data import sample_batch
+    from sorl.train import distinct_buffers, train_chunk
+
+    agent_cls, config = agent_setup(agent_name, size, overrides)
+    n, reps = size.chunk, max(2, size.reps - 2)
+    after = training["updates_per_s"]
+    out: dict[str, Any] = {}
+
+    def fresh(cfg=config):
+        s = _initial(agent_cls, cfg, 0)
+        return distinct_buffers((s["agent"], s["data_rng"]))
+
+    # 1. The released update lets the critic loss's gradient reach the policy through a' (and steps a shared
+    #    Adam twice); the paper's update stops it.
+    if hasattr(config, "released_update") and not config.released_update:
+        rel_cfg = dataclasses.replace(config, released_update=True)
+        agent, rng = fresh(rel_cfg)
+        batch = sample_batch(dataset, jax.random.PRNGKey(1), config.batch_size)
+        flops = update_flops(agent, batch)
+        chunk = jax.jit(train_chunk, static_argnames=("batch_size", "num_updates"), donate_argnums=(0, 1))
+        compiled = chunk.lower(agent, rng, dataset, batch_size=config.batch_size, num_updates=n).compile()
+        rates, _, _ = time_chunk(compiled, agent, rng, dataset, n, reps)
+        out["stop_policy_gradient_through_critic_target"] = {
+            "before_updates_per_s": statistics.median(rates),
+            "after_updates_per_s": after,
+            "before_flops_per_update": flops["flops_per_update"],
+            "after_flops_per_update": training["flops_per_update"],
+            "before": "released update (a' sampled with gradients, shared Adam stepped twice)",
+        }
+
+    # 2. A host round trip per update (sample, update, fetch the info) instead of a scanned chunk.
+    agent, rng = fresh()
+    update = jax.jit(lambda a, b: getattr(a, "train_update", a.update)(b))
+    sample = jax.jit(sample_batch, static_argnums=2)
+    key = jax.random.PRNGKey(2)
+
+    def per_update(agent, key, count):
+        for _ in range(count):
+            key, sub = jax.random.split(key)
+            agent, info = update(agent, sample(dataset, sub, config.batch_size))
+            jax.device_get(info)
+        return agent, key
+
+    agent, key = per_update(agent, key, 1)  # compile
+    secs = _timed(lambda: jax.block_until_ready(per_update(agent, key, n)), reps)
+    out["scan_chunk_instead_of_host_round_trip_per_update"] = {
+        "before_updates_per_s": n / statistics.median(secs),
+        "after_updates_per_s": after,
+    }
+
+    # 3. Donated agent and key buffers (updated in place) against fresh buffers every call.
+    agent, rng = fresh()
+    plain = jax.jit(train_chunk, static_argnames=("batch_size", "num_updates"))
+    compiled = plain.lower(agent, rng, dataset, batch_size=config.batch_size, num_updates=n).compile()
+    rates, _, _ = time_chunk(compiled, agent, rng, dataset, n, reps)
+    out["donated_buffers"] = {"before_updates_per_s": statistics.median(rates), "after_updates_per_s": after}
+
+    # 4. One compiled chunk reused for every interval, against compiling anew per interval (5000 updates).
+    interval = 5000
+    out["compiled_chunk_reused"] = {
+        "before_updates_per_s": interval / (interval / after + training["compile_s"]),
+        "after_updates_per_s": after,
+        "note": f"derived: one compile_s per {interval}-update log interval",
+    }
+
+    # 5. Vmapped seeds: K drawn per seed (the step batched, every lax.switch branch runs) against the shared
+    #    K schedule (the step shared, one branch).
+    if getattr(_initial(agent_cls, config, 0)["agent"], "K_choices", None):
+        S = 4 if size.seeds[-1] >= 4 else size.seeds[-1]
+        rows = {}
+        for label, batched_step in (("before", True), ("after", False)):
+            agents, rngs = _stacked(agent_cls, config, S)
+            if batched_step:
+                agents = agents.replace(step=jax.numpy.zeros((S,), agents.step.dtype))
+
+                def chunk_fn(a, r, d):
+                    fn = lambda a1, r1: train_chunk(a1, r1, d, batch_size=config.batch_size, num_updates=n)  # noqa: E731
+                    return jax.vmap(fn)(a, r)
+
+                compiled = jax.jit(chunk_fn, donate_argnums=(0, 1)).lower(agents, rngs, dataset).compile()
+            else:
+                compiled = multiseed.compile_chunk_seeds(agents, rngs, dataset, config.batch_size, n)
+            rates, _, _ = time_chunk(compiled, agents, rngs, dataset, n, reps)
+            rows[label] = S * statistics.median(rates)
+        out["vmapped_seeds_share_K"] = {
+            "seeds": S,
+            "before_total_updates_per_s": rows["before"],
+            "after_total_updates_per_s": rows["after"],
+            "before": "K drawn per seed: every switch branch runs for every seed",
+        }
+    for v in out.values():
+        b = v.get("before_updates_per_s", v.get("before_total_updates_per_s"))
+        a = v.get("after_updates_per_s", v.get("after_total_updates_per_s"))
+        v["speedup"] = a / b if b else None
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- run
+
+
+def run_bench(args: BenchArgs, agent_overrides: Mapping[str, str] | None = None, log=print) -> dict[str, Any]:
+    """All requested sections; the figures as one dict (what --json prints)."""
+    import jax
+
+    from agents import get_agent
+    from sorl.data import to_device
+
+    get_agent(args.agent)  # one clear line for an unknown agent
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        raise SorlError(f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    size = SIZES[args.size]
+    overrides = dict(agent_overrides or {})
+    agent_setup(args.agent, size, overrides)  # invalid overrides fail now, not minutes in
+    t0 = _now()
+    out: dict[str, Any] = {
+        "machine": {
+            "cpu": _cpu_model(),
+            "cores": _cores(),
+            "backend": jax.default_backend(),
+            "device": str(jax.devices()[0]),
+            "jax_version": jax.__version__,
+            "python": platform.python_version(),
+            "loadavg_at_start": _loadavg(),
+        },
+        "size": args.size,
+        "agent": args.agent,
+        "agent_overrides": overrides,
+    }
+    needs_data = {"training", "seeds"} & set(sections) or args.changes
+    dataset = to_device(synthetic_dataset(size.transitions)) if needs_data else None
+    if "training" in sections or args.changes:
+        log("measuring the matmul peak ...")
+        peak = peak_matmul_gflops()
+        out["matmul"] = peak
+        log("measuring training (compiles the update once per K, then the chunk) ...")
+        out["training"] = bench_training(args.agent, size, overrides, dataset, peak["peak_gflops"])
+    if "inference" in sections:
+        log("measuring inference latency ...")
+        out["inference"] = bench_inference(args.agent, size, overrides)
+    if "evaluation" in sections:
+        log("measuring evaluation throughput and raw physics ...")
+        out["evaluation"] = bench_evaluation(args.agent, size, overrides, args.workers)
+    if "seeds" in sections:
+        log(f"measuring vmapped seeds {list(size.seeds)} ...")
+        out["seeds"] = bench_seeds(args.agent, size, overrides, dataset, size.seeds)
+    if "memory" in sections:
+        log(f"measuring peak memory with {size.memory_transitions} transitions (child process) ...")
+        out["memory"] = bench_memory(args.agent, args.size, overrides)
+    if args.changes:
+        log("measuring what each speed change buys ...")
+        out["changes"] = bench_changes(args.agent, size, overrides, dataset, out["training"])
+    out["machine"]["loadavg_at_end"] = _loadavg()
+    out["bench_s"] = _now() - t0
+    return out
+
+
+def format_report(r: Mapping[str, Any]) -> str:
+    """The figures as a plain-text table."""
+    m = r["machine"]
+    lines = [
+        f"sorl bench  agent={r['agent']}  size={r['size']}  overrides={r['agent_overrides'] or '-'}",
+        f"machine: {m['cpu']}, {m['cores']} cores, {m['backend']} ({m['device']}), jax {m['jax_version']}; "
+        f"load average {m['loadavg_at_start']} -> {m.get('loadavg_at_end')}",
+    ]
+
+    def row(name: str, value: str) -> None:
+        lines.append(f"  {name:<34} {value}")
+
+    if "training" in r:
+        t = r["training"]
+        lines.append(f"training ({t['networks']} networks, batch {t['batch_size']}, chunks of {t['chunk_updates']})")
+        row(
+            "updates_per_s (median)",
+            f"{t['updates_per_s']:.2f}  (all: {', '.join(f'{x:.2f}' for x in t['updates_per_s_all'])})",
+        )
+        row("compile_s (chunk)", f"{t['compile_s']:.1f}")
+        row(
+            "flops_per_update",
+            f"{t['flops_per_update'] / 1e9:.2f} GFLOP" + (f"  ({t['K_distribution']})" if t["per_K"] else ""),
+        )
+        for K, v in (t["per_K"] or {}).items():
+            row(
+                f"  K={K}",
+                f"{v['flops'] / 1e9:.2f} GFLOP, {1e3 * v['update_s']:.0f} ms/update, {v['gflops']:.0f} GFLOP/s",
+            )
+        row("achieved_gflops", f"{t['achieved_gflops']:.1f}")
+        row("peak_gflops (2048^2 matmul)", f"{t['peak_gflops']:.1f}")
+        row("fraction_of_peak", f"{100 * t['fraction_of_peak']:.0f} %")
+    if "inference" in r:
+        lines.append("inference latency, ms (median)")
+        for b in sorted({c["batch"] for c in r["inference"]["grid"]}):
+            cells = [c for c in r["inference"]["grid"] if c["batch"] == b]
+            row(f"batch {b}", "  ".join(f"K={c['K']},N={c['N']}: {c['latency_ms']:.2f}" for c in cells))
+    if "evaluation" in r:
+        e = r["evaluation"]
+        lines.append(
+            f"evaluation ({e['task']}, {e['episodes']} episodes x {e['max_episode_steps']} steps, "
+            f"{e['workers']} workers)"
+        )
+        row("eval env steps/s", f"{e['eval_steps_per_s']:.0f}")
+        row("raw physics steps/s, 1 process", f"{e['raw_steps_per_s_one_process']:.0f}")
+        row("raw physics steps/s, all cores", f"{e['raw_steps_per_s_all_cores']:.0f}")
+        row("eval / (raw x cores)", f"{e['ratio_to_raw_x_cores']:.2f}  (target >= 0.8)")
+        row("eval / raw all cores", f"{e['ratio_to_raw_all_cores']:.2f}")
+    if "seeds" in r:
+        lines.append("seeds_per_process (vmapped)")
+        for s in r["seeds"]["rows"]:
+            row(
+                f"{s['seeds']} seeds",
+                f"{s['total_updates_per_s']:.2f} updates/s total, {s['per_seed_updates_per_s']:.2f} per seed, "
+                f"x{s['speedup_vs_one_seed']:.2f} vs 1 seed (compile {s['compile_s']:.0f} s)",
+            )
+    if "memory" in r:
+        mem = r["memory"]
+        lines.append(f"memory ({mem['transitions']} transitions, child process)")
+        row("dataset bytes", f"{mem['dataset_bytes'] / 2**20:.0f} MiB")
+        row(
+            "peak RSS",
+            f"{mem['peak_rss_bytes'] / 2**20:.0f} MiB (JAX baseline {mem['baseline_rss_bytes'] / 2**20:.0f} MiB)",
+        )
+        row(
+            "limit 1.5 x dataset + 1.5 GiB",
+            f"{mem['limit_bytes'] / 2**20:.0f} MiB  ({'met' if mem['within_limit'] else 'NOT met'})",
+        )
+    if "changes" in r:
+        lines.append("speed changes: before -> after updates/s (this process)")
+        for name, v in r["changes"].items():
+            b = v.get("before_updates_per_s", v.get("before_total_updates_per_s"))
+            a = v.get("after_updates_per_s", v.get("after_total_updates_per_s"))
+            extra = ""
+            if "before_flops_per_update" in v:
+                extra = f"  ({v['before_flops_per_update'] / 1e9:.1f} -> {v['after_flops_per_update'] / 1e9:.1f} GFLOP)"
+            row(name, f"{b:.2f} -> {a:.2f}  (x{v['speedup']:.2f}){extra}")
+    lines.append(f"bench time {r['bench_s']:.0f} s")
+    return "\n".join(lines)
+
+
+def bench_from_cli(args: BenchArgs, agent_overrides: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """`sorl bench ...`: run, then print the table (or JSON)."""
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (lambda msg: print(msg, flush=True))
+    result = run_bench(args, agent_overrides, log=log)
+    if args.json:
+        print(json.dumps(result, indent=2, default=_jsonable))
+    else:
+        print(format_report(result))
+    return result
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return str(x)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m experiments.bench ...` (agent overrides as --agent.KEY=VALUE, as for `sorl train`)."""
+    import tyro
+
+    from sorl.cli import split_agent_overrides
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        rest, overrides = split_agent_overrides(argv)
+        args = tyro.cli(BenchArgs, args=rest, prog="python -m experiments.bench")
+        bench_from_cli(args, overrides)
+    except SorlError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""`sorl bench` runs end to end (a tiny size, so in seconds) and reports every figure it promises."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from experiments import bench
+from sorl import cli
+from sorl.errors import SorlError
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    size = dataclasses.replace(
+        bench.SIZES["small"],
+        layers=1,
+        width=16,
+        batch=16,
+        transitions=500,
+        chunk=2,
+        reps=1,
+        Ks=(1, 2),
+        Ns=(1, 2),
+        latency_reps=2,
+        seeds=(1, 2),
+        seed_chunk=2,
+    )
+    monkeypatch.setitem(bench.SIZES, "small", size)
+    return size
+
+
+def test_bench_command_reports_training_inference_and_seeds(tiny, capsys):
+    cli.main(
+        [
+            "bench",
+            "--size",
+            "small",
+            "--json",
+            "--sections",
+            "training,inference,seeds",
+            "--agent.denoise_timesteps=2",
+            "--agent.max_k_backprop=2",
+        ]
+    )
+    r = json.loads(capsys.readouterr().out)
+    assert r["agent"] == "sorl" and r["agent_overrides"] == {"denoise_timesteps": "2", "max_k_backprop": "2"}
+    assert r["machine"]["cores"] >= 1
+
+    t = r["training"]
+    assert t["updates_per_s"] > 0 and t["compile_s"] > 0 and t["peak_gflops"] > 0
+    # FLOPs per K from the fixed-K updates, averaged over the uniform K distribution; more K, more work.
+    per_K = {int(K): v["flops"] for K, v in t["per_K"].items()}
+    assert sorted(per_K) == [1, 2] and 0 < per_K[1] < per_K[2]
+    assert t["flops_per_update"] == pytest.approx((per_K[1] + per_K[2]) / 2)
+    assert t["achieved_gflops"] == pytest.approx(t["flops_per_update"] * t["updates_per_s"] / 1e9)
+    assert t["fraction_of_peak"] == pytest.approx(t["achieved_gflops"] / t["peak_gflops"])
+
+    cells = {(c["batch"], c["K"], c["N"]) for c in r["inference"]["grid"]}
+    assert cells == {(b, K, N) for b in (1, 50) for K in (1, 2) for N in (1, 2)}
+    assert all(c["latency_ms"] > 0 for c in r["inference"]["grid"])
+
+    rows = r["seeds"]["rows"]
+    assert [s["seeds"] for s in rows] == [1, 2] and rows[0]["speedup_vs_one_seed"] == 1
+    assert all(s["total_updates_per_s"] > 0 for s in rows)
+
+    text = bench.format_report(r)
+    for word in ("updates_per_s", "flops_per_update", "fraction_of_peak", "batch 50", "2 seeds"):
+        assert word in text
+
+
+def test_bench_rejects_unknown_sections_and_agents():
+    with pytest.raises(SorlError, match="--sections"):
+        bench.run_bench(bench.BenchArgs(size="small", sections="training,speed"))
+    with pytest.raises(SorlError, match="unknown agent"):
+        bench.run_bench(bench.BenchArgs(agent="nope", size="small"))
+
+
+def test_raw_physics_rate_steps_the_real_environment():
+    assert bench.raw_physics_rate(bench.TASK, steps=20) > 0
