@@ -245,7 +245,10 @@ def main(argv: list[str] | None = None) -> None:
             with reliability.compact_parse_errors():
                 tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="sorl")
     except SorlError as e:
-        print(f"{getattr(e, 'prefix', 'error')}: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except reliability.Interrupted as e:  # SIGTERM/SIGINT: checkpointed; the line says how to continue
+        print(f"interrupted: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

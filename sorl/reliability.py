@@ -142,10 +142,13 @@ def lock_run_dir(directory: str | Path) -> RunLock:
 # ------------------------------------------------------------------------------------- graceful stop
 
 
-class Interrupted(SorlError):
-    """SIGTERM/SIGINT stopped training at a checkpoint; the message says how to continue."""
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM/SIGINT stopped training at a checkpoint; the message says how to continue.
 
-    prefix = "interrupted"
+    Like Ctrl-C's KeyboardInterrupt (and unlike SorlError) it passes through `except Exception`, so a caller
+    that goes on after a failed run (a sweep) stops instead. `sorl` prints `interrupted: MESSAGE` and exits
+    with `exit_code` (128 + the signal number: 143 for SIGTERM, 130 for SIGINT).
+    """
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)

@@ -7,8 +7,8 @@
                       over the interval, updates_per_s, time_s
       eval.csv        one row per (evaluation step, K, N): success (fraction), return, length, episodes
       checkpoints/    orbax checkpoints (agent state, data rng, step), the last few kept
-      results.json    the final evaluation and `status`: "complete", or "failed" with `error` (one line: what
-                      went wrong, at which step) — absent while a run is in progress or was killed
+      results.json    written when the run ends: the final evaluation and `status`, "complete" or "failed" with
+                      `error` (one line: what went wrong, at which step); a run killed or interrupted writes none
       scaling.json    written by `sorl eval`: the (K, N) grid of the last checkpoint
       scaling.csv
       .lock           held (flock) by the process training the run; see `sorl.reliability`

@@ -257,8 +257,8 @@ TINY_SORL = [
     "--agent.value_layer_size=16",
     "--agent.value_num_layers=2",
     "--agent.batch_size=16",
-    "--agent.denoise_timesteps=2",
-    "--agent.max_k_backprop=2",
+    "--agent.denoise_timesteps=1",  # the smallest program: compiling dominates these runs
+    "--agent.max_k_backprop=1",
 ]
 
 
@@ -266,7 +266,7 @@ def _sorl_command(run_dir: Path, data: Path) -> list[str]:
     return [
         *(sys.executable, "-m", "sorl.cli"),
         *_words("train --task cube-single-play-task1 --agent sorl --seed 4 --log-interval 10 --checkpoint-interval 50"),
-        *_words("--eval-interval 100 --eval-episodes 1 --eval-K 1,2 --eval-N 1 --eval-workers 1 --progress False"),
+        *_words("--eval-interval 100 --eval-episodes 1 --eval-K 1 --eval-N 1,2 --eval-workers 1 --progress False"),
         *("--eval-max-episode-steps", "5", "--steps", str(SORL_STEPS), "--run-dir", str(run_dir)),
         *("--data-dir", str(data)),
         *TINY_SORL,
@@ -438,19 +438,19 @@ def test_real_write_failure_is_one_line_and_the_run_continues(tmp_path):
     """Not a mock: a file-size limit (RLIMIT_FSIZE) makes the kernel refuse the write that would grow train.csv
     past 4 KiB, mid-run, after some checkpoints were written. One line, exit 2, the checkpoints stay valid,
     results.json says failed; the same command without the limit finishes the run."""
-    import resource
-
     env = _env(tmp_path / "unused")
     del env["JAX_COMPILATION_CACHE_DIR"]  # its writes would fail too (JAX only warns about them)
     run = tmp_path / "run"
     steps = 150
     argv = [*_adam_command(run), "--log-interval", "1", "--steps", str(steps)]  # ~40 B a row: 4 KiB near step 100
 
-    def limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write returns EFBIG instead of killing us
-        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
-
-    p = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, preexec_fn=limit)
+    # a failed write returns EFBIG instead of killing the process (SIGXFSZ ignored); both survive the exec
+    launcher = (
+        "import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)); os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    limited = [sys.executable, "-c", launcher, *argv]
+    p = subprocess.run(limited, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: could not write ") and "File too large" in lines[0]
