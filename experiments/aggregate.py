@@ -11,10 +11,11 @@ Statistics (success in %, from each run's `results.json` "final" grid: the final
   seed so tables are reproducible. Implemented here in numpy because rliable 1.2 imports `arch`, whose current
   release fails to import with pandas 3 (numpy 2.x environments); the computation is the same.
 
-Methods are the agents, split by the settings that differ between runs of one agent on one environment (the grid
-of a sweep): e.g. "sorl alpha=1" and "sorl alpha=10". Each row says which (K, N) cell it reports; the default is
-the largest K with N = 1 that the method's runs evaluated (`--K`/`--N` pick another). Partial sweeps are
-aggregated with the number of tasks and seeds shown; runs that are not complete are left out and counted.
+Methods are the agents, split by the settings (resolved agent config, budget, success timing) that differ between
+runs of one agent on one environment (the grid of a sweep): e.g. "sorl alpha=1.0" and "sorl alpha=10.0". Each
+row says which (K, N) cell it reports; the default is the largest K with N = 1 that the method's runs evaluated
+(`--K`/`--N` pick another). Partial sweeps are aggregated with the number of tasks and seeds shown; runs that are
+not complete are left out and counted.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ class RunRecord:
     status: str
     steps: int | None
     success_timing: str | None
-    overrides: dict[str, str]
+    settings: dict[str, str]
+    """The resolved agent config (else the --agent overrides): what tells methods apart."""
     final: dict[tuple[int, int], dict[str, Any]]
     label: str = ""
 
@@ -160,7 +162,12 @@ def load_record(run_dir: Path) -> RunRecord | None:
             status=str(results.get("status")),
             steps=results.get("steps"),
             success_timing=results.get("success_timing"),
-            overrides={str(k): str(v) for k, v in (config.get("agent_overrides") or {}).items()},
+            settings={
+                str(k): str(v)
+                for k, v in (
+                    results.get("config") or config.get("agent_config") or config.get("agent_overrides") or {}
+                ).items()
+            },
             final=final,
         )
     except (KeyError, TypeError, ValueError, SorlError):
@@ -218,7 +225,7 @@ def assign_labels(records: Sequence[RunRecord]) -> None:
     """Label = agent, plus the settings that differ between its runs on one environment (the sweep's grid)."""
 
     def settings(r: RunRecord) -> dict[str, str]:
-        return {**r.overrides, "steps": str(r.steps), "success_timing": str(r.success_timing)}
+        return {**r.settings, "steps": str(r.steps), "success_timing": str(r.success_timing)}
 
     varying: dict[str, set[str]] = {}
     by_agent_env: dict[tuple[str, str], list[RunRecord]] = {}
@@ -414,7 +421,7 @@ def table_rows(
             f"{len(runset.incomplete)} run directories not complete (failed or running) are left out, "
             f"e.g. {runset.incomplete[0]}"
         )
-    if published is not None and not any(r.paper is not None for r in rows):
+    if published is not None and "env" in levels and not any(r.paper is not None for r in rows):
         notes.append("no published number matches these environments and agents")
     return rows, notes
 

@@ -670,6 +670,11 @@ def run_bench(args: BenchArgs, agent_overrides: Mapping[str, str] | None = None,
     return out
 
 
+def _gf(flops: float) -> str:
+    """FLOPs as GFLOP with three significant digits."""
+    return f"{flops / 1e9:.3g} GFLOP"
+
+
 def format_report(r: Mapping[str, Any]) -> str:
     """The figures as a plain-text table."""
     m = r["machine"]
@@ -680,7 +685,7 @@ def format_report(r: Mapping[str, Any]) -> str:
     ]
 
     def row(name: str, value: str) -> None:
-        lines.append(f"  {name:<34} {value}")
+        lines.append(f"  {name:<36} {value}")
 
     if "training" in r:
         t = r["training"]
@@ -692,12 +697,12 @@ def format_report(r: Mapping[str, Any]) -> str:
         row("compile_s (chunk)", f"{t['compile_s']:.1f}")
         row(
             "flops_per_update",
-            f"{t['flops_per_update'] / 1e9:.2f} GFLOP" + (f"  ({t['K_distribution']})" if t["per_K"] else ""),
+            _gf(t["flops_per_update"]) + (f"  ({t['K_distribution']})" if t["per_K"] else ""),
         )
         for K, v in (t["per_K"] or {}).items():
             row(
                 f"  K={K}",
-                f"{v['flops'] / 1e9:.2f} GFLOP, {1e3 * v['update_s']:.0f} ms/update, {v['gflops']:.0f} GFLOP/s",
+                f"{_gf(v['flops'])}, {1e3 * v['update_s']:.1f} ms/update, {v['gflops']:.0f} GFLOP/s",
             )
         row("achieved_gflops", f"{t['achieved_gflops']:.1f}")
         row("peak_gflops (2048^2 matmul)", f"{t['peak_gflops']:.1f}")
@@ -741,12 +746,13 @@ def format_report(r: Mapping[str, Any]) -> str:
     if "changes" in r:
         lines.append("speed changes: before -> after updates/s (this process)")
         for name, v in r["changes"].items():
+            lines.append(f"  {name}")
             b = v.get("before_updates_per_s", v.get("before_total_updates_per_s"))
             a = v.get("after_updates_per_s", v.get("after_total_updates_per_s"))
             extra = ""
             if "before_flops_per_update" in v:
-                extra = f"  ({v['before_flops_per_update'] / 1e9:.1f} -> {v['after_flops_per_update'] / 1e9:.1f} GFLOP)"
-            row(name, f"{b:.2f} -> {a:.2f}  (x{v['speedup']:.2f}){extra}")
+                extra = f"  ({_gf(v['before_flops_per_update'])} -> {_gf(v['after_flops_per_update'])})"
+            row("", f"{b:.2f} -> {a:.2f}  (x{v['speedup']:.2f}){extra}")
     lines.append(f"bench time {r['bench_s']:.0f} s")
     return "\n".join(lines)
 

@@ -184,6 +184,8 @@ class PlotScaling:
     """mean or iqm."""
     formats: str = "png,pdf"
     reps: int = 1000
+    title: str | None = None
+    """A first title line (e.g. what the runs are)."""
 
 
 @dataclass(frozen=True)
@@ -214,7 +216,7 @@ def plot(cmd: tyro.conf.OmitSubcommandPrefixes[PlotCommand]) -> None:
 
     formats = [f for f in cmd.formats.split(",") if f.strip()]
     if isinstance(cmd, PlotScaling):
-        paths = plots.plot_scaling(cmd.paths, cmd.out, stat=cmd.stat, formats=formats, reps=cmd.reps)
+        paths = plots.plot_scaling(cmd.paths, cmd.out, stat=cmd.stat, formats=formats, reps=cmd.reps, title=cmd.title)
     else:
         metrics = [m.strip() for m in cmd.metrics.split(",") if m.strip()] if cmd.metrics else None
         paths = plots.plot_curves(

@@ -386,7 +386,11 @@ def launch_slurm(
         raise SorlError("the slurm launcher needs submitit: pip install submitit") from None
     if options.cluster not in ("slurm", "local", "debug"):
         raise SorlError(f"--submitit-cluster {options.cluster!r}: use slurm, local or debug")
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=options.cluster)
+    hint = "run on a Slurm login node, or use --launcher local (--submitit-cluster local tests this path here)"
+    try:
+        executor = submitit.AutoExecutor(folder=str(folder), cluster=options.cluster)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise SorlError(f"slurm launcher: {_first_line(str(e))}; {hint}") from None
     params: dict[str, Any] = {
         "name": f"sorl-{name}",
         "timeout_min": int(options.time),
@@ -455,10 +459,7 @@ def launch_slurm(
                 if running:
                     time.sleep(0.5)
     except FileNotFoundError as e:
-        raise SorlError(
-            f"slurm launcher: {e.filename or 'sbatch'} not found; run on a Slurm login node, or use "
-            "--launcher local (or --submitit-cluster local to test the slurm path here)"
-        ) from None
+        raise SorlError(f"slurm launcher: {e.filename or 'sbatch'} not found; {hint}") from None
     return outcomes
 
 
@@ -555,6 +556,10 @@ class Summary:
         return f"sweep {self.name}: {self.total} runs: " + ", ".join(parts)
 
 
+def _n(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
 def check_datasets(runs: Sequence[RunSpec]) -> list[str]:
     """Notes on datasets the pending runs need; SorlError if one is missing and cannot be generated here."""
     from envs.datasets import dataset_paths
@@ -631,8 +636,8 @@ def sweep(
     jobs = make_jobs(pending, group_seeds)
 
     header = (
-        f"sweep {spec.name}: {len(runs)} runs ({', '.join(spec.agents)}; {len(spec.tasks)} tasks; "
-        f"{len(spec.seeds)} seeds) under {root}: {len(summary.skipped)} complete, "
+        f"sweep {spec.name}: {len(runs)} runs ({', '.join(spec.agents)}; {_n(len(spec.tasks), 'task')}; "
+        f"{_n(len(spec.seeds), 'seed')}) under {root}: {len(summary.skipped)} complete, "
         f"{len(summary.failed_before)} failed before, {len(pending)} to run as {len(jobs)} jobs ({launcher})"
     )
     print(header, flush=True)

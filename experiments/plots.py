@@ -140,6 +140,7 @@ def plot_scaling(
     stat: str = "mean",
     formats: Sequence[str] = FORMATS,
     reps: int = PLOT_REPS,
+    title: str | None = None,
 ) -> list[Path]:
     """Success against K (per N) and against N (per K): one figure per method; returns the files written."""
     if stat not in STATS:
@@ -191,7 +192,8 @@ def plot_scaling(
                 _success_ylim(ax)
                 ax.set_title(f"{env} ({_describe(env_recs)})")
                 ax.legend(loc="best", frameon=False)
-        fig.suptitle(f"Test-time scaling: {method} (final checkpoint; bands: 95% stratified-bootstrap CI)", y=1.0)
+        heading = f"Test-time scaling: {method} (final checkpoint; bands: 95% stratified-bootstrap CI)"
+        fig.suptitle(f"{title}\n{heading}" if title else heading, y=1.0)
         fig.tight_layout()
         written += _save(fig, Path(out_dir), f"scaling-{_safe(method)}", formats)
         plt.close(fig)

@@ -316,6 +316,7 @@ def train_seeds(
     compiled: dict[tuple[int, int], Any] = {}
     timing = {"compile_s": 0.0}
     t0 = time.perf_counter()
+    started = False  # failures from the first training step on mark the seeds' runs failed, as in `train`
     try:
         for sr in todo:
             sr.state = initial_state(agent_cls, config, sr.seed, example_obs, example_act)
@@ -352,6 +353,7 @@ def train_seeds(
             return pool
 
         stop.__enter__()
+        started = True
         for start in sorted({sr.start for sr in todo}):
             group = [sr for sr in todo if sr.start == start]
             _train_group(
@@ -374,7 +376,7 @@ def train_seeds(
                 t0=t0,
             )
     except Exception as e:
-        if not isinstance(e, reliability.Interrupted):
+        if started and not isinstance(e, reliability.Interrupted):
             error = str(e) if isinstance(e, SorlError) else f"{type(e).__name__}: {e}"
             for sr in todo:
                 if sr.results is None and sr.run_config is not None and sr.ckpt is not None:
@@ -579,6 +581,7 @@ __all__ = [
     "train_chunk_seeds",
     "train_chunk_seeds_jit",
     "train_seeds",
+    "train_seeds_from_cli",
     "unstack_agent",
 ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tomllib
 
 import pytest
@@ -156,6 +157,16 @@ def test_unknown_launcher_and_missing_spec(tmp_path, capsys):
             cli.main(argv)
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and len(err.splitlines()) == 1 and message in err
+
+
+def test_slurm_launcher_without_slurm_is_a_one_line_error(tmp_path, capsys):
+    if shutil.which("srun") or shutil.which("sbatch"):
+        pytest.skip("this machine has Slurm")
+    path = write(tmp_path, 'agents = ["sorl"]\ntasks = ["cube-single-play-task1"]\ndata_dir = "{out}"')
+    with pytest.raises(SystemExit):
+        cli.main(["sweep", str(path), "--launcher", "slurm", "--no-check-data", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: slurm launcher: ") and "--launcher local" in err and len(err.splitlines()) == 1
 
 
 def test_dry_run_lists_runs_and_launches_nothing(tmp_path, capsys):

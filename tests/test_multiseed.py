@@ -190,3 +190,17 @@ def test_train_seeds_writes_the_single_seed_run_directories(data_dir, tmp_path):
 
     # A complete batch is not retrained.
     cli.main(train_args(data_dir, tmp_path / "multi", "--seeds", "0-7"))
+
+
+def test_a_diverging_batch_fails_each_seed_like_a_single_seed_run(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SORL_TEST_INJECT_NAN_AT_STEP", "15")  # test-only hook: the loss logged at update 15 is NaN
+    with pytest.raises(SystemExit):
+        cli.main(train_args(data_dir, tmp_path / "multi", "--seeds", "0-7"))
+    with pytest.raises(SystemExit):
+        cli.main(train_args(data_dir, tmp_path / "single" / "seed1", "--seed", "1"))
+    multi, single = tmp_path / "multi" / "seed1", tmp_path / "single" / "seed1"
+    res_m, res_s = (json.loads((d / "results.json").read_text()) for d in (multi, single))
+    assert res_m["status"] == res_s["status"] == "failed" and res_m["step"] == res_s["step"] == 20
+    assert res_m["error"].replace(str(multi), "RUN") == res_s["error"].replace(str(single), "RUN")
+    assert_same_rows(rows(multi / "train.csv"), rows(single / "train.csv"), TIMING)
+    assert [int(r["step"]) for r in rows(multi / "train.csv")] == [10]
