@@ -95,8 +95,9 @@ class TrainArgs:
     """Gradient updates."""
     seed: int = 0
     seeds: str | None = None
-    """Several seeds trained as one vmapped batch in one process, e.g. 1-8 or 1,3,5 (exclusive with --seed): one run
-    directory per seed, the same as --seed S would write; with --run-dir R they go to R/seedS (or R with {seed})."""
+    """Several seeds in one process, e.g. 1-8 or 1,3,5 (not with --seed); one run dir each, as --seed S (R/seedS)."""
+    seeds_strategy: Literal["auto", "vmap", "loop"] = "auto"
+    """--seeds as one vmapped batch, or in a loop over the one-seed program (CPU); auto: loop on CPU, else vmap."""
     run_dir: Path | None = None
     """Run directory (default: runs/TASK/AGENT/seedS)."""
     data_dir: Path | None = None

@@ -9,6 +9,11 @@ drawn K for all seeds — with a per-seed K, vmap would turn the switch into a s
 (1 + 2 + 4 + 8 sampler passes instead of 3.75 on average). ReBRAC's actor-every-other-step `lax.cond` stays a
 real cond for the same reason.
 
+Strategies (`resolve_strategy`): 'vmap' is the above; 'loop' advances the seeds of each chunk one after another
+through the single-seed compiled chunk, which on a CPU is as fast (one seed's matmuls already fill the cores) and
+still shares one compilation, one dataset copy and one evaluation pool. 'auto' (the default) picks vmap on
+accelerators and loop on the CPU.
+
 Each seed gets the run directory a single-seed run would get (`runs/<task>/<agent>/seed<S>`, or
 `RUN_DIR/seed<S>` with `--run-dir RUN_DIR`, or `RUN_DIR` with `{seed}` replaced) and the same content as
 `sorl train --seed S`: config.json, train.csv, eval.csv, the checkpoints and results.json are equal up to float
@@ -43,6 +48,7 @@ from sorl.train import (
     _results,
     _say,
     boundaries,
+    compile_chunk,
     distinct_buffers,
     initial_state,
     ogbench_version,
@@ -149,6 +155,88 @@ def compile_chunk_seeds(agents: Any, data_rngs: jax.Array, dataset: Mapping[str,
     return train_chunk_seeds_jit.lower(agents, data_rngs, dataset, batch_size=batch_size, num_updates=n).compile()
 
 
+STRATEGIES = ("auto", "vmap", "loop")
+
+
+def resolve_strategy(strategy: str) -> str:
+    """'vmap' or 'loop' for `strategy`; 'auto' is 'vmap' on accelerators and 'loop' on the CPU.
+
+    On a CPU the single-seed update's matmuls already keep every core busy, so a vmapped batch of seeds is no
+    faster than running them one after another and measured a little slower (`sorl bench`, seeds section);
+    'loop' runs the seeds of each chunk one after another through the single-seed compiled chunk instead (one
+    compilation and one copy of the dataset all the same). On a GPU the vmapped batch fills the device.
+    """
+    if strategy not in STRATEGIES:
+        raise SorlError(f"seeds strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    if strategy == "auto":
+        return "loop" if jax.default_backend() == "cpu" else "vmap"
+    return strategy
+
+
+class _Vmapped:
+    """The seeds' states stacked (step shared), advanced by one vmapped compiled chunk."""
+
+    def __init__(self, states: Sequence[Mapping[str, Any]]):
+        self.agents = stack_agents([st["agent"] for st in states])
+        self.data_rngs = jnp.stack([jnp.asarray(st["data_rng"]) for st in states])
+        self.S = len(states)
+
+    def compile(self, dataset, batch_size: int, n: int):
+        self.agents, self.data_rngs = distinct_buffers((self.agents, self.data_rngs))
+        return compile_chunk_seeds(self.agents, self.data_rngs, dataset, batch_size, n)
+
+    def key(self, n: int) -> tuple[str, int, int]:
+        return ("vmap", self.S, n)
+
+    def run(self, compiled, dataset) -> dict[str, np.ndarray]:
+        self.agents, self.data_rngs = distinct_buffers((self.agents, self.data_rngs))
+        self.agents, self.data_rngs, infos = compiled(self.agents, self.data_rngs, dataset)
+        return {k: np.asarray(v) for k, v in jax.device_get(infos).items()}
+
+    def agent(self, i: int) -> Any:
+        return unstack_agent(self.agents, i)
+
+    def data_rng(self, i: int) -> jax.Array:
+        return self.data_rngs[i]
+
+    def any_non_finite(self) -> bool:
+        return reliability.non_finite_leaf(self.agents) is not None
+
+
+class _Looped:
+    """The seeds' states side by side, each advanced in turn by the single-seed compiled chunk."""
+
+    def __init__(self, states: Sequence[Mapping[str, Any]]):
+        self.states = [(st["agent"], jnp.asarray(st["data_rng"])) for st in states]
+
+    def compile(self, dataset, batch_size: int, n: int):
+        self.states = [distinct_buffers(st) for st in self.states]
+        return compile_chunk(*self.states[0], dataset, batch_size, n)
+
+    def key(self, n: int) -> tuple[str, int, int]:
+        return ("loop", 1, n)
+
+    def run(self, compiled, dataset) -> dict[str, np.ndarray]:
+        out, infos = [], []
+        for agent, data_rng in self.states:
+            agent, data_rng = distinct_buffers((agent, data_rng))
+            agent, data_rng, info = compiled(agent, data_rng, dataset)
+            out.append((agent, data_rng))
+            infos.append(info)
+        self.states = out
+        infos = jax.device_get(infos)
+        return {k: np.stack([np.asarray(info[k]) for info in infos]) for k in infos[0]}
+
+    def agent(self, i: int) -> Any:
+        return self.states[i][0]
+
+    def data_rng(self, i: int) -> jax.Array:
+        return self.states[i][1]
+
+    def any_non_finite(self) -> bool:
+        return reliability.non_finite_leaf([a for a, _ in self.states]) is not None
+
+
 # ------------------------------------------------------------------------------------------ training
 
 
@@ -194,6 +282,7 @@ def train_seeds(
     eval_max_episode_steps: int | None = None,
     train_episodes: int | None = None,
     progress: bool = True,
+    strategy: str = "auto",
 ) -> list[dict[str, Any]]:
     """`sorl.train.train` for several seeds at once: one run directory per seed; the results dicts in seed order.
 
@@ -208,6 +297,7 @@ def train_seeds(
     from sorl.config import config_to_dict
 
     seed_list = parse_seeds(seeds)
+    strategy = resolve_strategy(strategy)
     _positive("steps", steps)
     _positive("log_interval", log_interval)
     _positive("eval_interval", eval_interval)
@@ -313,7 +403,7 @@ def train_seeds(
 
     pool: EnvPool | None = None
     stop = reliability.GracefulStop()
-    compiled: dict[tuple[int, int], Any] = {}
+    compiled: dict[tuple[str, int, int], Any] = {}
     timing = {"compile_s": 0.0}
     t0 = time.perf_counter()
     started = False  # failures from the first training step on mark the seeds' runs failed, as in `train`
@@ -374,6 +464,7 @@ def train_seeds(
                 timing=timing,
                 progress=progress,
                 t0=t0,
+                strategy=strategy,
             )
     except Exception as e:
         if started and not isinstance(e, reliability.Interrupted):
@@ -417,18 +508,17 @@ def _train_group(
     eval_episodes: int,
     get_pool: Any,
     stop: reliability.GracefulStop,
-    compiled: dict[tuple[int, int], Any],
+    compiled: dict[tuple[str, int, int], Any],
     timing: dict[str, float],
     progress: bool,
     t0: float,
+    strategy: str,
 ) -> None:
     """Train the seeds of `group` (all at checkpoint `start`) as one vmapped batch up to `steps`."""
     log_interval, eval_interval, checkpoint_interval = intervals
-    S = len(group)
-    agents = stack_agents([sr.state["agent"] for sr in group])
-    data_rngs = jnp.stack([jnp.asarray(sr.state["data_rng"]) for sr in group])
+    runner = (_Vmapped if strategy == "vmap" else _Looped)([sr.state for sr in group])
     for sr in group:
-        sr.state = None  # the stacked copy is the state from here on
+        sr.state = None  # the runner holds the states from here on
     seeds_text = ",".join(str(sr.seed) for sr in group)
     desc = f"{agent} {runs.short_task_name(task_name)} seeds {seeds_text}"
     bar = None
@@ -445,14 +535,14 @@ def _train_group(
 
     def save(step: int) -> None:
         for i, sr in live():
-            state = {"agent": unstack_agent(agents, i), "data_rng": data_rngs[i], "step": np.int64(step)}
+            state = {"agent": runner.agent(i), "data_rng": runner.data_rng(i), "step": np.int64(step)}
             sr.ckpt.save(step, state)
 
     def run_eval(step: int) -> None:
         for i, sr in live():
             if bar is not None:
                 bar.set_description_str(f"{desc} (evaluating seed {sr.seed})")
-            grid = evaluate(unstack_agent(agents, i), task_name, Ks, Ns, eval_episodes, seed=sr.seed, pool=get_pool())
+            grid = evaluate(runner.agent(i), task_name, Ks, Ns, eval_episodes, seed=sr.seed, pool=get_pool())
             for r in grid:
                 sr.eval_log.write({"step": step, **r})
             msg = "  ".join(f"K={r['K']},N={r['N']}: {100 * r['success']:.0f}%" for r in grid)
@@ -493,25 +583,23 @@ def _train_group(
                 eval_or_stop(start)
         for end in boundaries(start, steps, intervals):
             n = end - step
-            agents, data_rngs = distinct_buffers((agents, data_rngs))
-            if (S, n) not in compiled:
+            if runner.key(n) not in compiled:
                 tc = time.perf_counter()
-                compiled[S, n] = compile_chunk_seeds(agents, data_rngs, dataset, batch_size, n)
+                compiled[runner.key(n)] = runner.compile(dataset, batch_size, n)
                 timing["compile_s"] += time.perf_counter() - tc
             tc = time.perf_counter()
-            agents, data_rngs, infos = compiled[S, n](agents, data_rngs, dataset)
-            infos = jax.device_get(infos)
+            infos = runner.run(compiled[runner.key(n)], dataset)
             dt = time.perf_counter() - tc
             train_s += dt
             acc_n += n
             acc_t += dt
-            any_bad_leaf = reliability.non_finite_leaf(agents) is not None
+            any_bad_leaf = runner.any_non_finite()
             for i, sr in live():
                 mine = reliability.inject_test_nan({k: np.asarray(v)[i] for k, v in infos.items()}, step, n)
                 for k, v in mine.items():
                     sr.acc[k] = sr.acc.get(k, 0.0) + float(np.sum(np.asarray(v, np.float64)))
                 bad = reliability.first_non_finite(mine, step)
-                leaf = reliability.non_finite_leaf(unstack_agent(agents, i)) if not bad and any_bad_leaf else None
+                leaf = reliability.non_finite_leaf(runner.agent(i)) if not bad and any_bad_leaf else None
                 if bad or leaf:
                     good = sr.ckpt.latest_step()
                     what = f"{bad[0]} at step {bad[1]}" if bad else f"parameter {leaf} by step {end}"
@@ -565,6 +653,7 @@ def _train_group(
                 "updates_per_s": (steps - start) / train_s if train_s > 0 else None,
                 "wall_s": time.perf_counter() - t0,
                 "seeds_in_batch": [g.seed for g in group],
+                "seeds_strategy": strategy,
             }
             sr.run.write_results(sr.results)
     finally:
@@ -607,4 +696,5 @@ def train_seeds_from_cli(args: Any, agent_overrides: dict[str, str]) -> list[dic
         eval_max_episode_steps=getattr(args, "eval_max_episode_steps", None),
         train_episodes=args.train_episodes,
         progress=args.progress,
+        strategy=getattr(args, "seeds_strategy", "auto"),
     )

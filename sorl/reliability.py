@@ -365,14 +365,19 @@ class _StderrCapture(io.TextIOBase):
         self.buffer_text = io.StringIO()
         self.capturing = True
 
+    def _target(self) -> Any:
+        # A stale capture can outlive the stream it wrapped (pytest's capsys closes its own per test): fall back
+        # to the process's stderr rather than fail on a closed file.
+        return sys.__stderr__ if getattr(self.real, "closed", False) else self.real
+
     def write(self, s: str) -> int:
         if self.capturing:
             return self.buffer_text.write(s)
-        return self.real.write(s)
+        return self._target().write(s)
 
     def flush(self) -> None:
         if not self.capturing:
-            self.real.flush()
+            self._target().flush()
 
     def isatty(self) -> bool:
         return False if self.capturing else self.real.isatty()
@@ -387,7 +392,7 @@ class _StderrCapture(io.TextIOBase):
     def release(self) -> None:
         if self.capturing:
             self.capturing = False
-            self.real.write(self.buffer_text.getvalue())
+            self._target().write(self.buffer_text.getvalue())
             self.buffer_text = io.StringIO()
 
 

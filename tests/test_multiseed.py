@@ -163,7 +163,8 @@ def test_train_seeds_writes_the_single_seed_run_directories(data_dir, tmp_path):
     with pytest.raises(SystemExit):  # --seed and --seeds together: one clear line
         cli.main(train_args(data_dir, tmp_path / "x", "--seed", "1", "--seeds", "1-2"))
 
-    cli.main(train_args(data_dir, tmp_path / "multi", "--seeds", "0-7"))  # the 8-seed program of the test above
+    # vmapped: the 8-seed program of the test above
+    cli.main(train_args(data_dir, tmp_path / "multi", "--seeds", "0-7", "--seeds-strategy", "vmap"))
     for seed in (1, 2):
         cli.main(train_args(data_dir, tmp_path / "single" / f"seed{seed}", "--seed", str(seed)))
 
@@ -178,7 +179,8 @@ def test_train_seeds_writes_the_single_seed_run_directories(data_dir, tmp_path):
         assert_same_rows(rows(multi / "eval.csv"), rows(single / "eval.csv"), TIMING)
 
         res_m, res_s = (json.loads((d / "results.json").read_text()) for d in (multi, single))
-        assert res_m.pop("timing")["seeds_in_batch"] == list(range(8))
+        timing = res_m.pop("timing")
+        assert timing["seeds_in_batch"] == list(range(8)) and timing["seeds_strategy"] == "vmap"
         res_s.pop("timing")
         assert res_m == res_s and res_m["status"] == "complete"
 
@@ -193,6 +195,7 @@ def test_train_seeds_writes_the_single_seed_run_directories(data_dir, tmp_path):
 
 
 def test_a_diverging_batch_fails_each_seed_like_a_single_seed_run(data_dir, tmp_path, monkeypatch):
+    # The default strategy on the CPU: seeds one after another through the single-seed program.
     monkeypatch.setenv("SORL_TEST_INJECT_NAN_AT_STEP", "15")  # test-only hook: the loss logged at update 15 is NaN
     with pytest.raises(SystemExit):
         cli.main(train_args(data_dir, tmp_path / "multi", "--seeds", "0-7"))
@@ -204,3 +207,4 @@ def test_a_diverging_batch_fails_each_seed_like_a_single_seed_run(data_dir, tmp_
     assert res_m["error"].replace(str(multi), "RUN") == res_s["error"].replace(str(single), "RUN")
     assert_same_rows(rows(multi / "train.csv"), rows(single / "train.csv"), TIMING)
     assert [int(r["step"]) for r in rows(multi / "train.csv")] == [10]
+    assert multiseed.resolve_strategy("auto") == ("loop" if jax.default_backend() == "cpu" else "vmap")
