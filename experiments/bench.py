@@ -464,13 +464,25 @@ def bench_seeds(agent_name: str, size: Size, overrides, dataset, seeds: Sequence
     agent_cls, config = agent_setup(agent_name, size, overrides)
     n, reps = size.seed_chunk, max(2, size.reps - 2)
     single = _single_runner(agent_cls, config, dataset, n)
+
+    def sequential(S: int) -> Callable[[], float]:
+        """S chunks of the single-seed program back to back: the same length of window as the S seeds'."""
+
+        def run() -> float:
+            t = _now()
+            for _ in range(S):
+                single()
+            return S * n / (_now() - t)
+
+        return run
+
     rows = []
     for S in seeds:
         agents, rngs = _stacked(agent_cls, config, S)
         t = _now()
         compiled = multiseed.compile_chunk_seeds(agents, rngs, dataset, config.batch_size, n)
         compile_s = _now() - t
-        rates = interleaved({"vmap": Runner(compiled, agents, rngs, dataset, n, S), "sequential": single}, reps)
+        rates = interleaved({"vmap": Runner(compiled, agents, rngs, dataset, n, S), "sequential": sequential(S)}, reps)
         rows.append(
             {
                 "seeds": S,
@@ -490,7 +502,7 @@ def bench_seeds(agent_name: str, size: Size, overrides, dataset, seeds: Sequence
             run()
         return S * n / (_now() - t)
 
-    rates = interleaved({"loop": loop, "sequential": single}, reps)
+    rates = interleaved({"loop": loop, "sequential": sequential(S)}, reps)
     return {
         "rows": rows,
         "loop": {
