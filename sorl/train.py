@@ -25,7 +25,7 @@ import importlib.metadata
 import math
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -172,7 +172,66 @@ def load_run(run: runs.RunDir | str | Path, step: int | None = None) -> tuple[An
 # ------------------------------------------------------------------------------------------ training
 
 
-@reliability.releases_locks
+@dataclasses.dataclass
+class SeedRun:
+    """One seed's run directory and bookkeeping inside `train_runs`."""
+
+    seed: int
+    run: runs.RunDir
+    run_config: dict[str, Any] | None = None
+    train_log: runs.CsvLog | None = None
+    eval_log: runs.CsvLog | None = None
+    ckpt: Any = None
+    state: dict[str, Any] | None = None
+    start: int = 0
+    step: int = 0  # the step its state is at
+    results: dict[str, Any] | None = None  # set when complete (before or after this call) or failed
+    error: str | None = None
+    acc: dict[str, float] = dataclasses.field(default_factory=dict)
+    last_eval: list[dict[str, Any]] | None = None
+    last_eval_step: int = -1
+
+
+class SequentialSeeds:
+    """Training states advanced in turn by the single-seed compiled chunk: with one seed, the plain run.
+
+    The other way to advance several seeds is `sorl.multiseed.VmappedSeeds` (one vmapped chunk); both have this
+    interface, which is all the loop in `train_runs` sees.
+    """
+
+    def __init__(self, states: Sequence[Mapping[str, Any]]):
+        self.states = [(st["agent"], jnp.asarray(st["data_rng"])) for st in states]
+
+    def compile(self, dataset: Mapping[str, jax.Array], batch_size: int, n: int):
+        self.states = [distinct_buffers(st) for st in self.states]
+        return compile_chunk(*self.states[0], dataset, batch_size, n)
+
+    def key(self, n: int) -> tuple[str, int, int]:
+        """The compiled-chunk cache key: one program serves any number of seeds."""
+        return ("loop", 1, n)
+
+    def run(self, compiled: Any, dataset: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
+        """One chunk for every seed; the infos stacked `[seeds, n]`, fetched once after all seeds are queued."""
+        out, infos = [], []
+        for agent, data_rng in self.states:
+            agent, data_rng = distinct_buffers((agent, data_rng))
+            agent, data_rng, info = compiled(agent, data_rng, dataset)
+            out.append((agent, data_rng))
+            infos.append(info)
+        self.states = out
+        infos = jax.device_get(infos)
+        return {k: np.stack([np.asarray(info[k]) for info in infos]) for k in infos[0]}
+
+    def agent(self, i: int) -> Any:
+        return self.states[i][0]
+
+    def data_rng(self, i: int) -> jax.Array:
+        return self.states[i][1]
+
+    def any_non_finite(self) -> bool:
+        return reliability.non_finite_leaf([a for a, _ in self.states]) is not None
+
+
 def train(
     task: str,
     agent: str = "sorl",
@@ -200,7 +259,70 @@ def train(
     Evaluates over the (eval_K x eval_N) grid every `eval_interval` updates and at the end, checkpoints every
     `checkpoint_interval` (default: `eval_interval`) and at the end, logs every `log_interval`. Rerunning into
     a run directory that holds the same run continues from its last checkpoint (or returns its results if it
-    is complete); a directory holding another task's, agent's or seed's run is refused.
+    is complete); a directory holding another task's, agent's or seed's run is refused. `run_dir` defaults to
+    `runs/<task>/<agent>/seed<seed>`. Several seeds at once: `sorl.multiseed.train_seeds`, the same loop.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SorlError(f"seed={seed}: must be a non-negative integer")
+
+    def run_dir_of(task_name: str, s: int) -> Path:
+        return Path(run_dir) if run_dir is not None else runs.default_run_dir(task_name, agent, s)
+
+    (results,) = train_runs(
+        task,
+        agent,
+        [int(seed)],
+        run_dir_of,
+        steps=steps,
+        data_dir=data_dir,
+        success_timing=success_timing,
+        agent_overrides=agent_overrides,
+        log_interval=log_interval,
+        eval_interval=eval_interval,
+        checkpoint_interval=checkpoint_interval,
+        keep_checkpoints=keep_checkpoints,
+        eval_episodes=eval_episodes,
+        eval_K=eval_K,
+        eval_N=eval_N,
+        eval_workers=eval_workers,
+        eval_max_episode_steps=eval_max_episode_steps,
+        train_episodes=train_episodes,
+        progress=progress,
+    )
+    return results
+
+
+@reliability.releases_locks
+def train_runs(
+    task: str,
+    agent: str,
+    seeds: Sequence[int],
+    run_dir_of: Callable[[str, int], Path],
+    *,
+    strategy: str = "loop",
+    steps: int = 1_000_000,
+    data_dir: str | Path | None = None,
+    success_timing: str = "pre",
+    agent_overrides: Mapping[str, str] | None = None,
+    log_interval: int = 5_000,
+    eval_interval: int = 100_000,
+    checkpoint_interval: int | None = None,
+    keep_checkpoints: int = 3,
+    eval_episodes: int = 50,
+    eval_K: str | Sequence[int] = "1,2,4,8",
+    eval_N: str | Sequence[int] = "1",
+    eval_workers: int | None = None,
+    eval_max_episode_steps: int | None = None,
+    train_episodes: int | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """The training loop of `train` (one seed) and `sorl.multiseed.train_seeds`: the results dicts in seed order.
+
+    Seed `s` trains into `run_dir_of(task_name, s)` and its directory is the one `train(seed=s)` writes. The
+    seeds share one dataset on the device, one compiled chunk and one evaluation pool; `strategy` 'loop'
+    advances them in turn through the single-seed chunk (`SequentialSeeds`), 'vmap' as one vmapped batch
+    (`sorl.multiseed.VmappedSeeds`). A seed whose loss or parameters go non-finite is stopped with results.json
+    "failed" while the others go on, and a SorlError naming it is raised at the end.
     """
     from envs import datasets as env_datasets
     from envs.registry import resolve_task
@@ -217,10 +339,10 @@ def train(
     _positive("eval_workers", eval_workers, allow_none=True)
     _positive("eval_max_episode_steps", eval_max_episode_steps, allow_none=True)
     _positive("train_episodes", train_episodes, allow_none=True)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise SorlError(f"seed={seed}: must be a non-negative integer")
     if success_timing not in ("pre", "post"):
         raise SorlError(f"success_timing={success_timing!r}: must be 'pre' or 'post'")
+    if strategy not in ("loop", "vmap"):
+        raise SorlError(f"seeds strategy {strategy!r}: choose loop or vmap")
     Ks = parse_int_list(eval_K, "eval_K")
     Ns = parse_int_list(eval_N, "eval_N")
     checkpoint_interval = checkpoint_interval or eval_interval
@@ -230,28 +352,34 @@ def train(
     agent_cls, config, env_settings = resolve_agent_config(agent, env_name, agent_overrides)
     validate_grid(Ks, Ns, None)  # power of two / N >= 1 now; the trained maximum once the agent exists
 
-    run = runs.open_run_dir(
-        run_dir or runs.default_run_dir(task_name, agent, seed), task=task_name, agent=agent, seed=seed
-    )
-    reliability.lock_run_dir(run.path)  # a second process training into this directory is refused
-    previous = run.read_config() if run.exists() else None
-    if previous is not None:
-        if previous.get("agent_config") != _plain(config_to_dict(config)):
-            raise SorlError(
-                f"run directory {run.path} holds a run of {agent} with a different agent config; "
-                "choose another --run-dir or delete that one"
-            )
-        if previous.get("success_timing") != success_timing:
-            raise SorlError(
-                f"run directory {run.path} holds a run with success_timing="
-                f"{previous.get('success_timing')!r}; choose another --run-dir or delete that one"
-            )
-        done = run.read_results()
-        if done and done.get("status") == "complete" and done.get("steps") == steps:
-            print(f"{run.path} is already complete ({steps} updates); see {run.results}")
-            return done
+    # --- every seed's run directory, checked and locked (against a second process) before any expensive work
+    all_runs: list[SeedRun] = []
+    for seed in seeds:
+        run = runs.open_run_dir(run_dir_of(task_name, seed), task=task_name, agent=agent, seed=seed)
+        reliability.lock_run_dir(run.path)
+        sr = SeedRun(seed, run)
+        previous = run.read_config() if run.exists() else None
+        if previous is not None:
+            if previous.get("agent_config") != _plain(config_to_dict(config)):
+                raise SorlError(
+                    f"run directory {run.path} holds a run of {agent} with a different agent config; "
+                    "choose another --run-dir or delete that one"
+                )
+            if previous.get("success_timing") != success_timing:
+                raise SorlError(
+                    f"run directory {run.path} holds a run with success_timing="
+                    f"{previous.get('success_timing')!r}; choose another --run-dir or delete that one"
+                )
+            done = run.read_results()
+            if done and done.get("status") == "complete" and done.get("steps") == steps:
+                print(f"{run.path} is already complete ({steps} updates); see {run.results}")
+                sr.results = done
+        all_runs.append(sr)
+    todo = [sr for sr in all_runs if sr.results is None]
+    if not todo:
+        return [sr.results for sr in all_runs]
 
-    # --- data (generated if missing and generatable) on the device
+    # --- data (generated if missing and generatable) on the device, once for all seeds
     env, train_data, val_data = env_datasets.load_task(
         task_name, data_dir, success_timing=success_timing, episodes=train_episodes
     )
@@ -267,84 +395,77 @@ def train(
     if prepare is not None:
         dataset = prepare(dataset)
 
-    state = initial_state(agent_cls, config, seed, example_obs, example_act)
-    validate_grid(Ks, Ns, getattr(state["agent"], "max_K", None))
-
-    run_config = {
-        "format": runs.RUN_FORMAT,
-        "task": task_name,
-        "env": env_name,
-        "agent": agent,
-        "seed": seed,
-        "success_timing": success_timing,
-        "ogbench_version": ogbench_version(),
-        "sorl_version": sorl.__version__,
-        "jax_version": jax.__version__,
-        "backend": jax.default_backend(),
-        "agent_config": config_to_dict(config),
-        "agent_overrides": dict(agent_overrides or {}),
-        "env_settings": env_settings,
-        "obs_dim": int(example_obs.shape[-1]),
-        "action_dim": int(example_act.shape[-1]),
-        "dataset": {
-            "transitions": dataset_size(dataset),
-            "bytes": dataset_nbytes(dataset),
-            "data_dir": str(data_dir) if data_dir is not None else None,
-            "train_episodes": train_episodes,
-        },
-        "train": {
-            "steps": steps,
-            "batch_size": int(config.batch_size),
-            "log_interval": log_interval,
-            "eval_interval": eval_interval,
-            "checkpoint_interval": checkpoint_interval,
-        },
-        "eval": {
-            "K": list(Ks),
-            "N": list(Ns),
-            "episodes": eval_episodes,
+    def run_config_of(seed: int) -> dict[str, Any]:
+        return {
+            "format": runs.RUN_FORMAT,
+            "task": task_name,
+            "env": env_name,
+            "agent": agent,
             "seed": seed,
-            "max_episode_steps": eval_max_episode_steps,
-            "success_unit": SUCCESS_UNIT,
-        },
-    }
-    run.write_config(run_config)
+            "success_timing": success_timing,
+            "ogbench_version": ogbench_version(),
+            "sorl_version": sorl.__version__,
+            "jax_version": jax.__version__,
+            "backend": jax.default_backend(),
+            "agent_config": config_to_dict(config),
+            "agent_overrides": dict(agent_overrides or {}),
+            "env_settings": env_settings,
+            "obs_dim": int(example_obs.shape[-1]),
+            "action_dim": int(example_act.shape[-1]),
+            "dataset": {
+                "transitions": dataset_size(dataset),
+                "bytes": dataset_nbytes(dataset),
+                "data_dir": str(data_dir) if data_dir is not None else None,
+                "train_episodes": train_episodes,
+            },
+            "train": {
+                "steps": steps,
+                "batch_size": int(config.batch_size),
+                "log_interval": log_interval,
+                "eval_interval": eval_interval,
+                "checkpoint_interval": checkpoint_interval,
+            },
+            "eval": {
+                "K": list(Ks),
+                "N": list(Ns),
+                "episodes": eval_episodes,
+                "seed": seed,
+                "max_episode_steps": eval_max_episode_steps,
+                "success_unit": SUCCESS_UNIT,
+            },
+        }
 
-    train_log = runs.CsvLog(run.train_log)
-    eval_log = runs.CsvLog(run.eval_log, ["step", *RESULT_KEYS, "env_steps", "time_s"])
-    ckpt = Checkpointer(run.checkpoints, max_to_keep=keep_checkpoints, writer=True)
     pool: EnvPool | None = None
-    bar = None
     stop = reliability.GracefulStop()  # SIGTERM/SIGINT: checkpoint at the next logged step, then exit
-    step: int | None = None  # set once training starts: failures from then on mark the run failed
+    compiled: dict[tuple[str, int, int], Any] = {}
+    timing = {"compile_s": 0.0}
+    t0 = time.perf_counter()
+    started = False  # failures from the first training step on mark the seeds' runs failed
     try:
-        start = ckpt.latest_step() or 0
-        if start > steps:
-            raise SorlError(
-                f"{run.path} already holds a checkpoint at step {start} > --steps {steps}; "
-                "raise --steps or use another --run-dir"
-            )
-        if start:
-            state = ckpt.restore(state, start)
-            print(f"continuing {run.path} from its checkpoint at step {start}", flush=True)
-        # rows logged after the checkpoint (or cut short) by a killed run go; a stale "failed" result too
-        train_log.truncate_after(start)
-        eval_log.truncate_after(start)
-        run.clear_failed_results()
+        for sr in todo:
+            sr.state = initial_state(agent_cls, config, sr.seed, example_obs, example_act)
+            validate_grid(Ks, Ns, getattr(sr.state["agent"], "max_K", None))
+            sr.run_config = run_config_of(sr.seed)
+            sr.run.write_config(sr.run_config)
+            sr.train_log = runs.CsvLog(sr.run.train_log)
+            sr.eval_log = runs.CsvLog(sr.run.eval_log, ["step", *RESULT_KEYS, "env_steps", "time_s"])
+            sr.ckpt = Checkpointer(sr.run.checkpoints, max_to_keep=keep_checkpoints, writer=True)
+            sr.start = sr.ckpt.latest_step() or 0
+            if sr.start > steps:
+                raise SorlError(
+                    f"{sr.run.path} already holds a checkpoint at step {sr.start} > --steps {steps}; "
+                    "raise --steps or use another --run-dir"
+                )
+            if sr.start:
+                sr.state = sr.ckpt.restore(sr.state, sr.start)
+                print(f"continuing {sr.run.path} from its checkpoint at step {sr.start}", flush=True)
+            sr.step = sr.start
+            # rows logged after the checkpoint (or cut short) by a killed run go; a stale "failed" result too
+            sr.train_log.truncate_after(sr.start)
+            sr.eval_log.truncate_after(sr.start)
+            sr.run.clear_failed_results()
 
-        batch_size = int(config.batch_size)
-        agent_state, data_rng = state["agent"], jnp.asarray(state["data_rng"])
-        compiled: dict[int, Any] = {}
-        compile_s = 0.0
-        train_s = 0.0
-        acc: dict[str, float] = {}
-        acc_n = 0
-        acc_t = 0.0
-        last_eval: list[dict[str, Any]] | None = None
-        last_eval_step = -1
-        t0 = time.perf_counter()
-
-        def run_eval(step: int) -> list[dict[str, Any]]:
+        def get_pool() -> EnvPool:
             nonlocal pool
             if pool is None:
                 pool = EnvPool(
@@ -354,128 +475,231 @@ def train(
                     success_timing=success_timing,
                     max_episode_steps=eval_max_episode_steps,
                 )
-            if bar is not None:
-                bar.set_description_str(f"{desc} (evaluating)")
-            grid = evaluate(agent_state, task_name, Ks, Ns, eval_episodes, seed=seed, pool=pool)
-            if bar is not None:
-                bar.set_description_str(desc)
-            for r in grid:
-                eval_log.write({"step": step, **r})
-            msg = "  ".join(f"K={r['K']},N={r['N']}: {100 * r['success']:.0f}%" for r in grid)
-            _say(bar, f"[step {step}] eval success  {msg}")
-            return grid
-
-        desc = f"{agent} {runs.short_task_name(task_name)}"
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(
-                total=steps,
-                initial=start,
-                unit="upd",
-                desc=desc,
-                dynamic_ncols=True,
-                smoothing=0.1,
-            )
-
-        def save(step: int) -> None:
-            ckpt.save(step, {"agent": agent_state, "data_rng": data_rng, "step": np.int64(step)})
-
-        def eval_or_stop(step: int) -> list[dict[str, Any]]:
-            """`run_eval`, unless a signal stopped the evaluation workers too: then stop at a checkpoint."""
-            try:
-                return run_eval(step)
-            except Exception:
-                if not stop.requested:
-                    raise
-                if acc_n:  # between logged steps: stop at the last checkpoint, not here
-                    raise stop.interrupted(step, run.path, ckpt.latest_step()) from None
-                if ckpt.latest_step() != step:
-                    save(step)
-                raise stop.interrupted(step, run.path, step) from None
+            return pool
 
         stop.__enter__()
+        started = True
+        for start in sorted({sr.start for sr in todo}):  # seeds resuming from one checkpoint train together
+            _train_group(
+                [sr for sr in todo if sr.start == start],
+                start=start,
+                steps=steps,
+                dataset=dataset,
+                batch_size=int(config.batch_size),
+                intervals=(log_interval, eval_interval, checkpoint_interval),
+                task_name=task_name,
+                agent=agent,
+                Ks=Ks,
+                Ns=Ns,
+                eval_episodes=eval_episodes,
+                get_pool=get_pool,
+                stop=stop,
+                compiled=compiled,
+                timing=timing,
+                progress=progress,
+                t0=t0,
+                strategy=strategy,
+                several=len(seeds) > 1,
+            )
+    except Exception as e:
+        if started and not isinstance(e, reliability.Interrupted):  # a failed run says so, and why
+            error = str(e) if isinstance(e, SorlError) else f"{type(e).__name__}: {e}"
+            for sr in todo:
+                if sr.results is None and sr.run_config is not None and sr.ckpt is not None:
+                    sr.run.try_write_results(
+                        _results(sr.run_config, steps, sr.step, sr.last_eval, "failed", error=error)
+                    )
+        raise
+    finally:
+        stop.__exit__()
+        if pool is not None:
+            pool.close()
+        for sr in todo:
+            if sr.ckpt is not None:
+                sr.ckpt.close()
+    for sr in todo:
+        if sr.error is None:
+            title = f"{task_name}  agent={agent}  seed={sr.seed}  step={steps}  ({eval_episodes} episodes)"
+            print(format_grid(sr.last_eval or [], title))
+            print(f"results: {sr.run.results}")
+    failed = [sr for sr in todo if sr.error is not None]
+    if len(seeds) == 1 and failed:
+        raise SorlError(failed[0].error)
+    if failed:
+        raise SorlError("; ".join(f"seed {sr.seed}: {sr.error}" for sr in failed))
+    return [sr.results for sr in all_runs]
+
+
+def _train_group(
+    group: list[SeedRun],
+    *,
+    start: int,
+    steps: int,
+    dataset: Mapping[str, jax.Array],
+    batch_size: int,
+    intervals: tuple[int, int, int],
+    task_name: str,
+    agent: str,
+    Ks: tuple[int, ...],
+    Ns: tuple[int, ...],
+    eval_episodes: int,
+    get_pool: Callable[[], EnvPool],
+    stop: reliability.GracefulStop,
+    compiled: dict[tuple[str, int, int], Any],
+    timing: dict[str, float],
+    progress: bool,
+    t0: float,
+    strategy: str,
+    several: bool,
+) -> None:
+    """Train the seeds of `group`, all at checkpoint `start`, up to `steps`: chunk, log, checkpoint, evaluate."""
+    log_interval, eval_interval, checkpoint_interval = intervals
+    if strategy == "vmap":
+        from sorl.multiseed import VmappedSeeds
+
+        runner: Any = VmappedSeeds([sr.state for sr in group])
+    else:
+        runner = SequentialSeeds([sr.state for sr in group])
+    for sr in group:
+        sr.state = None  # the runner holds the states from here on
+    desc = f"{agent} {runs.short_task_name(task_name)}"
+    if several:
+        desc += f" seeds {','.join(str(sr.seed) for sr in group)}"
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, initial=start, unit="upd", desc=desc, dynamic_ncols=True, smoothing=0.1)
+    train_s = 0.0
+    compile_before = timing["compile_s"]
+    acc_n, acc_t = 0, 0.0
+
+    def live() -> list[tuple[int, SeedRun]]:
+        return [(i, sr) for i, sr in enumerate(group) if sr.error is None]
+
+    def save(step: int) -> None:
+        for i, sr in live():
+            sr.ckpt.save(step, {"agent": runner.agent(i), "data_rng": runner.data_rng(i), "step": np.int64(step)})
+
+    def run_eval(step: int) -> None:
+        for i, sr in live():
+            if bar is not None:
+                bar.set_description_str(f"{desc} (evaluating{f' seed {sr.seed}' if several else ''})")
+            grid = evaluate(runner.agent(i), task_name, Ks, Ns, eval_episodes, seed=sr.seed, pool=get_pool())
+            for r in grid:
+                sr.eval_log.write({"step": step, **r})
+            msg = "  ".join(f"K={r['K']},N={r['N']}: {100 * r['success']:.0f}%" for r in grid)
+            _say(bar, f"[{f'seed {sr.seed} ' if several else ''}step {step}] eval success  {msg}")
+            sr.last_eval, sr.last_eval_step = grid, step
+        if bar is not None:
+            bar.set_description_str(desc)
+
+    def where() -> str:
+        return ", ".join(str(sr.run.path) for sr in group)
+
+    def eval_or_stop(step: int) -> None:
+        """`run_eval`, unless a signal stopped the evaluation workers too: then stop at a checkpoint."""
+        try:
+            run_eval(step)
+        except Exception:
+            if not stop.requested:
+                raise
+            if acc_n:  # between logged steps: stop at the last checkpoint, not here
+                raise stop.interrupted(step, where(), group[0].ckpt.latest_step()) from None
+            if group[0].ckpt.latest_step() != step:
+                save(step)
+            raise stop.interrupted(step, where(), step) from None
+
+    def fail(sr: SeedRun, step: int, message: str) -> None:
+        sr.error = message
+        sr.results = _results(sr.run_config, steps, step, sr.last_eval, "failed", error=message)
+        sr.run.try_write_results(sr.results)
+        if several:
+            _say(bar, f"seed {sr.seed}: {message}")
+
+    try:
         step = start
         due = start == steps or (start > 0 and start % eval_interval == 0)
-        if due and (start == steps or eval_log.count(start) < len(Ks) * len(Ns)):
-            eval_log.truncate_after(start - 1)  # the evaluation at the checkpoint was cut short: redo it
-            last_eval, last_eval_step = eval_or_stop(start), start
-        for end in boundaries(start, steps, (log_interval, eval_interval, checkpoint_interval)):
+        if due and any(start == steps or sr.eval_log.count(start) < len(Ks) * len(Ns) for sr in group):
+            for sr in group:
+                sr.eval_log.truncate_after(start - 1)  # the evaluation at the checkpoint was cut short: redo it
+            eval_or_stop(start)
+        for end in boundaries(start, steps, intervals):
             n = end - step
-            agent_state, data_rng = distinct_buffers((agent_state, data_rng))
-            if n not in compiled:
+            if runner.key(n) not in compiled:
                 tc = time.perf_counter()
-                compiled[n] = compile_chunk(agent_state, data_rng, dataset, batch_size, n)
-                compile_s += time.perf_counter() - tc
+                compiled[runner.key(n)] = runner.compile(dataset, batch_size, n)
+                timing["compile_s"] += time.perf_counter() - tc
             tc = time.perf_counter()
-            agent_state, data_rng, infos = compiled[n](agent_state, data_rng, dataset)
-            infos = reliability.inject_test_nan(jax.device_get(infos), step, n)  # no-op unless a test asks
+            infos = runner.run(compiled[runner.key(n)], dataset)
             dt = time.perf_counter() - tc
             train_s += dt
-            step = end
-            for k, v in infos.items():
-                acc[k] = acc.get(k, 0.0) + float(np.sum(np.asarray(v, np.float64)))
             acc_n += n
             acc_t += dt
-            bad = reliability.first_non_finite(infos, step - n)
-            leaf = None if bad else reliability.non_finite_leaf(agent_state)
-            if bad or leaf:
-                good = ckpt.latest_step()
-                what = f"{bad[0]} at step {bad[1]}" if bad else f"parameter {leaf} by step {step}"
-                raise SorlError(
-                    f"non-finite {what}; stopped the run (results.json: failed). Last good checkpoint: "
-                    f"{f'step {good}' if good else 'none'} in {run.checkpoints}; lower the learning rate or check "
-                    "the data, and train into a new --run-dir"
-                )
+            any_bad_leaf = runner.any_non_finite()
+            for i, sr in live():
+                mine = reliability.inject_test_nan({k: v[i] for k, v in infos.items()}, step, n)  # test-only hook
+                for k, v in mine.items():
+                    sr.acc[k] = sr.acc.get(k, 0.0) + float(np.sum(np.asarray(v, np.float64)))
+                bad = reliability.first_non_finite(mine, step)
+                leaf = reliability.non_finite_leaf(runner.agent(i)) if not bad and any_bad_leaf else None
+                if bad or leaf:
+                    good = sr.ckpt.latest_step()
+                    what = f"{bad[0]} at step {bad[1]}" if bad else f"parameter {leaf} by step {end}"
+                    fail(
+                        sr,
+                        end,
+                        f"non-finite {what}; stopped the run (results.json: failed). Last good checkpoint: "
+                        f"{f'step {good}' if good else 'none'} in {sr.run.checkpoints}; lower the learning rate or "
+                        "check the data, and train into a new --run-dir",
+                    )
+            step = end
+            for _, sr in live():
+                sr.step = end
+            if not live():
+                break
             if bar is not None:
                 bar.update(n)
             if end % log_interval == 0 or end % checkpoint_interval == 0 or end == steps:
-                row = {
-                    "step": step,
-                    **{k: v / acc_n for k, v in acc.items()},
-                    "updates_per_s": acc_n / max(acc_t, 1e-9),
-                    "time_s": time.perf_counter() - t0,
-                }
-                train_log.write(row)
+                for _, sr in live():
+                    row = {
+                        "step": step,
+                        **{k: v / acc_n for k, v in sr.acc.items()},
+                        "updates_per_s": acc_n / max(acc_t, 1e-9),
+                        "time_s": time.perf_counter() - t0,
+                    }
+                    sr.train_log.write(row)
+                    sr.acc = {}
                 if bar is not None:
                     bar.set_postfix(_postfix(row), refresh=False)
-                acc, acc_n, acc_t = {}, 0, 0.0
+                acc_n, acc_t = 0, 0.0
             stopping = stop.requested and acc_n == 0  # a signal came: stop at this logged step
             if end % checkpoint_interval == 0 or end == steps or stopping:
                 save(step)
             if (end % eval_interval == 0 or end == steps) and not stopping:
-                last_eval, last_eval_step = eval_or_stop(step), step
+                eval_or_stop(step)
             if stop.requested and acc_n == 0:
-                if ckpt.latest_step() != step:  # the signal came during the evaluation
+                if group[0].ckpt.latest_step() != step:  # the signal came during the evaluation
                     save(step)
-                raise stop.interrupted(step, run.path, step)
-        if last_eval_step != steps:  # resumed at the end (e.g. killed during the final evaluation)
-            last_eval = run_eval(steps)
-        ckpt.wait()
-        results = _results(run_config, steps, steps, last_eval, "complete")
-        results["timing"] = {
-            "compile_s": compile_s,
-            "train_s": train_s,
-            "updates_per_s": (steps - start) / train_s if train_s > 0 else None,
-            "wall_s": time.perf_counter() - t0,
-        }
-        run.write_results(results)
-    except Exception as e:
-        if step is not None and not isinstance(e, reliability.Interrupted):  # a failed run says so, and why
-            error = str(e) if isinstance(e, SorlError) else f"{type(e).__name__}: {e}"
-            run.try_write_results(_results(run_config, steps, step, last_eval, "failed", error=error))
-        raise
+                raise stop.interrupted(step, where(), step)
+        if any(sr.last_eval_step != steps for _, sr in live()):  # resumed at the end (killed in the final eval)
+            run_eval(steps)
+        for _, sr in live():
+            sr.ckpt.wait()
+            sr.results = _results(sr.run_config, steps, steps, sr.last_eval, "complete")
+            sr.results["timing"] = {
+                "compile_s": timing["compile_s"] - compile_before,
+                "train_s": train_s,
+                "updates_per_s": (steps - start) / train_s if train_s > 0 else None,
+                "wall_s": time.perf_counter() - t0,
+            }
+            if several:
+                sr.results["timing"]["seeds_in_batch"] = [g.seed for g in group]
+                sr.results["timing"]["seeds_strategy"] = strategy
+            sr.run.write_results(sr.results)
     finally:
-        stop.__exit__()
         if bar is not None:
             bar.close()
-        if pool is not None:
-            pool.close()
-        ckpt.close()
-    title = f"{task_name}  agent={agent}  seed={seed}  step={steps}  ({eval_episodes} episodes)"
-    print(format_grid(last_eval or [], title))
-    print(f"results: {run.results}")
-    return results
 
 
 def _results(
@@ -539,32 +763,30 @@ def _say(bar: Any, msg: str) -> None:
 # ----------------------------------------------------------------------------------------------- CLI
 
 
-def train_from_cli(args: TrainArgs, agent_overrides: dict[str, str]) -> dict[str, Any]:
-    """`sorl train ...`"""
-    if getattr(args, "seeds", None) is not None:  # several seeds, one vmapped program: sorl.multiseed
-        from sorl.multiseed import train_seeds_from_cli
+def train_from_cli(args: TrainArgs, agent_overrides: dict[str, str]) -> dict[str, Any] | list[dict[str, Any]]:
+    """`sorl train ...` (one seed) and `sorl train --seeds 1-8 ...` (several, `sorl.multiseed`)."""
+    settings = {
+        "steps": args.steps,
+        "data_dir": args.data_dir,
+        "success_timing": args.success_timing,
+        "agent_overrides": agent_overrides,
+        "log_interval": args.log_interval,
+        "eval_interval": args.eval_interval,
+        "checkpoint_interval": getattr(args, "checkpoint_interval", None),
+        "eval_episodes": args.eval_episodes,
+        "eval_K": args.eval_K,
+        "eval_N": args.eval_N,
+        "eval_workers": args.eval_workers,
+        "eval_max_episode_steps": getattr(args, "eval_max_episode_steps", None),
+        "train_episodes": args.train_episodes,
+        "progress": args.progress,
+    }
+    if getattr(args, "seeds", None) is not None:
+        from sorl.multiseed import train_seeds
 
-        return train_seeds_from_cli(args, agent_overrides)
-    return train(
-        args.task,
-        args.agent,
-        steps=args.steps,
-        seed=args.seed,
-        run_dir=args.run_dir,
-        data_dir=args.data_dir,
-        success_timing=args.success_timing,
-        agent_overrides=agent_overrides,
-        log_interval=args.log_interval,
-        eval_interval=args.eval_interval,
-        checkpoint_interval=getattr(args, "checkpoint_interval", None),
-        eval_episodes=args.eval_episodes,
-        eval_K=args.eval_K,
-        eval_N=args.eval_N,
-        eval_workers=args.eval_workers,
-        eval_max_episode_steps=getattr(args, "eval_max_episode_steps", None),
-        train_episodes=args.train_episodes,
-        progress=args.progress,
-    )
+        strategy = getattr(args, "seeds_strategy", "auto")
+        return train_seeds(args.task, args.agent, seeds=args.seeds, run_dir=args.run_dir, strategy=strategy, **settings)
+    return train(args.task, args.agent, seed=args.seed, run_dir=args.run_dir, **settings)
 
 
 __all__ = [
@@ -577,4 +799,5 @@ __all__ = [
     "train_chunk",
     "train_chunk_jit",
     "train_from_cli",
+    "train_runs",
 ]
