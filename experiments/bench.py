@@ -14,8 +14,9 @@ training path's alone), on synthetic data with cube-single's sizes (observation 
 - evaluation: env steps/s of a real `sorl.evaluation.evaluate` on cube-single with all cores (untrained agent,
   full-length episodes), against the raw physics rate (random actions) of one process and of all cores.
 - seeds: total updates/s of S vmapped seeds (`sorl.multiseed`) for S = 1, 2, 4, 8, against one seed.
-- memory: peak RSS of a child process that puts a synthetic 1M-transition dataset through `sorl.data.to_device`
-  and trains on it, against the dataset's bytes (target: <= 1.5 x dataset + 1.5 GiB).
+- memory: peak RSS of a child process that loads 1M-transition OGBench-format files (random contents) the way a
+  training run does (`envs.datasets.load_task`, `sorl.data.to_device`) and trains on them, against the dataset's
+  bytes on the device (target: <= 1.5 x dataset + 1.5 GiB).
 - changes (`--changes`): what each speed change buys, before and after, in this process: the released update's
   policy gradient through the critic target; a host round trip per update instead of a scanned chunk; buffer
   donation; recompiling per interval instead of reusing the compiled chunk; vmapped seeds drawing K per seed
@@ -536,19 +537,56 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def memory_child(transitions: int, size_name: str, agent_name: str, overrides_json: str = "{}") -> None:
-    """Run in a child process: dataset through `sorl.data.to_device`, a few training chunks; print the figures."""
+EPISODE_ROWS = 1001  # a play episode in OGBench's files: 1001 rows, 1000 transitions
+
+
+def write_synthetic_ogbench_files(data_dir: str | os.PathLike, transitions: int, seed: int = 0) -> None:
+    """cube-single's train and validation files, in OGBench's layout and file names, with random contents:
+    `transitions` training transitions (a tenth for validation) in episodes of 1000, so that loading them is
+    exactly what a training run does with a published dataset of that size."""
+    from pathlib import Path
+
+    from envs.checks import expected_layout
+    from envs.datasets import dataset_paths
+    from envs.registry import resolve_task
+
+    spec = resolve_task(TASK).env
+    train_path, val_path = dataset_paths(spec, Path(data_dir))
+    train_path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for path, n in ((train_path, transitions), (val_path, max(1, transitions // 10))):
+        episodes = max(1, n // (EPISODE_ROWS - 1))
+        rows = episodes * EPISODE_ROWS
+        arrays: dict[str, np.ndarray] = {}
+        for key, (kinds, shape) in expected_layout(spec).items():
+            if key == "terminals":
+                arrays[key] = np.zeros(rows, bool)
+                arrays[key][EPISODE_ROWS - 1 :: EPISODE_ROWS] = True
+            elif "f" in kinds:
+                arrays[key] = rng.uniform(-1, 1, (rows, *shape)).astype(np.float32)
+            else:
+                arrays[key] = np.zeros((rows, *shape), np.int64)
+        np.savez(path, **arrays)
+
+
+def memory_child(data_dir: str, size_name: str, agent_name: str, overrides_json: str = "{}") -> None:
+    """Run in a child process: the training run's own path — `envs.datasets.load_task` on the files in `data_dir`
+    (through ogbench's loader), `sorl.data.to_device`, the agent's `prepare_dataset`, a few training chunks — then
+    print the peak RSS."""
     import gc
 
     import jax
 
-    from sorl.data import dataset_nbytes, to_device
+    from envs.datasets import load_task
+    from sorl.data import dataset_nbytes, dataset_size, to_device
     from sorl.train import compile_chunk, distinct_buffers
 
     size = SIZES[size_name]
     jax.block_until_ready(jax.numpy.zeros(1))
     baseline = peak_rss_bytes()
-    host = synthetic_dataset(transitions)
+    env, host, val = load_task(TASK, data_dir, generate=False, progress=False)
+    del val
+    env.close()
     dataset = to_device(host)
     del host
     gc.collect()
@@ -564,19 +602,27 @@ def memory_child(transitions: int, size_name: str, agent_name: str, overrides_js
         agent, rng, infos = compiled(agent, rng, dataset)
     jax.block_until_ready((agent, infos))
     peak = peak_rss_bytes()
-    print(
-        "MEMORY_JSON " + json.dumps({"peak_rss_bytes": peak, "dataset_bytes": nbytes, "baseline_rss_bytes": baseline})
-    )
+    figures = {
+        "peak_rss_bytes": peak,
+        "dataset_bytes": nbytes,
+        "dataset_transitions": dataset_size(dataset),
+        "baseline_rss_bytes": baseline,
+    }
+    print("MEMORY_JSON " + json.dumps(figures))
 
 
 def bench_memory(agent_name: str, size_name: str, overrides) -> dict[str, Any]:
+    import tempfile
+
     size = SIZES[size_name]
-    code = (
-        "from experiments.bench import memory_child; "
-        f"memory_child({size.memory_transitions}, {size_name!r}, {agent_name!r}, {json.dumps(dict(overrides))!r})"
-    )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    with tempfile.TemporaryDirectory(prefix="sorl-bench-memory-") as data_dir:
+        write_synthetic_ogbench_files(data_dir, size.memory_transitions)
+        code = (
+            "from experiments.bench import memory_child; "
+            f"memory_child({data_dir!r}, {size_name!r}, {agent_name!r}, {json.dumps(dict(overrides))!r})"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("MEMORY_JSON ")), None)
     if proc.returncode != 0 or line is None:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -584,11 +630,12 @@ def bench_memory(agent_name: str, size_name: str, overrides) -> dict[str, Any]:
     r = json.loads(line[len("MEMORY_JSON ") :])
     limit = 1.5 * r["dataset_bytes"] + 1.5 * GiB
     return {
-        "transitions": size.memory_transitions,
+        "transitions": r["dataset_transitions"],
         **r,
         "peak_over_dataset": r["peak_rss_bytes"] / r["dataset_bytes"],
         "limit_bytes": limit,
         "within_limit": r["peak_rss_bytes"] <= limit,
+        "path": "OGBench-format files -> envs.datasets.load_task -> sorl.data.to_device -> training chunks",
         "target": "peak RSS <= 1.5 x dataset bytes + 1.5 GiB",
     }
 

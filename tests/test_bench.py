@@ -82,3 +82,23 @@ def test_bench_rejects_unknown_sections_and_agents():
 
 def test_raw_physics_rate_steps_the_real_environment():
     assert bench.raw_physics_rate(bench.TASK, steps=20) > 0
+
+
+def test_memory_probe_loads_ogbench_files_the_way_training_does(tmp_path):
+    # The files load through the training run's own path (ogbench's loader via envs.datasets.load_task).
+    bench.write_synthetic_ogbench_files(tmp_path, 3000)
+    from envs.datasets import load_task
+
+    env, train, val = load_task(bench.TASK, tmp_path, generate=False, progress=False)
+    env.close()
+    assert len(train["observations"]) == 3000 and len(val["observations"]) == 1000  # a tenth, at least one episode
+    assert train["observations"].shape[1] == bench.OBS_DIM and train["actions"].shape[1] == bench.ACTION_DIM
+
+    r = bench.bench_memory("sorl", "small", {"batch_size": "16"})
+    transitions = bench.SIZES["small"].memory_transitions
+    assert r["transitions"] == transitions
+    # observations, next_observations, actions, rewards and masks in float32
+    assert r["dataset_bytes"] == transitions * (2 * bench.OBS_DIM + bench.ACTION_DIM + 2) * 4
+    # The process held the dataset at its peak, on top of what JAX itself needs.
+    assert r["peak_rss_bytes"] >= r["baseline_rss_bytes"] + r["dataset_bytes"]
+    assert r["within_limit"] == (r["peak_rss_bytes"] <= 1.5 * r["dataset_bytes"] + 1.5 * bench.GiB)
