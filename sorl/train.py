@@ -233,34 +233,17 @@ class SequentialSeeds:
 
 
 def train(
-    task: str,
-    agent: str = "sorl",
-    *,
-    steps: int = 1_000_000,
-    seed: int = 0,
-    run_dir: str | Path | None = None,
-    data_dir: str | Path | None = None,
-    success_timing: str = "pre",
-    agent_overrides: Mapping[str, str] | None = None,
-    log_interval: int = 5_000,
-    eval_interval: int = 100_000,
-    checkpoint_interval: int | None = None,
-    keep_checkpoints: int = 3,
-    eval_episodes: int = 50,
-    eval_K: str | Sequence[int] = "1,2,4,8",
-    eval_N: str | Sequence[int] = "1",
-    eval_workers: int | None = None,
-    eval_max_episode_steps: int | None = None,
-    train_episodes: int | None = None,
-    progress: bool = True,
+    task: str, agent: str = "sorl", *, seed: int = 0, run_dir: str | Path | None = None, **settings: Any
 ) -> dict[str, Any]:
-    """Train `agent` on `task` for `steps` updates into one run directory; returns the results dict.
+    """Train `agent` on `task` into one run directory (default `runs/<task>/<agent>/seed<seed>`); the results dict.
 
-    Evaluates over the (eval_K x eval_N) grid every `eval_interval` updates and at the end, checkpoints every
-    `checkpoint_interval` (default: `eval_interval`) and at the end, logs every `log_interval`. Rerunning into
-    a run directory that holds the same run continues from its last checkpoint (or returns its results if it
-    is complete); a directory holding another task's, agent's or seed's run is refused. `run_dir` defaults to
-    `runs/<task>/<agent>/seed<seed>`. Several seeds at once: `sorl.multiseed.train_seeds`, the same loop.
+    `settings` are `train_runs`'s: `steps`, `data_dir`, `success_timing`, `agent_overrides`, `log_interval`,
+    `eval_interval`, `checkpoint_interval` (default: `eval_interval`), `keep_checkpoints`, `eval_episodes`,
+    `eval_K`, `eval_N`, `eval_workers`, `eval_max_episode_steps`, `train_episodes`, `progress`. The run evaluates
+    over the (eval_K x eval_N) grid every `eval_interval` updates and at the end, checkpoints every
+    `checkpoint_interval` and at the end, logs every `log_interval`. Rerunning into a run directory that holds
+    the same run continues from its last checkpoint (or returns its results if it is complete); a directory
+    holding another task's, agent's or seed's run is refused. Several seeds: `sorl.multiseed.train_seeds`.
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SorlError(f"seed={seed}: must be a non-negative integer")
@@ -268,27 +251,7 @@ def train(
     def run_dir_of(task_name: str, s: int) -> Path:
         return Path(run_dir) if run_dir is not None else runs.default_run_dir(task_name, agent, s)
 
-    (results,) = train_runs(
-        task,
-        agent,
-        [int(seed)],
-        run_dir_of,
-        steps=steps,
-        data_dir=data_dir,
-        success_timing=success_timing,
-        agent_overrides=agent_overrides,
-        log_interval=log_interval,
-        eval_interval=eval_interval,
-        checkpoint_interval=checkpoint_interval,
-        keep_checkpoints=keep_checkpoints,
-        eval_episodes=eval_episodes,
-        eval_K=eval_K,
-        eval_N=eval_N,
-        eval_workers=eval_workers,
-        eval_max_episode_steps=eval_max_episode_steps,
-        train_episodes=train_episodes,
-        progress=progress,
-    )
+    (results,) = train_runs(task, agent, [int(seed)], run_dir_of, **settings)
     return results
 
 
