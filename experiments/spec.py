@@ -23,6 +23,7 @@
     episodes = 50
     max_episode_steps = 200                   # optional: cut evaluation episodes (quick studies only)
     workers = 8                               # optional: evaluation processes per run
+    envs = 16                                 # optional: environments stepped at once (default: one per episode)
     [eval.fql]                                # optional per-agent overrides of the grid
     K = [1]
 
@@ -101,7 +102,7 @@ TOP_KEYS = (
     "launcher",
 )
 TRAIN_KEYS = ("steps", "log_interval", "eval_interval", "checkpoint_interval", "success_timing", "train_episodes")
-EVAL_KEYS = ("K", "N", "episodes", "max_episode_steps", "workers")
+EVAL_KEYS = ("K", "N", "episodes", "max_episode_steps", "workers", "envs")
 LAUNCHER_KEYS = ("max_parallel", "group_seeds", "slurm", "ray")
 SLURM_KEYS = (
     "partition",
@@ -132,6 +133,7 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "episodes": 50,
     "max_episode_steps": None,
     "workers": None,
+    "envs": None,
 }
 
 
@@ -179,7 +181,7 @@ class RunSpec:
         parts += [f"--success-timing {t['success_timing']}", f"--log-interval {t['log_interval']}"]
         parts += [f"--eval-interval {t['eval_interval']}", f"--eval-episodes {t['eval_episodes']}"]
         parts += [f"--eval-K {t['eval_K']}", f"--eval-N {t['eval_N']}"]
-        for key in ("checkpoint_interval", "eval_workers", "eval_max_episode_steps", "train_episodes"):
+        for key in ("checkpoint_interval", "eval_workers", "eval_envs", "eval_max_episode_steps", "train_episodes"):
             if t.get(key) is not None:
                 parts.append(f"--{key.replace('_', '-')} {t[key]}")
         parts += [f"--agent.{k}={v}" for k, v in self.overrides.items()]
@@ -297,6 +299,7 @@ class Spec:
                             "eval_K": ",".join(str(k) for k in ev["K"]),
                             "eval_N": ",".join(str(n) for n in ev["N"]),
                             "eval_workers": ev["workers"],
+                            "eval_envs": ev["envs"],
                             "eval_max_episode_steps": ev["max_episode_steps"],
                             "train_episodes": self.train["train_episodes"],
                             "progress": False,

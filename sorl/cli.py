@@ -112,6 +112,8 @@ class TrainArgs:
     """Best-of-N candidate counts evaluated (comma-separated)."""
     eval_workers: int | None = None
     """Environment worker processes for evaluation (default: all cores)."""
+    eval_envs: int | None = None
+    """Environments stepped at once in evaluation (default: one per episode; fewer saves memory, see README)."""
     eval_max_episode_steps: int | None = None
     """Cut evaluation episodes at this many steps (default: the environment's own limit)."""
     checkpoint_interval: int | None = None
@@ -172,6 +174,8 @@ class EvalArgs:
     """Best-of-N candidate counts (comma-separated, >= 1)."""
     episodes: int = 50
     workers: int | None = None
+    envs: int | None = None
+    """Environments stepped at once (default: one per episode; fewer saves memory, see README)."""
     seed: int = 0
     """Evaluation seed (episodes are reproducible for a given seed)."""
     max_episode_steps: int | None = None

@@ -386,6 +386,7 @@ def evaluate(
     success_timing: str = "pre",
     *,
     max_episode_steps: int | None = None,
+    envs: int | None = None,
     pool: EnvPool | None = None,
     policy: Callable[..., Any] | None = None,
     progress: bool = False,
@@ -393,9 +394,10 @@ def evaluate(
     """Evaluate `agent` on every (K, N) of the grid; one dict per cell, K-major:
     `{K, N, success (fraction in [0, 1]), return, length (means over episodes), episodes, env_steps, time_s}`.
 
-    `pool` reuses running environments (its task/timing/limit win over the arguments); otherwise one is
-    started with min(episodes, workers) processes and closed at the end. `policy(agent, obs, rng, K, N)`
-    defaults to `sorl.inference.make_policy_fn()`.
+    `pool` reuses running environments (its task/timing/limit win over the arguments); otherwise one of
+    min(episodes, envs) environments is started in min(those, workers) processes and closed at the end. With
+    fewer environments than episodes a slot starts the next pending episode when its episode ends.
+    `policy(agent, obs, rng, K, N)` defaults to `sorl.inference.make_policy_fn()`.
     """
     import jax
     import jax.numpy as jnp
@@ -409,11 +411,13 @@ def evaluate(
         from sorl.inference import make_policy_fn
 
         policy = make_policy_fn()
+    if envs is not None and (isinstance(envs, bool) or not isinstance(envs, (int, np.integer)) or envs < 1):
+        raise SorlError(f"envs={envs}: need at least 1 environment")
     own_pool = pool is None
     if own_pool:
         pool = EnvPool(
             task_name,
-            episodes,
+            min(episodes, envs or episodes),
             workers=workers,
             success_timing=success_timing,
             max_episode_steps=max_episode_steps,
@@ -481,6 +485,8 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
         raise SorlError(f"--episodes={args.episodes}: need at least 1 evaluation episode")
     if args.workers is not None and args.workers < 1:
         raise SorlError(f"--workers={args.workers}: need at least 1")
+    if getattr(args, "envs", None) is not None and args.envs < 1:
+        raise SorlError(f"--envs={args.envs}: need at least 1")
     max_steps = getattr(args, "max_episode_steps", None)
     if max_steps is not None and max_steps < 1:
         raise SorlError(f"--max-episode-steps={max_steps}: must be >= 1")
@@ -491,6 +497,7 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
     validate_grid(Ks, Ns, getattr(agent, "max_K", None))
     if max_steps is None:
         max_steps = cfg.get("eval", {}).get("max_episode_steps")
+    envs = getattr(args, "envs", None) or cfg.get("eval", {}).get("envs")  # a memory cap set in training holds
     timing = cfg.get("success_timing", "pre")
     print(
         f"evaluating {run.path} (step {step}) on {cfg['task']}: K={list(Ks)} N={list(Ns)}, "
@@ -507,6 +514,7 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
         workers=args.workers,
         success_timing=timing,
         max_episode_steps=max_steps,
+        envs=envs,
         progress=True,
     )
     out = {

@@ -239,8 +239,8 @@ def train(
 
     `settings` are `train_runs`'s: `steps`, `data_dir`, `success_timing`, `agent_overrides`, `log_interval`,
     `eval_interval`, `checkpoint_interval` (default: `eval_interval`), `keep_checkpoints`, `eval_episodes`,
-    `eval_K`, `eval_N`, `eval_workers`, `eval_max_episode_steps`, `train_episodes`, `progress`. The run evaluates
-    over the (eval_K x eval_N) grid every `eval_interval` updates and at the end, checkpoints every
+    `eval_K`, `eval_N`, `eval_workers`, `eval_envs`, `eval_max_episode_steps`, `train_episodes`, `progress`. The
+    run evaluates over the (eval_K x eval_N) grid every `eval_interval` updates and at the end, checkpoints every
     `checkpoint_interval` and at the end, logs every `log_interval`. Rerunning into a run directory that holds
     the same run continues from its last checkpoint (or returns its results if it is complete); a directory
     holding another task's, agent's or seed's run is refused. Several seeds: `sorl.multiseed.train_seeds`.
@@ -275,6 +275,7 @@ def train_runs(
     eval_K: str | Sequence[int] = "1,2,4,8",
     eval_N: str | Sequence[int] = "1",
     eval_workers: int | None = None,
+    eval_envs: int | None = None,
     eval_max_episode_steps: int | None = None,
     train_episodes: int | None = None,
     progress: bool = True,
@@ -300,6 +301,7 @@ def train_runs(
     _positive("keep_checkpoints", keep_checkpoints)
     _positive("eval_episodes", eval_episodes)
     _positive("eval_workers", eval_workers, allow_none=True)
+    _positive("eval_envs", eval_envs, allow_none=True)
     _positive("eval_max_episode_steps", eval_max_episode_steps, allow_none=True)
     _positive("train_episodes", train_episodes, allow_none=True)
     if success_timing not in ("pre", "post"):
@@ -392,6 +394,7 @@ def train_runs(
                 "K": list(Ks),
                 "N": list(Ns),
                 "episodes": eval_episodes,
+                "envs": eval_envs,  # stepped at once (None: one per episode); the numbers depend on it
                 "seed": seed,
                 "max_episode_steps": eval_max_episode_steps,
                 "success_unit": SUCCESS_UNIT,
@@ -433,7 +436,7 @@ def train_runs(
             if pool is None:
                 pool = EnvPool(
                     task_name,
-                    eval_episodes,
+                    min(eval_episodes, eval_envs or eval_episodes),
                     workers=eval_workers,
                     success_timing=success_timing,
                     max_episode_steps=eval_max_episode_steps,
@@ -740,6 +743,7 @@ def train_from_cli(args: TrainArgs, agent_overrides: dict[str, str]) -> dict[str
         "eval_K": args.eval_K,
         "eval_N": args.eval_N,
         "eval_workers": args.eval_workers,
+        "eval_envs": getattr(args, "eval_envs", None),
         "eval_max_episode_steps": getattr(args, "eval_max_episode_steps", None),
         "train_episodes": args.train_episodes,
         "progress": args.progress,

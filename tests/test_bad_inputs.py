@@ -160,6 +160,8 @@ CASES = [
     ("seed-negative", [*T, "--seed", "-1"], "seed", None, False),
     ("log-interval-negative", [*T, "--log-interval", "-5"], "log_interval", None, False),
     ("episodes-zero", [*T, "--eval-episodes", "0"], "eval_episodes", None, False),
+    ("eval-envs-zero", [*T, "--eval-envs", "0"], "eval_envs=0", None, False),
+    ("eval-envs-zero-eval", ["eval", "{tmp}/run", *EVAL, "--envs", "0"], "--envs=0", _trained, True),
     # run directories
     ("run-dir-is-a-file", TINY, "is a file", _file_run_dir, True),
     ("run-dir-not-a-run", TINY, "not empty", _foreign_dir, True),

@@ -127,6 +127,27 @@ def test_evaluate_grid_one_policy_call_per_step(fake_env):
     assert {c[2] for c in calls} == {(6, 2)}
 
 
+def test_evaluate_with_fewer_envs_than_episodes(fake_env):
+    class Agent:
+        max_K = 1
+
+    shapes = []
+
+    def policy(agent, obs, rng, K, N):
+        shapes.append(obs.shape)
+        return jnp.full((obs.shape[0], 1), 0.5)
+
+    seeds = [evaluation.episode_seed(3, i) for i in range(5)]
+    lengths = np.array([2 + s % 5 for s in seeds])
+    (r,) = evaluate(Agent(), "fake", [1], [1], episodes=5, seed=3, workers=1, envs=2, policy=policy)
+    assert set(shapes) == {(2, 2)}  # two environments stepped at once, every episode run
+    assert r["episodes"] == 5 and r["env_steps"] == lengths.sum()
+    assert r["length"] == pytest.approx(lengths.mean()) and r["return"] == pytest.approx(0.5 * lengths.mean())
+    assert r["success"] == pytest.approx(np.mean([s % 2 == 0 for s in seeds]))
+    with pytest.raises(SorlError, match="envs=0"):
+        evaluate(Agent(), "fake", [1], [1], episodes=5, envs=0, policy=policy)
+
+
 def test_evaluate_policy_keys_reproducible(fake_env):
     class Agent:
         max_K = 1
