@@ -10,9 +10,8 @@ outcome per run; a failed run is reported with its log and does not stop the oth
   through submitit's LocalExecutor, which is how it is tested).
 - `ray`: Ray tasks on an existing cluster (`--address`), or on a local Ray instance started (and stopped) here.
 
-`--group-seeds` makes one job of all pending seeds of one (agent, variant, task): through
-`sorl.train`'s multi-seed path (several seeds vmapped in one process) when this version has one, else the seeds
-run one after another in that job's process (see `multi_seed_trainer`).
+`--group-seeds` makes one job of all pending seeds of one (agent, variant, task), trained together in that job's
+process by `sorl.multiseed.train_seeds` (one dataset copy, one compilation, one evaluation pool).
 
 A run counts as finished when its `results.json` exists: "complete" (with the spec's step budget) is skipped;
 "failed" (a non-finite loss) is skipped and listed again unless `--retry-failed`. Re-running the same command
@@ -161,21 +160,6 @@ def execute_run(run: RunSpec, *, log: bool = True) -> dict[str, Any]:
     return _outcome(run, status, error, time.perf_counter() - t0)
 
 
-def multi_seed_trainer() -> Callable[..., Any] | None:
-    """`sorl.multiseed.train_seeds` (several seeds vmapped in one process and one compiled program), if present.
-
-    Hook for `--group-seeds`: `fn(task, agent, *, seeds, run_dir, **train_kwargs)` trains the seeds together,
-    writing one run directory per seed (`run_dir` with `{seed}` filled in). Without it, grouped seeds run one
-    after another in the job's process (sharing its compilations).
-    """
-    try:
-        from sorl import multiseed
-    except ImportError:
-        return None
-    fn = getattr(multiseed, "train_seeds", None)
-    return fn if callable(fn) else None
-
-
 def use_compile_cache(path: str | None) -> None:
     """Share JAX's persistent compilation cache between a sweep's processes (runs of one agent and environment
     compile the same programs). A cache directory the user already set wins."""
@@ -193,14 +177,17 @@ def execute_job(runs: Sequence[RunSpec], *, log: bool = True, compile_cache: str
     """All runs of one job, in this process; one outcome per run."""
     use_compile_cache(compile_cache)
     runs = list(runs)
-    fn = multi_seed_trainer() if len(runs) > 1 else None
     same_parent = len({str(Path(r.run_dir).parent) for r in runs}) == 1
-    if fn is None or not same_parent or any(Path(r.run_dir).name != f"seed{r.seed}" for r in runs):
+    if len(runs) == 1 or not same_parent or any(Path(r.run_dir).name != f"seed{r.seed}" for r in runs):
         return [execute_run(r, log=log) for r in runs]
-    return _execute_multi_seed(fn, runs, log=log)
+    return _execute_multi_seed(runs, log=log)
 
 
-def _execute_multi_seed(fn: Callable[..., Any], runs: list[RunSpec], *, log: bool) -> list[dict[str, Any]]:
+def _execute_multi_seed(runs: list[RunSpec], *, log: bool) -> list[dict[str, Any]]:
+    """The seeds of `runs` (one task and agent, directories `PARENT/seed<S>`) trained together by
+    `sorl.multiseed.train_seeds`; one outcome per seed, from its own results.json."""
+    from sorl.multiseed import train_seeds
+
     t0 = time.perf_counter()
     job = Job(runs)
     kwargs = runs[0].train_kwargs()
@@ -213,7 +200,7 @@ def _execute_multi_seed(fn: Callable[..., Any], runs: list[RunSpec], *, log: boo
         seeds = [r.seed for r in runs]
         print(f"=== {job.id}: seeds {seeds} vmapped in one process\n$ {runs[0].command()} (with --seeds)", flush=True)
         try:
-            fn(runs[0].task, runs[0].agent, seeds=seeds, run_dir=template, **kwargs)
+            train_seeds(runs[0].task, runs[0].agent, seeds=seeds, run_dir=template, **kwargs)
         except SorlError as e:
             print(f"error: {e}", flush=True)
             error = str(e)
