@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from agents.bc import BCAgent
+from agents.flow_bc import FlowBCAgent
 from agents.fql import FQLAgent
 from agents.iql import IQLAgent
 from agents.rebrac import ReBRACAgent
@@ -14,7 +15,8 @@ AGENTS: dict[str, type] = {
     "fql": FQLAgent,
     "rebrac": ReBRACAgent,
     "iql": IQLAgent,
-    "bc": BCAgent,
+    "bc": BCAgent,  # Gaussian BC, the published table's BC column
+    "flow-bc": FlowBCAgent,  # shortcut-policy BC (named "bc" before Gaussian BC existed)
 }
 
 

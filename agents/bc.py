@@ -1,105 +1,119 @@
-"""Flow BC: behaviour cloning with SORL's shortcut-model policy and the Q term off — the floor every RL agent must beat.
+"""BC (`bc`): Gaussian behaviour cloning, the published table's "BC" column (the FQL paper's BC baseline).
 
-`BCAgent` is `SORLAgent` without a critic: the same velocity network, the same `flow_matching_loss` and
-`self_consistency_loss` (inherited, not copied; weights `bc_flow_loss_coef` and `alpha`), the same EMA target policy
-for the self-consistency targets and the same K-step sampler (`sorl.shortcut.sample_euler`), so K in
-{1, 2, ..., denoise_timesteps} works exactly as for SORL. Its config is SORL's policy settings with SORL's defaults
-(`BCConfig`, derived from `SORLConfig`). Only `create`, `update` and `sample_actions` differ: there is no critic to
-build, train or ask.
+A Gaussian policy `N(mu(x), sigma^2)` whose mean is an MLP (4x512 GELU, no LayerNorm, small-init mean head:
+`sorl.baselines.ActorHead`, as the reference's `Actor`) is fitted to the dataset's actions by maximum likelihood
+(`bc_loss = -mean log pi(a | x)`); with the default constant std (sigma = 1) that is half the mean squared error plus
+a constant, so the mean regresses on the behaviour policy's mean action. At test time the action is the clipped
+mean (the reference evaluates with temperature 0).
 
-N (best-of-N): BC has no critic, so there is no verifier to rank candidates. Best-of-N without a verifier picks a
-candidate at random, which has exactly the distribution of a single sample; `sample_actions` therefore returns the
-N = 1 sample for every N (documented, not an error), so one (K, N) evaluation grid runs for every agent and BC's N
-axis is flat by construction.
+No Q function, no sampler: K and N do not apply. K is accepted and ignored (`max_K` None), and so is N — with no
+critic there is no verifier to rank candidates, and the mean is the policy's one answer. Evaluation grids with K or N
+above 1 print one line saying so (`GRID_NOTES`, `sorl.evaluation.grid_note`), so a flat row is never mistaken for a
+measured scaling curve.
+
+Not flow BC: the shortcut-policy behaviour cloning that shares SORL's policy class is `flow-bc` (agents/flow_bc.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+import flax
 import jax
+import jax.numpy as jnp
 
-from agents.sorl import SORLAgent, SORLConfig, _actor_def
 from sorl import baselines as B
-from sorl import shortcut
 from sorl.inference import validate_K_N
 
 Array = jax.Array
+Params = Any
 Batch = dict[str, Array]
 
 
-class BCAgent(SORLAgent):
-    """SORLAgent's fields, holding only the policy: params, target_params and opt_state are `{'actor': ...}`."""
+class BCAgent(flax.struct.PyTreeNode):
+    rng: Array
+    step: Array
+    params: dict[str, Params]  # {'actor'}
+    target_params: dict[str, Params]  # {} (nothing bootstraps)
+    opt_state: dict[str, Any]
+    action_dim: int = flax.struct.field(pytree_node=False)
+    config: BCConfig = flax.struct.field(pytree_node=False)
+
+    GRID_NOTES: ClassVar[dict[str, str]] = {
+        "K": "it has no multi-step sampler",
+        "N": "it has no critic to rank candidates",
+    }
+    """Test-time axes that do not change this agent's action, and why (see `sorl.evaluation.grid_note`)."""
+
+    @property
+    def max_K(self) -> None:
+        """None: the Gaussian policy has no step count, so every power-of-two K is accepted and gives the same."""
+        return None
+
+    def policy(self, actor_params: Params, observations: Array) -> tuple[Array, Array]:
+        """`(mean, log_std)` of the Gaussian policy."""
+        return B.actor_head(self.config, self.action_dim).apply({"params": actor_params}, observations)
+
+    # --------------------------------------------------------------------------------------------- losses
+
+    def bc_loss(self, batch: Batch, actor_params: Params) -> tuple[Array, dict[str, Array]]:
+        """`-mean log pi(a | x)` over the batch's dataset actions."""
+        mean, log_std = self.policy(actor_params, batch["observations"])
+        log_prob = B.gaussian_log_prob(mean, log_std, batch["actions"])
+        loss = -log_prob.mean()
+        mse = jnp.mean((mean - batch["actions"]) ** 2)
+        return loss, {"actor_loss": loss, "bc_log_prob": log_prob.mean(), "mse": mse, "std": jnp.exp(log_std).mean()}
+
+    # --------------------------------------------------------------------------------------------- update
 
     def update(self, batch: Batch) -> tuple[BCAgent, dict[str, Array]]:
-        """One Adam step of the policy on `bc_flow_loss_coef * L_FM + alpha * L_SC` (SORL's clipped Adam), then the
-        EMA target policy towards the pre-step policy, as SORL. Pure; jit/scan/vmap it outside."""
-        new_rng, actor_rng = jax.random.split(self.rng)
+        """One Adam step of the policy on `bc_loss`. Pure; jit/scan/vmap it outside."""
 
         def total(params):
-            loss, info = self.actor_loss(batch, params["actor"], actor_rng)
+            loss, info = self.bc_loss(batch, params["actor"])
             return loss, B.prefixed(actor=info)
 
-        return B.joint_update(self, total, new_rng)
+        # The update draws no randomness; the agent's key still advances, as for every agent.
+        return B.joint_update(self, total, jax.random.split(self.rng)[0])
+
+    # ------------------------------------------------------------------------------------------ inference
 
     def sample_actions(self, observations: Array, rng: Array, K: int = 1, N: int = 1) -> Array:
-        """`[B, A]` actions from K-step shortcut sampling; any N gives the N = 1 sample (no verifier, see above)."""
+        """`[B, A]`: the clipped Gaussian mean, whatever K and N (see the module docstring)."""
         validate_K_N(K, N, self.max_K)
-        noise = jax.random.normal(rng, (*observations.shape[:-1], self.action_dim))
-        return shortcut.sample_euler(self.velocity_fn(self.params["actor"]), observations, noise, K)
+        mean, _ = self.policy(self.params["actor"], observations)
+        return jnp.clip(mean, -1, 1)
+
+    # --------------------------------------------------------------------------------------------- create
 
     @classmethod
     def create(
         cls, rng: Array | int, example_observations: Array, example_actions: Array, config: BCConfig | None = None
     ) -> BCAgent:
         config = BCConfig() if config is None else config
-
-        def networks(obs: Array, act: Array, action_dim: int):
-            scalars = act[..., :1]  # example flow time t and step code d
-            return {"actor": (_actor_def(config, action_dim), (obs, act, scalars, scalars))}
-
-        return cls(**B.initial_fields(rng, config, example_observations, example_actions, networks, ["actor"]))
+        networks = lambda obs, act, action_dim: {"actor": (B.actor_head(config, action_dim), (obs,))}  # noqa: E731
+        return cls(**B.initial_fields(rng, config, example_observations, example_actions, networks, targets=[]))
 
 
-POLICY_KEYS = (
-    "lr",
-    "grad_clip_norm",
-    "optimizer_beta1",
-    "optimizer_beta2",
-    "batch_size",
-    "actor_layer_size",
-    "actor_num_layers",
-    "actor_layer_norm",
-    "tau",
-    "alpha",
-    "bc_flow_loss_coef",
-    "t_epsilon",
-    "denoise_timesteps",
-)
-"""The SORLConfig settings that concern the policy alone: BC's settings, with SORL's defaults."""
+# ------------------------------------------------------------------------------------------------- config
 
 
-class _BCConfigBase:
-    @property
-    def q_loss_coef(self) -> float:
-        """Always 0: the Q term is off (SORLAgent.actor_loss then skips it entirely)."""
-        return 0.0
+@dataclass(frozen=True)
+class BCConfig:
+    """The FQL paper's BC baseline: the reference `Actor` (4x512 GELU MLP, no LayerNorm), Adam 3e-4, batch 256."""
+
+    lr: float = 3e-4
+    grad_clip_norm: float = 0.0  # the reference baselines do not clip
+    batch_size: int = 256
+    actor_layer_size: int = 512
+    actor_num_layers: int = 4
+    actor_layer_norm: bool = False
+    const_std: bool = True  # std fixed at 1 (maximum likelihood = mean squared error); False learns a log-std
+    actor_fc_scale: float = 0.01  # init scale of the mean head
 
     def validate(self) -> None:
         B.check_config(self)
 
-
-BCConfig = dataclasses.make_dataclass(
-    "BCConfig",
-    [
-        (f.name, f.type, dataclasses.field(default=f.default))
-        for f in dataclasses.fields(SORLConfig)
-        if f.name in POLICY_KEYS
-    ],
-    bases=(_BCConfigBase,),
-    frozen=True,
-)
-BCConfig.__module__ = __name__
-BCConfig.__doc__ = "SORL's policy settings (`POLICY_KEYS`, same names and defaults as SORLConfig); no critic setting."
 
 BCAgent.Config = BCConfig

@@ -19,7 +19,7 @@ other network it reads is wrapped in an explicit `stop_gradient`; targets are re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import flax
 import flax.linen as nn
@@ -57,6 +57,9 @@ class FQLAgent(flax.struct.PyTreeNode):
     opt_state: dict[str, Any]
     action_dim: int = flax.struct.field(pytree_node=False)
     config: FQLConfig = flax.struct.field(pytree_node=False)
+
+    GRID_NOTES: ClassVar[dict[str, str]] = {"K": "its one-step policy has no step count"}
+    """Test-time axes that do not change the action (`sorl.evaluation.grid_note`)."""
 
     @property
     def max_K(self) -> None:

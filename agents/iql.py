@@ -18,7 +18,7 @@ weaker verifier off the data than the critics of the agents that query their own
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import flax
 import jax
@@ -42,6 +42,9 @@ class IQLAgent(flax.struct.PyTreeNode):
     opt_state: dict[str, Any]
     action_dim: int = flax.struct.field(pytree_node=False)
     config: IQLConfig = flax.struct.field(pytree_node=False)
+
+    GRID_NOTES: ClassVar[dict[str, str]] = {"K": "its Gaussian policy has no step count"}
+    """Test-time axes that do not change the action (`sorl.evaluation.grid_note`)."""
 
     @property
     def max_K(self) -> None:

@@ -9,9 +9,11 @@ TD3+BC with LayerNorm critics and separate behaviour-cloning penalties in the ac
   smoothing); `a'_data` is the dataset's next action (`next_actions`, see `prepare_dataset`);
 - the critic steps every update, the actor (and the EMA of both targets) every `actor_freq`-th update.
 
-Optimiser: the critic and the actor each have their own Adam, and the actor's only steps on actor updates (the
-ReBRAC paper's scheme). The FQL reference code holds both in one Adam and feeds the actor a zero gradient on critic-
-only updates, so its actor still drifts by Adam momentum there; we do not reproduce that side effect.
+Optimiser (`shared_adam`, default True, the FQL reference code's): one Adam over actor and critic, stepped on every
+update with the gradient of `critic_loss + actor_loss`, the actor loss counting only on actor updates. On the other
+updates the actor's gradient is zero, yet Adam still moves it by its momentum, and the step count that drives Adam's
+bias correction advances for both networks every update. `shared_adam=False` gives the ReBRAC paper's scheme instead:
+critic and actor each with their own Adam, the actor's stepped only on actor updates.
 
 At test time the action is `pi(x)` (the reference evaluates with temperature 0, i.e. without exploration noise), and
 K is ignored. Best-of-N keeps the best by `agg_j Q_j(x, a)` among `pi(x)` and N - 1 copies perturbed by the target
@@ -21,11 +23,12 @@ policy noise (`sorl.baselines.best_of_mode_and_samples`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import flax
 import jax
 import jax.numpy as jnp
+import optax
 
 from sorl import baselines as B
 from sorl.errors import SorlError
@@ -41,9 +44,12 @@ class ReBRACAgent(flax.struct.PyTreeNode):
     step: Array  # updates done so far; the actor steps when (step + 1) % actor_freq == 0
     params: dict[str, Params]  # {'actor', 'critic'}
     target_params: dict[str, Params]  # {'actor', 'critic'}
-    opt_state: dict[str, Any]
+    opt_state: Any  # shared_adam: one Adam state over params; else {"actor", "critic"}
     action_dim: int = flax.struct.field(pytree_node=False)
     config: ReBRACConfig = flax.struct.field(pytree_node=False)
+
+    GRID_NOTES: ClassVar[dict[str, str]] = {"K": "its deterministic actor has no step count"}
+    """Test-time axes that do not change the action (`sorl.evaluation.grid_note`)."""
 
     @property
     def max_K(self) -> None:
@@ -111,31 +117,52 @@ class ReBRACAgent(flax.struct.PyTreeNode):
         """A critic step; on every `actor_freq`-th update also an actor step (from the pre-step critic) and the EMA
         of both targets towards the pre-step networks. Pure; jit/scan/vmap it outside."""
         new_rng, critic_rng = jax.random.split(self.rng)
-        optimizer = B.ModuleOptimizer.of(self.config)
         critic_grads, critic_info = jax.grad(
             lambda p: self.critic_loss(batch, {**self.params, "critic": p}, critic_rng), has_aux=True
         )(self.params["critic"])
-        params, opt_state, norms = optimizer.step(
-            self.params, self.opt_state, {"critic": critic_grads}, names=["critic"]
-        )
 
-        def actor_step(_):
+        def actor_gradient(_):
             grad, info = jax.grad(lambda p: self.actor_loss(batch, {**self.params, "actor": p}), has_aux=True)(
                 self.params["actor"]
             )
-            new_params, new_state, actor_norms = optimizer.step(params, opt_state, {"actor": grad}, names=["actor"])
-            targets = B.ema_targets(self.params, self.target_params, self.config.tau)
-            return new_params, new_state, targets, _floats(info, grad_norm=actor_norms["actor/grad_norm"], updated=1)
+            return grad, _floats(info, updated=1)
 
-        def critic_only(_):
-            # The actor's loss at the current parameters, for the log; nothing moves.
+        def no_actor_gradient(_):
+            # The actor's loss at the current parameters, for the log; its gradient does not count this update.
             _, info = self.actor_loss(batch, self.params)
-            return params, opt_state, self.target_params, _floats(info, grad_norm=0, updated=0)
+            return jax.tree.map(jnp.zeros_like, self.params["actor"]), _floats(info, updated=0)
 
         is_actor_step = (self.step + 1) % self.config.actor_freq == 0
-        params, opt_state, targets, actor_info = jax.lax.cond(is_actor_step, actor_step, critic_only, None)
+        actor_grads, actor_info = jax.lax.cond(is_actor_step, actor_gradient, no_actor_gradient, None)
+        grads = {"actor": actor_grads, "critic": critic_grads}
+        if self.config.shared_adam:
+            params, opt_state = self._shared_adam_step(grads)
+        else:
+            params, opt_state = self._separate_adam_steps(grads, is_actor_step)
+        targets = jax.lax.cond(
+            is_actor_step,
+            lambda: B.ema_targets(self.params, self.target_params, self.config.tau),
+            lambda: self.target_params,
+        )
         agent = self.replace(rng=new_rng, step=self.step + 1, params=params, target_params=targets, opt_state=opt_state)
-        return agent, {**B.prefixed(critic=critic_info, actor=actor_info), **norms}
+        info = B.prefixed(critic=critic_info, actor=actor_info)
+        return agent, {**info, **{f"{name}/grad_norm": optax.global_norm(g) for name, g in grads.items()}}
+
+    def _shared_adam_step(self, grads: dict[str, Params]) -> tuple[dict[str, Params], Any]:
+        """The reference's optimiser: one Adam state over {actor, critic}, one step per update."""
+        tx = B.ModuleOptimizer.of(self.config).tx
+        updates, opt_state = tx.update(grads, self.opt_state, self.params)
+        return optax.apply_updates(self.params, updates), opt_state
+
+    def _separate_adam_steps(self, grads: dict[str, Params], is_actor_step: Array) -> tuple[dict[str, Params], Any]:
+        """The ReBRAC paper's scheme: the critic's Adam steps every update, the actor's only on actor updates."""
+        optimizer = B.ModuleOptimizer.of(self.config)
+        params, opt_state, _ = optimizer.step(self.params, self.opt_state, grads, names=["critic"])
+        return jax.lax.cond(
+            is_actor_step,
+            lambda: optimizer.step(params, opt_state, grads, names=["actor"])[:2],
+            lambda: (params, opt_state),
+        )
 
     # ------------------------------------------------------------------------------------------ inference
 
@@ -171,6 +198,8 @@ class ReBRACAgent(flax.struct.PyTreeNode):
             },
             targets=["actor", "critic"],
         )
+        if config.shared_adam:  # one Adam state over both networks, as the reference's single TrainState
+            fields["opt_state"] = B.ModuleOptimizer.of(config).tx.init(fields["params"])
         return cls(**fields)
 
 
@@ -193,6 +222,10 @@ class ReBRACConfig(B.BaselineConfig):
     actor_noise: float = 0.2  # target policy smoothing noise (also the best-of-N perturbation)
     actor_noise_clip: float = 0.5
     actor_fc_scale: float = 0.01  # init scale of the actor's last layer
+    shared_adam: bool = True  # the reference's single Adam over actor and critic (module docstring); False: one each
+
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"shared_adam": False}
+    """Runs written before `shared_adam` existed were trained with one Adam per network."""
 
 
 ReBRACAgent.Config = ReBRACConfig

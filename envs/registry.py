@@ -280,6 +280,7 @@ AGENT_ENV_SETTINGS: dict[str, dict[str, dict]] = {
         "puzzle-4x4-play": dict(alpha=3.0, discount=0.99),
     },
     "bc": {},
+    "flow-bc": {},
 }
 
 

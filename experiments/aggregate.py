@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from sorl import runs
 from sorl.errors import SorlError
 
 BOOTSTRAP_REPS = 2000
@@ -157,7 +158,7 @@ def load_record(run_dir: Path) -> RunRecord | None:
             path=run_dir,
             task=task.name,
             env=task.env.name,
-            agent=str(results["agent"]),
+            agent=runs.agent_name(results),
             seed=int(results["seed"]),
             status=str(results.get("status")),
             steps=results.get("steps"),

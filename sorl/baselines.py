@@ -106,7 +106,7 @@ _rule(
 _rule(["actor_num_layers", "value_num_layers"], lambda v: _integer(v) and v >= 0, "must be a non-negative integer")
 _rule(["q_agg"], lambda v: v in ("mean", "min"), "must be 'mean' or 'min'")
 _rule(
-    ["layer_norm", "actor_layer_norm", "normalize_q_loss", "const_std"],
+    ["layer_norm", "actor_layer_norm", "normalize_q_loss", "const_std", "shared_adam"],
     lambda v: isinstance(v, bool),
     "must be true or false",
 )
@@ -314,7 +314,8 @@ def joint_update(
     """
     grads, info = jax.grad(total_loss, has_aux=True)(agent.params)
     params, opt_state, norms = ModuleOptimizer.of(agent.config).step(agent.params, agent.opt_state, grads)
-    targets = ema_targets(agent.params, agent.target_params, agent.config.tau)
+    # An agent without target networks (Gaussian BC) has no `tau` to read.
+    targets = ema_targets(agent.params, agent.target_params, agent.config.tau) if agent.target_params else {}
     new = agent.replace(rng=new_rng, step=agent.step + 1, params=params, target_params=targets, opt_state=opt_state)
     return new, {**info, **norms}
 

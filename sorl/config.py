@@ -139,10 +139,14 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
-    """Inverse of `config_to_dict`; missing keys take the defaults, unknown keys and bad values raise SorlError."""
+    """Inverse of `config_to_dict`; missing keys take the defaults, unknown keys and bad values raise SorlError.
+
+    A config class may name, in `LEGACY_DEFAULTS`, the value a key had before it existed (a run directory written
+    then has no such key, and must load as it was trained, not with today's default).
+    """
     types_ = _field_types(cls)
     valid = list(types_)
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {k: v for k, v in getattr(cls, "LEGACY_DEFAULTS", {}).items() if k not in data}
     for key, value in data.items():
         if key not in types_:
             raise _unknown_key(key, valid, prefix="")

@@ -83,6 +83,22 @@ def validate_grid(Ks: Sequence[int], Ns: Sequence[int], max_K: int | None) -> No
         validate_K_N(1, N, max_K)
 
 
+def grid_note(agent: Any, name: str, Ks: Sequence[int], Ns: Sequence[int]) -> str | None:
+    """One line naming the axes of the (K, N) grid that cannot change `agent`'s action, or None.
+
+    An agent declares them in its class's `GRID_NOTES` ({"K" or "N": why}); a grid that asks for more than K = 1
+    (or N = 1) along such an axis measures the same policy in every cell of it, and the user is told so once.
+    """
+    asked = {"K": Ks, "N": Ns}
+    ignored = [f"{axis} ({why})" for axis, why in getattr(agent, "GRID_NOTES", {}).items() if set(asked[axis]) - {1}]
+    if not ignored:
+        return None
+    return (
+        f"note: {name} ignores {' and '.join(ignored)}: every cell along "
+        f"{'those axes' if len(ignored) > 1 else 'that axis'} evaluates the same policy"
+    )
+
+
 def default_workers() -> int:
     """Cores available to this process."""
     try:
@@ -495,6 +511,9 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
     cfg = run.read_config()
     agent, step = load_run(run)
     validate_grid(Ks, Ns, getattr(agent, "max_K", None))
+    note = grid_note(agent, runs.agent_name(cfg), Ks, Ns)
+    if note:
+        print(note, flush=True)
     if max_steps is None:
         max_steps = cfg.get("eval", {}).get("max_episode_steps")
     envs = getattr(args, "envs", None) or cfg.get("eval", {}).get("envs")  # a memory cap set in training holds
@@ -519,7 +538,7 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
     )
     out = {
         "task": cfg["task"],
-        "agent": cfg["agent"],
+        "agent": runs.agent_name(cfg),
         "seed": cfg["seed"],
         "step": step,
         "eval_seed": args.seed,
@@ -533,7 +552,7 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
     }
     runs.write_json(run.scaling_json, out)
     runs.write_csv(run.scaling_csv, grid, [*RESULT_KEYS, "env_steps", "time_s"])
-    title = f"{cfg['task']}  agent={cfg['agent']}  seed={cfg['seed']}  step={step}  ({args.episodes} episodes)"
+    title = f"{cfg['task']}  agent={runs.agent_name(cfg)}  seed={cfg['seed']}  step={step}  ({args.episodes} episodes)"
     print(format_grid(grid, title))
     print(f"wrote {run.scaling_json} and {run.scaling_csv}")
     return grid

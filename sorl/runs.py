@@ -60,6 +60,19 @@ def default_run_dir(task_name: str, agent: str, seed: int, root: str | Path = "r
     return Path(root) / short_task_name(task_name) / agent / f"seed{seed}"
 
 
+def agent_name(record: Mapping[str, Any]) -> str:
+    """The agent of a run's config.json or results.json, by today's name.
+
+    Before Gaussian BC existed, flow BC was registered as "bc"; such a run's agent config holds the shortcut
+    policy's `denoise_timesteps`, which Gaussian BC's has not, so it is reported (and loads) as "flow-bc".
+    """
+    name = str(record.get("agent"))
+    agent_config = record.get("agent_config") or record.get("config") or {}
+    if name == "bc" and isinstance(agent_config, Mapping) and "denoise_timesteps" in agent_config:
+        return "flow-bc"
+    return name
+
+
 class RunDir:
     """Paths and files of one run directory."""
 
@@ -127,10 +140,16 @@ def open_run_dir(path: str | Path, *, task: str, agent: str, seed: int) -> RunDi
         raise SorlError(f"run directory {p} is a file; choose another --run-dir")
     if run.exists():
         cfg = run.read_config()
+        if agent_name(cfg) != cfg.get("agent") and agent == cfg.get("agent"):
+            raise SorlError(
+                f"run directory {p} holds a flow-BC run written as agent 'bc' before 'bc' meant Gaussian BC; "
+                "continue it with --agent flow-bc, or choose another --run-dir for Gaussian BC"
+            )
         for key, want in (("task", task), ("agent", agent), ("seed", seed)):
-            if cfg.get(key) != want:
+            have = agent_name(cfg) if key == "agent" else cfg.get(key)
+            if have != want:
                 raise SorlError(
-                    f"run directory {p} holds a run with {key}={cfg.get(key)!r}, not {want!r}; "
+                    f"run directory {p} holds a run with {key}={have!r}, not {want!r}; "
                     "choose another --run-dir or delete that one"
                 )
     elif p.is_dir() and any(c.name not in _BOOKKEEPING for c in p.iterdir()):

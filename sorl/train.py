@@ -37,7 +37,16 @@ import sorl
 from sorl import reliability, runs
 from sorl.data import dataset_nbytes, dataset_size, sample_batch, to_device
 from sorl.errors import SorlError
-from sorl.evaluation import RESULT_KEYS, SUCCESS_UNIT, EnvPool, evaluate, format_grid, parse_int_list, validate_grid
+from sorl.evaluation import (
+    RESULT_KEYS,
+    SUCCESS_UNIT,
+    EnvPool,
+    evaluate,
+    format_grid,
+    grid_note,
+    parse_int_list,
+    validate_grid,
+)
 
 if TYPE_CHECKING:
     from sorl.cli import TrainArgs
@@ -154,7 +163,10 @@ def load_run(run: runs.RunDir | str | Path, step: int | None = None) -> tuple[An
     run = run if isinstance(run, runs.RunDir) else runs.RunDir(run)
     cfg = run.read_config()
     try:
-        agent_cls = get_agent(cfg["agent"])
+        name = runs.agent_name(cfg)
+        if name != cfg["agent"]:
+            print(f"note: {run.path} names agent {cfg['agent']!r} from before Gaussian BC; it loads as {name!r}")
+        agent_cls = get_agent(name)
         config = config_from_dict(agent_cls.Config, cfg["agent_config"])
         obs_dim, action_dim, seed = int(cfg["obs_dim"]), int(cfg["action_dim"]), int(cfg["seed"])
     except KeyError as e:
@@ -411,6 +423,9 @@ def train_runs(
         for sr in todo:
             sr.state = initial_state(agent_cls, config, sr.seed, example_obs, example_act)
             validate_grid(Ks, Ns, getattr(sr.state["agent"], "max_K", None))
+            note = grid_note(sr.state["agent"], agent, Ks, Ns)
+            if note and sr is todo[0]:
+                print(note, flush=True)
             sr.run_config = run_config_of(sr.seed)
             sr.run.write_config(sr.run_config)
             sr.train_log = runs.CsvLog(sr.run.train_log)

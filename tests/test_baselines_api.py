@@ -20,7 +20,7 @@ from sorl.inference import make_policy_fn
 from sorl.train import resolve_agent_config
 
 OBS, ACT = 3, 2
-BASELINES = ("fql", "rebrac", "iql", "bc")
+BASELINES = ("fql", "rebrac", "iql", "flow-bc")
 ONE_STEP = ("fql", "rebrac", "iql")  # no multi-step sampler: K is ignored
 TINY = dict(actor_layer_size=16, actor_num_layers=2, value_layer_size=16, value_num_layers=2, batch_size=8)
 
@@ -61,8 +61,10 @@ def test_registered_with_config_and_contract():
         ("rebrac", "tau", "0"),
         ("iql", "expectile", "1.0"),
         ("iql", "discount", "1.5"),
-        ("bc", "denoise_timesteps", "3"),
+        ("flow-bc", "denoise_timesteps", "3"),
+        ("flow-bc", "lr", "0"),
         ("bc", "lr", "0"),
+        ("bc", "actor_num_layers", "-1"),
     ],
 )
 def test_invalid_settings_are_one_line_errors(name, key, value):
@@ -76,7 +78,7 @@ def test_reference_flag_names_port_directly():
     rebrac = apply_overrides(get_agent("rebrac").Config(), {"alpha_actor": "0.01", "alpha_critic": "0.01"})
     assert (rebrac.alpha_actor, rebrac.alpha_critic, rebrac.actor_freq) == (0.01, 0.01, 2)
     with pytest.raises(SorlError, match="unknown setting"):
-        apply_overrides(get_agent("bc").Config(), {"q_loss_coef": "1"})  # BC has no Q term to weigh
+        apply_overrides(get_agent("flow-bc").Config(), {"q_loss_coef": "1"})  # flow BC has no Q term to weigh
     for name in BASELINES:  # run directories store the config as JSON and read it back
         config = get_agent(name).Config()
         assert config_from_dict(type(config), config_to_dict(config)) == config
@@ -185,8 +187,8 @@ def test_fql_best_of_n_is_the_critic_argmax_of_n_noises():
     np.testing.assert_allclose(agent.sample_actions(OBSERVATIONS, rng, N=6), expected, rtol=1e-4, atol=1e-6)
 
 
-def test_bc_uses_K_up_to_its_trained_maximum_and_ignores_N():
-    agent = make_agent("bc", denoise_timesteps=4)
+def test_flow_bc_uses_K_up_to_its_trained_maximum_and_ignores_N():
+    agent = make_agent("flow-bc", denoise_timesteps=4)
     assert agent.max_K == 4
     rng = jax.random.PRNGKey(2)
     by_K = [agent.sample_actions(OBSERVATIONS, rng, K=K) for K in (1, 2, 4)]
@@ -197,7 +199,7 @@ def test_bc_uses_K_up_to_its_trained_maximum_and_ignores_N():
         agent.sample_actions(OBSERVATIONS, rng, K=8)
 
 
-@pytest.mark.parametrize("name", ("rebrac", "bc"))  # the delayed actor's `cond`, and the SORLAgent subclass
+@pytest.mark.parametrize("name", ("rebrac", "flow-bc", "bc"))  # the actor's `cond`, the SORLAgent subclass, Gaussian BC
 def test_jitted_policy_and_seeds_as_a_batch_axis(name):
     config = tiny_config(name, denoise_timesteps=2, actor_freq=2, flow_steps=2)
     cls = get_agent(name)

@@ -130,7 +130,8 @@ def changed(x, y) -> bool:
 
 
 def test_rebrac_actor_and_targets_move_only_every_actor_freq_updates():
-    agent = make_agent("rebrac", actor_freq=2, alpha_actor=0.1, alpha_critic=0.1)
+    # The ReBRAC paper's optimiser (one Adam per network); the reference's shared Adam is tested below.
+    agent = make_agent("rebrac", actor_freq=2, alpha_actor=0.1, alpha_critic=0.1, shared_adam=False)
     update = jax.jit(lambda a: a.update(BATCH_DATA))
     first, info1 = update(agent)  # update 1: critic only
     second, info2 = update(first)  # update 2: critic and actor, then both targets
@@ -155,6 +156,74 @@ def test_rebrac_critic_penalty_needs_next_actions():
     with pytest.raises(SorlError, match="next_actions"):
         agent.update(batch)
     make_agent("rebrac", alpha_critic=0.0).update(batch)  # no penalty, no need
+
+
+def rebrac_grads(agent, critic_rng, actor_step: bool):
+    """Both networks' gradients of one ReBRAC update at `agent`'s parameters (a zero actor gradient off schedule)."""
+    params = agent.params
+    g_critic = jax.grad(lambda c: agent.critic_loss(BATCH_DATA, {**params, "critic": c}, critic_rng)[0])(
+        params["critic"]
+    )
+    g_actor = jax.grad(lambda a: agent.actor_loss(BATCH_DATA, {**params, "actor": a})[0])(params["actor"])
+    if not actor_step:
+        g_actor = jax.tree.map(jnp.zeros_like, g_actor)
+    return {"actor": g_actor, "critic": g_critic}
+
+
+def rebrac_by_hand(agent, steps: int, separate: bool = False):
+    """ReBRAC's first `steps` updates written out with optax, from its documented key split and actor schedule.
+
+    The reference (`separate=False`): one Adam state over {actor, critic}, stepped every update on the critic's
+    gradient and, on every `actor_freq`-th update, the actor's (a zero actor gradient otherwise); the targets move
+    towards the pre-step networks on actor updates only. Returns (params, target_params) after each update.
+    """
+    tx = optax.adam(agent.config.lr)
+    tau = agent.config.tau
+    params, targets, rng = agent.params, agent.target_params, agent.rng
+    state = {name: tx.init(p) for name, p in params.items()} if separate else tx.init(params)
+    history = []
+    for step in range(steps):
+        rng, critic_rng = jax.random.split(rng)
+        actor_step = (step + 1) % agent.config.actor_freq == 0
+        grads = rebrac_grads(agent.replace(params=params, target_params=targets), critic_rng, actor_step)
+        if separate:
+            new = dict(params)
+            for name in ["critic", "actor"] if actor_step else ["critic"]:
+                updates, state[name] = tx.update(grads[name], state[name], params[name])
+                new[name] = optax.apply_updates(params[name], updates)
+        else:
+            updates, state = tx.update(grads, state, params)
+            new = optax.apply_updates(params, updates)
+        if actor_step:
+            targets = optax.incremental_update(params, targets, tau)
+        params = new
+        history.append((params, targets))
+    return history
+
+
+def assert_trees_close(a, b):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-6), a, b)
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_rebrac_update_equals_the_optax_sequence_by_hand(separate):
+    # Default: the FQL reference's single Adam; shared_adam=False: one Adam per network, the actor's stepped only
+    # on actor updates (updates 2 and 4 of 4 with actor_freq = 2).
+    agent = make_agent("rebrac", alpha_actor=0.1, alpha_critic=0.01, shared_adam=not separate)
+    expected = rebrac_by_hand(agent, 4, separate=separate)
+    update = jax.jit(lambda a: a.update(BATCH_DATA))
+    history = []
+    for params, targets in expected:
+        agent, info = update(agent)
+        assert_trees_close(agent.params, params)
+        assert_trees_close(agent.target_params, targets)
+        history.append(agent.params["actor"])
+    assert int(agent.step) == 4
+    # Update 3 trains no actor. With one shared Adam the actor still moves by the momentum of update 2;
+    # with its own Adam it stays where update 2 left it.
+    before, after = jax.tree.leaves(history[1]), jax.tree.leaves(history[2])
+    moved = any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
+    assert moved is not separate
 
 
 # ------------------------------------------------------------------------------------------------------- IQL
@@ -187,8 +256,8 @@ def test_iql_update_is_one_adam_step_per_network_of_its_own_loss():
 # -------------------------------------------------------------------------------------------------------- BC
 
 
-def test_bc_has_no_critic_and_its_loss_moves_only_the_policy():
-    agent = make_agent("bc", denoise_timesteps=4)
+def test_flow_bc_has_no_critic_and_its_loss_moves_only_the_policy():
+    agent = make_agent("flow-bc", denoise_timesteps=4)
     assert set(agent.params) == {"actor"} and set(agent.target_params) == {"actor"}
     # The self-consistency target comes from the EMA policy and is a constant.
     assert_moves_only(grads_of(agent, lambda a, p: a.actor_loss(BATCH_DATA, p["actor"], RNG)[0]), {"actor"})

@@ -70,7 +70,7 @@ def test_rl_agents_prefer_the_good_mode(dataset, observations, name, settings):
 
 
 def test_flow_bc_matches_the_data_mixture(dataset, observations):
-    agent = trained("bc", dataset, 3000, denoise_timesteps=8)
+    agent = trained("flow-bc", dataset, 3000, denoise_timesteps=8)
     good, bad = in_modes(agent.sample_actions(observations, jax.random.PRNGKey(2), K=8))
     assert good + bad > 0.7, (good, bad)  # samples land in the modes, not between them
     assert 0.35 < good / (good + bad) < 0.65, (good, bad)  # and in both, about equally

@@ -1,0 +1,112 @@
+"""Flow BC (`flow-bc`): behaviour cloning with SORL's shortcut-model policy and the Q term off.
+
+Not the published table's "BC" column, which is Gaussian behaviour cloning (`bc`, agents/bc.py). Flow BC is the
+ablation that isolates what SORL's Q term adds to the same policy class.
+
+`FlowFlowBCAgent` is `SORLAgent` without a critic: the same velocity network, the same `flow_matching_loss` and
+`self_consistency_loss` (inherited, not copied; weights `bc_flow_loss_coef` and `alpha`), the same EMA target policy
+for the self-consistency targets and the same K-step sampler (`sorl.shortcut.sample_euler`), so K in
+{1, 2, ..., denoise_timesteps} works exactly as for SORL. Its config is SORL's policy settings with SORL's defaults
+(`FlowBCConfig`, derived from `SORLConfig`). Only `create`, `update` and `sample_actions` differ: there is no critic to
+build, train or ask.
+
+N (best-of-N): flow BC has no critic, so there is no verifier to rank candidates. Best-of-N without a verifier picks a
+candidate at random, which has exactly the distribution of a single sample; `sample_actions` therefore returns the
+N = 1 sample for every N (documented, not an error), so one (K, N) evaluation grid runs for every agent and flow BC's N
+axis is flat by construction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import jax
+
+from agents.sorl import SORLAgent, SORLConfig, _actor_def
+from sorl import baselines as B
+from sorl import shortcut
+from sorl.inference import validate_K_N
+
+Array = jax.Array
+Batch = dict[str, Array]
+
+
+class FlowBCAgent(SORLAgent):
+    """SORLAgent's fields, holding only the policy: params, target_params and opt_state are `{'actor': ...}`."""
+
+    GRID_NOTES: ClassVar[dict[str, str]] = {"N": "it has no critic to rank candidates"}
+    """Test-time axes that do not change the action (`sorl.evaluation.grid_note`)."""
+
+    def update(self, batch: Batch) -> tuple[FlowBCAgent, dict[str, Array]]:
+        """One Adam step of the policy on `bc_flow_loss_coef * L_FM + alpha * L_SC` (SORL's clipped Adam), then the
+        EMA target policy towards the pre-step policy, as SORL. Pure; jit/scan/vmap it outside."""
+        new_rng, actor_rng = jax.random.split(self.rng)
+
+        def total(params):
+            loss, info = self.actor_loss(batch, params["actor"], actor_rng)
+            return loss, B.prefixed(actor=info)
+
+        return B.joint_update(self, total, new_rng)
+
+    def sample_actions(self, observations: Array, rng: Array, K: int = 1, N: int = 1) -> Array:
+        """`[B, A]` actions from K-step shortcut sampling; any N gives the N = 1 sample (no verifier, see above)."""
+        validate_K_N(K, N, self.max_K)
+        noise = jax.random.normal(rng, (*observations.shape[:-1], self.action_dim))
+        return shortcut.sample_euler(self.velocity_fn(self.params["actor"]), observations, noise, K)
+
+    @classmethod
+    def create(
+        cls, rng: Array | int, example_observations: Array, example_actions: Array, config: FlowBCConfig | None = None
+    ) -> FlowBCAgent:
+        config = FlowBCConfig() if config is None else config
+
+        def networks(obs: Array, act: Array, action_dim: int):
+            scalars = act[..., :1]  # example flow time t and step code d
+            return {"actor": (_actor_def(config, action_dim), (obs, act, scalars, scalars))}
+
+        return cls(**B.initial_fields(rng, config, example_observations, example_actions, networks, ["actor"]))
+
+
+POLICY_KEYS = (
+    "lr",
+    "grad_clip_norm",
+    "optimizer_beta1",
+    "optimizer_beta2",
+    "batch_size",
+    "actor_layer_size",
+    "actor_num_layers",
+    "actor_layer_norm",
+    "tau",
+    "alpha",
+    "bc_flow_loss_coef",
+    "t_epsilon",
+    "denoise_timesteps",
+)
+"""The SORLConfig settings that concern the policy alone: flow BC's settings, with SORL's defaults."""
+
+
+class _FlowBCConfigBase:
+    @property
+    def q_loss_coef(self) -> float:
+        """Always 0: the Q term is off (SORLAgent.actor_loss then skips it entirely)."""
+        return 0.0
+
+    def validate(self) -> None:
+        B.check_config(self)
+
+
+FlowBCConfig = dataclasses.make_dataclass(
+    "FlowBCConfig",
+    [
+        (f.name, f.type, dataclasses.field(default=f.default))
+        for f in dataclasses.fields(SORLConfig)
+        if f.name in POLICY_KEYS
+    ],
+    bases=(_FlowBCConfigBase,),
+    frozen=True,
+)
+FlowBCConfig.__module__ = __name__
+FlowBCConfig.__doc__ = "SORL's policy settings (`POLICY_KEYS`, same names and defaults as SORLConfig), no critic."
+
+FlowBCAgent.Config = FlowBCConfig
