@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments import paper
 from sorl import runs
 from sorl.errors import SorlError
 
@@ -266,6 +267,7 @@ class Row:
     ci_high: float
     paper: float | None = None
     paper_std: float | None = None
+    paper_mark: str = ""  # a footnote mark on the published number ("†": our settings there are unverified)
 
     @property
     def runs(self) -> int:
@@ -355,7 +357,6 @@ def table_rows(
 ) -> tuple[list[Row], list[str]]:
     """(rows, notes) of the table."""
     from envs.registry import ENVIRONMENTS
-    from experiments import paper
 
     bad = [lv for lv in levels if lv not in ("task", "env", "all")]
     if bad or not levels:
@@ -399,6 +400,7 @@ def table_rows(
                     value = paper.published_value(published, env, agent)
                     if value is not None:
                         row.paper, row.paper_std = value
+                        row.paper_mark = _comparison_caveats(recs, env, agent, notes)
                 rows.append(row)
             all_groups.update({f"{env}/{t}": s for t, s in tasks.items()})
         if "all" in levels and len(scores) > 1:
@@ -422,9 +424,43 @@ def table_rows(
             f"{len(runset.incomplete)} run directories not complete (failed or running) are left out, "
             f"e.g. {runset.incomplete[0]}"
         )
-    if published is not None and "env" in levels and not any(r.paper is not None for r in rows):
-        notes.append("no published number matches these environments and agents")
+    if published is not None and "env" in levels:
+        if any(r.paper is not None for r in rows):
+            notes.insert(0, comparison_note())
+        else:
+            notes.append("no published number matches these environments and agents")
     return rows, notes
+
+
+def comparison_note() -> str:
+    """Which (K, N) each side of `--compare` is."""
+    return (
+        "ours: the row's cell (default: the largest K evaluated, N = 1; --K/--N pick another); "
+        f"paper: the published number, {paper.PUBLISHED_CELL} (no best-of-N; the one-step baselines have no K)"
+    )
+
+
+def _comparison_caveats(recs: Sequence[RunRecord], env: str, agent: str, notes: list[str]) -> str:
+    """The footnote mark of one compared row, adding its note once: '†' where our per-environment settings of
+    `agent` on `env` are unverified. A SORL row trained with our default update (not the released one that made
+    the published numbers) gets a note too."""
+    from envs.registry import settings_source
+
+    mark = ""
+    source = settings_source(agent, env)
+    if source is not None and not source[0]:
+        mark = "†"
+        note = f"† {agent} on {env}: our per-environment settings are unverified ({source[1]}; envs/registry.py)"
+        if note not in notes:
+            notes.append(note)
+    if agent == "sorl" and any(r.settings.get("released_update") in ("False", "false") for r in recs if r.env == env):
+        note = (
+            f"{recs[0].label} on {env}: trained with our default update; the published SORL numbers come from "
+            "the released update (released_update=True, the paper-sorl spec)"
+        )
+        if note not in notes:
+            notes.append(note)
+    return mark
 
 
 # ------------------------------------------------------------------------------------------- formatting
@@ -456,12 +492,13 @@ def _cells(r: Row, compare: bool) -> list[str]:
     ]
     if compare:
         paper_text = "—" if r.paper is None else _f(r.paper, 0) + (f" ± {_f(r.paper_std, 0)}" if r.paper_std else "")
+        paper_text += r.paper_mark
         cells += [paper_text, _signed(r.diff)]
     return cells
 
 
 HEADER = ["environment", "task", "method", "cell", "seeds", "success % (mean ± std)", "IQM [95% CI]"]
-COMPARE_HEADER = ["paper", "ours − paper"]
+COMPARE_HEADER = [f"paper ({paper.PUBLISHED_CELL})", "ours − paper"]
 CSV_FIELDS = [
     "level",
     "environment",
@@ -500,7 +537,8 @@ def format_table(rows: Sequence[Row], fmt: str = "md", *, compare: bool = False,
                  reps: int = BOOTSTRAP_REPS) -> str:  # fmt: skip
     if fmt not in ("md", "csv", "latex"):
         raise SorlError(f"--format {fmt}: use md, csv or latex")
-    header = HEADER + (COMPARE_HEADER if compare else [])
+    # With --compare the header says which (K, N) each side is: ours per row, the published one in its column.
+    header = [h + " (ours)" if compare and h == "cell" else h for h in HEADER] + (COMPARE_HEADER if compare else [])
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")

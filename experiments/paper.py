@@ -17,6 +17,23 @@ COLUMNS = ("BC", "IQL", "ReBRAC", "IDQL", "FQL", "SORL")
 """Columns of the published table; IDQL has no agent here."""
 
 AGENT_COLUMN = {"bc": "BC", "iql": "IQL", "rebrac": "ReBRAC", "fql": "FQL", "sorl": "SORL"}
+"""Our agent behind each published column. `flow-bc` (shortcut-policy BC) has no published column: the published BC
+is Gaussian behaviour cloning, our `bc`."""
+
+OUR_SIDE: dict[str, str] = {
+    # published column -> the agent and update that produce our side of `sorl table --compare paper`
+    "BC": "bc: Gaussian BC (agents/bc.py), 4x512 MLP, maximum likelihood with std 1, the mean action at test time",
+    "IQL": "iql: the FQL reference's IQL (AWR actor), one Adam step of the summed losses per update",
+    "ReBRAC": "rebrac with shared_adam=True (default): the FQL reference's single Adam over actor and critic",
+    "IDQL": "no agent here",
+    "FQL": "fql: the FQL reference's update, one Adam step of the summed losses per update",
+    "SORL": "sorl with released_update=True (paper-sorl spec): the released code's update, which produced the "
+    "published numbers; released_update=False (paper-sorl-clean) is our default, the paper text's update",
+}
+
+PUBLISHED_CELL = "N = 1"
+"""What the published numbers are, in our (K, N) terms: no best-of-N. The one-step baselines have no K; for SORL,
+compare our K = 8 (the default: the largest K evaluated) and other K with `--K`."""
 
 PUBLISHED: dict[str, dict[str, tuple[float, float | None]]] = {
     # environment (short name, as in the paper) -> column -> (mean, std over seeds or None)

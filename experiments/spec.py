@@ -563,7 +563,7 @@ def _env_names() -> list[str]:
 def format_value(value: Any) -> str:
     """A TOML value as a `--agent.KEY=VALUE` string."""
     if isinstance(value, bool):
-        return "true" if value else "false"
+        return "True" if value else "False"  # as Python and the README spell them (the parser takes both)
     if isinstance(value, list | tuple):
         return ",".join(format_value(v) for v in value)
     if isinstance(value, float):

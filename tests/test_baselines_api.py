@@ -136,6 +136,21 @@ def test_per_environment_settings_cover_the_table():
     assert agent_env_settings("bc", "scene-play") == {}
 
 
+def test_every_per_environment_setting_names_its_source():
+    from envs.registry import SETTING_SOURCES, settings_source
+
+    for agent, table in AGENT_ENV_SETTINGS.items():
+        assert set(SETTING_SOURCES[agent]) == set(table), agent
+        assert all(isinstance(v, bool) and source for v, source in SETTING_SOURCES[agent].values())
+    # Read in the authors' own commands: SORL's and FQL's per-environment lists, the README's humanoidmaze examples.
+    assert all(settings_source("sorl", env)[0] for env in AGENT_ENV_SETTINGS["sorl"])
+    assert all(settings_source("fql", env)[0] for env in AGENT_ENV_SETTINGS["fql"])
+    assert settings_source("rebrac", "humanoidmaze-medium-navigate-task2")[0]
+    assert settings_source("iql", "humanoidmaze-medium-navigate")[0]
+    assert not settings_source("rebrac", "cube-single-play")[0] and not settings_source("iql", "scene-play")[0]
+    assert settings_source("bc", "cube-single-play") is None
+
+
 def test_task_picks_the_settings_and_overrides_win():
     _, config, settings = resolve_agent_config("rebrac", "scene-play-singletask-task3-v0", {"alpha_critic": "0.5"})
     assert settings == dict(alpha_actor=0.1, alpha_critic=0.01, discount=0.99)

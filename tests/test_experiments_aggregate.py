@@ -106,6 +106,28 @@ def test_statistics_match_hand_computed_values(runs_root):
     assert overall.tasks == 4 and overall.mean == pytest.approx((25 + 70 + 50 + 20) / 4)
 
 
+def test_comparison_footnotes_unverified_settings_and_the_sorl_update(tmp_path):
+    # ReBRAC's cube-single settings are unverified (envs/registry.py): its published number carries a mark and a
+    # note; FQL's are the reference README's: none. A SORL trained with our default update is named in a note.
+    for seed in (1, 2):
+        write_run(tmp_path, "cube-single-play-task1", "rebrac", seed, {(1, 1): 0.5})
+        write_run(tmp_path, "cube-single-play-task1", "fql", seed, {(1, 1): 0.5})
+        write_run(tmp_path / "clean", "cube-single-play-task1", "sorl", seed, {(8, 1): 0.5},
+                  overrides={"released_update": "False"})  # fmt: skip
+        write_run(tmp_path / "released", "cube-single-play-task1", "sorl", seed, {(8, 1): 0.5},
+                  overrides={"released_update": "True"})  # fmt: skip
+    rows, notes = aggregate.table_rows(aggregate.load_runs([tmp_path]), levels=("env",), compare="paper")
+    marks = {r.method: r.paper_mark for r in rows}
+    assert marks == {"rebrac": "†", "fql": "", "sorl released_update=False": "", "sorl released_update=True": ""}
+    assert notes[0].startswith("ours: the row's cell") and "paper: the published number, N = 1" in notes[0]
+    (unverified,) = [n for n in notes if n.startswith("†")]
+    assert "rebrac on cube-single-play" in unverified and "unverified" in unverified
+    (update,) = [n for n in notes if "default update" in n]
+    assert update.startswith("sorl released_update=False on cube-single-play")
+    out = aggregate.format_table(rows, compare=True, notes=notes)
+    assert "| 91† |" in out and "Note: † rebrac on cube-single-play" in out
+
+
 def test_iqm_and_bootstrap_agree_with_their_definitions():
     x = np.array([5.0, 1.0, 9.0, 3.0, 7.0, 2.0, 8.0, 4.0, 6.0, 100.0])
     assert aggregate.iqm(x) == pytest.approx(np.mean(np.sort(x)[2:8]))
@@ -138,7 +160,8 @@ def test_cell_selection_and_formats(runs_root, capsys):
 
     cli.main(["table", str(runs_root), "--compare", "paper", "--level", "env"])
     out = capsys.readouterr().out
-    assert "| paper | ours − paper |" in out and "47.5 ± 17.1" in out and "97 ± 1" in out and "-49.5" in out
+    assert "| cell (ours) |" in out and "| paper (N = 1) | ours − paper |" in out  # each side's (K, N)
+    assert "47.5 ± 17.1" in out and "97 ± 1" in out and "-49.5" in out
     assert "K=8, N=1" in out and "2/5 tasks" in out and "| 3-4 |" in out and "not complete" in out
 
     cli.main(["table", str(runs_root), "--format", "latex", "--level", "env,all"])

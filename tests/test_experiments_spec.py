@@ -101,7 +101,7 @@ name = "paper"
     assert {r.variant for r in runs if r.agent == "sorl"} == {"released", "paper"}
     assert {r.variant for r in runs if r.agent == "fql"} == {"released", "paper"}  # fql lacks released_update
     (rel,) = [r for r in runs if r.agent == "sorl" and r.variant == "released" and r.id.endswith("task1/sorl/seed1")]
-    assert rel.overrides == {"released_update": "true"} and rel.id.startswith("released/")
+    assert rel.overrides == {"released_update": "True"} and rel.id.startswith("released/")
 
 
 def test_seeds_parsing():
@@ -213,7 +213,8 @@ def test_shipped_specs_load_and_expand():
     counts = {name: len(load_spec(name).runs()) for name in names}
     for agent in ("sorl", "fql", "rebrac", "iql", "bc"):
         assert counts[f"paper-{agent}"] == 8 * 5 * 8  # environments x tasks x seeds
-    assert counts["local"] == 5 * 5 * 5 * 8  # agents x environments x tasks x seeds
+    assert counts["paper-sorl-clean"] == 8 * 5 * 8
+    assert counts["local"] == 6 * 5 * 5 * 8  # agents x environments x tasks x seeds
     assert counts["scaling"] == 2 * 3 * 5 * 4  # max_k_backprop variants x environments x tasks x seeds
     local = load_spec("local")
     assert all(t.env.generatable for t in local.tasks)
@@ -247,10 +248,31 @@ def test_paper_specs_share_one_budget_and_the_published_settings():
         ]
         raw = tomllib.loads((SPECS_DIR / f"paper-{agent}.toml").read_text())
         for env, settings in raw.get("settings", {}).items():
+            if env == agent:  # the agent's own scope ([settings.sorl]: the update), not an environment
+                continue
             assert env in ENVIRONMENTS and settings == AGENT_ENV_SETTINGS[agent][env], (agent, env)
         if agent == "sorl":  # method.md's table, e.g. antmaze-giant: q_loss_coef 500, discount 0.995, q_agg min
             assert raw["settings"]["antmaze-giant-navigate"] == {"q_loss_coef": 500, "discount": 0.995, "q_agg": "min"}
     assert budgets == {(1_000_000, 100_000, 50, "post")}
+
+
+def test_paper_sorl_runs_the_released_update_and_paper_sorl_clean_ours():
+    # The published SORL numbers were made with the released update; the clean spec is the same cells with ours,
+    # in a directory of its own under the same root.
+    paper, clean = load_spec("paper-sorl"), load_spec("paper-sorl-clean")
+    assert all("--agent.released_update=True" in r.command() for r in paper.runs())
+    assert all("--agent.released_update=False" in r.command() for r in clean.runs())
+
+    def words(run, swap=()):
+        text = run.command()
+        for a, b in swap:
+            text = text.replace(a, b)
+        return sorted(text.split())
+
+    swap = (("clean-update/", ""), ("released_update=False", "released_update=True"))
+    assert [words(r, swap) for r in clean.runs()] == [words(r) for r in paper.runs()]  # nothing else differs
+    for name in ("local", "scaling"):  # compared with the published numbers and claims too
+        assert all(r.overrides.get("released_update") == "True" for r in load_spec(name).runs() if r.agent == "sorl")
 
 
 def test_readme_reproduces_the_paper_in_three_commands(tmp_path, capsys):
