@@ -4,6 +4,7 @@
     sorl table RUN_DIRS_OR_SWEEP... [--format md|csv|latex] [--K K --N N] [--compare paper] [--level env]
     sorl plot scaling RUN_DIRS_OR_SWEEP... [--out plots] [--stat mean|iqm] [--formats png,pdf]
     sorl plot curves RUN_DIRS_OR_SWEEP... [--out plots] [--K K --N N] [--metrics critic/critic_loss,...]
+    sorl results [PAGES_OR_DIRS...]     regenerate the committed results' tables and figures from their runs
 
 Kept free of heavy imports: the work is imported when a command runs.
 """
@@ -224,3 +225,22 @@ def plot(cmd: tyro.conf.OmitSubcommandPrefixes[PlotCommand]) -> None:
         )
     for p in paths:
         print(f"wrote {p}")
+
+
+# -------------------------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class ResultsArgs:
+    """Regenerate every table and figure of the results pages from the run summaries they name."""
+
+    paths: tyro.conf.Positional[tuple[str, ...]] = ()
+    """Results pages (.md) or directories of them (default: experiments/results and the project README)."""
+
+
+def results(args: Annotated[ResultsArgs, tyro.conf.arg(name="")]) -> None:
+    """Rewrite the `<!-- results: ... -->` blocks of the results pages (tables and figures) from the committed runs."""
+    from experiments.results import regenerate
+
+    for page, blocks in regenerate(args.paths):
+        print(f"regenerated {page} ({blocks} blocks)")

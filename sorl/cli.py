@@ -191,7 +191,7 @@ def evaluate(args: Annotated[EvalArgs, tyro.conf.arg(name="")]) -> None:
 # ----------------------------------------------------------------------------------------------- main
 
 from experiments.bench import BenchArgs  # noqa: E402 - the performance benchmark (experiments/bench.py)
-from experiments.commands import plot, sweep, table  # noqa: E402 - experiments layer: sweeps, tables, plots
+from experiments.commands import plot, results, sweep, table  # noqa: E402 - experiments layer: sweeps, tables, plots
 
 
 def bench(args: Annotated[BenchArgs, tyro.conf.arg(name="")]) -> None:
@@ -202,6 +202,7 @@ def bench(args: Annotated[BenchArgs, tyro.conf.arg(name="")]) -> None:
 
 
 _COMMANDS = {"data": data, "train": train, "eval": evaluate, "sweep": sweep, "table": table, "plot": plot}
+_COMMANDS["results"] = results
 _COMMANDS["bench"] = bench
 
 

@@ -1,0 +1,50 @@
+"""`sorl results` regenerates a results page's tables and figures from its committed runs (a tiny fixture)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from experiments import results
+from sorl import cli
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "results-demo"
+
+
+@pytest.fixture
+def page(tmp_path) -> Path:
+    root = tmp_path / "demo"
+    shutil.copytree(FIXTURE, root)
+    return root / "README.md"
+
+
+def test_results_regenerates_blocks_and_keeps_the_prose(page, capsys):
+    cli.main(["results", str(page.parent)])
+    assert f"regenerated {page} (2 blocks)" in capsys.readouterr().out
+    text = page.read_text()
+    assert "stale table" not in text
+    assert text.startswith("# A tiny results page (test fixture)\n\nHand-written prose stays as it is;")
+    assert "\nBetween the blocks, more prose.\n" in text
+    # SORL's default cell is K=8, N=1: seeds 60 % and 80 %; Gaussian BC's K=1, N=1: 10 % and 30 %.
+    assert "| cube-single-play | 1/5 tasks | sorl | K=8, N=1 | 2 | 70.0 ± 14.1 |" in text
+    assert "| cube-single-play | 1/5 tasks | bc | K=1, N=1 | 2 | 20.0 ± 14.1 |" in text
+    assert str(page.parent) not in text  # paths in the page stay relative to it
+    assert "![curves](figures/curves.png)" in text
+    assert (page.parent / "figures" / "curves.png").stat().st_size > 5_000
+    assert not (page.parent / "figures" / "curves.pdf").exists()  # PNG unless the block asks for more
+
+    results.regenerate([page])  # idempotent: the same runs give the same page
+    assert page.read_text() == text
+
+
+def test_a_block_that_cannot_be_made_is_one_line_and_the_page_stays(page, capsys):
+    page.write_text(page.read_text() + "\n<!-- results: table no-such-runs -->\n<!-- /results -->\n")
+    before = page.read_text()
+    with pytest.raises(SystemExit) as e:
+        cli.main(["results", str(page)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {page}:14: ") and "\n" not in err
+    assert page.read_text() == before
