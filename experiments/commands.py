@@ -3,6 +3,7 @@
     sorl sweep SPEC [--launcher local|slurm|ray] [--dry-run] [--max-parallel P] [--group-seeds] ...
     sorl table RUN_DIRS_OR_SWEEP... [--format md|csv|latex] [--K K --N N] [--compare paper] [--level env]
     sorl plot scaling RUN_DIRS_OR_SWEEP... [--out plots] [--stat mean|iqm] [--formats png,pdf]
+    sorl plot compute RUN_DIRS_OR_SWEEP... [--out plots]     success against network evaluations per action
     sorl plot curves RUN_DIRS_OR_SWEEP... [--out plots] [--K K --N N] [--metrics critic/critic_loss,...]
     sorl results [PAGES_OR_DIRS...]     regenerate the committed results' tables and figures from their runs
 
@@ -206,8 +207,15 @@ class PlotCurves:
     reps: int = 1000
 
 
+@dataclass(frozen=True)
+class PlotCompute(PlotScaling):
+    """Success against inference compute (network evaluations per action): the sequential/parallel frontier."""
+
+
 PlotCommand = (
-    Annotated[PlotScaling, tyro.conf.subcommand("scaling")] | Annotated[PlotCurves, tyro.conf.subcommand("curves")]
+    Annotated[PlotScaling, tyro.conf.subcommand("scaling")]
+    | Annotated[PlotCompute, tyro.conf.subcommand("compute")]
+    | Annotated[PlotCurves, tyro.conf.subcommand("curves")]
 )
 
 
@@ -216,7 +224,9 @@ def plot(cmd: tyro.conf.OmitSubcommandPrefixes[PlotCommand]) -> None:
     from experiments import plots
 
     formats = [f for f in cmd.formats.split(",") if f.strip()]
-    if isinstance(cmd, PlotScaling):
+    if isinstance(cmd, PlotCompute):
+        paths = plots.plot_compute(cmd.paths, cmd.out, stat=cmd.stat, formats=formats, reps=cmd.reps, title=cmd.title)
+    elif isinstance(cmd, PlotScaling):
         paths = plots.plot_scaling(cmd.paths, cmd.out, stat=cmd.stat, formats=formats, reps=cmd.reps, title=cmd.title)
     else:
         metrics = [m.strip() for m in cmd.metrics.split(",") if m.strip()] if cmd.metrics else None

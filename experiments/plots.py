@@ -1,8 +1,10 @@
-"""`sorl plot scaling` and `sorl plot curves`: figures (PNG and PDF, matplotlib) from run directories only.
+"""`sorl plot scaling|compute|curves`: figures (PNG and PDF, matplotlib) from run directories only.
 
 - scaling: success against K (one line per N) and against N (one line per K), per environment and over all
   environments, one figure per method. Cells come from each run's `scaling.json` (`sorl eval`) when it has
   one, else from the final evaluation in `results.json`.
+- compute: success against network evaluations per action, every (K, N) cell a point, with the frontier of
+  sequential (K) against parallel (N) scaling.
 - curves: success (at one (K, N) cell, from `eval.csv`) and losses (from `train.csv`) against gradient updates,
   per environment and over all, every method in the same panels.
 
@@ -196,6 +198,94 @@ def plot_scaling(
         fig.suptitle(f"{title}\n{heading}" if title else heading, y=1.0)
         fig.tight_layout()
         written += _save(fig, Path(out_dir), f"scaling-{_safe(method)}", formats)
+        plt.close(fig)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------- compute
+
+
+def network_evaluations(K: int, N: int, critics: int = 2) -> int:
+    """Network evaluations to choose one action at (K, N): K policy steps for each of N candidates, and, when
+    N > 1, each candidate scored by every critic of the ensemble (N = 1 asks no critic)."""
+    return K * N + (N * critics if N > 1 else 0)
+
+
+def _critics(recs: Sequence[RunRecord]) -> int:
+    try:
+        return int(recs[0].settings.get("num_critics", 2))
+    except (TypeError, ValueError):
+        return 2
+
+
+def plot_compute(
+    paths: Sequence[str | Path],
+    out_dir: str | Path = "plots",
+    *,
+    stat: str = "mean",
+    formats: Sequence[str] = FORMATS,
+    reps: int = PLOT_REPS,
+    title: str | None = None,
+) -> list[Path]:
+    """Success against inference compute (network evaluations per action), every (K, N) cell a point: lines join
+    the cells of one N (sequential scaling, K growing) and the dashed line is the frontier, the best success at or
+    below each compute. One figure per method, one panel per environment and over all; returns the files."""
+    if stat not in STATS:
+        raise SorlError(f"--stat {stat}: use mean or iqm")
+    formats = _check_formats(formats)
+    plt = _pyplot()
+    runset = load_runs(paths)
+    written: list[Path] = []
+    for method, recs in _by_method(runset.records).items():
+        grids = {id(r): r.scaling_grid() for r in recs}
+        critics = _critics(recs)
+        panels = _env_panels(recs)
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+        for col, (env, env_recs) in enumerate(panels):
+            ax = axes[0][col]
+            cells = sorted(set().union(*(set(grids[id(r)]) for r in env_recs)))
+            points: dict[tuple[int, int], tuple[float, float, float]] = {}
+            for K, N in cells:
+                groups: dict[str, list[float]] = {}
+                for r in env_recs:
+                    c = grids[id(r)].get((K, N))
+                    if c is not None and c.get("success") is not None:
+                        groups.setdefault(r.task, []).append(100.0 * float(c["success"]))
+                est = _estimate(groups, stat, reps)
+                if np.isfinite(est[0]):
+                    points[(K, N)] = est
+            Ns = sorted({n for _, n in points})
+            cmap = plt.get_cmap("viridis")
+            for i, N in enumerate(Ns):
+                line = sorted((network_evaluations(K, n, critics), p, K) for (K, n), p in points.items() if n == N)
+                x = [c for c, _, _ in line]
+                y = np.array([p[0] for _, p, _ in line])
+                err = np.array([[p[0] - p[1] for _, p, _ in line], [p[2] - p[0] for _, p, _ in line]])
+                color = cmap(0.85 * i / max(1, len(Ns) - 1))
+                ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=2, color=color, label=f"N = {N}")
+                for cost, p, K in line:
+                    ax.annotate(f"K{K}", (cost, p[0]), textcoords="offset points", xytext=(3, 3), fontsize=6)
+            frontier, best = [], -math.inf
+            for cost, p in sorted((network_evaluations(K, N, critics), p[0]) for (K, N), p in points.items()):
+                if p > best:
+                    best = p
+                    frontier.append((cost, p))
+            if frontier:
+                xs, ys = zip(*frontier, strict=True)
+                ax.step(xs, ys, where="post", linestyle="--", color="black", linewidth=1, label="frontier")
+            costs = sorted({network_evaluations(K, N, critics) for K, N in points})
+            if costs:
+                ax.set_xscale("log", base=2)
+                ax.set_xlim(min(costs) / 1.3, max(costs) * 1.3)
+            ax.set_xlabel(f"network evaluations per action (K·N + {critics}N critic if N > 1)")
+            ax.set_ylabel(f"success rate (%, {stat})")
+            _success_ylim(ax)
+            ax.set_title(f"{env} ({_describe(env_recs)})")
+            ax.legend(loc="best", frameon=False)
+        heading = f"Success against inference compute: {method} (final checkpoint; bars: 95% bootstrap CI)"
+        fig.suptitle(f"{title}\n{heading}" if title else heading, y=1.02)
+        fig.tight_layout()
+        written += _save(fig, Path(out_dir), f"compute-{_safe(method)}", formats)
         plt.close(fig)
     return written
 

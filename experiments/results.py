@@ -11,6 +11,8 @@ A results page is a markdown file whose generated parts sit between markers, eac
     ![scaling-sorl](figures/scaling-sorl.png)
     <!-- /results -->
 
+`plot compute ...` works the same way.
+
 `regenerate` rewrites what lies between each pair of markers and nothing else, so the prose stays hand-written
 while every number and figure in the page comes from the run directories (results.json, eval.csv, train.csv,
 scaling.json) through the same code as the commands. Plots are written as PNG unless the block names
@@ -52,7 +54,7 @@ def render_block(command: str, base: Path) -> str:
     """The generated text of one block: `table ...`, `plot scaling ...` or `plot curves ...`, run from `base`."""
     from experiments import plots
     from experiments.aggregate import table
-    from experiments.commands import PlotCurves, PlotScaling, TableArgs
+    from experiments.commands import PlotCompute, PlotCurves, PlotScaling, TableArgs
 
     words = shlex.split(command)
     kind, args = (" ".join(words[:2]), words[2:]) if words[:1] == ["plot"] else (" ".join(words[:1]), words[1:])
@@ -62,13 +64,15 @@ def render_block(command: str, base: Path) -> str:
         paths = [str(base / p) for p in t.paths]
         text = table(paths, fmt=t.format, K=t.K, N=t.N, levels=levels, compare=t.compare, reps=t.reps)
         return _relative(text, base)
-    if kind in ("plot scaling", "plot curves"):
-        cls = PlotScaling if kind == "plot scaling" else PlotCurves
+    if kind in ("plot scaling", "plot compute", "plot curves"):
+        cls = {"plot scaling": PlotScaling, "plot compute": PlotCompute, "plot curves": PlotCurves}[kind]
         p = _parse(cls, args, command)
         formats = [f for f in p.formats.split(",") if f.strip()] if "--formats" in args else ["png"]
         paths, out = [str(base / x) for x in p.paths], base / p.out
         if kind == "plot scaling":
             written = plots.plot_scaling(paths, out, stat=p.stat, formats=formats, reps=p.reps, title=p.title)
+        elif kind == "plot compute":
+            written = plots.plot_compute(paths, out, stat=p.stat, formats=formats, reps=p.reps, title=p.title)
         else:
             metrics = [m.strip() for m in p.metrics.split(",") if m.strip()] if p.metrics else None
             written = plots.plot_curves(
@@ -76,7 +80,7 @@ def render_block(command: str, base: Path) -> str:
             )
         images = [w for w in written if w.suffix == ".png"] or written
         return "".join(f"![{w.stem}]({w.relative_to(base).as_posix()})\n" for w in images)
-    raise SorlError(f"unknown results block '{command}': use table ..., plot scaling ... or plot curves ...")
+    raise SorlError(f"unknown results block '{command}': use table ..., plot scaling|compute|curves ...")
 
 
 def _parse(cls: type, args: list[str], command: str):

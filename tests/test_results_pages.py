@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import results
+from experiments import plots, results
 from sorl import cli
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "results-demo"
@@ -34,6 +34,11 @@ def test_results_regenerates_blocks_and_keeps_the_prose(page, capsys):
     assert "![curves](figures/curves.png)" in text
     assert (page.parent / "figures" / "curves.png").stat().st_size > 5_000
     assert not (page.parent / "figures" / "curves.pdf").exists()  # PNG unless the block asks for more
+
+    # Success against compute: one point per (K, N) cell at K·N policy + 2N critic evaluations.
+    assert plots.network_evaluations(8, 1) == 8 and plots.network_evaluations(8, 4) == 32 + 8
+    (compute,) = plots.plot_compute([page.parent / "runs"], page.parent / "figures", formats=["png"], reps=100)[1:]
+    assert compute.name == "compute-sorl.png" and compute.stat().st_size > 5_000
 
     results.regenerate([page])  # idempotent: the same runs give the same page
     assert page.read_text() == text
