@@ -1,4 +1,4 @@
-"""SORL: a shortcut-model policy and an ensemble critic trained together in one stage (shared/docs/method.md).
+"""SORL: a shortcut-model policy and an ensemble critic trained together in one stage (docs/method.md).
 
 Each loss of the method is one method below: `flow_matching_loss`, `self_consistency_loss`, `q_loss` (their
 weighted sum is `actor_loss`) and `critic_loss`. The sampler, targets and verifier come from `sorl.shortcut` and
@@ -247,7 +247,7 @@ class SORLAgent(flax.struct.PyTreeNode):
         return params, opt_state, info
 
     def _released_step(self, batch: Batch, critic_rng: Array, actor_rng: Array, K_indices=(None, None)):
-        """The released code's update, reproduced exactly (method.md, "Known quirks").
+        """The released code's update, reproduced exactly (docs/method.md, "Update modes").
 
         One clipped Adam over all parameters, stepped twice: (1) with the critic loss's gradient, which includes
         a policy gradient through a' (no stop-gradient in this mode) and is clipped jointly with the critic's;
@@ -378,7 +378,7 @@ def _prefixed(critic_info: dict[str, Array], actor_info: dict[str, Array]) -> di
 
 @dataclass(frozen=True)
 class SORLConfig:
-    """The released code's keys and defaults (method.md); per-environment values are set by the caller."""
+    """The released code's keys and defaults (docs/method.md, "Defaults"); per-environment values: the caller."""
 
     lr: float = 1e-4
     grad_clip_norm: float = 1.0  # 0 disables clipping
@@ -402,7 +402,7 @@ class SORLConfig:
     denoise_timesteps: int = 8  # M, the finest discretisation trained and the largest K at test time
     max_k_backprop: int = 8  # largest K the Q term and the critic target sample with
     num_critics: int = 2
-    released_update: bool = False  # reproduce the released code's update (method.md, "Known quirks")
+    released_update: bool = False  # reproduce the released code's update (docs/method.md, "Update modes")
 
     def validate(self) -> None:
         """Raise a one-line SorlError naming the first invalid setting."""

@@ -1,7 +1,7 @@
 """Local dataset generation with the oracles the `ogbench` package ships, in the published file format.
 
 The recipe is OGBench's own (`data_gen_scripts/generate_manipspace.py` and `generate_locomaze.py`, summarised in
-shared/docs/method.md, "OGBench data"):
+docs/method.md, "OGBench data"):
 
 - manipulation `play`: `gymnasium.make(env_id, terminate_at_goal=False, mode='data_collection',
   max_episode_steps=1001)`; plan oracles with noise 0.1 and smoothing 0.5 (puzzle: the button oracle with

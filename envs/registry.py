@@ -14,9 +14,9 @@ always returns the explicit `-taskN` name, so one task has exactly one spelling 
 
 Dataset sizes ("published_episodes" x "max_episode_steps" per episode, plus a tenth as many validation
 episodes) are those of OGBench's data-generation commands (`data_gen_scripts/commands.sh` in the OGBench
-repository). shared/docs/method.md gives 1000 episodes for every manipulation `play` dataset; the commands
-file uses 3000 for cube-triple and puzzle-4x5 and 5000 for cube-quadruple and puzzle-4x6, and we follow the
-commands file since the issue asks for the published counts.
+repository). Summaries that give 1000 episodes for every manipulation `play` dataset are wrong for four
+of them: the commands file uses 3000 for cube-triple and puzzle-4x5 and 5000 for cube-quadruple and puzzle-4x6,
+the published counts, which we follow.
 """
 
 from __future__ import annotations
@@ -155,13 +155,13 @@ _PLAY = dict(
 _SPECS += [
     _spec("cube-single", "play", 2, 1000, 1001, **_PLAY),
     _spec("cube-double", "play", 2, 1000, 1001, **_PLAY),
-    _spec("cube-triple", "play", 2, 3000, 1001, **_PLAY),  # method.md: 1000; commands.sh: 3000
-    _spec("cube-quadruple", "play", 2, 5000, 1001, **_PLAY),  # method.md: 1000; commands.sh: 5000
+    _spec("cube-triple", "play", 2, 3000, 1001, **_PLAY),  # commands.sh: 3000, not 1000
+    _spec("cube-quadruple", "play", 2, 5000, 1001, **_PLAY),  # commands.sh: 5000, not 1000
     _spec("scene", "play", 2, 1000, 1001, **_PLAY),
     _spec("puzzle-3x3", "play", 4, 1000, 1001, **_PLAY),
     _spec("puzzle-4x4", "play", 4, 1000, 1001, **_PLAY),
-    _spec("puzzle-4x5", "play", 2, 3000, 1001, **_PLAY),  # method.md: 1000; commands.sh: 3000
-    _spec("puzzle-4x6", "play", 2, 5000, 1001, **_PLAY),  # method.md: 1000; commands.sh: 5000
+    _spec("puzzle-4x5", "play", 2, 3000, 1001, **_PLAY),  # commands.sh: 3000, not 1000
+    _spec("puzzle-4x6", "play", 2, 5000, 1001, **_PLAY),  # commands.sh: 5000, not 1000
 ]
 
 ENVIRONMENTS: dict[str, EnvSpec] = {s.name: s for s in _SPECS}

@@ -145,7 +145,7 @@ class TableArgs:
     level: str = "task,env,all"
     """Rows to show: task, env and/or all (comma-separated)."""
     compare: str | None = None
-    """'paper': the published numbers (shared/docs/method.md) side by side, and our difference; or a .md file."""
+    """'paper': the published numbers (experiments/paper.py) side by side, and our difference; or a .md file."""
     reps: int = 2000
     """Bootstrap resamples for the IQM confidence interval."""
     output: Path | None = None

@@ -1,8 +1,8 @@
-"""The published numbers SORL is measured against (shared/docs/method.md, "Published numbers").
+"""The published numbers SORL is measured against (docs/method.md, "Published numbers").
 
 Success %, mean over 5 tasks x 8 seeds, ogbench 1.1.0 (`success_timing='post'`). Kept here as data so that
 `sorl table --compare paper` works wherever the package is installed; tests/test_experiments_aggregate.py checks
-this copy against method.md's table when that file is present. `parse_published_table` reads the same table from
+this copy against the table of docs/method.md. `parse_published_table` reads the same table from
 any markdown file (`sorl table --compare FILE.md`).
 """
 

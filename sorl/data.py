@@ -19,7 +19,7 @@ BATCH_KEYS = ("observations", "actions", "rewards", "masks", "next_observations"
 """The keys an agent's `update(batch)` receives."""
 
 ACTION_CLIP = 1.0 - 1e-5
-"""Dataset actions are clipped to +-(1 - 1e-5), as in the reference code (method.md)."""
+"""Dataset actions are clipped to +-(1 - 1e-5), as in the reference code (docs/method.md, "Notation")."""
 
 Dataset = dict[str, jax.Array]
 

@@ -1,6 +1,6 @@
 """Shortcut-model math: the one place training, the critic target and inference take it from.
 
-Notation (shared/docs/method.md): noise `a0 ~ N(0, I)`, data action `a1`, flow time `t in [0, 1)`, a sampler with
+Notation (docs/method.md): noise `a0 ~ N(0, I)`, data action `a1`, flow time `t in [0, 1)`, a sampler with
 `K` equal steps has step size `h = 1/K` and step code `d = log2 K`. `M` (`denoise_timesteps`) is the finest
 discretisation trained; flow matching trains `d = log2 M`, self-consistency every coarser level.
 

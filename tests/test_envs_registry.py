@@ -93,7 +93,7 @@ def test_expand_environment():
 
 
 def test_agent_env_settings_from_method_table():
-    # shared/docs/method.md: the SORL per-environment table.
+    # The released README's SORL per-environment table (docs/method.md, "Defaults").
     assert agent_env_settings("sorl", "antmaze-giant-navigate-singletask-task2-v0") == dict(
         q_loss_coef=500, discount=0.995, q_agg="min"
     )

@@ -251,7 +251,7 @@ def test_paper_specs_share_one_budget_and_the_published_settings():
             if env == agent:  # the agent's own scope ([settings.sorl]: the update), not an environment
                 continue
             assert env in ENVIRONMENTS and settings == AGENT_ENV_SETTINGS[agent][env], (agent, env)
-        if agent == "sorl":  # method.md's table, e.g. antmaze-giant: q_loss_coef 500, discount 0.995, q_agg min
+        if agent == "sorl":  # the released README: antmaze-giant has q_loss_coef 500, discount 0.995, q_agg min
             assert raw["settings"]["antmaze-giant-navigate"] == {"q_loss_coef": 500, "discount": 0.995, "q_agg": "min"}
     assert budgets == {(1_000_000, 100_000, 50, "post")}
 

@@ -1,4 +1,4 @@
-"""Gradients flow only where method.md says, and released_update reproduces the released optimizer exactly."""
+"""Gradients flow only where docs/method.md says, and released_update reproduces the released optimizer exactly."""
 
 from __future__ import annotations
 
