@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from sorl import baselines as B
 from sorl.inference import validate_K_N
+from sorl.validation import check_config
 
 Array = jax.Array
 Params = Any
@@ -113,7 +114,7 @@ class BCConfig:
     actor_fc_scale: float = 0.01  # init scale of the mean head
 
     def validate(self) -> None:
-        B.check_config(self)
+        check_config(self)
 
 
 BCAgent.Config = BCConfig

@@ -27,6 +27,7 @@ from agents.sorl import SORLAgent, SORLConfig, _actor_def
 from sorl import baselines as B
 from sorl import shortcut
 from sorl.inference import validate_K_N
+from sorl.validation import check_config
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -93,7 +94,7 @@ class _FlowBCConfigBase:
         return 0.0
 
     def validate(self) -> None:
-        B.check_config(self)
+        check_config(self)
 
 
 FlowBCConfig = dataclasses.make_dataclass(

@@ -25,6 +25,7 @@ from sorl import shortcut
 from sorl.errors import SorlError
 from sorl.inference import sample_best_of_n, validate_K_N
 from sorl.networks import CriticEnsemble, ShortcutVelocityNet
+from sorl.validation import check_config, invalid
 
 Array = jax.Array
 Params = Any
@@ -405,46 +406,14 @@ class SORLConfig:
     released_update: bool = False  # reproduce the released code's update (docs/method.md, "Update modes")
 
     def validate(self) -> None:
-        """Raise a one-line SorlError naming the first invalid setting."""
+        """Raise a one-line SorlError naming the first invalid setting (`sorl.validation`)."""
+        check_config(self)
 
-        def bad(key: str, requirement: str) -> SorlError:
-            return SorlError(f"invalid agent setting {key}={getattr(self, key)!r}: {requirement} (--agent.{key}=...)")
-
-        def finite(key: str) -> bool:
-            value = getattr(self, key)
-            return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-        for key in ("lr",):
-            if not finite(key) or getattr(self, key) <= 0:
-                raise bad(key, "must be a positive number")
-        for key in ("grad_clip_norm", "alpha", "bc_flow_loss_coef", "q_loss_coef"):
-            if not finite(key) or getattr(self, key) < 0:
-                raise bad(key, "must be a non-negative number")
-        for key in ("optimizer_beta1", "optimizer_beta2", "t_epsilon"):
-            if not finite(key) or not 0 <= getattr(self, key) < 1:
-                raise bad(key, "must be in [0, 1)")
-        if not finite("discount") or not 0 <= self.discount <= 1:
-            raise bad("discount", "must be in [0, 1]")
-        if not finite("tau") or not 0 < self.tau <= 1:
-            raise bad("tau", "must be in (0, 1]")
-        for key in ("batch_size", "actor_layer_size", "value_layer_size", "num_critics"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise bad(key, "must be a positive integer")
-        for key in ("actor_num_layers", "value_num_layers"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise bad(key, "must be a non-negative integer")
-        if self.q_agg not in ("mean", "min"):
-            raise bad("q_agg", "must be 'mean' or 'min'")
-        for key in ("denoise_timesteps", "max_k_backprop"):
-            if not shortcut.is_power_of_two(getattr(self, key)):
-                raise bad(key, "must be a power of two (1, 2, 4, 8, ...)")
+    def cross_checks(self) -> None:
         if self.max_k_backprop > self.denoise_timesteps:
-            raise bad("max_k_backprop", f"must be at most denoise_timesteps={self.denoise_timesteps}")
-        for key in ("layer_norm", "actor_layer_norm", "normalize_q_loss", "released_update"):
-            if not isinstance(getattr(self, key), bool):
-                raise bad(key, "must be true or false")
+            raise invalid(
+                "max_k_backprop", self.max_k_backprop, f"must be at most denoise_timesteps={self.denoise_timesteps}"
+            )
 
 
 SORLAgent.Config = SORLConfig

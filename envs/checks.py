@@ -25,8 +25,6 @@ import numpy as np
 
 from envs.registry import EnvSpec
 
-FLOAT_KEYS = ("observations", "actions", "qpos", "qvel")
-
 
 @dataclass(frozen=True)
 class Dims:

@@ -99,10 +99,6 @@ class Task:
         """'cube-single-play-task2'."""
         return f"{self.env.name}-task{self.task_id}"
 
-    @property
-    def is_default(self) -> bool:
-        return self.task_id == self.env.default_task
-
     def __str__(self) -> str:
         return self.name
 

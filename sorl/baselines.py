@@ -1,8 +1,8 @@
 """Building blocks the baseline agents (agents/fql.py, rebrac.py, iql.py, bc.py) share.
 
 - `BaselineConfig`: the fields and defaults FQL, ReBRAC and IQL share in the FQL reference code (4x512 GELU MLPs,
-  LayerNorm in critics only, Adam 3e-4 without clipping, batch 256, gamma 0.99, tau 0.005, two critics), and
-  `check_config`, the one-line validation every baseline config's `validate()` runs.
+  LayerNorm in critics only, Adam 3e-4 without clipping, batch 256, gamma 0.99, tau 0.005, two critics); its
+  `validate()` is `sorl.validation.check_config`, as every agent config's.
 - Networks: `critic_def` (the reference `Value`: a `CriticEnsemble`, one member for IQL's V), `ActorHead` /
   `actor_head` (the reference `Actor`: MLP trunk, small-init mean head, constant or learned log-std; ReBRAC plays
   `tanh(mean)`, IQL uses the Gaussian). FQL's 10-step flow sampler is `sorl.shortcut.euler`, the same Euler
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -34,9 +34,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sorl.errors import SorlError
 from sorl.inference import best_of_n
 from sorl.networks import MLP, CriticEnsemble, default_init
+from sorl.validation import check_config
 
 Array = jax.Array
 Params = Any
@@ -63,65 +63,6 @@ class BaselineConfig:
 
     def validate(self) -> None:
         check_config(self)
-
-
-# Requirements by field name; `check_config` applies the ones whose field a config has.
-_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {}
-
-
-def _rule(names: Iterable[str], ok: Callable[[Any], bool], requirement: str) -> None:
-    for name in names:
-        _RULES[name] = (ok, requirement)
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _integer(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-_rule(["lr"], lambda v: _number(v) and v > 0, "must be a positive number")
-_rule(
-    ["grad_clip_norm", "alpha", "alpha_actor", "alpha_critic", "actor_noise", "actor_noise_clip", "bc_flow_loss_coef"],
-    lambda v: _number(v) and v >= 0,
-    "must be a non-negative number",
-)
-_rule(["discount"], lambda v: _number(v) and 0 <= v <= 1, "must be in [0, 1]")
-_rule(["optimizer_beta1", "optimizer_beta2", "t_epsilon"], lambda v: _number(v) and 0 <= v < 1, "must be in [0, 1)")
-_rule(
-    ["denoise_timesteps"],
-    lambda v: _integer(v) and v >= 1 and v & (v - 1) == 0,
-    "must be a power of two (1, 2, 4, 8, ...)",
-)
-_rule(["tau"], lambda v: _number(v) and 0 < v <= 1, "must be in (0, 1]")
-_rule(["expectile"], lambda v: _number(v) and 0 < v < 1, "must be in (0, 1)")
-_rule(["actor_fc_scale"], lambda v: _number(v) and v > 0, "must be a positive number")
-_rule(
-    ["batch_size", "actor_layer_size", "value_layer_size", "num_critics", "flow_steps", "actor_freq"],
-    lambda v: _integer(v) and v >= 1,
-    "must be a positive integer",
-)
-_rule(["actor_num_layers", "value_num_layers"], lambda v: _integer(v) and v >= 0, "must be a non-negative integer")
-_rule(["q_agg"], lambda v: v in ("mean", "min"), "must be 'mean' or 'min'")
-_rule(
-    ["layer_norm", "actor_layer_norm", "normalize_q_loss", "const_std", "shared_adam"],
-    lambda v: isinstance(v, bool),
-    "must be true or false",
-)
-
-
-def check_config(config: Any) -> None:
-    """Raise a one-line SorlError naming the first field of `config` that breaks its rule above."""
-    for f in fields(config):
-        rule = _RULES.get(f.name)
-        if rule is None:
-            continue
-        ok, requirement = rule
-        value = getattr(config, f.name)
-        if not ok(value):
-            raise SorlError(f"invalid agent setting {f.name}={value!r}: {requirement} (--agent.{f.name}=...)")
 
 
 def hidden_dims(size: int, num_layers: int) -> tuple[int, ...]:

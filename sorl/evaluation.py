@@ -120,12 +120,7 @@ def _make_env(task_name: str, success_timing: str, max_episode_steps: int | None
 
     if max_episode_steps is None:
         return make_env(task_name, success_timing=success_timing)
-    try:
-        return make_env(task_name, success_timing=success_timing, max_episode_steps=max_episode_steps)
-    except TypeError:  # make_env without gymnasium kwargs: cut episodes with an outer time limit
-        import gymnasium
-
-        return gymnasium.wrappers.TimeLimit(make_env(task_name, success_timing=success_timing), max_episode_steps)
+    return make_env(task_name, success_timing=success_timing, max_episode_steps=max_episode_steps)
 
 
 class _EnvSlice:

@@ -72,6 +72,19 @@ def test_invalid_settings_are_one_line_errors(name, key, value):
         apply_overrides(get_agent(name).Config(), {key: value})
 
 
+def test_every_agent_setting_has_exactly_one_validation_rule():
+    # One mechanism for every agent: a setting of any registered config is checked by its rule, none skipped.
+    from agents import AGENTS
+    from sorl.validation import RULES, check_config
+
+    for name, cls in AGENTS.items():
+        missing = [f.name for f in dataclasses.fields(cls.Config) if f.name not in RULES]
+        assert not missing, (name, missing)
+        check_config(cls.Config())  # the defaults are valid
+    with pytest.raises(SorlError, match=r"max_k_backprop=8: must be at most denoise_timesteps=4"):
+        dataclasses.replace(get_agent("sorl").Config(), denoise_timesteps=4).validate()  # a cross-field check
+
+
 def test_reference_flag_names_port_directly():
     fql = apply_overrides(get_agent("fql").Config(), {"alpha": "300", "q_agg": "min", "normalize_q_loss": "true"})
     assert (fql.alpha, fql.q_agg, fql.normalize_q_loss) == (300.0, "min", True)
