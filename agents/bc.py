@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from sorl import baselines as B
+from sorl.agent import Agent
 from sorl.inference import validate_K_N
 from sorl.validation import check_config
 
@@ -32,7 +33,7 @@ Params = Any
 Batch = dict[str, Array]
 
 
-class BCAgent(flax.struct.PyTreeNode):
+class BCAgent(Agent):
     rng: Array
     step: Array
     params: dict[str, Params]  # {'actor'}
@@ -46,11 +47,6 @@ class BCAgent(flax.struct.PyTreeNode):
         "N": "it has no critic to rank candidates",
     }
     """Test-time axes that do not change this agent's action, and why (see `sorl.evaluation.grid_note`)."""
-
-    @property
-    def max_K(self) -> None:
-        """None: the Gaussian policy has no step count, so every power-of-two K is accepted and gives the same."""
-        return None
 
     def policy(self, actor_params: Params, observations: Array) -> tuple[Array, Array]:
         """`(mean, log_std)` of the Gaussian policy."""

@@ -3,12 +3,11 @@
 Not the published table's "BC" column, which is Gaussian behaviour cloning (`bc`, agents/bc.py). Flow BC is the
 ablation that isolates what SORL's Q term adds to the same policy class.
 
-`FlowFlowBCAgent` is `SORLAgent` without a critic: the same velocity network, the same `flow_matching_loss` and
-`self_consistency_loss` (inherited, not copied; weights `bc_flow_loss_coef` and `alpha`), the same EMA target policy
-for the self-consistency targets and the same K-step sampler (`sorl.shortcut.sample_euler`), so K in
-{1, 2, ..., denoise_timesteps} works exactly as for SORL. Its config is SORL's policy settings with SORL's defaults
-(`FlowBCConfig`, derived from `SORLConfig`). Only `create`, `update` and `sample_actions` differ: there is no critic to
-build, train or ask.
+`FlowBCAgent` is SORL's shortcut policy without a critic: both agents build on `agents.sorl.ShortcutPolicy`, so
+the velocity network, `flow_matching_loss`, `self_consistency_loss` (weights `bc_flow_loss_coef` and `alpha`), the
+EMA target policy of the self-consistency targets and the K-step sampler (`sorl.shortcut.sample_euler`) are the same
+code, and K in {1, 2, ..., denoise_timesteps} works exactly as for SORL. Its config is SORL's policy settings with
+SORL's defaults (`FlowBCConfig`, derived from `SORLConfig`). There is no critic to build, train or ask.
 
 N (best-of-N): flow BC has no critic, so there is no verifier to rank candidates. Best-of-N without a verifier picks a
 candidate at random, which has exactly the distribution of a single sample; `sample_actions` therefore returns the
@@ -23,7 +22,7 @@ from typing import ClassVar
 
 import jax
 
-from agents.sorl import SORLAgent, SORLConfig, _actor_def
+from agents.sorl import ShortcutPolicy, SORLConfig, actor_network
 from sorl import baselines as B
 from sorl import shortcut
 from sorl.inference import validate_K_N
@@ -33,11 +32,20 @@ Array = jax.Array
 Batch = dict[str, Array]
 
 
-class FlowBCAgent(SORLAgent):
-    """SORLAgent's fields, holding only the policy: params, target_params and opt_state are `{'actor': ...}`."""
+class FlowBCAgent(ShortcutPolicy):
+    """The shortcut policy alone: params, target_params and opt_state are `{'actor': ...}`."""
 
     GRID_NOTES: ClassVar[dict[str, str]] = {"N": "it has no critic to rank candidates"}
     """Test-time axes that do not change the action (`sorl.evaluation.grid_note`)."""
+
+    def actor_loss(self, batch: Batch, actor_params, rng: Array) -> tuple[Array, dict[str, Array]]:
+        """`bc_flow_loss_coef * L_FM + alpha * L_SC`: SORL's actor loss without its Q term."""
+        cfg = self.config
+        fm_rng, sc_rng, _ = jax.random.split(rng, 3)  # SORL's split (its third key draws the Q term's K)
+        fm_loss = self.flow_matching_loss(batch, actor_params, fm_rng)
+        sc_loss = self.self_consistency_loss(batch, actor_params, sc_rng)
+        loss = cfg.bc_flow_loss_coef * fm_loss + cfg.alpha * sc_loss
+        return loss, {"actor_loss": loss, "bc_flow_loss": fm_loss, "consistency_loss": sc_loss}
 
     def update(self, batch: Batch) -> tuple[FlowBCAgent, dict[str, Array]]:
         """One Adam step of the policy on `bc_flow_loss_coef * L_FM + alpha * L_SC` (SORL's clipped Adam), then the
@@ -64,7 +72,7 @@ class FlowBCAgent(SORLAgent):
 
         def networks(obs: Array, act: Array, action_dim: int):
             scalars = act[..., :1]  # example flow time t and step code d
-            return {"actor": (_actor_def(config, action_dim), (obs, act, scalars, scalars))}
+            return {"actor": (actor_network(config, action_dim), (obs, act, scalars, scalars))}
 
         return cls(**B.initial_fields(rng, config, example_observations, example_actions, networks, ["actor"]))
 
@@ -90,7 +98,7 @@ POLICY_KEYS = (
 class _FlowBCConfigBase:
     @property
     def q_loss_coef(self) -> float:
-        """Always 0: the Q term is off (SORLAgent.actor_loss then skips it entirely)."""
+        """Always 0: the Q term is off (flow BC is SORL with q_loss_coef = 0)."""
         return 0.0
 
     def validate(self) -> None:

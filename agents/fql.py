@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from sorl import baselines as B
 from sorl import shortcut
+from sorl.agent import Agent
 from sorl.inference import sample_best_of_n, validate_K_N
 from sorl.networks import MLP, ShortcutVelocityNet
 
@@ -49,7 +50,7 @@ class OneStepPolicy(nn.Module):
         return MLP((*self.hidden_dims, self.action_dim), layer_norm=self.layer_norm)(x)
 
 
-class FQLAgent(flax.struct.PyTreeNode):
+class FQLAgent(Agent):
     rng: Array
     step: Array
     params: dict[str, Params]  # {'critic', 'actor_bc_flow', 'actor_onestep_flow'}
@@ -60,11 +61,6 @@ class FQLAgent(flax.struct.PyTreeNode):
 
     GRID_NOTES: ClassVar[dict[str, str]] = {"K": "its one-step policy has no step count"}
     """Test-time axes that do not change the action (`sorl.evaluation.grid_note`)."""
-
-    @property
-    def max_K(self) -> None:
-        """None: sampling has no step count, so every power-of-two K is accepted and gives the same policy."""
-        return None
 
     # ------------------------------------------------------------------------------------------- networks
 

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from sorl import baselines as B
+from sorl.agent import Agent
 from sorl.inference import validate_K_N
 
 Array = jax.Array
@@ -34,7 +35,7 @@ Batch = dict[str, Array]
 ADVANTAGE_WEIGHT_MAX = 100.0  # the reference's clip of exp(alpha * advantage)
 
 
-class IQLAgent(flax.struct.PyTreeNode):
+class IQLAgent(Agent):
     rng: Array
     step: Array
     params: dict[str, Params]  # {'value', 'critic', 'actor'}
@@ -45,11 +46,6 @@ class IQLAgent(flax.struct.PyTreeNode):
 
     GRID_NOTES: ClassVar[dict[str, str]] = {"K": "its Gaussian policy has no step count"}
     """Test-time axes that do not change the action (`sorl.evaluation.grid_note`)."""
-
-    @property
-    def max_K(self) -> None:
-        """None: the Gaussian policy has no step count, so every power-of-two K is accepted and gives the same."""
-        return None
 
     # ------------------------------------------------------------------------------------------- networks
 

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from sorl import baselines as B
+from sorl.agent import Agent
 from sorl.errors import SorlError
 from sorl.inference import validate_K_N
 
@@ -39,7 +40,7 @@ Params = Any
 Batch = dict[str, Array]
 
 
-class ReBRACAgent(flax.struct.PyTreeNode):
+class ReBRACAgent(Agent):
     rng: Array
     step: Array  # updates done so far; the actor steps when (step + 1) % actor_freq == 0
     params: dict[str, Params]  # {'actor', 'critic'}
@@ -50,11 +51,6 @@ class ReBRACAgent(flax.struct.PyTreeNode):
 
     GRID_NOTES: ClassVar[dict[str, str]] = {"K": "its deterministic actor has no step count"}
     """Test-time axes that do not change the action (`sorl.evaluation.grid_note`)."""
-
-    @property
-    def max_K(self) -> None:
-        """None: the actor is deterministic and one-step, so every power-of-two K is accepted and gives the same."""
-        return None
 
     @staticmethod
     def prepare_dataset(dataset: dict[str, Array]) -> dict[str, Array]:

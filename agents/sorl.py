@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from sorl import shortcut
+from sorl.agent import Agent
 from sorl.errors import SorlError
 from sorl.inference import sample_best_of_n, validate_K_N
 from sorl.networks import CriticEnsemble, ShortcutVelocityNet
@@ -32,18 +33,18 @@ Params = Any
 Batch = dict[str, Array]
 
 
-class SORLAgent(flax.struct.PyTreeNode):
-    """Immutable agent state: checkpointable as one pytree and vmappable over seeds (its PRNG key included)."""
+class ShortcutPolicy(Agent):
+    """The shortcut-model policy that SORL and flow BC share: the velocity network, its two behaviour-cloning
+    losses and the K-step sampler. Immutable agent state, checkpointable as one pytree and vmappable over seeds
+    (its PRNG key included); `params`, `target_params` hold at least the policy under 'actor'."""
 
     rng: Array
     step: Array
-    params: dict[str, Params]  # {'actor': shortcut velocity net, 'critic': Q ensemble}
-    target_params: dict[str, Params]  # EMA copies of both
-    opt_state: Any  # default: {'actor': ..., 'critic': ...}; released_update: one state over `params`
+    params: dict[str, Params]  # {'actor': shortcut velocity net, ...}
+    target_params: dict[str, Params]  # EMA copies
+    opt_state: Any
     action_dim: int = flax.struct.field(pytree_node=False)
-    config: SORLConfig = flax.struct.field(pytree_node=False)
-
-    # ------------------------------------------------------------------------------------------- networks
+    config: Any = flax.struct.field(pytree_node=False)  # any config with the policy settings (POLICY_KEYS)
 
     @property
     def max_K(self) -> int:
@@ -52,17 +53,44 @@ class SORLAgent(flax.struct.PyTreeNode):
 
     @property
     def actor_def(self) -> ShortcutVelocityNet:
-        return _actor_def(self.config, self.action_dim)
-
-    @property
-    def critic_def(self) -> CriticEnsemble:
-        return _critic_def(self.config)
+        return actor_network(self.config, self.action_dim)
 
     def velocity_fn(self, actor_params: Params) -> shortcut.VelocityFn:
         def velocity(observations: Array, a_t: Array, t: Array | float, d: Array | float) -> Array:
             return self.actor_def.apply({"params": actor_params}, observations, a_t, t, d)
 
         return velocity
+
+    def flow_matching_loss(self, batch: Batch, actor_params: Params, rng: Array) -> Array:
+        """L_FM: velocity at the finest step (d = log2 M) regressed on a1 - (1 - eps) a0."""
+        a1 = batch["actions"]
+        fm = shortcut.flow_matching_batch(rng, a1, self.config.denoise_timesteps, self.config.t_epsilon)
+        target = shortcut.flow_matching_target(fm.a0, a1, self.config.t_epsilon)
+        pred = self.velocity_fn(actor_params)(batch["observations"], fm.a_t, fm.t, fm.d)
+        return jnp.mean((pred - target) ** 2)
+
+    def self_consistency_loss(self, batch: Batch, actor_params: Params, rng: Array) -> Array:
+        """L_SC: one step of size h matches two half steps of the target policy, for every coarser h."""
+        M = self.config.denoise_timesteps
+        if M == 1:  # no coarser level than the finest: nothing to distil
+            return jnp.zeros((), jnp.float32)
+        sc = shortcut.self_consistency_batch(rng, batch["actions"], M, self.config.t_epsilon)
+        target_velocity = self.velocity_fn(jax.lax.stop_gradient(self.target_params["actor"]))
+        # self_consistency_target stops the gradient of the target itself, whatever network produced it.
+        target = shortcut.self_consistency_target(target_velocity, batch["observations"], sc.a_t, sc.t, sc.d, sc.h)
+        pred = self.velocity_fn(actor_params)(batch["observations"], sc.a_t, sc.t, sc.d)
+        return jnp.mean((pred - target) ** 2)
+
+
+class SORLAgent(ShortcutPolicy):
+    """The shortcut policy and its critic: params, target_params and opt_state hold 'actor' and 'critic'
+    (opt_state: one state per network, or one shared state with `released_update`)."""
+
+    config: SORLConfig = flax.struct.field(pytree_node=False)
+
+    @property
+    def critic_def(self) -> CriticEnsemble:
+        return _critic_def(self.config)
 
     def q_values(self, critic_params: Params, observations: Array, actions: Array, K: Array | float) -> Array:
         """`[num_critics, B]` Q values of actions produced with K sampling steps."""
@@ -110,26 +138,6 @@ class SORLAgent(flax.struct.PyTreeNode):
         return actions, jnp.exp2(idx).astype(jnp.float32)
 
     # --------------------------------------------------------------------------------------------- losses
-
-    def flow_matching_loss(self, batch: Batch, actor_params: Params, rng: Array) -> Array:
-        """L_FM: velocity at the finest step (d = log2 M) regressed on a1 - (1 - eps) a0."""
-        a1 = batch["actions"]
-        fm = shortcut.flow_matching_batch(rng, a1, self.config.denoise_timesteps, self.config.t_epsilon)
-        target = shortcut.flow_matching_target(fm.a0, a1, self.config.t_epsilon)
-        pred = self.velocity_fn(actor_params)(batch["observations"], fm.a_t, fm.t, fm.d)
-        return jnp.mean((pred - target) ** 2)
-
-    def self_consistency_loss(self, batch: Batch, actor_params: Params, rng: Array) -> Array:
-        """L_SC: one step of size h matches two half steps of the target policy, for every coarser h."""
-        M = self.config.denoise_timesteps
-        if M == 1:  # no coarser level than the finest: nothing to distil
-            return jnp.zeros((), jnp.float32)
-        sc = shortcut.self_consistency_batch(rng, batch["actions"], M, self.config.t_epsilon)
-        target_velocity = self.velocity_fn(jax.lax.stop_gradient(self.target_params["actor"]))
-        # self_consistency_target stops the gradient of the target itself, whatever network produced it.
-        target = shortcut.self_consistency_target(target_velocity, batch["observations"], sc.a_t, sc.t, sc.d, sc.h)
-        pred = self.velocity_fn(actor_params)(batch["observations"], sc.a_t, sc.t, sc.d)
-        return jnp.mean((pred - target) ** 2)
 
     def q_loss(
         self, batch: Batch, actor_params: Params, rng: Array, K_index: Array | int | None = None
@@ -220,8 +228,6 @@ class SORLAgent(flax.struct.PyTreeNode):
         batch (`sorl.multiseed`, the step count shared, not batched) run the one drawn `lax.switch` branch
         instead of all of them, while a single-seed run takes exactly the same steps as that seed in a batch.
         """
-        if type(self).update is not SORLAgent.update:  # a subclass with its own update (flow BC) draws no K
-            return self.update(batch)
         return self.update(batch, K_rng=K_schedule_rng(self.step))
 
     def _paper_step(self, batch: Batch, critic_rng: Array, actor_rng: Array, K_indices=(None, None)):
@@ -329,7 +335,7 @@ def _init_agent(cls: type[SORLAgent], config: SORLConfig, rng: Array, observatio
     rng, actor_rng, critic_rng = jax.random.split(rng, 3)
     scalars = actions[..., :1]
     params = {
-        "actor": _actor_def(config, action_dim).init(actor_rng, observations, actions, scalars, scalars)["params"],
+        "actor": actor_network(config, action_dim).init(actor_rng, observations, actions, scalars, scalars)["params"],
         "critic": _critic_def(config).init(critic_rng, observations, actions, scalars)["params"],
     }
     tx = make_optimizer(config)
@@ -346,7 +352,8 @@ def _init_agent(cls: type[SORLAgent], config: SORLConfig, rng: Array, observatio
     )
 
 
-def _actor_def(config: SORLConfig, action_dim: int) -> ShortcutVelocityNet:
+def actor_network(config: Any, action_dim: int) -> ShortcutVelocityNet:
+    """The shortcut velocity net a config's `actor_*` settings describe (SORL's and flow BC's policy)."""
     return ShortcutVelocityNet(
         action_dim=action_dim,
         hidden_dims=(config.actor_layer_size,) * config.actor_num_layers,

@@ -131,9 +131,11 @@ class RunSet:
     records: list[RunRecord]
     """Complete runs."""
     incomplete: list[Path]
-    """Run directories left out (failed, running or unreadable)."""
+    """Run directories left out (failed or running)."""
     expected_seeds: int | None = None
     """Seeds per task the sweep asks for, when aggregated from a spec."""
+    corrupt: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+    """Run directories whose results.json cannot be read or lacks what a run record needs, and why."""
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -209,18 +211,24 @@ def load_runs(paths: Iterable[str | Path]) -> RunSet:
         else:
             raise SorlError(f"{p}: no such run directory or sweep spec")
     dirs = list(dict.fromkeys(d.resolve() for d in dirs))
-    records, incomplete = [], []
+    records, incomplete, corrupt = [], [], []
     for d in dirs:
-        rec = load_record(d) if (d / "results.json").is_file() else None
-        if rec is not None and rec.status == "complete":
-            records.append(rec)
+        state, detail = runs.run_state(d)
+        if state == "corrupt":
+            corrupt.append((d, detail or "unreadable"))
+        elif state == "complete":
+            rec = load_record(d)
+            if rec is None:
+                corrupt.append((d, f"{d / 'results.json'} lacks the task, agent, seed or final grid of a run"))
+            else:
+                records.append(rec)
         elif d.exists():
             incomplete.append(d)
     if not records:
         where = ", ".join(str(p) for p in paths)
         raise SorlError(f"no complete runs (results.json with status complete) in {where}; run `sorl sweep` first")
     assign_labels(records)
-    return RunSet(records, incomplete, expected)
+    return RunSet(records, incomplete, expected, corrupt)
 
 
 def assign_labels(records: Sequence[RunRecord]) -> None:
@@ -419,6 +427,8 @@ def table_rows(
                 )
             )
     rows.sort(key=lambda r: (env_order.get(r.env, len(env_order)), r.level != "task", r.task, r.method))
+    if runset.corrupt:
+        notes.append(f"{len(runset.corrupt)} run directories are left out as unreadable: {runset.corrupt[0][1]}")
     if runset.incomplete:
         notes.append(
             f"{len(runset.incomplete)} run directories not complete (failed or running) are left out, "

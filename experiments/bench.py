@@ -241,7 +241,7 @@ def update_flops(agent, batch) -> dict[str, Any]:
             per_K[K] = {"flops": flops, "update_s": secs, "gflops": flops / secs / 1e9, "compile_s": compile_s}
         mean = sum(v["flops"] for v in per_K.values()) / len(per_K)
         return {"flops_per_update": mean, "per_K": per_K, "K_distribution": f"uniform over {list(K_choices)}"}
-    compiled = jax.jit(lambda a, b: getattr(a, "train_update", a.update)(b)).lower(agent, batch).compile()
+    compiled = jax.jit(lambda a, b: a.train_update(b)).lower(agent, batch).compile()
     return {
         "flops_per_update": _flops(compiled),
         "per_K": None,
@@ -294,7 +294,7 @@ def bench_inference(agent_name: str, size: Size, overrides) -> dict[str, Any]:
     agent_cls, config = agent_setup(agent_name, size, overrides)
     agent = _initial(agent_cls, config, 0)["agent"]
     policy = make_policy_fn()
-    max_K = getattr(agent, "max_K", None)
+    max_K = agent.max_K
     Ks = [K for K in size.Ks if max_K >= K] if max_K is not None else [1]  # None: the policy has no K
     out = []
     key = jax.random.PRNGKey(0)
@@ -592,9 +592,7 @@ def memory_child(data_dir: str, size_name: str, agent_name: str, overrides_json:
     gc.collect()
     nbytes = dataset_nbytes(dataset)
     agent_cls, config = agent_setup(agent_name, size, json.loads(overrides_json))
-    prepare = getattr(agent_cls, "prepare_dataset", None)
-    if prepare is not None:
-        dataset = prepare(dataset)
+    dataset = agent_cls.prepare_dataset(dataset)
     state = _initial(agent_cls, config, 0)
     agent, rng = distinct_buffers((state["agent"], state["data_rng"]))
     compiled = compile_chunk(agent, rng, dataset, config.batch_size, 2)
@@ -685,7 +683,7 @@ def bench_changes(agent_name: str, size: Size, overrides, dataset, training: Map
     # 2. A host round trip per update (sample, update, fetch the info) instead of a scanned chunk.
     s = _initial(agent_cls, config, 0)
     state = {"agent": distinct_buffers(s["agent"]), "key": jax.random.PRNGKey(2)}
-    update = jax.jit(lambda a, b: getattr(a, "train_update", a.update)(b))
+    update = jax.jit(lambda a, b: a.train_update(b))
     sample = jax.jit(sample_batch, static_argnums=2)
 
     def per_update() -> float:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.spec import RunSpec, Spec, load_spec
+from sorl import runs as runs_lib
 from sorl.errors import SorlError, suggest
 
 LAUNCHERS = ("local", "slurm", "ray")
@@ -75,20 +76,10 @@ def make_jobs(runs: Sequence[RunSpec], group_seeds: bool) -> list[Job]:
 
 
 def run_state(run: RunSpec) -> tuple[str, str | None]:
-    """('complete' | 'failed' | 'pending', error) from the run's results.json."""
-    path = Path(run.run_dir) / "results.json"
-    if not path.is_file():
-        return "pending", None
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return "pending", None  # half-written or corrupt: train() rewrites it
-    status = results.get("status")
-    if status == "complete" and results.get("steps") == run.train["steps"]:
-        return "complete", None
-    if status == "failed":
-        return "failed", str(results.get("error") or "failed")
-    return "pending", None
+    """('complete' | 'failed' | 'pending', error) of one run of the sweep (`sorl.runs.run_state`); a corrupt
+    results.json counts as failed, with the line saying what to do, so it is reported and not silently rerun."""
+    state, detail = runs_lib.run_state(run.run_dir, run.train["steps"])
+    return ("failed", detail) if state == "corrupt" else (state, detail)
 
 
 # ---------------------------------------------------------------------------------- running one job

@@ -32,11 +32,7 @@ from sorl.errors import SorlError
 if TYPE_CHECKING:
     from sorl.cli import EvalArgs
 
-SUCCESS_UNIT = "fraction"
-"""`success` in every results file is the fraction of episodes that succeeded, in [0, 1]."""
-
-RESULT_KEYS = ("K", "N", "success", "return", "length", "episodes")
-
+from sorl.runs import RESULT_KEYS, SUCCESS_UNIT  # noqa: E402 - the results schema belongs to the run directory
 
 # ------------------------------------------------------------------------------------------- parsing
 

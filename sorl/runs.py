@@ -41,6 +41,14 @@ RESULTS = "results.json"
 SCALING_JSON = "scaling.json"
 SCALING_CSV = "scaling.csv"
 
+SUCCESS_UNIT = "fraction"
+"""`success` in every results file is the fraction of episodes that succeeded, in [0, 1]."""
+
+RESULT_KEYS = ("K", "N", "success", "return", "length", "episodes")
+"""The keys of one (K, N) cell of results.json's `final` list (and of eval.csv's rows)."""
+
+SUCCESS_METRIC = "fraction of evaluation episodes with OGBench info['success'] at the episode's end (final checkpoint)"
+
 _BOOKKEEPING = {".lock", ".write-test"}
 """Files a run directory may hold before its config is written (they do not make it 'not empty')."""
 
@@ -71,6 +79,60 @@ def agent_name(record: Mapping[str, Any]) -> str:
     if name == "bc" and isinstance(agent_config, Mapping) and "denoise_timesteps" in agent_config:
         return "flow-bc"
     return name
+
+
+def make_results(
+    run_config: Mapping[str, Any],
+    steps: int,
+    step: int,
+    grid: Sequence[Mapping[str, Any]] | None,
+    status: str,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """results.json of a run (its `config.json` content `run_config`) that ended with `status` ("complete" or
+    "failed", with the one-line `error`) at update `step` of `steps`; `final` is the last evaluation grid."""
+    out = {
+        "status": status,
+        "task": run_config["task"],
+        "agent": run_config["agent"],
+        "seed": run_config["seed"],
+        "steps": steps,
+        "step": step,
+        "success_timing": run_config["success_timing"],
+        "ogbench_version": run_config["ogbench_version"],
+        "sorl_version": run_config["sorl_version"],
+        "config": run_config["agent_config"],
+        "eval_episodes": run_config["eval"]["episodes"],
+        "eval_max_episode_steps": run_config["eval"]["max_episode_steps"],
+        "success_unit": SUCCESS_UNIT,
+        "success_metric": SUCCESS_METRIC,
+        "final": [{k: r[k] for k in RESULT_KEYS} for r in grid] if grid else [],
+    }
+    if error:
+        out["error"] = error
+    return out
+
+
+def run_state(path: str | Path, steps: int | None = None) -> tuple[str, str | None]:
+    """The one answer to "is this run done?": ('complete' | 'failed' | 'corrupt' | 'pending', detail).
+
+    complete: results.json says so (with `steps` updates, when given); failed: it says failed (detail: its error);
+    corrupt: it cannot be read (detail: what to do); pending: no results.json yet, or a complete one for another
+    step budget (training continues it).
+    """
+    run = RunDir(path)
+    if not run.results.is_file():
+        return "pending", None
+    try:
+        results = run.read_results() or {}
+    except SorlError as e:
+        return "corrupt", str(e)
+    status = results.get("status")
+    if status == "complete" and (steps is None or results.get("steps") == steps):
+        return "complete", None
+    if status == "failed":
+        return "failed", str(results.get("error") or "failed")
+    return "pending", None
 
 
 class RunDir:

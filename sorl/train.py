@@ -66,8 +66,8 @@ def train_chunk(
     def body(carry, _):
         agent, rng = carry
         rng, key = jax.random.split(rng)
-        # `train_update` where the agent has one (SORL: K from the schedule shared by seeds), else `update`.
-        agent, info = getattr(agent, "train_update", agent.update)(sample_batch(dataset, key, batch_size))
+        # The agent contract's training step (sorl.agent; SORL: K from the schedule shared by seeds).
+        agent, info = agent.train_update(sample_batch(dataset, key, batch_size))
         return (agent, rng), info
 
     (agent, data_rng), infos = jax.lax.scan(body, (agent, data_rng), None, length=num_updates)
@@ -368,9 +368,7 @@ def train_runs(
     dataset = to_device(train_data)
     del train_data
     # Agents that need more than the standard batch keys (ReBRAC's next dataset action) derive them once here.
-    prepare = getattr(agent_cls, "prepare_dataset", None)
-    if prepare is not None:
-        dataset = prepare(dataset)
+    dataset = agent_cls.prepare_dataset(dataset)
 
     def run_config_of(seed: int) -> dict[str, Any]:
         return {
@@ -422,7 +420,7 @@ def train_runs(
     try:
         for sr in todo:
             sr.state = initial_state(agent_cls, config, sr.seed, example_obs, example_act)
-            validate_grid(Ks, Ns, getattr(sr.state["agent"], "max_K", None))
+            validate_grid(Ks, Ns, sr.state["agent"].max_K)
             note = grid_note(sr.state["agent"], agent, Ks, Ns)
             if note and sr is todo[0]:
                 print(note, flush=True)
@@ -488,7 +486,7 @@ def train_runs(
             for sr in todo:
                 if sr.results is None and sr.run_config is not None and sr.ckpt is not None:
                     sr.run.try_write_results(
-                        _results(sr.run_config, steps, sr.step, sr.last_eval, "failed", error=error)
+                        runs.make_results(sr.run_config, steps, sr.step, sr.last_eval, "failed", error=error)
                     )
         raise
     finally:
@@ -593,7 +591,7 @@ def _train_group(
 
     def fail(sr: SeedRun, step: int, message: str) -> None:
         sr.error = message
-        sr.results = _results(sr.run_config, steps, step, sr.last_eval, "failed", error=message)
+        sr.results = runs.make_results(sr.run_config, steps, step, sr.last_eval, "failed", error=message)
         sr.run.try_write_results(sr.results)
         if several:
             _say(bar, f"seed {sr.seed}: {message}")
@@ -667,7 +665,7 @@ def _train_group(
             run_eval(steps)
         for _, sr in live():
             sr.ckpt.wait()
-            sr.results = _results(sr.run_config, steps, steps, sr.last_eval, "complete")
+            sr.results = runs.make_results(sr.run_config, steps, steps, sr.last_eval, "complete")
             sr.results["timing"] = {
                 "compile_s": timing["compile_s"] - compile_before,
                 "train_s": train_s,
@@ -681,37 +679,6 @@ def _train_group(
     finally:
         if bar is not None:
             bar.close()
-
-
-def _results(
-    run_config: Mapping[str, Any],
-    steps: int,
-    step: int,
-    grid: list[dict[str, Any]] | None,
-    status: str,
-    error: str | None = None,
-) -> dict[str, Any]:
-    out = {
-        "status": status,
-        "task": run_config["task"],
-        "agent": run_config["agent"],
-        "seed": run_config["seed"],
-        "steps": steps,
-        "step": step,
-        "success_timing": run_config["success_timing"],
-        "ogbench_version": run_config["ogbench_version"],
-        "sorl_version": run_config["sorl_version"],
-        "config": run_config["agent_config"],
-        "eval_episodes": run_config["eval"]["episodes"],
-        "eval_max_episode_steps": run_config["eval"]["max_episode_steps"],
-        "success_unit": SUCCESS_UNIT,
-        "success_metric": "fraction of evaluation episodes with OGBench info['success'] at the episode's end "
-        "(final checkpoint)",
-        "final": [{k: r[k] for k in RESULT_KEYS} for r in grid] if grid else [],
-    }
-    if error:
-        out["error"] = error
-    return out
 
 
 def _plain(d: Any) -> Any:

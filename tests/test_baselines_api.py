@@ -72,6 +72,18 @@ def test_invalid_settings_are_one_line_errors(name, key, value):
         apply_overrides(get_agent(name).Config(), {key: value})
 
 
+def test_every_agent_implements_the_contract():
+    # sorl.agent: one base class with the default hooks; flow BC shares SORL's policy, not its critic.
+    from agents import AGENTS
+    from agents.sorl import ShortcutPolicy
+    from sorl.agent import Agent
+
+    for name, cls in AGENTS.items():
+        assert issubclass(cls, Agent) and dataclasses.is_dataclass(cls.Config), name
+    assert issubclass(get_agent("flow-bc"), ShortcutPolicy) and not issubclass(get_agent("flow-bc"), get_agent("sorl"))
+    assert "critic_loss" not in dir(get_agent("flow-bc"))
+
+
 def test_every_agent_setting_has_exactly_one_validation_rule():
     # One mechanism for every agent: a setting of any registered config is checked by its rule, none skipped.
     from agents import AGENTS

@@ -128,6 +128,23 @@ def test_comparison_footnotes_unverified_settings_and_the_sorl_update(tmp_path):
     assert "| 91† |" in out and "Note: † rebrac on cube-single-play" in out
 
 
+def test_a_corrupt_results_file_is_reported_not_skipped(tmp_path):
+    from experiments import launchers
+    from sorl import runs
+
+    write_run(tmp_path, "cube-single-play-task1", "sorl", 1, {(8, 1): 0.5})
+    bad = write_run(tmp_path, "cube-single-play-task1", "sorl", 2, {(8, 1): 0.5})
+    (bad / "results.json").write_text('{"status": "compl')  # cut short
+    assert runs.run_state(bad)[0] == "corrupt" and runs.run_state(bad.parent / "seed1") == ("complete", None)
+    runset = aggregate.load_runs([tmp_path])
+    assert [r.seed for r in runset.records] == [1] and [d for d, _ in runset.corrupt] == [bad.resolve()]
+    _, notes = aggregate.table_rows(runset, levels=("env",))
+    assert any("unreadable" in n and "seed2" in n for n in notes), notes
+    fake = type("Run", (), {"run_dir": str(bad), "train": {"steps": 1000}})()
+    state, error = launchers.run_state(fake)
+    assert state == "failed" and "corrupt" in error  # a sweep lists it among the failed runs, with what to do
+
+
 def test_iqm_and_bootstrap_agree_with_their_definitions():
     x = np.array([5.0, 1.0, 9.0, 3.0, 7.0, 2.0, 8.0, 4.0, 6.0, 100.0])
     assert aggregate.iqm(x) == pytest.approx(np.mean(np.sort(x)[2:8]))

@@ -34,6 +34,7 @@ from test_train_loop import stand_in as _stand_in  # noqa: F401 - a fixture, use
 import agents
 from sorl import checkpoint, cli, reliability, runs
 from sorl import train as train_lib
+from sorl.agent import Agent
 from sorl.checkpoint import Checkpointer
 from sorl.errors import SorlError
 
@@ -150,7 +151,7 @@ class _Background:
 # --- a stand-in with an Adam optimizer, run as `sorl train` in a subprocess (fast to start and compile)
 
 
-class AdamAgent(flax.struct.PyTreeNode):
+class AdamAgent(Agent):
     """A linear policy fitted by Adam with noisy targets: parameters, optimizer state and an agent key."""
 
     params: dict

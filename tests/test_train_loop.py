@@ -24,6 +24,7 @@ import agents
 import envs
 from sorl import cli, evaluation, runs
 from sorl import train as train_lib
+from sorl.agent import Agent
 from sorl.checkpoint import Checkpointer
 from sorl.data import ACTION_CLIP, sample_batch, to_device
 from sorl.errors import SorlError
@@ -50,7 +51,7 @@ class TinyConfig:
             raise SorlError(f"--agent.lr={self.lr}: must be positive")
 
 
-class TinyAgent(flax.struct.PyTreeNode):
+class TinyAgent(Agent):
     w: jax.Array
     b: jax.Array
     rng: jax.Array  # typed key: checkpoints must round-trip it

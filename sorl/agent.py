@@ -1,0 +1,74 @@
+"""The agent contract: what the training loop, evaluation and checkpoints need from an agent, and its defaults.
+
+An agent is an immutable pytree (a `flax.struct.PyTreeNode` subclass of `Agent`) holding everything that changes
+during training — parameters, optimiser state, its PRNG key, a step count — so one value can be checkpointed,
+restored exactly, and vmapped over seeds. Its settings are a frozen dataclass, `Config`, passed at creation and
+kept as a static field (`flax.struct.field(pytree_node=False)`), whose `validate()` raises one-line errors
+(`sorl.validation.check_config`).
+
+Every agent implements:
+
+- `create(rng, example_observations, example_actions, config) -> agent` (a classmethod): a fresh agent, its
+  parameters initialised from `rng`;
+- `update(batch) -> (agent, info)`: one gradient update on a batch (`observations`, `actions`, `rewards`,
+  `masks`, `next_observations`, plus what `prepare_dataset` adds), pure, so that it can be jitted, scanned and
+  vmapped; `info` is a flat dict of scalars (the `train.csv` columns);
+- `sample_actions(observations, rng, K=1, N=1) -> actions`: `[B, A]` actions in [-1, 1] with K sampling steps
+  and best-of-N candidates (docs/method.md, "Test-time scaling").
+
+and may override these hooks, whose defaults suit most agents:
+
+- `max_K`: the largest K it was trained for (None: K does not apply, every power of two is accepted);
+- `GRID_NOTES`: the test-time axes ("K", "N") that cannot change its action, and why (printed once per
+  evaluation grid, `sorl.evaluation.grid_note`);
+- `train_update(batch)`: the update as the training loop runs it (default `update`; SORL draws its step counts
+  from a schedule shared by vmapped seeds);
+- `prepare_dataset(dataset)`: derive extra dataset keys once before training (default: none; ReBRAC adds the
+  next dataset action).
+
+A new agent is one file in `agents/` defining the agent class (with `Config` set) and one line in
+`agents.AGENTS`; the sweeps, tables, plots, checkpoints and `sorl train --agent NAME` pick it up from there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import flax
+import jax
+
+Array = jax.Array
+Batch = dict[str, Array]
+
+
+class Agent(flax.struct.PyTreeNode):
+    """Base class of every agent: the contract above, with its default hooks. Declares no fields."""
+
+    Config: ClassVar[type]
+    GRID_NOTES: ClassVar[dict[str, str]] = {}
+    """Test-time axes that do not change the action, and why (`sorl.evaluation.grid_note`)."""
+
+    @classmethod
+    def create(cls, rng: Array | int, example_observations: Array, example_actions: Array, config: Any = None):
+        raise NotImplementedError(f"{cls.__name__}.create")
+
+    def update(self, batch: Batch) -> tuple[Agent, dict[str, Array]]:
+        raise NotImplementedError(f"{type(self).__name__}.update")
+
+    def sample_actions(self, observations: Array, rng: Array, K: int = 1, N: int = 1) -> Array:
+        raise NotImplementedError(f"{type(self).__name__}.sample_actions")
+
+    @property
+    def max_K(self) -> int | None:
+        """The largest sampling step count this agent was trained for; None where K does not apply."""
+        return None
+
+    def train_update(self, batch: Batch) -> tuple[Agent, dict[str, Array]]:
+        """The update as the training loop runs it."""
+        return self.update(batch)
+
+    @staticmethod
+    def prepare_dataset(dataset: Mapping[str, Array]) -> Mapping[str, Array]:
+        """The training dataset with any keys this agent's batches need beyond the standard ones."""
+        return dataset
