@@ -916,7 +916,7 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m experiments.bench ...` (agent overrides as --agent.KEY=VALUE, as for `sorl train`)."""
     import tyro
 
-    from sorl.cli import split_agent_overrides
+    from sorl.config import split_agent_overrides
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

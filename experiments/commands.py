@@ -235,22 +235,3 @@ def plot(cmd: tyro.conf.OmitSubcommandPrefixes[PlotCommand]) -> None:
         )
     for p in paths:
         print(f"wrote {p}")
-
-
-# -------------------------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class ResultsArgs:
-    """Regenerate every table and figure of the results pages from the run summaries they name."""
-
-    paths: tyro.conf.Positional[tuple[str, ...]] = ()
-    """Results pages (.md) or directories of them (default: experiments/results and the project README)."""
-
-
-def results(args: Annotated[ResultsArgs, tyro.conf.arg(name="")]) -> None:
-    """Rewrite the `<!-- results: ... -->` blocks of the results pages (tables and figures) from the committed runs."""
-    from experiments.results import regenerate
-
-    for page, blocks in regenerate(args.paths):
-        print(f"regenerated {page} ({blocks} blocks)")

@@ -11,7 +11,7 @@ outcome per run; a failed run is reported with its log and does not stop the oth
 - `ray`: Ray tasks on an existing cluster (`--address`), or on a local Ray instance started (and stopped) here.
 
 `--group-seeds` makes one job of all pending seeds of one (agent, variant, task), trained together in that job's
-process by `sorl.multiseed.train_seeds` (one dataset copy, one compilation, one evaluation pool).
+process by `sorl.train.train_seeds` (one dataset copy, one compilation, one evaluation pool).
 
 A run counts as finished when its `results.json` exists: "complete" (with the spec's step budget) is skipped;
 "failed" (a non-finite loss) is skipped and listed again unless `--retry-failed`. Re-running the same command
@@ -176,8 +176,8 @@ def execute_job(runs: Sequence[RunSpec], *, log: bool = True, compile_cache: str
 
 def _execute_multi_seed(runs: list[RunSpec], *, log: bool) -> list[dict[str, Any]]:
     """The seeds of `runs` (one task and agent, directories `PARENT/seed<S>`) trained together by
-    `sorl.multiseed.train_seeds`; one outcome per seed, from its own results.json."""
-    from sorl.multiseed import train_seeds
+    `sorl.train.train_seeds`; one outcome per seed, from its own results.json."""
+    from sorl.train import train_seeds
 
     t0 = time.perf_counter()
     job = Job(runs)

@@ -132,6 +132,36 @@ def _by_method(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
     return out
 
 
+def _cell_estimate(
+    recs: Sequence[RunRecord], grids: dict[int, dict], cell: tuple[int, int], stat: str, reps: int
+) -> tuple[float, float, float]:
+    """(point, ci_low, ci_high) of success (%) at one (K, N) cell over `recs` (tasks as bootstrap strata)."""
+    groups: dict[str, list[float]] = {}
+    for r in recs:
+        c = grids[id(r)].get(cell)
+        if c is not None and c.get("success") is not None:
+            groups.setdefault(r.task, []).append(100.0 * float(c["success"]))
+    return _estimate(groups, stat, reps)
+
+
+def _finish_panel(ax: Any, xname: str, stat: str, env: str, recs: Sequence[RunRecord]) -> None:
+    ax.set_xlabel(xname)
+    ax.set_ylabel(f"success rate (%, {stat})")
+    _success_ylim(ax)
+    ax.set_title(f"{env} ({_describe(recs)})")
+    ax.legend(loc="best", frameon=False)
+
+
+def _finish_figure(
+    plt: Any, fig: Any, title: str | None, heading: str, y: float, stem: Path, formats: Sequence[str]
+) -> list[Path]:
+    fig.suptitle(f"{title}\n{heading}" if title else heading, y=y)
+    fig.tight_layout()
+    written = _save(fig, stem.parent, stem.name, formats)
+    plt.close(fig)
+    return written
+
+
 # --------------------------------------------------------------------------------------------- scaling
 
 
@@ -161,12 +191,7 @@ def plot_scaling(
             Ns = sorted({n for _, n in cells})
 
             def point(K: int, N: int, env_recs=env_recs, grids=grids) -> tuple[float, float, float]:
-                groups: dict[str, list[float]] = {}
-                for r in env_recs:
-                    c = grids[id(r)].get((K, N))
-                    if c is not None and c.get("success") is not None:
-                        groups.setdefault(r.task, []).append(100.0 * float(c["success"]))
-                return _estimate(groups, stat, reps)
+                return _cell_estimate(env_recs, grids, (K, N), stat, reps)
 
             for col, (xs, lines, xname, lname) in enumerate(
                 (
@@ -189,16 +214,9 @@ def plot_scaling(
                     ax.plot(x, y, marker="o", ms=4, color=color, label=f"{lname} = {line}")
                     ax.fill_between(x, lo, hi, color=color, alpha=0.18, linewidth=0)
                 _log2_axis(ax, xs)
-                ax.set_xlabel(xname)
-                ax.set_ylabel(f"success rate (%, {stat})")
-                _success_ylim(ax)
-                ax.set_title(f"{env} ({_describe(env_recs)})")
-                ax.legend(loc="best", frameon=False)
+                _finish_panel(ax, xname, stat, env, env_recs)
         heading = f"Test-time scaling: {method} (final checkpoint; bands: 95% stratified-bootstrap CI)"
-        fig.suptitle(f"{title}\n{heading}" if title else heading, y=1.0)
-        fig.tight_layout()
-        written += _save(fig, Path(out_dir), f"scaling-{_safe(method)}", formats)
-        plt.close(fig)
+        written += _finish_figure(plt, fig, title, heading, 1.0, Path(out_dir) / f"scaling-{_safe(method)}", formats)
     return written
 
 
@@ -246,12 +264,7 @@ def plot_compute(
             cells = sorted(set().union(*(set(grids[id(r)]) for r in env_recs)))
             points: dict[tuple[int, int], tuple[float, float, float]] = {}
             for K, N in cells:
-                groups: dict[str, list[float]] = {}
-                for r in env_recs:
-                    c = grids[id(r)].get((K, N))
-                    if c is not None and c.get("success") is not None:
-                        groups.setdefault(r.task, []).append(100.0 * float(c["success"]))
-                est = _estimate(groups, stat, reps)
+                est = _cell_estimate(env_recs, grids, (K, N), stat, reps)
                 if np.isfinite(est[0]):
                     points[(K, N)] = est
             Ns = sorted({n for _, n in points})
@@ -277,16 +290,10 @@ def plot_compute(
             if costs:
                 ax.set_xscale("log", base=2)
                 ax.set_xlim(min(costs) / 1.3, max(costs) * 1.3)
-            ax.set_xlabel(f"network evaluations per action (K·N + {critics}N critic if N > 1)")
-            ax.set_ylabel(f"success rate (%, {stat})")
-            _success_ylim(ax)
-            ax.set_title(f"{env} ({_describe(env_recs)})")
-            ax.legend(loc="best", frameon=False)
+            xname = f"network evaluations per action (K·N + {critics}N critic if N > 1)"
+            _finish_panel(ax, xname, stat, env, env_recs)
         heading = f"Success against inference compute: {method} (final checkpoint; bars: 95% bootstrap CI)"
-        fig.suptitle(f"{title}\n{heading}" if title else heading, y=1.02)
-        fig.tight_layout()
-        written += _save(fig, Path(out_dir), f"compute-{_safe(method)}", formats)
-        plt.close(fig)
+        written += _finish_figure(plt, fig, title, heading, 1.02, Path(out_dir) / f"compute-{_safe(method)}", formats)
     return written
 
 

@@ -26,7 +26,11 @@ import os
 import re
 import shlex
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+import tyro
 
 from sorl.errors import SorlError
 
@@ -142,3 +146,17 @@ def regenerate(roots: Sequence[str | Path] | None = None) -> list[tuple[Path, in
         where = ", ".join(map(str, roots))
         raise SorlError(f"no results page (a .md file with '<!-- results: ... -->' blocks) under {where}")
     return [(page, regenerate_page(page)) for page in found]
+
+
+@dataclass(frozen=True)
+class ResultsArgs:
+    """Regenerate every table and figure of the results pages from the run summaries they name."""
+
+    paths: tyro.conf.Positional[tuple[str, ...]] = ()
+    """Results pages (.md) or directories of them (default: experiments/results and the project README)."""
+
+
+def results(args: Annotated[ResultsArgs, tyro.conf.arg(name="")]) -> None:
+    """Rewrite the `<!-- results: ... -->` blocks of the results pages (tables and figures) from the committed runs."""
+    for page, blocks in regenerate(args.paths):
+        print(f"regenerated {page} ({blocks} blocks)")

@@ -15,11 +15,12 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import tyro
 
 from sorl import reliability
+from sorl.config import split_agent_overrides
 from sorl.errors import SorlError
 
 # ----------------------------------------------------------------------------------------------- data
@@ -152,12 +153,40 @@ def apply_quick_preset(args: TrainArgs, agent_overrides: dict[str, str]) -> tupl
 
 
 def train(args: TrainArgs, agent_overrides: dict[str, str] | None = None) -> None:
-    from sorl import train as train_lib
-
     agent_overrides = agent_overrides or {}
     if args.quick:
         args, agent_overrides = apply_quick_preset(args, agent_overrides)
-    train_lib.train_from_cli(args, agent_overrides)
+    train_from_cli(args, agent_overrides)
+
+
+def train_from_cli(args: TrainArgs, agent_overrides: dict[str, str]) -> dict[str, Any] | list[dict[str, Any]]:
+    """`sorl train ...` (one seed) and `sorl train --seeds 1-8 ...` (several)."""
+    from sorl import train as train_lib
+
+    settings = {
+        "steps": args.steps,
+        "data_dir": args.data_dir,
+        "success_timing": args.success_timing,
+        "agent_overrides": agent_overrides,
+        "log_interval": args.log_interval,
+        "eval_interval": args.eval_interval,
+        "checkpoint_interval": getattr(args, "checkpoint_interval", None),
+        "eval_episodes": args.eval_episodes,
+        "eval_K": args.eval_K,
+        "eval_N": args.eval_N,
+        "eval_workers": args.eval_workers,
+        "eval_envs": getattr(args, "eval_envs", None),
+        "eval_max_episode_steps": getattr(args, "eval_max_episode_steps", None),
+        "train_episodes": args.train_episodes,
+        "progress": args.progress,
+    }
+    if getattr(args, "seeds", None) is not None:
+        strategy = getattr(args, "seeds_strategy", "auto")
+        seeds = args.seeds
+        return train_lib.train_seeds(
+            args.task, args.agent, seeds=seeds, run_dir=args.run_dir, strategy=strategy, **settings
+        )
+    return train_lib.train(args.task, args.agent, seed=args.seed, run_dir=args.run_dir, **settings)
 
 
 # ----------------------------------------------------------------------------------------------- eval
@@ -183,15 +212,85 @@ class EvalArgs:
 
 
 def evaluate(args: Annotated[EvalArgs, tyro.conf.arg(name="")]) -> None:
-    from sorl import evaluation
+    eval_from_cli(args)
 
-    evaluation.eval_from_cli(args)
+
+def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
+    """`sorl eval RUN_DIR --K ... --N ...`: evaluate the run's last checkpoint over the grid.
+
+    Writes scaling.json and scaling.csv in the run directory and prints the table.
+    """
+    from sorl import evaluation, runs
+    from sorl.train import load_run
+
+    Ks = evaluation.parse_int_list(args.K, "--K")
+    Ns = evaluation.parse_int_list(args.N, "--N")
+    if args.episodes < 1:
+        raise SorlError(f"--episodes={args.episodes}: need at least 1 evaluation episode")
+    if args.workers is not None and args.workers < 1:
+        raise SorlError(f"--workers={args.workers}: need at least 1")
+    if getattr(args, "envs", None) is not None and args.envs < 1:
+        raise SorlError(f"--envs={args.envs}: need at least 1")
+    max_steps = getattr(args, "max_episode_steps", None)
+    if max_steps is not None and max_steps < 1:
+        raise SorlError(f"--max-episode-steps={max_steps}: must be >= 1")
+    evaluation.validate_grid(Ks, Ns, None)  # powers of two, N >= 1; the trained maximum once the agent is loaded
+    run = runs.RunDir(args.run_dir)
+    cfg = run.read_config()
+    agent, step = load_run(run)
+    evaluation.validate_grid(Ks, Ns, agent.max_K)
+    note = evaluation.grid_note(agent, runs.agent_name(cfg), Ks, Ns)
+    if note:
+        print(note, flush=True)
+    if max_steps is None:
+        max_steps = cfg.get("eval", {}).get("max_episode_steps")
+    envs = getattr(args, "envs", None) or cfg.get("eval", {}).get("envs")  # a memory cap set in training holds
+    timing = cfg.get("success_timing", "pre")
+    print(
+        f"evaluating {run.path} (step {step}) on {cfg['task']}: K={list(Ks)} N={list(Ns)}, "
+        f"{args.episodes} episodes, success_timing={timing}",
+        flush=True,
+    )
+    grid = evaluation.evaluate(
+        agent,
+        cfg["task"],
+        Ks,
+        Ns,
+        args.episodes,
+        seed=args.seed,
+        workers=args.workers,
+        success_timing=timing,
+        max_episode_steps=max_steps,
+        envs=envs,
+        progress=True,
+    )
+    out = {
+        "task": cfg["task"],
+        "agent": runs.agent_name(cfg),
+        "seed": cfg["seed"],
+        "step": step,
+        "eval_seed": args.seed,
+        "episodes": args.episodes,
+        "max_episode_steps": max_steps,
+        "success_timing": timing,
+        "ogbench_version": cfg.get("ogbench_version"),
+        "success_unit": evaluation.SUCCESS_UNIT,
+        "success_metric": "fraction of episodes with OGBench info['success'] at the episode's end",
+        "grid": grid,
+    }
+    runs.write_json(run.scaling_json, out)
+    runs.write_csv(run.scaling_csv, grid, [*evaluation.RESULT_KEYS, "env_steps", "time_s"])
+    title = f"{cfg['task']}  agent={runs.agent_name(cfg)}  seed={cfg['seed']}  step={step}  ({args.episodes} episodes)"
+    print(evaluation.format_grid(grid, title))
+    print(f"wrote {run.scaling_json} and {run.scaling_csv}")
+    return grid
 
 
 # ----------------------------------------------------------------------------------------------- main
 
 from experiments.bench import BenchArgs  # noqa: E402 - the performance benchmark (experiments/bench.py)
-from experiments.commands import plot, results, sweep, table  # noqa: E402 - experiments layer: sweeps, tables, plots
+from experiments.commands import plot, sweep, table  # noqa: E402 - experiments layer: sweeps, tables, plots
+from experiments.results import results  # noqa: E402 - the results pages
 
 
 def bench(args: Annotated[BenchArgs, tyro.conf.arg(name="")]) -> None:
@@ -204,27 +303,6 @@ def bench(args: Annotated[BenchArgs, tyro.conf.arg(name="")]) -> None:
 _COMMANDS = {"data": data, "train": train, "eval": evaluate, "sweep": sweep, "table": table, "plot": plot}
 _COMMANDS["results"] = results
 _COMMANDS["bench"] = bench
-
-
-def split_agent_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
-    """Pull `--agent.KEY=VALUE` / `--agent.KEY VALUE` out of argv."""
-    rest: list[str] = []
-    overrides: dict[str, str] = {}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("--agent."):
-            key, eq, value = arg[len("--agent.") :].partition("=")
-            if not eq:
-                if i + 1 >= len(argv):
-                    raise SorlError(f"--agent.{key} needs a value: --agent.{key}=VALUE")
-                value = argv[i + 1]
-                i += 1
-            overrides[key.replace("-", "_")] = value
-        else:
-            rest.append(arg)
-        i += 1
-    return rest, overrides
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -259,8 +337,22 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # `sorl sweep ... --dry-run | head`: the reader left; nothing is wrong
+        _silence_stdout()
+        sys.exit(0)
     finally:
-        sys.stdout.flush()
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's own flush at exit does not fail on the closed pipe."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -159,3 +159,24 @@ def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
     if callable(validate):
         validate()
     return config
+
+
+def split_agent_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Pull `--agent.KEY=VALUE` / `--agent.KEY VALUE` out of argv."""
+    rest: list[str] = []
+    overrides: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--agent."):
+            key, eq, value = arg[len("--agent.") :].partition("=")
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise SorlError(f"--agent.{key} needs a value: --agent.{key}=VALUE")
+                value = argv[i + 1]
+                i += 1
+            overrides[key.replace("-", "_")] = value
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides

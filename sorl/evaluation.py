@@ -23,16 +23,12 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from sorl.errors import SorlError
-
-if TYPE_CHECKING:
-    from sorl.cli import EvalArgs
-
-from sorl.runs import RESULT_KEYS, SUCCESS_UNIT  # noqa: E402 - the results schema belongs to the run directory
+from sorl.runs import RESULT_KEYS, SUCCESS_UNIT  # noqa: F401 - an evaluation's result keys (the results schema)
 
 # ------------------------------------------------------------------------------------------- parsing
 
@@ -476,74 +472,3 @@ def format_grid(results: Sequence[dict[str, Any]], title: str | None = None) -> 
             row += f"{'-' if v is None or math.isnan(v) else f'{100 * v:.1f}':>{width}}"
         lines.append(row)
     return "\n".join(lines)
-
-
-def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
-    """`sorl eval RUN_DIR --K ... --N ...`: evaluate the run's last checkpoint over the grid.
-
-    Writes scaling.json and scaling.csv in the run directory and prints the table.
-    """
-    from sorl import runs
-    from sorl.train import load_run
-
-    Ks = parse_int_list(args.K, "--K")
-    Ns = parse_int_list(args.N, "--N")
-    if args.episodes < 1:
-        raise SorlError(f"--episodes={args.episodes}: need at least 1 evaluation episode")
-    if args.workers is not None and args.workers < 1:
-        raise SorlError(f"--workers={args.workers}: need at least 1")
-    if getattr(args, "envs", None) is not None and args.envs < 1:
-        raise SorlError(f"--envs={args.envs}: need at least 1")
-    max_steps = getattr(args, "max_episode_steps", None)
-    if max_steps is not None and max_steps < 1:
-        raise SorlError(f"--max-episode-steps={max_steps}: must be >= 1")
-    validate_grid(Ks, Ns, None)  # powers of two, N >= 1; the trained maximum once the agent is loaded
-    run = runs.RunDir(args.run_dir)
-    cfg = run.read_config()
-    agent, step = load_run(run)
-    validate_grid(Ks, Ns, getattr(agent, "max_K", None))
-    note = grid_note(agent, runs.agent_name(cfg), Ks, Ns)
-    if note:
-        print(note, flush=True)
-    if max_steps is None:
-        max_steps = cfg.get("eval", {}).get("max_episode_steps")
-    envs = getattr(args, "envs", None) or cfg.get("eval", {}).get("envs")  # a memory cap set in training holds
-    timing = cfg.get("success_timing", "pre")
-    print(
-        f"evaluating {run.path} (step {step}) on {cfg['task']}: K={list(Ks)} N={list(Ns)}, "
-        f"{args.episodes} episodes, success_timing={timing}",
-        flush=True,
-    )
-    grid = evaluate(
-        agent,
-        cfg["task"],
-        Ks,
-        Ns,
-        args.episodes,
-        seed=args.seed,
-        workers=args.workers,
-        success_timing=timing,
-        max_episode_steps=max_steps,
-        envs=envs,
-        progress=True,
-    )
-    out = {
-        "task": cfg["task"],
-        "agent": runs.agent_name(cfg),
-        "seed": cfg["seed"],
-        "step": step,
-        "eval_seed": args.seed,
-        "episodes": args.episodes,
-        "max_episode_steps": max_steps,
-        "success_timing": timing,
-        "ogbench_version": cfg.get("ogbench_version"),
-        "success_unit": SUCCESS_UNIT,
-        "success_metric": "fraction of episodes with OGBench info['success'] at the episode's end",
-        "grid": grid,
-    }
-    runs.write_json(run.scaling_json, out)
-    runs.write_csv(run.scaling_csv, grid, [*RESULT_KEYS, "env_steps", "time_s"])
-    title = f"{cfg['task']}  agent={runs.agent_name(cfg)}  seed={cfg['seed']}  step={step}  ({args.episodes} episodes)"
-    print(format_grid(grid, title))
-    print(f"wrote {run.scaling_json} and {run.scaling_csv}")
-    return grid

@@ -39,8 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sorl import reliability, runs
+from sorl.chunk import distinct_buffers, train_chunk
 from sorl.errors import SorlError
-from sorl.train import distinct_buffers, train_chunk, train_runs
 
 # ------------------------------------------------------------------------------------------ seeds
 
@@ -190,35 +190,6 @@ class VmappedSeeds:
         return reliability.non_finite_leaf(self.agents) is not None
 
 
-# ------------------------------------------------------------------------------------------ training
-
-
-def train_seeds(
-    task: str,
-    agent: str = "sorl",
-    *,
-    seeds: str | Sequence[int] = "1-8",
-    run_dir: str | Path | None = None,
-    strategy: str = "auto",
-    **settings: Any,
-) -> list[dict[str, Any]]:
-    """`sorl.train.train` for several seeds at once: one run directory per seed; the results dicts in seed order.
-
-    `settings` are `train`'s (steps, data_dir, agent_overrides, intervals, evaluation, progress); `seeds` is
-    '1-8', '1,3,5' or a list, `run_dir` the parent of the seeds' directories (see `seed_run_dir`). The loop is
-    `sorl.train.train_runs`, the single-seed run's own. A seed whose loss or parameters go non-finite is stopped
-    with results.json "failed", as a single-seed run would be; the other seeds go on, and a SorlError naming the
-    failed seeds is raised at the end.
-    """
-    seed_list = parse_seeds(seeds)
-    strategy = resolve_strategy(strategy)
-
-    def run_dir_of(task_name: str, seed: int) -> Path:
-        return seed_run_dir(run_dir, task_name, agent, seed)
-
-    return train_runs(task, agent, seed_list, run_dir_of, strategy=strategy, **settings)
-
-
 __all__ = [
     "agent_axes",
     "compile_chunk_seeds",
@@ -227,7 +198,6 @@ __all__ = [
     "stack_agents",
     "train_chunk_seeds",
     "train_chunk_seeds_jit",
-    "train_seeds",
     "unstack_agent",
     "VmappedSeeds",
 ]

@@ -94,7 +94,6 @@ class CriticEnsemble(nn.Module):
         return heads(x).squeeze(-1)
 
 
-
 class ShortcutVelocityNet(nn.Module):
     """Velocity `s(x, a_t, t, d)` of a shortcut model; `d = log2 K` is the step-size code.
 

@@ -24,10 +24,9 @@ import dataclasses
 import importlib.metadata
 import math
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,11 +34,10 @@ import numpy as np
 
 import sorl
 from sorl import reliability, runs
-from sorl.data import dataset_nbytes, dataset_size, sample_batch, to_device
+from sorl.chunk import compile_chunk, distinct_buffers, train_chunk, train_chunk_jit
+from sorl.data import dataset_nbytes, dataset_size, to_device
 from sorl.errors import SorlError
 from sorl.evaluation import (
-    RESULT_KEYS,
-    SUCCESS_UNIT,
     EnvPool,
     evaluate,
     format_grid,
@@ -47,63 +45,8 @@ from sorl.evaluation import (
     parse_int_list,
     validate_grid,
 )
-
-if TYPE_CHECKING:
-    from sorl.cli import TrainArgs
-
-# Donation is a no-op where the backend cannot donate; that is not worth a warning per compile.
-warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-
-
-# ---------------------------------------------------------------------------------------- the chunk
-
-
-def train_chunk(
-    agent: Any, data_rng: jax.Array, dataset: Mapping[str, jax.Array], *, batch_size: int, num_updates: int
-) -> tuple[Any, jax.Array, dict[str, jax.Array]]:
-    """`num_updates` updates on batches drawn from `dataset`: (agent, data_rng, infos stacked [num_updates])."""
-
-    def body(carry, _):
-        agent, rng = carry
-        rng, key = jax.random.split(rng)
-        # The agent contract's training step (sorl.agent; SORL: K from the schedule shared by seeds).
-        agent, info = agent.train_update(sample_batch(dataset, key, batch_size))
-        return (agent, rng), info
-
-    (agent, data_rng), infos = jax.lax.scan(body, (agent, data_rng), None, length=num_updates)
-    return agent, data_rng, infos
-
-
-train_chunk_jit = jax.jit(train_chunk, static_argnames=("batch_size", "num_updates"), donate_argnums=(0, 1))
-"""`train_chunk` compiled, with the agent and the data key donated (their buffers are reused in place)."""
-
-
-def compile_chunk(agent: Any, data_rng: jax.Array, dataset: Mapping[str, jax.Array], batch_size: int, num_updates: int):
-    """Ahead-of-time compiled chunk: call it as `chunk(agent, data_rng, dataset)`."""
-    return train_chunk_jit.lower(agent, data_rng, dataset, batch_size=batch_size, num_updates=num_updates).compile()
-
-
-def distinct_buffers(tree: Any) -> Any:
-    """`tree` with no two leaves sharing a device buffer (copying the repeats).
-
-    An agent fresh from `create` may hold one array twice (e.g. the target network initialised *as* the
-    network), and a donated argument may not hold the same buffer twice.
-    """
-    seen: set[int] = set()
-
-    def leaf(x):
-        if not isinstance(x, jax.Array):
-            return x
-        try:
-            ptr = x.unsafe_buffer_pointer()
-        except Exception:  # noqa: BLE001 - sharded or exotic arrays: copy to be safe
-            return jnp.array(x, copy=True)
-        if ptr in seen:
-            return jnp.array(x, copy=True)
-        seen.add(ptr)
-        return x
-
-    return jax.tree.map(leaf, tree)
+from sorl.multiseed import VmappedSeeds, parse_seeds, resolve_strategy, seed_run_dir
+from sorl.runs import RESULT_KEYS, SUCCESS_UNIT
 
 
 def boundaries(start: int, steps: int, intervals: Sequence[int]) -> list[int]:
@@ -255,7 +198,7 @@ def train(
     run evaluates over the (eval_K x eval_N) grid every `eval_interval` updates and at the end, checkpoints every
     `checkpoint_interval` and at the end, logs every `log_interval`. Rerunning into a run directory that holds
     the same run continues from its last checkpoint (or returns its results if it is complete); a directory
-    holding another task's, agent's or seed's run is refused. Several seeds: `sorl.multiseed.train_seeds`.
+    holding another task's, agent's or seed's run is refused. Several seeds: `train_seeds`.
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SorlError(f"seed={seed}: must be a non-negative integer")
@@ -292,7 +235,7 @@ def train_runs(
     train_episodes: int | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """The training loop of `train` (one seed) and `sorl.multiseed.train_seeds`: the results dicts in seed order.
+    """The training loop of `train` (one seed) and `train_seeds`: the results dicts in seed order.
 
     Seed `s` trains into `run_dir_of(task_name, s)` and its directory is the one `train(seed=s)` writes. The
     seeds share one dataset on the device, one compiled chunk and one evaluation pool; `strategy` 'loop'
@@ -534,8 +477,6 @@ def _train_group(
     """Train the seeds of `group`, all at checkpoint `start`, up to `steps`: chunk, log, checkpoint, evaluate."""
     log_interval, eval_interval, checkpoint_interval = intervals
     if strategy == "vmap":
-        from sorl.multiseed import VmappedSeeds
-
         runner: Any = VmappedSeeds([sr.state for sr in group])
     else:
         runner = SequentialSeeds([sr.state for sr in group])
@@ -708,34 +649,30 @@ def _say(bar: Any, msg: str) -> None:
         print(msg, flush=True)
 
 
-# ----------------------------------------------------------------------------------------------- CLI
+def train_seeds(
+    task: str,
+    agent: str = "sorl",
+    *,
+    seeds: str | Sequence[int] = "1-8",
+    run_dir: str | Path | None = None,
+    strategy: str = "auto",
+    **settings: Any,
+) -> list[dict[str, Any]]:
+    """`sorl.train.train` for several seeds at once: one run directory per seed; the results dicts in seed order.
 
+    `settings` are `train`'s (steps, data_dir, agent_overrides, intervals, evaluation, progress); `seeds` is
+    '1-8', '1,3,5' or a list, `run_dir` the parent of the seeds' directories (see `seed_run_dir`). The loop is
+    `train_runs`, the single-seed run's own. A seed whose loss or parameters go non-finite is stopped
+    with results.json "failed", as a single-seed run would be; the other seeds go on, and a SorlError naming the
+    failed seeds is raised at the end.
+    """
+    seed_list = parse_seeds(seeds)
+    strategy = resolve_strategy(strategy)
 
-def train_from_cli(args: TrainArgs, agent_overrides: dict[str, str]) -> dict[str, Any] | list[dict[str, Any]]:
-    """`sorl train ...` (one seed) and `sorl train --seeds 1-8 ...` (several, `sorl.multiseed`)."""
-    settings = {
-        "steps": args.steps,
-        "data_dir": args.data_dir,
-        "success_timing": args.success_timing,
-        "agent_overrides": agent_overrides,
-        "log_interval": args.log_interval,
-        "eval_interval": args.eval_interval,
-        "checkpoint_interval": getattr(args, "checkpoint_interval", None),
-        "eval_episodes": args.eval_episodes,
-        "eval_K": args.eval_K,
-        "eval_N": args.eval_N,
-        "eval_workers": args.eval_workers,
-        "eval_envs": getattr(args, "eval_envs", None),
-        "eval_max_episode_steps": getattr(args, "eval_max_episode_steps", None),
-        "train_episodes": args.train_episodes,
-        "progress": args.progress,
-    }
-    if getattr(args, "seeds", None) is not None:
-        from sorl.multiseed import train_seeds
+    def run_dir_of(task_name: str, seed: int) -> Path:
+        return seed_run_dir(run_dir, task_name, agent, seed)
 
-        strategy = getattr(args, "seeds_strategy", "auto")
-        return train_seeds(args.task, args.agent, seeds=args.seeds, run_dir=args.run_dir, strategy=strategy, **settings)
-    return train(args.task, args.agent, seed=args.seed, run_dir=args.run_dir, **settings)
+    return train_runs(task, agent, seed_list, run_dir_of, strategy=strategy, **settings)
 
 
 __all__ = [
@@ -747,6 +684,6 @@ __all__ = [
     "train",
     "train_chunk",
     "train_chunk_jit",
-    "train_from_cli",
+    "train_seeds",
     "train_runs",
 ]

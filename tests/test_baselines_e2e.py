@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_e2e import TASK, data_dir  # noqa: F401 - the tiny generated dataset, shared with SORL's end-to-end test
 
-from sorl import cli, evaluation, train
+from sorl import cli, train
 from sorl.checkpoint import Checkpointer
 
 SIZES = ["--agent.actor_layer_size=16", "--agent.actor_num_layers=2", "--agent.batch_size=16"]
@@ -75,7 +75,7 @@ def test_train_writes_the_run_directory_and_evaluates(agent, data_dir, tmp_path,
     assert all(0.0 <= r["success"] <= 1.0 and r["episodes"] == 2 for r in res["final"])
 
     # The checkpoint loads back into the agent's class and evaluates, as `sorl eval` does.
-    grid = evaluation.eval_from_cli(cli.EvalArgs(run_dir, K="1", N="2", episodes=1, workers=1, seed=4))
+    grid = cli.eval_from_cli(cli.EvalArgs(run_dir, K="1", N="2", episodes=1, workers=1, seed=4))
     assert [(g["K"], g["N"]) for g in grid] == [(1, 2)]
 
 

@@ -431,7 +431,7 @@ def test_cli_train_then_eval(tmp_path, stand_in, capsys):
     assert cfg["agent_config"]["lr"] == 0.05 and cfg["agent_overrides"] == {"lr": "0.05"}
 
     # `sorl eval` (called as the CLI calls it; the flag spelling is the CLI's business)
-    evaluation.eval_from_cli(cli.EvalArgs(run_dir, K="1,2,4", N="1,3", episodes=2, workers=1))
+    cli.eval_from_cli(cli.EvalArgs(run_dir, K="1,2,4", N="1,3", episodes=2, workers=1))
     out = capsys.readouterr().out
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["K"])
@@ -465,7 +465,7 @@ def test_eval_bad_input(tmp_path, stand_in, kw, match):
     (tmp_path / "empty" / "config.json").write_text((tmp_path / "run" / "config.json").read_text())
     run_dir = tmp_path / kw.pop("run_dir", "run")
     with pytest.raises(SorlError, match=match) as e:
-        evaluation.eval_from_cli(cli.EvalArgs(run_dir, **{"workers": 1, "K": "1", **kw}))
+        cli.eval_from_cli(cli.EvalArgs(run_dir, **{"workers": 1, "K": "1", **kw}))
     assert "\n" not in str(e.value)
 
 
@@ -473,7 +473,7 @@ def test_eval_corrupt_config(tmp_path, stand_in):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text("{not json")
     with pytest.raises(SorlError, match="corrupt"):
-        evaluation.eval_from_cli(cli.EvalArgs(tmp_path / "run"))
+        cli.eval_from_cli(cli.EvalArgs(tmp_path / "run"))
 
 
 @pytest.mark.parametrize(
