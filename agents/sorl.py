@@ -24,8 +24,9 @@ import optax
 from sorl import shortcut
 from sorl.agent import Agent
 from sorl.errors import SorlError
-from sorl.inference import sample_best_of_n, validate_K_N
+from sorl.inference import aggregate, sample_best_of_n, validate_K_N
 from sorl.networks import CriticEnsemble, ShortcutVelocityNet
+from sorl.optim import ModuleOptimizer, ema_targets, prefixed
 from sorl.validation import check_config, invalid
 
 Array = jax.Array
@@ -97,7 +98,7 @@ class SORLAgent(ShortcutPolicy):
         return self.critic_def.apply({"params": critic_params}, observations, actions, K)
 
     def aggregate(self, qs: Array) -> Array:
-        return qs.min(axis=0) if self.config.q_agg == "min" else qs.mean(axis=0)
+        return aggregate(qs, self.config.q_agg)
 
     def aggregated_q(self, observations: Array, actions: Array, K: Array | float) -> Array:
         """`agg_j Q_j(x, a, K)` with the current critic: the best-of-N verifier's score, `[B]`."""
@@ -213,7 +214,7 @@ class SORLAgent(ShortcutPolicy):
         else:
             params, opt_state, info = self._paper_step(batch, critic_rng, actor_rng, K_indices)
         # Targets move towards the pre-step parameters, as in both the FQL and the released SORL code.
-        target_params = optax.incremental_update(self.params, self.target_params, self.config.tau)
+        target_params = ema_targets(self.params, self.target_params, self.config.tau)
         agent = self.replace(
             rng=new_rng, step=self.step + 1, params=params, target_params=target_params, opt_state=opt_state
         )
@@ -242,16 +243,11 @@ class SORLAgent(ShortcutPolicy):
         def total_loss(params: dict[str, Params]):
             critic_loss, critic_info = self.critic_loss(batch, params, critic_rng, K_indices[0])
             actor_loss, actor_info = self.actor_loss(batch, params["actor"], actor_rng, K_indices[1])
-            return critic_loss + actor_loss, _prefixed(critic_info, actor_info)
+            return critic_loss + actor_loss, prefixed(critic=critic_info, actor=actor_info)
 
         grads, info = jax.grad(total_loss, has_aux=True)(self.params)
-        tx = make_optimizer(self.config)
-        params, opt_state = {}, {}
-        for name in ("actor", "critic"):
-            updates, opt_state[name] = tx.update(grads[name], self.opt_state[name], self.params[name])
-            params[name] = optax.apply_updates(self.params[name], updates)
-            info[f"{name}/grad_norm"] = optax.global_norm(grads[name])
-        return params, opt_state, info
+        params, opt_state, norms = ModuleOptimizer.of(self.config).step(self.params, self.opt_state, grads)
+        return params, opt_state, {**info, **norms}
 
     def _released_step(self, batch: Batch, critic_rng: Array, actor_rng: Array, K_indices=(None, None)):
         """The released code's update, reproduced exactly (docs/method.md, "Update modes").
@@ -261,7 +257,7 @@ class SORLAgent(ShortcutPolicy):
         (2) with the actor loss's gradient at the parameters after (1), the critic getting a zero gradient but
         still moving by Adam's momentum. Both losses read the critic and the targets from before the update.
         """
-        tx = make_optimizer(self.config)
+        tx = ModuleOptimizer.of(self.config).tx
         critic_grads, critic_info = jax.grad(
             lambda p: self.critic_loss(batch, p, critic_rng, K_indices[0]), has_aux=True
         )(self.params)
@@ -275,7 +271,7 @@ class SORLAgent(ShortcutPolicy):
         updates, opt_state = tx.update(actor_grads, opt_state, params)
         params = optax.apply_updates(params, updates)
 
-        info = _prefixed(critic_info, actor_info)
+        info = prefixed(critic=critic_info, actor=actor_info)
         info["critic/grad_norm"] = optax.global_norm(critic_grads)
         info["actor/grad_norm"] = optax.global_norm(actor_grad)
         return params, opt_state, info
@@ -338,7 +334,7 @@ def _init_agent(cls: type[SORLAgent], config: SORLConfig, rng: Array, observatio
         "actor": actor_network(config, action_dim).init(actor_rng, observations, actions, scalars, scalars)["params"],
         "critic": _critic_def(config).init(critic_rng, observations, actions, scalars)["params"],
     }
-    tx = make_optimizer(config)
+    tx = ModuleOptimizer.of(config).tx
     # One shared Adam state in the released update; one per network otherwise.
     opt_state = tx.init(params) if config.released_update else {name: tx.init(p) for name, p in params.items()}
     return cls(
@@ -367,18 +363,6 @@ def _critic_def(config: SORLConfig) -> CriticEnsemble:
         layer_norm=config.layer_norm,
         num_members=config.num_critics,
     )
-
-
-def make_optimizer(config: SORLConfig) -> optax.GradientTransformation:
-    """Global-norm clip (0 disables it, as in the reference) then Adam."""
-    adam = optax.adam(config.lr, b1=config.optimizer_beta1, b2=config.optimizer_beta2)
-    if config.grad_clip_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adam)
-    return adam
-
-
-def _prefixed(critic_info: dict[str, Array], actor_info: dict[str, Array]) -> dict[str, Array]:
-    return {**{f"critic/{k}": v for k, v in critic_info.items()}, **{f"actor/{k}": v for k, v in actor_info.items()}}
 
 
 # ------------------------------------------------------------------------------------------------- config

@@ -8,10 +8,9 @@
   `tanh(mean)`, IQL uses the Gaussian). FQL's 10-step flow sampler is `sorl.shortcut.euler`, the same Euler
   integrator the shortcut sampler uses.
 - Formulas: `aggregate` (ensemble min / mean), `expectile_loss`, `gaussian_log_prob`.
-- Training state: `initial_fields` (a fresh agent's fields, initialised by one compiled program), `ModuleOptimizer`
-  (one Adam state per network), `joint_update` (one backward pass of the summed losses, one Adam step per network,
-  EMA targets: equivalent to the reference's single unclipped Adam over all parameters, since each loss reaches
-  only its own network), `ema_targets`, `prefixed` (the `critic/...`, `actor/...` log keys).
+- Training state: `initial_fields` (a fresh agent's fields, initialised by one compiled program). The optimiser
+  (`ModuleOptimizer`), `joint_update`, `ema_targets` and `prefixed` are every agent's, SORL's included, and live
+  in `sorl.optim`; `aggregate` is the verifier's (`sorl.inference`). Both are re-exported here.
 - Inference: `best_of_mode_and_samples`, best-of-N for agents whose N = 1 action is deterministic (ReBRAC, IQL).
 - Data: `with_next_actions`, the dataset key ReBRAC's critic penalty needs (`ReBRACAgent.prepare_dataset`).
 
@@ -24,7 +23,7 @@ does not change the action; best-of-N ranks candidates with the agent's own crit
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -32,10 +31,13 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
-from sorl.inference import best_of_n
+from sorl.inference import (
+    aggregate,  # noqa: F401 - re-exported: agents call B.aggregate
+    best_of_n,
+)
 from sorl.networks import MLP, CriticEnsemble, default_init
+from sorl.optim import ModuleOptimizer, ema_targets, joint_update, prefixed  # noqa: F401 - re-exported
 from sorl.validation import check_config
 
 Array = jax.Array
@@ -123,71 +125,11 @@ def gaussian_log_prob(mean: Array, log_std: Array, actions: Array) -> Array:
 # ----------------------------------------------------------------------------------------------- formulas
 
 
-def aggregate(qs: Array, how: str) -> Array:
-    """`[members, B]` -> `[B]`: the minimum (clipped double Q) or the mean over the ensemble."""
-    return qs.min(axis=0) if how == "min" else qs.mean(axis=0)
-
-
 def expectile_loss(diff: Array, expectile: float) -> Array:
     """Asymmetric squared loss of `diff = target - prediction`: weight `expectile` where the target is above the
     prediction, `1 - expectile` below, so the minimiser is the `expectile`-expectile of the target."""
     weight = jnp.where(diff >= 0, expectile, 1.0 - expectile)
     return weight * diff**2
-
-
-# ---------------------------------------------------------------------------------------------- optimiser
-
-
-@dataclass(frozen=True)
-class ModuleOptimizer:
-    """Adam (optionally after a global-norm clip) with one state per named network."""
-
-    lr: float
-    grad_clip_norm: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.999
-
-    @classmethod
-    def of(cls, config: Any) -> ModuleOptimizer:
-        """From a config's `lr`, `grad_clip_norm`, `optimizer_beta1`, `optimizer_beta2` (the last three optional)."""
-        return cls(
-            config.lr,
-            getattr(config, "grad_clip_norm", 0.0),
-            getattr(config, "optimizer_beta1", 0.9),
-            getattr(config, "optimizer_beta2", 0.999),
-        )
-
-    @property
-    def tx(self) -> optax.GradientTransformation:
-        adam = optax.adam(self.lr, b1=self.b1, b2=self.b2)
-        return optax.chain(optax.clip_by_global_norm(self.grad_clip_norm), adam) if self.grad_clip_norm > 0 else adam
-
-    def init(self, params: Mapping[str, Params]) -> dict[str, Any]:
-        return {name: self.tx.init(p) for name, p in params.items()}
-
-    def step(
-        self,
-        params: Mapping[str, Params],
-        opt_state: Mapping[str, Any],
-        grads: Mapping[str, Params],
-        names: Iterable[str] | None = None,
-    ) -> tuple[dict[str, Params], dict[str, Any], dict[str, Array]]:
-        """One Adam step for each network in `names` (default: all); the others are returned unchanged.
-
-        Returns (params, opt_state, {"<name>/grad_norm": ...}).
-        """
-        names = list(params) if names is None else list(names)
-        new_params, new_state, info = dict(params), dict(opt_state), {}
-        for name in names:
-            updates, new_state[name] = self.tx.update(grads[name], opt_state[name], params[name])
-            new_params[name] = optax.apply_updates(params[name], updates)
-            info[f"{name}/grad_norm"] = optax.global_norm(grads[name])
-        return new_params, new_state, info
-
-
-def prefixed(**infos: Mapping[str, Array]) -> dict[str, Array]:
-    """`prefixed(critic={...}, actor={...})` -> {'critic/k': v, 'actor/k': v}: the training log's key scheme."""
-    return {f"{group}/{k}": v for group, info in infos.items() for k, v in info.items()}
 
 
 NetworksFn = Callable[[Array, Array, int], Mapping[str, tuple[nn.Module, tuple[Array, ...]]]]
@@ -238,27 +180,6 @@ def _init_networks(
         for key, (name, module), args in zip(keys, modules, example_args, strict=True)
     }
     return params, optimizer.init(params)
-
-
-def ema_targets(params: Mapping[str, Params], target_params: Mapping[str, Params], tau: float) -> dict[str, Params]:
-    """Every target network moved `tau` of the way towards its online network (pass the pre-step `params` to do as
-    the reference code does)."""
-    return {name: optax.incremental_update(params[name], target, tau) for name, target in target_params.items()}
-
-
-def joint_update(
-    agent: Any, total_loss: Callable[[dict[str, Params]], tuple[Array, dict[str, Array]]], new_rng: Array
-) -> tuple[Any, dict[str, Array]]:
-    """`agent` after one backward pass of `total_loss(params)` (a sum of losses, each reaching only its own network),
-    one Adam step per network, and the EMA of `agent.target_params` towards the pre-step networks; its key becomes
-    `new_rng` and its step count advances. Returns `(agent, info)`, info with each network's gradient norm added.
-    """
-    grads, info = jax.grad(total_loss, has_aux=True)(agent.params)
-    params, opt_state, norms = ModuleOptimizer.of(agent.config).step(agent.params, agent.opt_state, grads)
-    # An agent without target networks (Gaussian BC) has no `tau` to read.
-    targets = ema_targets(agent.params, agent.target_params, agent.config.tau) if agent.target_params else {}
-    new = agent.replace(rng=new_rng, step=agent.step + 1, params=params, target_params=targets, opt_state=opt_state)
-    return new, {**info, **norms}
 
 
 # ---------------------------------------------------------------------------------------------- inference

@@ -35,6 +35,11 @@ def validate_K_N(K: int, N: int, max_K: int | None = None) -> None:
         raise SorlError(f"N={N}: the number of best-of-N candidates must be an integer >= 1")
 
 
+def aggregate(qs: Array, how: str) -> Array:
+    """`agg_j Q_j`, `[members, B]` -> `[B]`: the minimum (clipped double Q) or the mean over the ensemble (`q_agg`)."""
+    return qs.min(axis=0) if how == "min" else qs.mean(axis=0)
+
+
 def best_of_n(candidates: Array, scores: Array) -> Array:
     """Per state, the candidate with the highest score: `[N, B, A]`, `[N, B]` -> `[B, A]` (first one on ties)."""
     best = jnp.argmax(scores, axis=0)
