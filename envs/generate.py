@@ -41,6 +41,7 @@ import numpy as np
 
 from envs import manifest
 from envs.registry import EnvSpec
+from sorl.machine import available_cores
 
 GENERATOR_VERSION = 1
 
@@ -315,10 +316,7 @@ def _worker_init() -> None:
 
 
 def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return len(available_cores())
 
 
 @dataclass

@@ -38,6 +38,7 @@ from typing import Any
 from experiments.spec import RunSpec, Spec, load_spec
 from sorl import runs as runs_lib
 from sorl.errors import SorlError, suggest
+from sorl.machine import available_cores
 
 LAUNCHERS = ("local", "slurm", "ray")
 
@@ -224,13 +225,6 @@ def _failed_job(job: Job, error: str, log: str | None = None) -> list[dict[str, 
 
 
 # --------------------------------------------------------------------------------------------- local
-
-
-def available_cores() -> list[int]:
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return list(range(os.cpu_count() or 1))
 
 
 def default_parallel() -> int:

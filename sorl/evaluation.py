@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from sorl.errors import SorlError
+from sorl.machine import available_cores
 from sorl.runs import RESULT_KEYS, SUCCESS_UNIT  # noqa: F401 - an evaluation's result keys (the results schema)
 
 # ------------------------------------------------------------------------------------------- parsing
@@ -93,10 +94,7 @@ def grid_note(agent: Any, name: str, Ks: Sequence[int], Ns: Sequence[int]) -> st
 
 def default_workers() -> int:
     """Cores available to this process."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    return max(1, len(available_cores()))
 
 
 def episode_seed(seed: int, episode: int) -> int:
