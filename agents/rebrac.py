@@ -121,12 +121,12 @@ class ReBRACAgent(Agent):
             grad, info = jax.grad(lambda p: self.actor_loss(batch, {**self.params, "actor": p}), has_aux=True)(
                 self.params["actor"]
             )
-            return grad, _floats(info, updated=1)
+            return grad, _floats(info, grad_norm=optax.global_norm(grad), updated=1)
 
         def no_actor_gradient(_):
             # The actor's loss at the current parameters, for the log; its gradient does not count this update.
             _, info = self.actor_loss(batch, self.params)
-            return jax.tree.map(jnp.zeros_like, self.params["actor"]), _floats(info, updated=0)
+            return jax.tree.map(jnp.zeros_like, self.params["actor"]), _floats(info, grad_norm=0, updated=0)
 
         is_actor_step = (self.step + 1) % self.config.actor_freq == 0
         actor_grads, actor_info = jax.lax.cond(is_actor_step, actor_gradient, no_actor_gradient, None)
@@ -142,7 +142,7 @@ class ReBRACAgent(Agent):
         )
         agent = self.replace(rng=new_rng, step=self.step + 1, params=params, target_params=targets, opt_state=opt_state)
         info = B.prefixed(critic=critic_info, actor=actor_info)
-        return agent, {**info, **{f"{name}/grad_norm": optax.global_norm(g) for name, g in grads.items()}}
+        return agent, {**info, "critic/grad_norm": optax.global_norm(critic_grads)}
 
     def _shared_adam_step(self, grads: dict[str, Params]) -> tuple[dict[str, Params], Any]:
         """The reference's optimiser: one Adam state over {actor, critic}, one step per update."""

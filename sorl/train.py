@@ -290,10 +290,12 @@ def train_runs(
                     f"run directory {run.path} holds a run with success_timing="
                     f"{previous.get('success_timing')!r}; choose another --run-dir or delete that one"
                 )
-            done = run.read_results()
-            if done and done.get("status") == "complete" and done.get("steps") == steps:
+            state, detail = runs.run_state(run.path, steps)  # the one answer to "is this run done?"
+            if state == "corrupt":
+                raise SorlError(detail)
+            if state == "complete":
                 print(f"{run.path} is already complete ({steps} updates); see {run.results}")
-                sr.results = done
+                sr.results = run.read_results()
         all_runs.append(sr)
     todo = [sr for sr in all_runs if sr.results is None]
     if not todo:
