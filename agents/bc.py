@@ -8,7 +8,7 @@ mean (the reference evaluates with temperature 0).
 
 No Q function, no sampler: K and N do not apply. K is accepted and ignored (`max_K` None), and so is N — with no
 critic there is no verifier to rank candidates, and the mean is the policy's one answer. Evaluation grids with K or N
-above 1 print one line saying so (`GRID_NOTES`, `sorl.evaluation.grid_note`), so a flat row is never mistaken for a
+above 1 print one line saying so (`GRID_NOTES`, `runner.evaluation.grid_note`), so a flat row is never mistaken for a
 measured scaling curve.
 
 Not flow BC: the shortcut-policy behaviour cloning that shares SORL's policy class is `flow-bc` (agents/flow_bc.py).
@@ -46,7 +46,7 @@ class BCAgent(Agent):
         "K": "it has no multi-step sampler",
         "N": "it has no critic to rank candidates",
     }
-    """Test-time axes that do not change this agent's action, and why (see `sorl.evaluation.grid_note`)."""
+    """Test-time axes that do not change this agent's action, and why (see `runner.evaluation.grid_note`)."""
 
     def policy(self, actor_params: Params, observations: Array) -> tuple[Array, Array]:
         """`(mean, log_std)` of the Gaussian policy."""

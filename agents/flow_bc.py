@@ -36,7 +36,7 @@ class FlowBCAgent(ShortcutPolicy):
     """The shortcut policy alone: params, target_params and opt_state are `{'actor': ...}`."""
 
     GRID_NOTES: ClassVar[dict[str, str]] = {"N": "it has no critic to rank candidates"}
-    """Test-time axes that do not change the action (`sorl.evaluation.grid_note`)."""
+    """Test-time axes that do not change the action (`runner.evaluation.grid_note`)."""
 
     def actor_loss(self, batch: Batch, actor_params, rng: Array) -> tuple[Array, dict[str, Array]]:
         """`bc_flow_loss_coef * L_FM + alpha * L_SC`: SORL's actor loss without its Q term."""

@@ -60,7 +60,7 @@ class FQLAgent(Agent):
     config: FQLConfig = flax.struct.field(pytree_node=False)
 
     GRID_NOTES: ClassVar[dict[str, str]] = {"K": "its one-step policy has no step count"}
-    """Test-time axes that do not change the action (`sorl.evaluation.grid_note`)."""
+    """Test-time axes that do not change the action (`runner.evaluation.grid_note`)."""
 
     # ------------------------------------------------------------------------------------------- networks
 

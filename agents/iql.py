@@ -45,7 +45,7 @@ class IQLAgent(Agent):
     config: IQLConfig = flax.struct.field(pytree_node=False)
 
     GRID_NOTES: ClassVar[dict[str, str]] = {"K": "its Gaussian policy has no step count"}
-    """Test-time axes that do not change the action (`sorl.evaluation.grid_note`)."""
+    """Test-time axes that do not change the action (`runner.evaluation.grid_note`)."""
 
     # ------------------------------------------------------------------------------------------- networks
 

@@ -50,7 +50,7 @@ class ReBRACAgent(Agent):
     config: ReBRACConfig = flax.struct.field(pytree_node=False)
 
     GRID_NOTES: ClassVar[dict[str, str]] = {"K": "its deterministic actor has no step count"}
-    """Test-time axes that do not change the action (`sorl.evaluation.grid_note`)."""
+    """Test-time axes that do not change the action (`runner.evaluation.grid_note`)."""
 
     @staticmethod
     def prepare_dataset(dataset: dict[str, Array]) -> dict[str, Array]:

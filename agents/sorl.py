@@ -226,7 +226,7 @@ class SORLAgent(ShortcutPolicy):
         Both K draws of update `step` come from `K_schedule_rng(step)`, which depends on the step count alone.
         Every seed therefore sees the same sequence of K (each K still uniform and independent across updates;
         everything else — initialisation, batches, noise — stays per seed), and seeds trained as one vmapped
-        batch (`sorl.multiseed`, the step count shared, not batched) run the one drawn `lax.switch` branch
+        batch (`runner.multiseed`, the step count shared, not batched) run the one drawn `lax.switch` branch
         instead of all of them, while a single-seed run takes exactly the same steps as that seed in a batch.
         """
         return self.update(batch, K_rng=K_schedule_rng(self.step))

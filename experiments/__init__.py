@@ -1,4 +1,4 @@
-"""The experiments layer: sweeps, tables and plots, reading and writing run directories only.
+"""The experiments layer: sweeps, tables, plots and the benchmark, on top of the run layer (`runner`).
 
 spec.py        sweep specs (TOML): agents x tasks x seeds x settings, one budget -> runs
 specs/*.toml   the shipped studies: paper-{sorl,fql,rebrac,iql,bc}, local, scaling, smoke, demo
@@ -7,5 +7,7 @@ worker.py      the process the local launcher starts for one job
 aggregate.py   `sorl table`: mean ± std and IQM with stratified-bootstrap CIs, per task / environment / overall
 paper.py       the published numbers (`--compare paper`)
 plots.py       `sorl plot scaling` and `sorl plot curves` (matplotlib PNG/PDF)
-commands.py    the CLI argument dataclasses, registered in sorl/cli.py
+bench.py       `sorl bench`: training, inference, evaluation and memory figures
+
+The `sorl` subcommands that drive these live in `cli/` (the one layer above this one).
 """

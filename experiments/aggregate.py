@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from experiments import paper
-from sorl import runs
+from runner import runs
 from sorl.errors import SorlError
 
 BOOTSTRAP_REPS = 2000
@@ -108,7 +108,7 @@ class RunRecord:
 
     @property
     def short_task(self) -> str:
-        from sorl.runs import short_task_name
+        from runner.runs import short_task_name
 
         return short_task_name(self.task)
 

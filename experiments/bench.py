@@ -3,7 +3,7 @@
 Everything is measured in this one process (the memory figure in a child process, so that its peak RSS is the
 training path's alone), on synthetic data with cube-single's sizes (observation 28, action 5) unless noted:
 
-- training: `updates_per_s` of the compiled training chunk (`sorl.train.compile_chunk`, the loop's own program)
+- training: `updates_per_s` of the compiled training chunk (`runner.train.compile_chunk`, the loop's own program)
   after compilation; `compile_s`; `flops_per_update` from XLA's cost analysis of the compiled update. SORL draws
   K per update inside a `lax.switch`, whose cost analysis counts every branch, so the update is compiled once
   per K with K fixed (`SORLAgent.update(batch, K=K)`) and the FLOPs averaged over the K distribution (uniform
@@ -11,9 +11,9 @@ training path's alone), on synthetic data with cube-single's sizes (observation 
   2048x2048 float32 matmul under JAX in this process (best of several repetitions); `fraction_of_peak` their
   ratio. Per K, the fixed-K update's own time and FLOP rate too.
 - inference: latency of `sorl.inference.make_policy_fn()` per (K, N), for batch 1 and batch 50.
-- evaluation: env steps/s of a real `sorl.evaluation.evaluate` on cube-single with all cores (untrained agent,
+- evaluation: env steps/s of a real `runner.evaluation.evaluate` on cube-single with all cores (untrained agent,
   full-length episodes), against the raw physics rate (random actions) of one process and of all cores.
-- seeds: total updates/s of S vmapped seeds (`sorl.multiseed`) for S = 1, 2, 4, 8, against one seed.
+- seeds: total updates/s of S vmapped seeds (`runner.multiseed`) for S = 1, 2, 4, 8, against one seed.
 - memory: peak RSS of a child process that loads 1M-transition OGBench-format files (random contents) the way a
   training run does (`envs.datasets.load_task`, `sorl.data.to_device`) and trains on them, against the dataset's
   bytes on the device (target: <= 1.5 x dataset + 1.5 GiB).
@@ -102,7 +102,7 @@ def _now() -> float:
 
 
 def _cores() -> int:
-    from sorl.evaluation import default_workers
+    from runner.evaluation import default_workers
 
     return default_workers()
 
@@ -157,7 +157,7 @@ def synthetic_dataset(n: int, obs_dim: int = OBS_DIM, action_dim: int = ACTION_D
 
 def agent_setup(agent: str, size: Size, overrides: Mapping[str, str] | None = None):
     """(agent class, config) at `size` with cube-single's settings, then `overrides`."""
-    from sorl.train import resolve_agent_config
+    from runner.train import resolve_agent_config
 
     agent_cls = resolve_agent_config(agent, "cube-single-play")[0]
     sized = {"batch_size": size.batch}
@@ -198,7 +198,7 @@ def peak_matmul_gflops(n: int = 2048, reps: int = 5, trials: int = 3) -> dict[st
 
 
 def _initial(agent_cls, config, seed: int):
-    from sorl.train import initial_state
+    from runner.train import initial_state
 
     example = (np.zeros((1, OBS_DIM), np.float32), np.zeros((1, ACTION_DIM), np.float32))
     return initial_state(agent_cls, config, seed, *example)
@@ -253,8 +253,8 @@ def update_flops(agent, batch) -> dict[str, Any]:
 def bench_training(agent_name: str, size: Size, overrides, dataset, peak: float) -> dict[str, Any]:
     import jax
 
+    from runner.train import compile_chunk, distinct_buffers
     from sorl.data import sample_batch
-    from sorl.train import compile_chunk, distinct_buffers
 
     agent_cls, config = agent_setup(agent_name, size, overrides)
     state = _initial(agent_cls, config, 0)
@@ -362,7 +362,7 @@ def bench_evaluation(agent_name: str, size: Size, overrides, workers: int | None
     import jax
     import jax.numpy as jnp
 
-    from sorl.evaluation import EnvPool, evaluate
+    from runner.evaluation import EnvPool, evaluate
     from sorl.inference import make_policy_fn
 
     cores = _cores()
@@ -430,10 +430,10 @@ def interleaved(runners: Mapping[str, Callable[[], float]], reps: int) -> dict[s
 
 
 def _single_runner(agent_cls, config, dataset, n: int, seed: int = 0, donate: bool = True) -> Runner:
-    """The single-seed training chunk (`sorl.train.compile_chunk`, the loop's own program)."""
+    """The single-seed training chunk (`runner.train.compile_chunk`, the loop's own program)."""
     import jax
 
-    from sorl.train import compile_chunk, distinct_buffers, train_chunk
+    from runner.train import compile_chunk, distinct_buffers, train_chunk
 
     s = _initial(agent_cls, config, seed)
     agent, rng = distinct_buffers((s["agent"], s["data_rng"]))
@@ -448,8 +448,8 @@ def _single_runner(agent_cls, config, dataset, n: int, seed: int = 0, donate: bo
 def _stacked(agent_cls, config, S: int):
     import jax.numpy as jnp
 
-    from sorl import multiseed
-    from sorl.train import distinct_buffers
+    from runner import multiseed
+    from runner.train import distinct_buffers
 
     states = [_initial(agent_cls, config, s) for s in range(S)]
     agents = multiseed.stack_agents([s["agent"] for s in states])
@@ -460,7 +460,7 @@ def _stacked(agent_cls, config, S: int):
 def bench_seeds(agent_name: str, size: Size, overrides, dataset, seeds: Sequence[int]) -> dict[str, Any]:
     """Total updates/s of S vmapped seeds against running them one after another (the single-seed chunk's rate,
     timed alternately with it); for the largest S also the 'loop' strategy (the CPU default of --seeds)."""
-    from sorl import multiseed
+    from runner import multiseed
 
     agent_cls, config = agent_setup(agent_name, size, overrides)
     n, reps = size.seed_chunk, max(2, size.reps - 2)
@@ -578,8 +578,8 @@ def memory_child(data_dir: str, size_name: str, agent_name: str, overrides_json:
     import jax
 
     from envs.datasets import load_task
+    from runner.train import compile_chunk, distinct_buffers
     from sorl.data import dataset_nbytes, dataset_size, to_device
-    from sorl.train import compile_chunk, distinct_buffers
 
     size = SIZES[size_name]
     jax.block_until_ready(jax.numpy.zeros(1))
@@ -646,9 +646,9 @@ def bench_changes(agent_name: str, size: Size, overrides, dataset, training: Map
     code as it is: the single-seed training chunk, or the vmapped seeds)."""
     import jax
 
-    from sorl import multiseed
+    from runner import multiseed
+    from runner.train import distinct_buffers, train_chunk
     from sorl.data import sample_batch
-    from sorl.train import distinct_buffers, train_chunk
 
     agent_cls, config = agent_setup(agent_name, size, overrides)
     n, reps = size.chunk, max(3, size.reps - 2)

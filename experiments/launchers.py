@@ -1,6 +1,6 @@
 """`sorl sweep`: expand a spec to runs, skip the finished ones, launch the rest on this machine, Slurm or Ray.
 
-Launchers (all run `sorl.train.train` on one or more runs of the same task and agent — a *job* — and report one
+Launchers (all run `runner.train.train` on one or more runs of the same task and agent — a *job* — and report one
 outcome per run; a failed run is reported with its log and does not stop the others):
 
 - `local`: a pool of P worker slots on this machine; each job runs in its own process
@@ -11,7 +11,7 @@ outcome per run; a failed run is reported with its log and does not stop the oth
 - `ray`: Ray tasks on an existing cluster (`--address`), or on a local Ray instance started (and stopped) here.
 
 `--group-seeds` makes one job of all pending seeds of one (agent, variant, task), trained together in that job's
-process by `sorl.train.train_seeds` (one dataset copy, one compilation, one evaluation pool).
+process by `runner.train.train_seeds` (one dataset copy, one compilation, one evaluation pool).
 
 A run counts as finished when its `results.json` exists: "complete" (with the spec's step budget) is skipped;
 "failed" (a non-finite loss) is skipped and listed again unless `--retry-failed`. Re-running the same command
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.spec import RunSpec, Spec, load_spec
-from sorl import runs as runs_lib
+from runner import runs as runs_lib
 from sorl.errors import SorlError, suggest
 from sorl.machine import available_cores
 
@@ -77,7 +77,7 @@ def make_jobs(runs: Sequence[RunSpec], group_seeds: bool) -> list[Job]:
 
 
 def run_state(run: RunSpec) -> tuple[str, str | None]:
-    """('complete' | 'failed' | 'pending', error) of one run of the sweep (`sorl.runs.run_state`); a corrupt
+    """('complete' | 'failed' | 'pending', error) of one run of the sweep (`runner.runs.run_state`); a corrupt
     results.json counts as failed, with the line saying what to do, so it is reported and not silently rerun."""
     state, detail = runs_lib.run_state(run.run_dir, run.train["steps"])
     return ("failed", detail) if state == "corrupt" else (state, detail)
@@ -135,7 +135,7 @@ def execute_run(run: RunSpec, *, log: bool = True) -> dict[str, Any]:
     with ctx:
         print(f"=== {run.id}\n$ {run.command()}", flush=True)
         try:
-            from sorl.train import train
+            from runner.train import train
 
             results = train(run.task, run.agent, **run.train_kwargs())
             if results.get("status") == "complete":
@@ -177,8 +177,8 @@ def execute_job(runs: Sequence[RunSpec], *, log: bool = True, compile_cache: str
 
 def _execute_multi_seed(runs: list[RunSpec], *, log: bool) -> list[dict[str, Any]]:
     """The seeds of `runs` (one task and agent, directories `PARENT/seed<S>`) trained together by
-    `sorl.train.train_seeds`; one outcome per seed, from its own results.json."""
-    from sorl.train import train_seeds
+    `runner.train.train_seeds`; one outcome per seed, from its own results.json."""
+    from runner.train import train_seeds
 
     t0 = time.perf_counter()
     job = Job(runs)

@@ -61,7 +61,7 @@
 A key in an all-agents scope (`[settings]`, `[settings.ENV]`, `[grid]`, `[[variants]]`) applies to each agent
 whose config has it and must exist in at least one; a key in an agent's scope must exist in that agent's config.
 Per-environment settings of `envs.registry` apply anyway (defaults < environment settings < spec settings), so
-writing them in a spec only makes them visible. Every combination is validated (`sorl.train.resolve_agent_config`)
+writing them in a spec only makes them visible. Every combination is validated (`runner.train.resolve_agent_config`)
 when the spec is loaded, so a bad value fails before anything runs.
 
 Run directories: OUT/[VARIANT/]ENV-taskK/AGENT/seedS (VARIANT only when the agent has more than one variant or a
@@ -80,7 +80,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from runner import multiseed
+from runner.settings import TrainSettings
 from sorl.errors import SorlError, suggest
+from sorl.validation import check_positive
 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
 """The specs shipped with the project (`sorl sweep paper-sorl` finds experiments/specs/paper-sorl.toml)."""
@@ -101,8 +104,9 @@ TOP_KEYS = (
     "variants",
     "launcher",
 )
-TRAIN_KEYS = ("steps", "log_interval", "eval_interval", "checkpoint_interval", "success_timing", "train_episodes")
-EVAL_KEYS = ("K", "N", "episodes", "max_episode_steps", "workers", "envs")
+# [train] and [eval] keys are fields of runner.settings.TrainSettings (their spec key, default and check live there)
+TRAIN_KEYS = TrainSettings.spec_keys("train")
+EVAL_KEYS = TrainSettings.spec_keys("eval")
 LAUNCHER_KEYS = ("max_parallel", "group_seeds", "slurm", "ray")
 SLURM_KEYS = (
     "partition",
@@ -119,22 +123,8 @@ SLURM_KEYS = (
 )
 RAY_KEYS = ("address", "cpus_per_run", "gpus_per_run")
 
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "steps": 1_000_000,
-    "log_interval": 5_000,
-    "eval_interval": 100_000,
-    "checkpoint_interval": None,
-    "success_timing": "pre",
-    "train_episodes": None,
-}
-EVAL_DEFAULTS: dict[str, Any] = {
-    "K": [1, 2, 4, 8],
-    "N": [1],
-    "episodes": 50,
-    "max_episode_steps": None,
-    "workers": None,
-    "envs": None,
-}
+TRAIN_DEFAULTS: dict[str, Any] = TrainSettings.spec_defaults("train")
+EVAL_DEFAULTS: dict[str, Any] = TrainSettings.spec_defaults("eval")
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -142,7 +132,7 @@ EVAL_DEFAULTS: dict[str, Any] = {
 
 @dataclasses.dataclass
 class RunSpec:
-    """One training run of a sweep: everything `sorl.train.train` needs, plus where its log goes."""
+    """One training run of a sweep: everything `runner.train.train` needs, plus where its log goes."""
 
     id: str
     """'[VARIANT/]ENV-taskK/AGENT/seedS': the run directory relative to the sweep's `out`."""
@@ -156,7 +146,7 @@ class RunSpec:
     overrides: dict[str, str]
     """--agent.KEY=VALUE settings, as strings (exactly what `sorl train` would receive)."""
     train: dict[str, Any]
-    """Keyword arguments of `sorl.train.train` other than task, agent, seed, run_dir and agent_overrides."""
+    """The run's `TrainSettings` as a dict (`TrainSettings.to_dict`; JSON travels to the worker processes)."""
 
     @property
     def group(self) -> tuple[str, str, str]:
@@ -171,19 +161,14 @@ class RunSpec:
             "agent_overrides": dict(self.overrides),
         }
 
+    def settings(self) -> TrainSettings:
+        return TrainSettings(**self.train)
+
     def command(self) -> str:
         """The equivalent `sorl train` command line."""
-        t = self.train
-        parts = ["sorl train", f"--task {self.task}", f"--agent {self.agent}", f"--steps {t['steps']}"]
-        parts += [f"--seed {self.seed}", f"--run-dir {self.run_dir}"]
-        if t.get("data_dir"):
-            parts.append(f"--data-dir {t['data_dir']}")
-        parts += [f"--success-timing {t['success_timing']}", f"--log-interval {t['log_interval']}"]
-        parts += [f"--eval-interval {t['eval_interval']}", f"--eval-episodes {t['eval_episodes']}"]
-        parts += [f"--eval-K {t['eval_K']}", f"--eval-N {t['eval_N']}"]
-        for key in ("checkpoint_interval", "eval_workers", "eval_envs", "eval_max_episode_steps", "train_episodes"):
-            if t.get(key) is not None:
-                parts.append(f"--{key.replace('_', '-')} {t[key]}")
+        flags = self.settings().command_flags()  # --steps first, then the run's identity, as sweeps always printed
+        parts = ["sorl train", f"--task {self.task}", f"--agent {self.agent}", flags[0]]
+        parts += [f"--seed {self.seed}", f"--run-dir {self.run_dir}", *flags[1:]]
         parts += [f"--agent.{k}={v}" for k, v in self.overrides.items()]
         return " ".join(parts)
 
@@ -267,7 +252,7 @@ class Spec:
 
     def runs(self, out: str | Path | None = None, data_dir: str | Path | None = None) -> list[RunSpec]:
         """Every run of the sweep, validated, in a stable order (agent, variant, task, seed)."""
-        from sorl.train import resolve_agent_config
+        from runner.train import resolve_agent_config
 
         root = Path(out) if out is not None else self.out
         root = root.expanduser().absolute()
@@ -288,22 +273,7 @@ class Spec:
                     for seed in self.seeds:
                         rel = Path(*([safe_name(label)] if label else []), task.short_name, agent, f"seed{seed}")
                         run_id = rel.as_posix()
-                        train = {
-                            "steps": self.train["steps"],
-                            "data_dir": data,
-                            "success_timing": self.train["success_timing"],
-                            "log_interval": self.train["log_interval"],
-                            "eval_interval": self.train["eval_interval"],
-                            "checkpoint_interval": self.train["checkpoint_interval"],
-                            "eval_episodes": ev["episodes"],
-                            "eval_K": ",".join(str(k) for k in ev["K"]),
-                            "eval_N": ",".join(str(n) for n in ev["N"]),
-                            "eval_workers": ev["workers"],
-                            "eval_envs": ev["envs"],
-                            "eval_max_episode_steps": ev["max_episode_steps"],
-                            "train_episodes": self.train["train_episodes"],
-                            "progress": False,
-                        }
+                        settings = TrainSettings.from_spec(self.train, ev, data_dir=data, progress=False)
                         result.append(
                             RunSpec(
                                 id=run_id,
@@ -315,7 +285,7 @@ class Spec:
                                 run_dir=str(root / rel),
                                 log=str(root / "logs" / (run_id.replace("/", "__") + ".log")),
                                 overrides=overrides,
-                                train=train,
+                                train=settings.to_dict(),
                             )
                         )
         if not result:
@@ -408,14 +378,7 @@ def parse_spec(raw: Mapping[str, Any], path: Path | None = None) -> Spec:
     # budget
     train_raw = _table(raw.get("train", {}), "[train]", fail)
     _check_keys(train_raw, TRAIN_KEYS, "key in [train]", fail)
-    train = {**TRAIN_DEFAULTS, **train_raw}
-    for key in ("steps", "log_interval", "eval_interval"):
-        _positive_int(train[key], f"train.{key}", fail)
-    for key in ("checkpoint_interval", "train_episodes"):
-        if train[key] is not None:
-            _positive_int(train[key], f"train.{key}", fail)
-    if train["success_timing"] not in ("pre", "post"):
-        raise fail(f"train.success_timing={train['success_timing']!r} must be 'pre' or 'post'")
+    train = {**TRAIN_DEFAULTS, **_section_values("train", train_raw, "train", fail)}
 
     eval_raw = _table(raw.get("eval", {}), "[eval]", fail)
     eval_by_agent: dict[str, dict[str, Any]] = {}
@@ -425,11 +388,11 @@ def parse_spec(raw: Mapping[str, Any], path: Path | None = None) -> Spec:
             if key not in AGENTS:
                 raise fail(f"[eval.{key}]: unknown agent{suggest(key, list(AGENTS))}")
             _check_keys(value, EVAL_KEYS, f"key in [eval.{key}]", fail)
-            eval_by_agent[key] = _eval_values(value, f"eval.{key}", fail)
+            eval_by_agent[key] = _section_values("eval", value, f"eval.{key}", fail)
         else:
             eval_common[key] = value
     _check_keys(eval_common, EVAL_KEYS, "key in [eval]", fail)
-    evaluation = {**EVAL_DEFAULTS, **_eval_values(eval_common, "eval", fail)}
+    evaluation = {**EVAL_DEFAULTS, **_section_values("eval", eval_common, "eval", fail)}
 
     # settings
     fields = {a: agent_fields(a) for a in agents}
@@ -577,40 +540,14 @@ def safe_name(label: str) -> str:
 
 
 def parse_seeds(value: Any, fail=None) -> list[int]:
-    """[1, 2, 3], 3, "1-8" or "1-4,7" -> a list of distinct non-negative seeds, in order."""
-    fail = fail or SorlError
-
-    def bad() -> SorlError:
-        return fail(f'seeds={value!r}: give a list of non-negative integers or a range such as "1-8"')
-
-    seeds: list[int] = []
-    if isinstance(value, bool):
-        raise bad()
-    if isinstance(value, int):
-        seeds = [value]
-    elif isinstance(value, str):
-        for part in value.split(","):
-            part = part.strip()
-            m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
-            if m:
-                lo, hi = int(m[1]), int(m[2])
-                if hi < lo:
-                    raise bad()
-                seeds += range(lo, hi + 1)
-            elif part.isdigit():
-                seeds.append(int(part))
-            elif part:
-                raise bad()
-    elif isinstance(value, list):
-        for s in value:
-            if isinstance(s, bool) or not isinstance(s, int):
-                raise bad()
-            seeds.append(s)
-    else:
-        raise bad()
-    if any(s < 0 for s in seeds):
-        raise bad()
-    return list(dict.fromkeys(seeds))
+    """[1, 2, 3], 3, "1-8" or "1-4,7" -> a list of distinct non-negative seeds, in order (`runner.multiseed`'s
+    parser, whose message the spec prefixes)."""
+    if isinstance(value, list) and not value:
+        return []  # a spec with no seeds expands to no runs, and says so
+    try:
+        return list(multiseed.parse_seeds(value))
+    except SorlError as e:
+        raise (fail or SorlError)(str(e).replace("--seeds", "seeds", 1)) from None
 
 
 def _check_keys(table: Mapping[str, Any], valid: Sequence[str], what: str, fail) -> None:
@@ -634,8 +571,10 @@ def _str_list(value: Any, what: str, fail) -> list[str]:
 
 
 def _positive_int(value: Any, what: str, fail) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise fail(f"{what}={value!r} must be a positive integer")
+    try:
+        check_positive(what, value)
+    except SorlError as e:
+        raise fail(str(e)) from None
     return value
 
 
@@ -655,32 +594,6 @@ def _grid_values(value: Any, what: str, fail) -> list[Any]:
     return list(value)
 
 
-def _int_list(value: Any, what: str, fail) -> list[int]:
-    if isinstance(value, str):
-        try:
-            value = [int(v) for v in value.split(",") if v.strip()]
-        except ValueError:
-            raise fail(f"{what}={value!r} must be a list of positive integers") from None
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    if (
-        not isinstance(value, list)
-        or not value
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
-    ):
-        raise fail(f"{what}={value!r} must be a non-empty list of positive integers")
-    return list(dict.fromkeys(value))
-
-
-def _eval_values(table: Mapping[str, Any], scope: str, fail) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        if key in ("K", "N"):
-            out[key] = _int_list(value, f"{scope}.{key}", fail)
-            if key == "K" and any(k & (k - 1) for k in out[key]):
-                raise fail(f"{scope}.K={out[key]}: K must be a power of two")
-        elif key == "episodes":
-            out[key] = _positive_int(value, f"{scope}.episodes", fail)
-        elif value is not None:
-            out[key] = _positive_int(value, f"{scope}.{key}", fail)
-    return out
+def _section_values(section: str, table: Mapping[str, Any], scope: str, fail) -> dict[str, Any]:
+    """A [train] / [eval] table's values, each checked by its TrainSettings field (`scope.key=...: ...`)."""
+    return {key: TrainSettings.spec_value(section, key, v, f"{scope}.{key}", fail) for key, v in table.items()}

@@ -20,7 +20,7 @@ and may override these hooks, whose defaults suit most agents:
 
 - `max_K`: the largest K it was trained for (None: K does not apply, every power of two is accepted);
 - `GRID_NOTES`: the test-time axes ("K", "N") that cannot change its action, and why (printed once per
-  evaluation grid, `sorl.evaluation.grid_note`);
+  evaluation grid, `runner.evaluation.grid_note`);
 - `train_update(batch)`: the update as the training loop runs it (default `update`; SORL draws its step counts
   from a schedule shared by vmapped seeds);
 - `prepare_dataset(dataset)`: derive extra dataset keys once before training (default: none; ReBRAC adds the
@@ -47,7 +47,7 @@ class Agent(flax.struct.PyTreeNode):
 
     Config: ClassVar[type]
     GRID_NOTES: ClassVar[dict[str, str]] = {}
-    """Test-time axes that do not change the action, and why (`sorl.evaluation.grid_note`)."""
+    """Test-time axes that do not change the action, and why (`runner.evaluation.grid_note`)."""
 
     @classmethod
     def create(cls, rng: Array | int, example_observations: Array, example_actions: Array, config: Any = None):

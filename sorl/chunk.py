@@ -1,7 +1,7 @@
 """The compiled unit of training: a `lax.scan` of agent updates on batches drawn on the device.
 
 One chunk of `num_updates` updates is one XLA program; Python runs once per chunk (a log interval), not per update.
-`sorl.train` runs chunks for one seed at a time, `sorl.multiseed` vmaps the same chunk over seeds.
+`runner.train` runs chunks for one seed at a time, `runner.multiseed` vmaps the same chunk over seeds.
 """
 
 from __future__ import annotations

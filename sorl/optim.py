@@ -71,7 +71,6 @@ def prefixed(**infos: Mapping[str, Array]) -> dict[str, Array]:
     return {f"{group}/{k}": v for group, info in infos.items() for k, v in info.items()}
 
 
-
 def ema_targets(params: Mapping[str, Params], target_params: Mapping[str, Params], tau: float) -> dict[str, Params]:
     """Every target network moved `tau` of the way towards its online network (pass the pre-step `params` to do as
     the reference code does)."""

@@ -12,6 +12,7 @@ A broken rule is one line for the user, naming the setting and the flag that set
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable
 from dataclasses import fields
 from typing import Any
@@ -34,6 +35,14 @@ def is_number(v: Any) -> bool:
 
 def is_integer(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_positive(name: str, value: Any, allow_none: bool = False) -> None:
+    """The project's one positive-integer check, for run options (`name=value: must be a positive integer`)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise SorlError(f"{name}={value}: must be a positive integer")
 
 
 def is_power_of_two(v: Any) -> bool:

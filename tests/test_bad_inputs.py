@@ -1,7 +1,7 @@
 """A catalogue of bad inputs across the command line: each ends in one line on stderr (`error: ...`), a non-zero
 exit code and no traceback.
 
-The cases run in-process through `sorl.cli.main` (cheap); a few run as real `sorl` processes to check the same
+The cases run in-process through `cli.main.main` (cheap); a few run as real `sorl` processes to check the same
 at the process level. Training cases use the stand-in agent of test_train_loop.py ("tiny") where they need a
 trained run; dataset cases use the real data layer on a scratch data directory.
 """
@@ -18,7 +18,8 @@ import pytest
 from test_train_loop import TASK, _train
 from test_train_loop import stand_in as _stand_in  # noqa: F401 - a fixture, used through `stand_in` below
 
-from sorl import cli, reliability
+from cli import main as cli
+from runner import safety as reliability
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -231,7 +232,7 @@ def test_bad_input_is_one_line(request, tmp_path, capsys, monkeypatch, argv, exp
 def test_bad_input_in_a_real_process(tmp_path, argv, expect):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT), "OGBENCH_DATA_DIR": str(tmp_path)}
     p = subprocess.run(
-        [sys.executable, "-m", "sorl.cli", *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "cli", *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
     assert p.returncode == 2
     assert "Traceback" not in p.stdout + p.stderr

@@ -12,12 +12,12 @@ import pytest
 
 from agents import AGENTS, get_agent
 from envs.registry import AGENT_ENV_SETTINGS, agent_env_settings, resolve_env
+from runner.evaluation import validate_grid
+from runner.train import resolve_agent_config
 from sorl.baselines import aggregate, expectile_loss, gaussian_log_prob, with_next_actions
 from sorl.config import apply_overrides, config_from_dict, config_to_dict
 from sorl.errors import SorlError
-from sorl.evaluation import validate_grid
 from sorl.inference import make_policy_fn
-from sorl.train import resolve_agent_config
 
 OBS, ACT = 3, 2
 BASELINES = ("fql", "rebrac", "iql", "flow-bc")

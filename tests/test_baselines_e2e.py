@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from test_e2e import TASK, data_dir  # noqa: F401 - the tiny generated dataset, shared with SORL's end-to-end test
 
-from sorl import cli, train
-from sorl.checkpoint import Checkpointer
+from cli import main as cli
+from runner import train
+from runner.checkpoint import Checkpointer
 
 SIZES = ["--agent.actor_layer_size=16", "--agent.actor_num_layers=2", "--agent.batch_size=16"]
 CRITIC = ["--agent.value_layer_size=16", "--agent.value_num_layers=2"]

@@ -12,7 +12,7 @@ import pytest
 from test_sorl_learning import BAD, GOOD, OBS, make_dataset, reward
 
 from agents import get_agent
-from sorl.train import distinct_buffers, train_chunk_jit
+from runner.train import distinct_buffers, train_chunk_jit
 
 TINY = dict(actor_layer_size=64, actor_num_layers=2, batch_size=128, lr=1e-3)
 CRITIC = dict(value_layer_size=64, value_num_layers=2)

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from cli import main as cli
 from experiments import bench
-from sorl import cli
 from sorl.errors import SorlError
 
 

@@ -1,6 +1,6 @@
 """`sorl train --quick`: the README's main job fills in a small budget, but never overrides what the user gave."""
 
-from sorl.cli import QUICK_AGENT_PRESET, QUICK_PRESET, TrainArgs, apply_quick_preset
+from cli.main import QUICK_AGENT_PRESET, QUICK_PRESET, TrainArgs, apply_quick_preset
 
 
 def test_quick_preset_fills_defaults_only():

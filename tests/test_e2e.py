@@ -8,9 +8,10 @@ import json
 import numpy as np
 import pytest
 
+from cli import main as cli
 from envs.datasets import ensure_dataset
-from sorl import cli, train
-from sorl.checkpoint import Checkpointer
+from runner import train
+from runner.checkpoint import Checkpointer
 from sorl.errors import SorlError
 
 TASK = "cube-single-play-singletask-task1-v0"

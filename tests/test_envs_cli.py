@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 
+from cli import main as cli
 from envs import datasets
-from sorl import cli
 from sorl.errors import SorlError
 
 STEPS = 20
@@ -40,7 +40,7 @@ def snapshot(d):
 
 
 def run_cli(capsys, *argv):
-    """sorl.cli.main in-process: (exit code, stdout, stderr)."""
+    """cli.main.main in-process: (exit code, stdout, stderr)."""
     capsys.readouterr()
     try:
         cli.main(list(argv))
@@ -197,7 +197,7 @@ def test_real_process_prints_one_line(data):
     before = snapshot(data)
     env = {**os.environ, "OGBENCH_DATA_DIR": str(data)}  # the environment variable picks the data directory
     for argv in (["data", "verify"], ["data", "generate", "cube-single-pley"]):
-        r = subprocess.run([sys.executable, "-m", "sorl.cli", *argv], capture_output=True, text=True, env=env)
+        r = subprocess.run([sys.executable, "-m", "cli", *argv], capture_output=True, text=True, env=env)
         assert r.returncode == 2, r.stderr
         assert "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr

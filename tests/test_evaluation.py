@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sorl import evaluation
+from runner import evaluation
+from runner.evaluation import EnvPool, evaluate, format_grid, parse_int_list, run_episodes
 from sorl.errors import SorlError
-from sorl.evaluation import EnvPool, evaluate, format_grid, parse_int_list, run_episodes
 
 # ------------------------------------------------------------------------------------------ parsing
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli import main as cli
 from experiments import aggregate, paper, plots
-from sorl import cli
 from sorl.errors import SorlError
 
 METHOD_MD = Path(__file__).resolve().parents[1] / "docs" / "method.md"  # the project's account of the method
@@ -130,7 +130,7 @@ def test_comparison_footnotes_unverified_settings_and_the_sorl_update(tmp_path):
 
 def test_a_corrupt_results_file_is_reported_not_skipped(tmp_path):
     from experiments import launchers
-    from sorl import runs
+    from runner import runs
 
     write_run(tmp_path, "cube-single-play-task1", "sorl", 1, {(8, 1): 0.5})
     bad = write_run(tmp_path, "cube-single-play-task1", "sorl", 2, {(8, 1): 0.5})

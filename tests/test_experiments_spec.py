@@ -9,10 +9,10 @@ import tomllib
 
 import pytest
 
+from cli import main as cli
 from envs.registry import AGENT_ENV_SETTINGS, ENVIRONMENTS
 from experiments import launchers
 from experiments.spec import SPECS_DIR, load_spec, parse_seeds
-from sorl import cli
 from sorl.errors import SorlError
 
 BASE = """
@@ -171,7 +171,7 @@ def test_slurm_launcher_without_slurm_is_a_one_line_error(tmp_path, capsys):
         [
             sys.executable,
             "-m",
-            "sorl.cli",
+            "cli",
             "sweep",
             str(path),
             "--launcher",

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from test_e2e import data_dir  # noqa: F401 - the tiny generated cube-single dataset
 
+from cli import main as cli
 from experiments import launchers
-from sorl import cli
 
 SPEC = """
 agents = ["sorl"]
@@ -89,7 +89,7 @@ def test_submitit_local_executor(sweep_dir, data_dir):  # noqa: F811
     assert {o["id"] for o in summary.done} == {f"{t}/sorl/seed{s}" for t in TASKS for s in (3, 4)}
     check_complete(sweep_dir, [3, 4])
     assert any((sweep_dir / "runs" / "submitit").iterdir())  # submitit's own job folder
-    # --group-seeds: both seeds of a task in one process, through sorl.multiseed's vmapped training
+    # --group-seeds: both seeds of a task in one process, through runner.multiseed's vmapped training
     log = sweep_dir / "runs" / "logs" / "cube-single-play-task1__sorl__seeds3,4.log"
     assert "seeds [3, 4] vmapped in one process" in log.read_text()
     assert {o["log"] for o in summary.done} == {str(log), str(log).replace("task1", "task2")}

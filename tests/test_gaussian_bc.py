@@ -15,12 +15,12 @@ from test_baselines_learning import trained
 from agents import get_agent
 from agents.flow_bc import FlowBCAgent
 from experiments.aggregate import load_record
-from sorl import runs
-from sorl.checkpoint import Checkpointer
+from runner import runs
+from runner.checkpoint import Checkpointer
+from runner.evaluation import grid_note
+from runner.train import initial_state, load_run
 from sorl.config import config_to_dict
 from sorl.errors import SorlError
-from sorl.evaluation import grid_note
-from sorl.train import initial_state, load_run
 
 OBS, ACT, SIZE = 3, 2, 4096
 W = np.array([[0.8, -0.5], [0.3, 0.7], [-0.6, 0.2]])

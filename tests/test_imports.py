@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("sorl", "agents", "envs", "experiments")
+PACKAGES = ("sorl", "agents", "envs", "runner", "experiments", "cli")
+# Each layer may import only the layers before it (agents and envs are side by side: neither imports the other).
+LAYERS = (("sorl",), ("agents", "envs"), ("runner",), ("experiments",), ("cli",))
 
 
 def modules() -> dict[str, Path]:
@@ -89,12 +91,38 @@ def test_the_cycle_check_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for name, deps in graph.items():
+        top = name.split(".")[0]
+        out.setdefault(top, set()).update(d.split(".")[0] for d in deps if d.split(".")[0] != top)
+    return out
+
+
+def test_no_import_cycle_between_packages():
+    assert cycles(package_graph(import_graph())) == []
+
+
+def test_every_package_imports_only_the_layers_below_it():
+    level = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
+    for pkg, deps in package_graph(import_graph()).items():
+        above = {d for d in deps if level[d] >= level[pkg]}
+        assert not above, f"{pkg} imports {sorted(above)}, which are not below it in {LAYERS}"
+
+
+def test_nothing_imports_the_cli():
+    assert [
+        name
+        for name, deps in import_graph().items()
+        if not name.startswith("cli") and any(d.startswith("cli") for d in deps)
+    ] == []
+
+
 def test_core_modules_import_nothing_above_them():
     # errors, validation, networks, shortcut math, the verifier, the agent contract and the baselines' shared
     # pieces form the bottom layer: agents and envs build on them, never the other way round.
     graph = import_graph()
-    core = {"sorl.errors", "sorl.validation", "sorl.networks", "sorl.shortcut", "sorl.inference", "sorl.agent",
-            "sorl.baselines", "sorl.data", "sorl.optim", "sorl.machine"}  # fmt: skip
+    core = {name for name in graph if name.split(".")[0] == "sorl"}  # the whole `sorl` package is the core
     for name in core:
         assert graph[name] <= core, (name, graph[name] - core)
     for name, deps in graph.items():

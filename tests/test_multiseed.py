@@ -20,12 +20,13 @@ import numpy as np
 import pytest
 
 from agents.sorl import SORLAgent
+from cli import main as cli
 from envs.datasets import ensure_dataset, load_task
-from sorl import cli, multiseed
-from sorl.checkpoint import Checkpointer
+from runner import multiseed
+from runner.checkpoint import Checkpointer
+from runner.train import compile_chunk, distinct_buffers, initial_state, load_run, resolve_agent_config
 from sorl.data import to_device
 from sorl.errors import SorlError
-from sorl.train import compile_chunk, distinct_buffers, initial_state, load_run, resolve_agent_config
 
 TASK = "cube-single-play-singletask-task1-v0"
 TINY_ARGS = [

@@ -32,10 +32,12 @@ from test_train_loop import TASK, TinyAgent, TinyConfig, TinyEnv, _dataset, _tra
 from test_train_loop import stand_in as _stand_in  # noqa: F401 - a fixture, used through `stand_in` below
 
 import agents
-from sorl import checkpoint, cli, reliability, runs
-from sorl import train as train_lib
+from cli import main as cli
+from runner import checkpoint, runs
+from runner import safety as reliability
+from runner import train as train_lib
+from runner.checkpoint import Checkpointer
 from sorl.agent import Agent
-from sorl.checkpoint import Checkpointer
 from sorl.errors import SorlError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,7 +195,7 @@ class AdamAgent(Agent):
 def install_stand_in() -> None:
     """In a subprocess: agent "adam", the synthetic dataset for any task and TinyEnv for evaluation."""
     import envs.datasets
-    from sorl import evaluation
+    from runner import evaluation
 
     get = agents.get_agent
     agents.get_agent = lambda name: AdamAgent if name == "adam" else get(name)
@@ -265,7 +267,7 @@ TINY_SORL = [
 
 def _sorl_command(run_dir: Path, data: Path) -> list[str]:
     return [
-        *(sys.executable, "-m", "sorl.cli"),
+        *(sys.executable, "-m", "cli"),
         *_words("train --task cube-single-play-task1 --agent sorl --seed 4 --log-interval 10 --checkpoint-interval 50"),
         *_words("--eval-interval 100 --eval-episodes 1 --eval-K 1 --eval-N 1,2 --eval-workers 1 --progress False"),
         *("--eval-max-episode-steps", "5", "--steps", str(SORL_STEPS), "--run-dir", str(run_dir)),
@@ -296,7 +298,7 @@ def test_sigterm_checkpoints_and_exits_with_resume_message(tmp_path):
         assert lines[0].startswith("interrupted: SIGTERM at step ") and "run the same command again" in lines[0]
         stopped = int(lines[0].split("at step ")[1].split()[0])
         assert f"saved a checkpoint at step {stopped}" in lines[0] and stopped < SORL_STEPS
-        assert "sorl.cli train" in lines[0] and "--run-dir" in lines[0]
+        assert "python -m cli train" in lines[0] and "--run-dir" in lines[0]
         assert Checkpointer(run / "checkpoints").latest_step() == stopped
         assert int(_log(run, "train.csv")[-1]["step"]) == stopped
         assert not (run / "results.json").exists()

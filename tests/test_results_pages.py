@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments import plots, results
-from sorl import cli
+from cli import main as cli
+from cli import results
+from experiments import plots
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "results-demo"
 

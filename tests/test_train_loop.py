@@ -22,10 +22,12 @@ import pytest
 
 import agents
 import envs
-from sorl import cli, evaluation, runs
-from sorl import train as train_lib
+from cli import main as cli
+from runner import evaluation, runs
+from runner import train as train_lib
+from runner.checkpoint import Checkpointer
+from runner.settings import TrainSettings
 from sorl.agent import Agent
-from sorl.checkpoint import Checkpointer
 from sorl.data import ACTION_CLIP, sample_batch, to_device
 from sorl.errors import SorlError
 
@@ -252,6 +254,43 @@ def test_boundaries():
 
 
 # ---------------------------------------------------------------------------------------- a whole run
+
+
+def test_trainer_takes_agent_data_and_environments_as_arguments(tmp_path):
+    """No registry, dataset or environment patched: the Trainer is handed the stand-ins."""
+    loads, made = [], []
+
+    def load_task(task_name, data_dir=None, *, success_timing="pre", episodes=None):
+        loads.append((task_name, success_timing, episodes))
+        return TinyEnv(), _dataset(), _dataset(32, 1)
+
+    def make_env(task_name, success_timing, max_episode_steps):
+        made.append(task_name)
+        return TinyEnv()
+
+    settings = TrainSettings(
+        steps=40, log_interval=10, eval_interval=20, eval_episodes=2, eval_K="1,2", eval_N="1", eval_workers=1,
+        train_episodes=7, progress=False,
+    )  # fmt: skip
+
+    def trainer(name, **kw):
+        return train_lib.Trainer(
+            TASK, "tiny", [3], lambda task, seed: tmp_path / name, settings,
+            agent_cls=TinyAgent, load_task=load_task, make_env=make_env, **kw,
+        )  # fmt: skip
+
+    (res,) = trainer("run").run()
+    assert res["status"] == "complete" and res["steps"] == 40 and res["seed"] == 3
+    assert loads == [(TASK, "pre", 7)] and made == [TASK, TASK]  # one pool of eval_episodes environments
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["agent_config"] == dataclasses.asdict(TinyConfig()) and cfg["dataset"]["train_episodes"] == 7
+    assert cfg["train"]["checkpoint_interval"] == 20 and cfg["eval"]["K"] == [1, 2]
+    with (tmp_path / "run" / "train.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    with pytest.raises(SorlError, match="non-finite loss at step 15"):
+        trainer("nan", inject_nan_at=15).run()
+    assert json.loads((tmp_path / "nan" / "results.json").read_text())["status"] == "failed"
 
 
 def test_train_writes_run_directory(tmp_path, stand_in):

@@ -1,4 +1,4 @@
-"""The `sorl sweep`, `sorl table` and `sorl plot` subcommands (registered in sorl/cli.py's `_COMMANDS`).
+"""The `sorl sweep`, `sorl table` and `sorl plot` subcommands (registered in cli/main.py's `_COMMANDS`).
 
     sorl sweep SPEC [--launcher local|slurm|ray] [--dry-run] [--max-parallel P] [--group-seeds] ...
     sorl table RUN_DIRS_OR_SWEEP... [--format md|csv|latex] [--K K --N N] [--compare paper] [--level env]
@@ -40,7 +40,7 @@ class SweepArgs:
     data_dir: Path | None = None
     """Datasets (default: the spec's data_dir, else $OGBENCH_DATA_DIR, else ~/.ogbench/data)."""
     group_seeds: bool = False
-    """One job per (agent, setting, task) holding all its pending seeds (vmapped when sorl.train can)."""
+    """One job per (agent, setting, task) holding all its pending seeds (vmapped when runner.train can)."""
     retry_failed: bool = False
     """Also rerun runs whose results.json says failed."""
     check_data: bool = True

@@ -10,10 +10,10 @@ drawn K for all seeds — with a per-seed K, vmap would turn the switch into a s
 real cond for the same reason.
 
 The loop around the chunks (logs, checkpoints, evaluation, resume, signals, failures) is the single-seed run's
-own, `sorl.train.train_runs`; this module adds the seeds' parsing and directories and the vmapped chunk.
+own, `runner.train.Trainer`; this module adds the seeds' parsing and directories and the vmapped chunk.
 
 Strategies (`resolve_strategy`): 'vmap' is the above; 'loop' advances the seeds of each chunk one after another
-through the single-seed compiled chunk (`sorl.train.SequentialSeeds`), which on a CPU is as fast (one seed's
+through the single-seed compiled chunk (`SequentialSeeds`), which on a CPU is as fast (one seed's
 matmuls already fill the cores) and still shares one compilation, one dataset copy and one evaluation pool.
 'auto' (the default) picks vmap on accelerators and loop on the CPU.
 
@@ -32,14 +32,14 @@ import re
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sorl import reliability, runs
-from sorl.chunk import distinct_buffers, train_chunk
+from runner import runs, safety
+from sorl.chunk import compile_chunk, distinct_buffers, train_chunk
 from sorl.errors import SorlError
 
 # ------------------------------------------------------------------------------------------ seeds
@@ -62,7 +62,9 @@ def parse_seeds(text: str | int | Sequence[int]) -> tuple[int, ...]:
                 raise SorlError(f"--seeds {text!r}: the range {lo}-{hi} is empty (write it low-high)")
             items.extend(range(lo, hi + 1))
     else:
-        items = [int(s) for s in text]
+        items = list(text)
+        if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in items):
+            raise SorlError(f"--seeds {text!r}: expected non-negative integer seeds")
     out: list[int] = []
     for s in items:
         if s < 0:
@@ -159,9 +161,70 @@ def resolve_strategy(strategy: str) -> str:
     return strategy
 
 
+class SeedRunner(Protocol):
+    """How a Trainer advances the training states of the seeds it trains together. Two implementations:
+    `SequentialSeeds` (the single-seed compiled chunk, each seed in turn; with one seed, the plain run) and
+    `VmappedSeeds` (one vmapped chunk for all seeds)."""
+
+    def compile(self, dataset: Mapping[str, jax.Array], batch_size: int, n: int) -> Any:
+        """The compiled chunk of `n` updates for these states."""
+
+    def key(self, n: int) -> tuple[str, int, int]:
+        """The compiled-chunk cache key (runners with equal keys share a compiled chunk)."""
+
+    def run(self, compiled: Any, dataset: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
+        """One chunk for every seed; the infos stacked `[seeds, n]`."""
+
+    def agent(self, i: int) -> Any:
+        """Seed `i`'s agent, as a single-seed run holds it."""
+
+    def data_rng(self, i: int) -> jax.Array: ...
+
+    def any_non_finite(self) -> bool:
+        """Whether any seed's state holds a NaN or an infinity."""
+
+
+class SequentialSeeds:
+    """Training states advanced in turn by the single-seed compiled chunk (a `SeedRunner`)."""
+
+    def __init__(self, states: Sequence[Mapping[str, Any]]):
+        self.states = [(st["agent"], jnp.asarray(st["data_rng"])) for st in states]
+
+    def compile(self, dataset: Mapping[str, jax.Array], batch_size: int, n: int):
+        self.states = [distinct_buffers(st) for st in self.states]
+        return compile_chunk(*self.states[0], dataset, batch_size, n)
+
+    def key(self, n: int) -> tuple[str, int, int]:
+        return ("loop", 1, n)  # one program serves any number of seeds
+
+    def run(self, compiled: Any, dataset: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
+        out, infos = [], []
+        for agent, data_rng in self.states:
+            agent, data_rng = distinct_buffers((agent, data_rng))
+            agent, data_rng, info = compiled(agent, data_rng, dataset)
+            out.append((agent, data_rng))
+            infos.append(info)
+        self.states = out
+        infos = jax.device_get(infos)  # fetched once, after every seed's chunk is queued
+        return {k: np.stack([np.asarray(info[k]) for info in infos]) for k in infos[0]}
+
+    def agent(self, i: int) -> Any:
+        return self.states[i][0]
+
+    def data_rng(self, i: int) -> jax.Array:
+        return self.states[i][1]
+
+    def any_non_finite(self) -> bool:
+        return safety.non_finite_leaf([a for a, _ in self.states]) is not None
+
+
+def make_seed_runner(strategy: str, states: Sequence[Mapping[str, Any]]) -> SeedRunner:
+    """'loop' -> `SequentialSeeds`, 'vmap' -> `VmappedSeeds`."""
+    return VmappedSeeds(states) if strategy == "vmap" else SequentialSeeds(states)
+
+
 class VmappedSeeds:
-    """The seeds' states stacked (step shared), advanced by one vmapped compiled chunk (the interface of
-    `sorl.train.SequentialSeeds`)."""
+    """The seeds' states stacked (step shared), advanced by one vmapped compiled chunk (a `SeedRunner`)."""
 
     def __init__(self, states: Sequence[Mapping[str, Any]]):
         self.agents = stack_agents([st["agent"] for st in states])
@@ -187,7 +250,7 @@ class VmappedSeeds:
         return self.data_rngs[i]
 
     def any_non_finite(self) -> bool:
-        return reliability.non_finite_leaf(self.agents) is not None
+        return safety.non_finite_leaf(self.agents) is not None
 
 
 __all__ = [
@@ -199,5 +262,8 @@ __all__ = [
     "train_chunk_seeds",
     "train_chunk_seeds_jit",
     "unstack_agent",
+    "SeedRunner",
+    "SequentialSeeds",
     "VmappedSeeds",
+    "make_seed_runner",
 ]

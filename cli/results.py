@@ -55,13 +55,18 @@ def pages(roots: Sequence[str | Path]) -> list[Path]:
 
 
 def render_block(command: str, base: Path) -> str:
-    """The generated text of one block: `table ...`, `plot scaling ...` or `plot curves ...`, run from `base`."""
+    """The generated text of one block: `table ...`, `plot scaling|compute|curves ...` or `verifier PATHS`, run
+    from `base`."""
+    from cli.commands import PlotCompute, PlotCurves, PlotScaling, TableArgs
     from experiments import plots
     from experiments.aggregate import table
-    from experiments.commands import PlotCompute, PlotCurves, PlotScaling, TableArgs
 
     words = shlex.split(command)
     kind, args = (" ".join(words[:2]), words[2:]) if words[:1] == ["plot"] else (" ".join(words[:1]), words[1:])
+    if kind == "verifier":  # the verifier.json summaries of the runs under the paths (`sorl verifier`)
+        from experiments.verifier import format_verifier
+
+        return format_verifier([base / p for p in args])
     if kind == "table":
         t = _parse(TableArgs, args, command)
         levels = [lv.strip() for lv in t.level.split(",") if lv.strip()]
@@ -84,16 +89,16 @@ def render_block(command: str, base: Path) -> str:
             )
         images = [w for w in written if w.suffix == ".png"] or written
         return "".join(f"![{w.stem}]({w.relative_to(base).as_posix()})\n" for w in images)
-    raise SorlError(f"unknown results block '{command}': use table ..., plot scaling|compute|curves ...")
+    raise SorlError(f"unknown results block '{command}': use table, plot scaling|compute|curves or verifier ...")
 
 
 def _parse(cls: type, args: list[str], command: str):
     import tyro
 
-    from sorl import reliability
+    from cli.parse_errors import compact_parse_errors
 
     try:
-        with reliability.compact_parse_errors():
+        with compact_parse_errors():
             return tyro.cli(cls, args=args, prog=command.split()[0])
     except SystemExit:
         raise SorlError(f"bad arguments in results block '{command}'") from None

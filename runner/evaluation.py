@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from runner.runs import RESULT_KEYS, SUCCESS_UNIT  # noqa: F401 - an evaluation's result keys (the results schema)
 from sorl.errors import SorlError
 from sorl.machine import available_cores
-from sorl.runs import RESULT_KEYS, SUCCESS_UNIT  # noqa: F401 - an evaluation's result keys (the results schema)
+from sorl.validation import check_positive
 
 # ------------------------------------------------------------------------------------------- parsing
 
@@ -105,6 +106,10 @@ def episode_seed(seed: int, episode: int) -> int:
 # -------------------------------------------------------------------------------------- environments
 
 
+MakeEnv = Callable[[str, str, "int | None"], Any]
+"""(task name, success timing, max episode steps) -> a gymnasium environment; picklable for worker processes."""
+
+
 def _make_env(task_name: str, success_timing: str, max_episode_steps: int | None):
     from envs.datasets import make_env
 
@@ -116,11 +121,14 @@ def _make_env(task_name: str, success_timing: str, max_episode_steps: int | None
 class _EnvSlice:
     """Some environments of a pool, stepped in this process (inside a worker, or in the main process)."""
 
-    def __init__(self, task_name: str, n: int, success_timing: str, max_episode_steps: int | None):
+    def __init__(
+        self, task_name: str, n: int, success_timing: str, max_episode_steps: int | None, make_env: MakeEnv | None
+    ):
         import warnings
 
         warnings.filterwarnings("ignore")  # gymnasium/glfw chatter on headless machines
-        self.envs = [_make_env(task_name, success_timing, max_episode_steps) for _ in range(n)]
+        make_env = make_env or _make_env
+        self.envs = [make_env(task_name, success_timing, max_episode_steps) for _ in range(n)]
         env = self.envs[0]
         self.obs_dim = int(np.prod(env.observation_space.shape))
         self.action_dim = int(np.prod(env.action_space.shape))
@@ -153,12 +161,14 @@ class _EnvSlice:
             env.close()
 
 
-def _worker(conn, task_name: str, n: int, success_timing: str, max_episode_steps: int | None) -> None:
+def _worker(
+    conn, task_name: str, n: int, success_timing: str, max_episode_steps: int | None, make_env: MakeEnv | None
+) -> None:
     """Worker process: owns `n` environments and answers (method, args) messages on `conn`."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     envs = None
     try:
-        envs = _EnvSlice(task_name, n, success_timing, max_episode_steps)
+        envs = _EnvSlice(task_name, n, success_timing, max_episode_steps, make_env)
         conn.send(("ok", envs.spec()))
         while True:
             method, args = conn.recv()
@@ -184,7 +194,8 @@ class EnvPool:
 
     Each worker owns a contiguous slice of the environments; a step sends every worker its slice of the
     actions, then collects the answers, so the workers step in parallel. Reuse one pool across evaluations
-    (training does) to pay the process start-up once.
+    (training does) to pay the process start-up once. `make_env` builds each environment (default: the task's
+    OGBench environment from `envs`); with several workers it must be picklable.
     """
 
     def __init__(
@@ -196,6 +207,7 @@ class EnvPool:
         success_timing: str = "pre",
         max_episode_steps: int | None = None,
         context: str = "spawn",
+        make_env: MakeEnv | None = None,
     ):
         if num_envs < 1:
             raise SorlError(f"need at least one environment, got {num_envs}")
@@ -213,7 +225,7 @@ class EnvPool:
         self._conns: list[Any] = []
         self._procs: list[Any] = []
         if self.workers == 1:
-            self._local = _EnvSlice(task_name, num_envs, success_timing, max_episode_steps)
+            self._local = _EnvSlice(task_name, num_envs, success_timing, max_episode_steps, make_env)
             self.obs_dim, self.action_dim = self._local.spec()
             return
         ctx = mp.get_context(context)
@@ -221,7 +233,9 @@ class EnvPool:
             for a, b in self._slices:
                 parent, child = ctx.Pipe()
                 p = ctx.Process(
-                    target=_worker, args=(child, task_name, b - a, success_timing, max_episode_steps), daemon=True
+                    target=_worker,
+                    args=(child, task_name, b - a, success_timing, max_episode_steps, make_env),
+                    daemon=True,
                 )
                 p.start()
                 child.close()
@@ -349,17 +363,7 @@ def run_episodes(
         obs = np.where(active[:, None], new_obs, obs)
         done = active & (terminated | truncated)
         ep_success[slot_episode[done]] = success[done]
-        restart = []
-        for slot in np.flatnonzero(done):
-            if on_episode is not None:
-                on_episode()
-            if next_episode < episodes:
-                slot_episode[slot] = next_episode
-                restart.append((int(slot), episode_seed(seed, next_episode)))
-                next_episode += 1
-            else:
-                slot_episode[slot] = -1
-                active[slot] = False
+        restart, next_episode = _reassign(done, slot_episode, active, next_episode, episodes, seed, on_episode)
         if restart:
             reset_obs = pool.reset(restart)
             idx = [s for s, _ in restart]
@@ -374,6 +378,30 @@ def run_episodes(
         "time_s": time.perf_counter() - start,
         "per_episode": {"success": ep_success, "return": ep_return, "length": ep_length},
     }
+
+
+def _reassign(
+    done: np.ndarray,
+    slot_episode: np.ndarray,
+    active: np.ndarray,
+    next_episode: int,
+    episodes: int,
+    seed: int,
+    on_episode: Callable[[], None] | None,
+) -> tuple[list[tuple[int, int]], int]:
+    """Slots whose episode ended take the next pending episode ((slot, reset seed) to reset) or go idle."""
+    restart = []
+    for slot in np.flatnonzero(done):
+        if on_episode is not None:
+            on_episode()
+        if next_episode < episodes:
+            slot_episode[slot] = next_episode
+            restart.append((int(slot), episode_seed(seed, next_episode)))
+            next_episode += 1
+        else:
+            slot_episode[slot] = -1
+            active[slot] = False
+    return restart, next_episode
 
 
 def evaluate(
@@ -401,27 +429,21 @@ def evaluate(
     `policy(agent, obs, rng, K, N)` defaults to `sorl.inference.make_policy_fn()`.
     """
     import jax
-    import jax.numpy as jnp
 
     Ks = parse_int_list(Ks, "K")
     Ns = parse_int_list(Ns, "N")
-    if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
-        raise SorlError(f"episodes={episodes}: need at least 1 evaluation episode")
+    check_positive("episodes", episodes)
     validate_grid(Ks, Ns, getattr(agent, "max_K", None))
+    check_positive("envs", envs, allow_none=True)
     if policy is None:
         from sorl.inference import make_policy_fn
 
         policy = make_policy_fn()
-    if envs is not None and (isinstance(envs, bool) or not isinstance(envs, (int, np.integer)) or envs < 1):
-        raise SorlError(f"envs={envs}: need at least 1 environment")
     own_pool = pool is None
     if own_pool:
+        n = min(episodes, envs or episodes)
         pool = EnvPool(
-            task_name,
-            min(episodes, envs or episodes),
-            workers=workers,
-            success_timing=success_timing,
-            max_episode_steps=max_episode_steps,
+            task_name, n, workers=workers, success_timing=success_timing, max_episode_steps=max_episode_steps
         )
     base_key = jax.random.PRNGKey(int(seed) % 2**32)
     bar = None
@@ -429,26 +451,31 @@ def evaluate(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(Ks) * len(Ns) * episodes, desc="eval", unit="ep", leave=False, dynamic_ncols=True)
-    results = []
     try:
-        for K in Ks:
-            for N in Ns:
-                if bar is not None:
-                    bar.set_postfix_str(f"K={K} N={N}")
-
-                def act(obs, t, K=K, N=N):
-                    key = jax.random.fold_in(base_key, t)
-                    return np.asarray(policy(agent, jnp.asarray(obs), key, K, N))
-
-                r = run_episodes(pool, act, episodes, seed, on_episode=bar.update if bar is not None else None)
-                r.pop("per_episode")
-                results.append({"K": int(K), "N": int(N), **r})
+        return [_evaluate_cell(pool, policy, agent, K, N, base_key, episodes, seed, bar) for K in Ks for N in Ns]
     finally:
         if bar is not None:
             bar.close()
         if own_pool:
             pool.close()
-    return results
+
+
+def _evaluate_cell(
+    pool: EnvPool, policy: Callable[..., Any], agent: Any, K: int, N: int, base_key: Any, episodes: int, seed: int, bar
+) -> dict[str, Any]:
+    """One (K, N) cell: `episodes` episodes, the action key of step t folded from the evaluation's key."""
+    import jax
+    import jax.numpy as jnp
+
+    if bar is not None:
+        bar.set_postfix_str(f"K={K} N={N}")
+
+    def act(obs, t):
+        return np.asarray(policy(agent, jnp.asarray(obs), jax.random.fold_in(base_key, t), K, N))
+
+    r = run_episodes(pool, act, episodes, seed, on_episode=bar.update if bar is not None else None)
+    r.pop("per_episode")
+    return {"K": int(K), "N": int(N), **r}
 
 
 # ---------------------------------------------------------------------------------------- reporting

@@ -11,7 +11,7 @@
                       `error` (one line: what went wrong, at which step); a run killed or interrupted writes none
       scaling.json    written by `sorl eval`: the (K, N) grid of the last checkpoint
       scaling.csv
-      .lock           held (flock) by the process training the run; see `sorl.reliability`
+      .lock           held (flock) by the process training the run; see `runner.safety`
 
 Default location: runs/<env>-task<k>/<agent>/seed<S>, e.g. runs/cube-single-play-task1/sorl/seed0.
 
@@ -174,6 +174,34 @@ class RunDir:
         except SorlError:
             return False
         return True
+
+    def write_scaling(
+        self,
+        config: Mapping[str, Any],
+        step: int,
+        grid: Sequence[Mapping[str, Any]],
+        *,
+        eval_seed: int,
+        episodes: int,
+        max_episode_steps: int | None,
+    ) -> None:
+        """scaling.json (the grid with what produced it) and scaling.csv (one row per (K, N) cell)."""
+        out = {
+            "task": config["task"],
+            "agent": agent_name(config),
+            "seed": config["seed"],
+            "step": step,
+            "eval_seed": eval_seed,
+            "episodes": episodes,
+            "max_episode_steps": max_episode_steps,
+            "success_timing": config.get("success_timing", "pre"),
+            "ogbench_version": config.get("ogbench_version"),
+            "success_unit": SUCCESS_UNIT,
+            "success_metric": "fraction of episodes with OGBench info['success'] at the episode's end",
+            "grid": list(grid),
+        }
+        write_json(self.scaling_json, out)
+        write_csv(self.scaling_csv, grid, [*RESULT_KEYS, "env_steps", "time_s"])
 
     def clear_failed_results(self) -> None:
         """Remove a results.json that says "failed": the run is being trained again."""

@@ -1,7 +1,6 @@
-"""What keeps a long run safe: a run-directory lock, graceful stops on SIGTERM/SIGINT, finiteness checks, and
-one-line command-line parse errors.
+"""What keeps a long run safe: a run-directory lock, graceful stops on SIGTERM/SIGINT, and finiteness checks.
 
-- `lock_run_dir(path)`: an exclusive `fcntl.flock` on `RUN_DIR/.lock`. A second process pointed at the same run
+- `lock_run_dir(path)`: an exclusive lock (`sorl.locks`) on `RUN_DIR/.lock`. A second process pointed at the same run
   directory is refused with one line; the operating system drops the lock when its holder dies (even by
   SIGKILL), so a killed run never leaves the directory stuck. Functions decorated with `@releases_locks`
   release every lock taken during the call when it returns or raises.
@@ -10,101 +9,71 @@ one-line command-line parse errors.
   SIGTERM, 130 for SIGINT) with a one-line message saying how to continue. A second signal stops at once.
 - `first_non_finite(infos, ...)` / `non_finite_leaf(tree)`: the first non-finite logged value (by update) and
   the first non-finite floating-point leaf of the agent state (parameters, optimizer state).
-- `inject_test_nan(infos, ...)`: a TEST-ONLY hook. When the environment variable `SORL_TEST_INJECT_NAN_AT_STEP`
-  is set to a step S, the training loop overwrites the first loss it logs for update S with NaN, so tests can
-  check what a diverging run does. Never set it outside tests.
-- `compact_parse_errors(...)`: tyro's boxed parse errors reprinted as one `error: ...` line (exit code 2).
+- `inject_nan(infos, ..., at)`: a TEST-ONLY hook. A Trainer given `inject_nan_at=S` (by default the step in the
+  environment variable `SORL_TEST_INJECT_NAN_AT_STEP`, read once when the Trainer is built, so that tests can
+  set it for a `sorl train` process) overwrites the first loss it logs for update S with NaN, so tests can check
+  what a diverging run does. Never set it outside tests.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import functools
-import io
 import os
-import re
 import shlex
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sorl.errors import SorlError
+from sorl.locks import FileLock
 
 LOCK_FILE = ".lock"
 TEST_NAN_ENV = "SORL_TEST_INJECT_NAN_AT_STEP"
-"""Test-only: the training loop makes the logged loss of this update NaN (see `inject_test_nan`)."""
+"""Test-only: the Trainer makes the logged loss of this update NaN (see `inject_nan`)."""
 
 # --------------------------------------------------------------------------------------------- the lock
 
 
 class RunLock:
-    """An exclusive, non-blocking `flock` on `DIR/.lock`; `release()` (or process death) drops it."""
+    """An exclusive, non-blocking lock on `DIR/.lock` (`sorl.locks.FileLock`); `release()` (or process death)
+    drops it."""
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
         self.path = self.directory / LOCK_FILE
-        self._fd: int | None = None
+        self._lock = FileLock(self.path)
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._lock.held
 
     def acquire(self) -> RunLock:
-        if self._fd is not None:
-            return self
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            ok = self._lock.acquire(blocking=False)
         except OSError as e:
-            raise SorlError(f"cannot write to run directory {self.directory}: {e.strerror or e}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = _read_pid(fd)
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                who = f"process {holder}" if holder else "another process"
-                raise SorlError(
-                    f"run directory {self.directory} is in use by {who} (a sorl run is writing to it); "
-                    "wait for it to finish or stop it, or choose another --run-dir"
-                ) from None
             raise SorlError(f"cannot lock run directory {self.directory}: {e.strerror or e}") from None
-        with contextlib.suppress(OSError):  # the holder's pid, for the message above; the lock is what counts
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
+        if not ok:
+            who = f"process {self._lock.holder}" if self._lock.holder else "another process"
+            raise SorlError(
+                f"run directory {self.directory} is in use by {who} (a sorl run is writing to it); "
+                "wait for it to finish or stop it, or choose another --run-dir"
+            )
         return self
 
     def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._lock.release()
 
     def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
-
-    def __del__(self) -> None:
-        self.release()
-
-
-def _read_pid(fd: int) -> str | None:
-    try:
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-    except OSError:
-        return None
-    return text if text.isdigit() else None
 
 
 _scopes = threading.local()
@@ -161,8 +130,8 @@ def resume_command() -> str:
     argv0 = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
     if argv0 == "sorl":
         return shlex.join(["sorl", *sys.argv[1:]])
-    if argv0 in ("cli.py", "__main__.py") and "sorl" in sys.argv[0]:
-        return shlex.join(["python", "-m", "sorl.cli", *sys.argv[1:]])
+    if argv0 in ("main.py", "__main__.py") and Path(sys.argv[0]).parent.name == "cli":
+        return shlex.join(["python", "-m", "cli", *sys.argv[1:]])
     return ""
 
 
@@ -280,167 +249,24 @@ def _all_finite(xs: list[Any]) -> Any:
     return _finite_fn()(xs)
 
 
-def inject_test_nan(infos: dict[str, Any], step_before: int, n: int) -> dict[str, Any]:
-    """TEST-ONLY hook: with `SORL_TEST_INJECT_NAN_AT_STEP=S` in the environment and S in this chunk
-    (step_before < S <= step_before + n), the first loss logged (the first info, if none is called a loss) is
-    set to NaN at update S. Without the variable, `infos` is returned untouched."""
+def nan_test_step_from_env() -> int | None:
+    """TEST-ONLY: the step named by `SORL_TEST_INJECT_NAN_AT_STEP`, or None. Read once, when a Trainer is built."""
     raw = os.environ.get(TEST_NAN_ENV)
     if not raw:
-        return infos
+        return None
     try:
-        at = int(raw)
+        return int(raw)
     except ValueError:
         raise SorlError(f"{TEST_NAN_ENV}={raw!r}: must be an integer step (a test-only hook)") from None
-    if not step_before < at <= step_before + n or not infos:
+
+
+def inject_nan(infos: dict[str, Any], step_before: int, n: int, at: int | None) -> dict[str, Any]:
+    """TEST-ONLY: with `at` in this chunk (step_before < at <= step_before + n), the first loss logged (the first
+    info, if none is called a loss) is set to NaN at update `at`. With `at` None, `infos` is returned untouched."""
+    if at is None or not step_before < at <= step_before + n or not infos:
         return infos
     names = sorted(infos)
     name = next((k for k in names if "loss" in k), names[0])
     value = np.array(infos[name], np.float64 if np.asarray(infos[name]).dtype == np.float64 else np.float32)
     value[at - step_before - 1] = np.nan
     return {**infos, name: value}
-
-
-# ---------------------------------------------------------------------------------- parse errors
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-_BOX_EDGE = "╭╰┌└"
-_SIDES = "│┃|"
-
-
-def _compact(text: str) -> str | None:
-    """tyro's boxed error as one line, or None if `text` holds no box."""
-    text = _ANSI.sub("", text)
-    lines = text.splitlines()
-    if not any(line.lstrip()[:1] in _BOX_EDGE for line in lines):
-        return None
-    sections: list[list[str]] = [[]]
-    help_hint = ""
-    for line in lines:
-        s = line.strip()
-        if not s or s[0] in _BOX_EDGE:
-            continue
-        if s[0] in _SIDES:
-            s = s[1:]
-        if s and s[-1] in _SIDES:
-            s = s[:-1]
-        body = s.rstrip()
-        stripped = body.strip()
-        if not stripped:
-            continue
-        if set(stripped) <= set("─━-"):
-            sections.append([])
-            continue
-        indent = len(body) - len(body.lstrip())
-        sections[-1].append((indent, stripped))  # type: ignore[arg-type]
-    out: list[str] = []
-    for sec in sections:
-        if not sec:
-            continue
-        first = sec[0][1]
-        if first.startswith("For full helptext"):
-            words = " ".join(t for _, t in sec)
-            m = re.search(r"(?:run|see):?\s+(.+?--help)", words)
-            help_hint = m.group(1) if m else ""
-            continue
-        if first.startswith("Argument helptext"):
-            continue
-        base = min(i for i, _ in sec)
-        kept = [t for i, t in sec if i - base <= 4]
-        out.append(" ".join(kept))
-    if not out:
-        return None
-    msg = "; ".join(out)
-    msg = re.sub(r"\s+", " ", msg).strip()
-    if help_hint:
-        msg += f" (see `{help_hint}`)"
-    return msg
-
-
-class _StderrCapture(io.TextIOBase):
-    """Holds what is written to stderr while parsing; `release()` stops capturing (and replays nothing)."""
-
-    def __init__(self, real: Any):
-        self.real = real
-        self.buffer_text = io.StringIO()
-        self.capturing = True
-
-    def _target(self) -> Any:
-        # A stale capture can outlive the stream it wrapped (pytest's capsys closes its own per test): fall back
-        # to the process's stderr rather than fail on a closed file.
-        return sys.__stderr__ if getattr(self.real, "closed", False) else self.real
-
-    def write(self, s: str) -> int:
-        if self.capturing:
-            return self.buffer_text.write(s)
-        return self._target().write(s)
-
-    def flush(self) -> None:
-        if not self.capturing:
-            self._target().flush()
-
-    def isatty(self) -> bool:
-        return False if self.capturing else self.real.isatty()
-
-    def fileno(self) -> int:
-        return self.real.fileno()
-
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return getattr(self.real, "encoding", "utf-8")
-
-    def release(self) -> None:
-        if self.capturing:
-            self.capturing = False
-            self._target().write(self.buffer_text.getvalue())
-            self.buffer_text = io.StringIO()
-
-
-_active_capture: list[_StderrCapture] = []
-
-
-def parsed() -> None:
-    """Call once the command line is parsed: stderr goes to the terminal again (see `compact_parse_errors`)."""
-    while _active_capture:
-        cap = _active_capture.pop()
-        cap.release()
-        if sys.stderr is cap:
-            sys.stderr = cap.real
-
-
-def after_parsing(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a command function run by tyro so that stderr is restored before it starts."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        parsed()
-        return fn(*args, **kwargs)
-
-    return wrapper
-
-
-@contextlib.contextmanager
-def compact_parse_errors() -> Iterator[None]:
-    """Within: stderr is held until `parsed()`; a tyro parse error (SystemExit with a boxed message) becomes
-    one line `error: ...` on stderr and exit code 2. Help (`--help`, exit 0) is passed through unchanged."""
-    real = sys.stderr
-    cap = _StderrCapture(real)
-    _active_capture.append(cap)
-    sys.stderr = cap
-    try:
-        yield
-    except SystemExit as e:
-        held = cap.buffer_text.getvalue() if cap.capturing else ""
-        failed = e.code not in (0, None)
-        line = _compact(held) if failed and held else None
-        if line is not None:
-            cap.buffer_text = io.StringIO()
-            parsed()
-            print(f"error: {line}", file=real, flush=True)
-            raise SystemExit(2) from None
-        parsed()
-        raise
-    finally:
-        parsed()
-        if sys.stderr is cap:
-            sys.stderr = real

@@ -19,9 +19,12 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
-from sorl import reliability
+from cli.parse_errors import after_parsing, compact_parse_errors
+from runner.safety import Interrupted
+from runner.settings import TrainSettings
 from sorl.config import split_agent_overrides
 from sorl.errors import SorlError
+from sorl.validation import check_positive
 
 # ----------------------------------------------------------------------------------------------- data
 
@@ -84,16 +87,14 @@ def data(cmd: tyro.conf.OmitSubcommandPrefixes[DataCommand]) -> None:
 # ---------------------------------------------------------------------------------------------- train
 
 
-@dataclass(frozen=True)
-class TrainArgs:
+@dataclass(frozen=True, kw_only=True)
+class TrainArgs(TrainSettings):
     """Train one agent on one task; writes one run directory."""
 
     task: str
     """OGBench singletask name or environment (its default task), e.g. cube-single-play."""
     agent: str = "sorl"
-    """Agent: sorl, fql, rebrac, iql, bc. Hyperparameters: --agent.KEY=VALUE."""
-    steps: int = 1_000_000
-    """Gradient updates."""
+    """Agent: sorl, fql, rebrac, iql, bc, flow-bc. Hyperparameters: --agent.KEY=VALUE."""
     seed: int = 0
     seeds: str | None = None
     """Several seeds in one process, e.g. 1-8 or 1,3,5 (not with --seed); one run dir each, as --seed S (R/seedS)."""
@@ -101,28 +102,6 @@ class TrainArgs:
     """--seeds as one vmapped batch, or in a loop over the one-seed program (CPU); auto: loop on CPU, else vmap."""
     run_dir: Path | None = None
     """Run directory (default: runs/TASK/AGENT/seedS)."""
-    data_dir: Path | None = None
-    success_timing: Literal["pre", "post"] = "pre"
-    """'post' reproduces the published protocol (ogbench < 1.2)."""
-    log_interval: int = 5_000
-    eval_interval: int = 100_000
-    eval_episodes: int = 50
-    eval_K: str = "1,2,4,8"
-    """Sampling steps evaluated during and after training (comma-separated powers of two)."""
-    eval_N: str = "1"
-    """Best-of-N candidate counts evaluated (comma-separated)."""
-    eval_workers: int | None = None
-    """Environment worker processes for evaluation (default: all cores)."""
-    eval_envs: int | None = None
-    """Environments stepped at once in evaluation (default: one per episode; fewer saves memory, see README)."""
-    eval_max_episode_steps: int | None = None
-    """Cut evaluation episodes at this many steps (default: the environment's own limit)."""
-    checkpoint_interval: int | None = None
-    """Updates between checkpoints (default: eval_interval); one is always written at the end."""
-    train_episodes: int | None = None
-    """If the dataset must be generated: training episodes (default: the published count)."""
-    progress: tyro.conf.FlagConversionOff[bool] = True
-    """Show the progress bar (`--progress False` for logs without it)."""
     quick: bool = False
     """Small-budget preset for a ~10-minute CPU run (see QUICK_PRESET); flags you give explicitly win."""
 
@@ -161,32 +140,17 @@ def train(args: TrainArgs, agent_overrides: dict[str, str] | None = None) -> Non
 
 def train_from_cli(args: TrainArgs, agent_overrides: dict[str, str]) -> dict[str, Any] | list[dict[str, Any]]:
     """`sorl train ...` (one seed) and `sorl train --seeds 1-8 ...` (several)."""
-    from sorl import train as train_lib
+    from runner import train as train_lib
 
-    settings = {
-        "steps": args.steps,
-        "data_dir": args.data_dir,
-        "success_timing": args.success_timing,
-        "agent_overrides": agent_overrides,
-        "log_interval": args.log_interval,
-        "eval_interval": args.eval_interval,
-        "checkpoint_interval": getattr(args, "checkpoint_interval", None),
-        "eval_episodes": args.eval_episodes,
-        "eval_K": args.eval_K,
-        "eval_N": args.eval_N,
-        "eval_workers": args.eval_workers,
-        "eval_envs": getattr(args, "eval_envs", None),
-        "eval_max_episode_steps": getattr(args, "eval_max_episode_steps", None),
-        "train_episodes": args.train_episodes,
-        "progress": args.progress,
-    }
-    if getattr(args, "seeds", None) is not None:
-        strategy = getattr(args, "seeds_strategy", "auto")
-        seeds = args.seeds
+    settings = TrainSettings.from_object(args)
+    if args.seeds is not None:
         return train_lib.train_seeds(
-            args.task, args.agent, seeds=seeds, run_dir=args.run_dir, strategy=strategy, **settings
-        )
-    return train_lib.train(args.task, args.agent, seed=args.seed, run_dir=args.run_dir, **settings)
+            args.task, args.agent, seeds=args.seeds, run_dir=args.run_dir, strategy=args.seeds_strategy,
+            agent_overrides=agent_overrides, settings=settings,
+        )  # fmt: skip
+    return train_lib.train(
+        args.task, args.agent, seed=args.seed, run_dir=args.run_dir, agent_overrides=agent_overrides, settings=settings
+    )
 
 
 # ----------------------------------------------------------------------------------------------- eval
@@ -220,20 +184,15 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
 
     Writes scaling.json and scaling.csv in the run directory and prints the table.
     """
-    from sorl import evaluation, runs
-    from sorl.train import load_run
+    from runner import evaluation, runs
+    from runner.train import load_run
 
     Ks = evaluation.parse_int_list(args.K, "--K")
     Ns = evaluation.parse_int_list(args.N, "--N")
-    if args.episodes < 1:
-        raise SorlError(f"--episodes={args.episodes}: need at least 1 evaluation episode")
-    if args.workers is not None and args.workers < 1:
-        raise SorlError(f"--workers={args.workers}: need at least 1")
-    if getattr(args, "envs", None) is not None and args.envs < 1:
-        raise SorlError(f"--envs={args.envs}: need at least 1")
-    max_steps = getattr(args, "max_episode_steps", None)
-    if max_steps is not None and max_steps < 1:
-        raise SorlError(f"--max-episode-steps={max_steps}: must be >= 1")
+    check_positive("--episodes", args.episodes)
+    for flag in ("workers", "envs", "max_episode_steps"):
+        check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag), allow_none=True)
+    max_steps = args.max_episode_steps
     evaluation.validate_grid(Ks, Ns, None)  # powers of two, N >= 1; the trained maximum once the agent is loaded
     run = runs.RunDir(args.run_dir)
     cfg = run.read_config()
@@ -244,7 +203,7 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
         print(note, flush=True)
     if max_steps is None:
         max_steps = cfg.get("eval", {}).get("max_episode_steps")
-    envs = getattr(args, "envs", None) or cfg.get("eval", {}).get("envs")  # a memory cap set in training holds
+    envs = args.envs or cfg.get("eval", {}).get("envs")  # a memory cap set in training holds
     timing = cfg.get("success_timing", "pre")
     print(
         f"evaluating {run.path} (step {step}) on {cfg['task']}: K={list(Ks)} N={list(Ns)}, "
@@ -264,22 +223,7 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
         envs=envs,
         progress=True,
     )
-    out = {
-        "task": cfg["task"],
-        "agent": runs.agent_name(cfg),
-        "seed": cfg["seed"],
-        "step": step,
-        "eval_seed": args.seed,
-        "episodes": args.episodes,
-        "max_episode_steps": max_steps,
-        "success_timing": timing,
-        "ogbench_version": cfg.get("ogbench_version"),
-        "success_unit": evaluation.SUCCESS_UNIT,
-        "success_metric": "fraction of episodes with OGBench info['success'] at the episode's end",
-        "grid": grid,
-    }
-    runs.write_json(run.scaling_json, out)
-    runs.write_csv(run.scaling_csv, grid, [*evaluation.RESULT_KEYS, "env_steps", "time_s"])
+    run.write_scaling(cfg, step, grid, eval_seed=args.seed, episodes=args.episodes, max_episode_steps=max_steps)
     title = f"{cfg['task']}  agent={runs.agent_name(cfg)}  seed={cfg['seed']}  step={step}  ({args.episodes} episodes)"
     print(evaluation.format_grid(grid, title))
     print(f"wrote {run.scaling_json} and {run.scaling_csv}")
@@ -288,9 +232,9 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
 
 # ----------------------------------------------------------------------------------------------- main
 
+from cli.commands import plot, sweep, table  # noqa: E402 - experiments layer: sweeps, tables, plots
+from cli.results import results  # noqa: E402 - the results pages
 from experiments.bench import BenchArgs  # noqa: E402 - the performance benchmark (experiments/bench.py)
-from experiments.commands import plot, sweep, table  # noqa: E402 - experiments layer: sweeps, tables, plots
-from experiments.results import results  # noqa: E402 - the results pages
 
 
 def bench(args: Annotated[BenchArgs, tyro.conf.arg(name="")]) -> None:
@@ -300,7 +244,35 @@ def bench(args: Annotated[BenchArgs, tyro.conf.arg(name="")]) -> None:
     bench_from_cli(args)
 
 
+@dataclass(frozen=True)
+class VerifierArgs:
+    """Probe a SORL run's Q verifier: rank agreement between Q and best-of-N candidates' actual returns."""
+
+    run_dir: tyro.conf.Positional[Path]
+    K: int = 4
+    """Sampling steps of the candidates and of the policy that continues after them."""
+    N: int = 32
+    """Candidates per probe state."""
+    states: int = 16
+    """Probe states (episode j stopped after 0, 25, 50 or 75 policy steps)."""
+    seed: int = 0
+
+
+def verifier(args: Annotated[VerifierArgs, tyro.conf.arg(name="")]) -> None:
+    """Writes verifier.json into the run directory and prints its summary."""
+    from experiments import verifier as v
+    from runner.evaluation import validate_grid
+
+    check_positive("--states", args.states)
+    validate_grid((args.K,), (args.N,), None)
+    record = v.verifier_quality(args.run_dir, K=args.K, N=args.N, states=args.states, seed=args.seed)
+    path = v.write_verifier(args.run_dir, record)
+    print(v.format_verifier([args.run_dir]), end="")
+    print(f"wrote {path}")
+
+
 _COMMANDS = {"data": data, "train": train, "eval": evaluate, "sweep": sweep, "table": table, "plot": plot}
+_COMMANDS["verifier"] = verifier
 _COMMANDS["results"] = results
 _COMMANDS["bench"] = bench
 
@@ -314,24 +286,24 @@ def main(argv: list[str] | None = None) -> None:
         if argv and argv[0] == "bench" and overrides:  # the generic path below cannot pass the overrides
             from experiments.bench import bench_from_cli
 
-            with reliability.compact_parse_errors():
+            with compact_parse_errors():
                 bench_args = tyro.cli(BenchArgs, args=argv[1:], prog="sorl bench")
             bench_from_cli(bench_args, overrides)
             return
         if argv and argv[0] == "train":
-            with reliability.compact_parse_errors():  # tyro's parse errors as one `error: ...` line
+            with compact_parse_errors():  # tyro's parse errors as one `error: ...` line
                 args = tyro.cli(TrainArgs, args=argv[1:], prog="sorl train")
             if args.seeds is not None and any(a == "--seed" or a.startswith("--seed=") for a in argv[1:]):
                 raise SorlError("--seed and --seeds are exclusive: one seed with --seed S, several with --seeds 1-8")
             train(args, overrides)
         else:
-            commands = {name: reliability.after_parsing(fn) for name, fn in _COMMANDS.items()}
-            with reliability.compact_parse_errors():
+            commands = {name: after_parsing(fn) for name, fn in _COMMANDS.items()}
+            with compact_parse_errors():
                 tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="sorl")
     except SorlError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except reliability.Interrupted as e:  # SIGTERM/SIGINT: checkpointed; the line says how to continue
+    except Interrupted as e:  # SIGTERM/SIGINT: checkpointed; the line says how to continue
         print(f"interrupted: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:

@@ -1,0 +1,223 @@
+"""The settings of a training run, typed, in one place.
+
+`TrainSettings` has one field per option of `sorl train` other than the run's identity (task, agent, seed, run
+directory). Each field owns, next to its type and default:
+
+- its check (`check`: "positive", "optional-positive", "timing", "int-list"), run by `validate()`;
+- its `sorl train` flag: the field name (`--eval-K`, `--log-interval`); `cli.main.TrainArgs` subclasses this
+  class, so a new field is a new flag, with its docstring as the help;
+- its sweep-spec key (`spec`: `("train", "steps")` or `("eval", "K")`), read by `experiments.spec`;
+- where config.json records it (`record`: a section and a key, or nothing: eval workers and the progress bar
+  do not change the numbers);
+- whether the `sorl train` command line a sweep prints carries it (`command`; None values are never printed).
+
+Adding an option is one field here; the CLI, the spec parser, config.json and the printed commands follow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import tyro
+
+from runner.evaluation import parse_int_list, validate_grid
+from sorl.errors import SorlError
+from sorl.validation import check_positive
+
+
+def option(
+    default: Any,
+    *,
+    check: str | None = None,
+    spec: tuple[str, str] | None = None,
+    record: tuple[str, str] | None = None,
+    command: bool = True,
+) -> Any:
+    return dataclasses.field(
+        default=default, metadata={"check": check, "spec": spec, "record": record, "command": command}
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainSettings:
+    """How long to train, how often to log, evaluate and checkpoint, and how to evaluate."""
+
+    steps: int = option(1_000_000, check="positive", spec=("train", "steps"), record=("train", "steps"))
+    """Gradient updates."""
+    data_dir: Path | None = option(None, record=("dataset", "data_dir"))
+    """Data directory (default: $OGBENCH_DATA_DIR or ~/.ogbench/data)."""
+    success_timing: Literal["pre", "post"] = option(
+        "pre", check="timing", spec=("train", "success_timing"), record=("", "success_timing")
+    )
+    """'post' reproduces the published protocol (ogbench < 1.2)."""
+    log_interval: int = option(
+        5_000, check="positive", spec=("train", "log_interval"), record=("train", "log_interval")
+    )
+    eval_interval: int = option(
+        100_000, check="positive", spec=("train", "eval_interval"), record=("train", "eval_interval")
+    )
+    eval_episodes: int = option(50, check="positive", spec=("eval", "episodes"), record=("eval", "episodes"))
+    eval_K: str = option("1,2,4,8", check="int-list", spec=("eval", "K"), record=("eval", "K"))
+    """Sampling steps evaluated during and after training (comma-separated powers of two)."""
+    eval_N: str = option("1", check="int-list", spec=("eval", "N"), record=("eval", "N"))
+    """Best-of-N candidate counts evaluated (comma-separated)."""
+    checkpoint_interval: int | None = option(
+        None, check="optional-positive", spec=("train", "checkpoint_interval"), record=("train", "checkpoint_interval")
+    )
+    """Updates between checkpoints (default: eval_interval); one is always written at the end."""
+    eval_workers: int | None = option(None, check="optional-positive", spec=("eval", "workers"))
+    """Environment worker processes for evaluation (default: all cores)."""
+    eval_envs: int | None = option(None, check="optional-positive", spec=("eval", "envs"), record=("eval", "envs"))
+    """Environments stepped at once in evaluation (default: one per episode; fewer saves memory, see README)."""
+    eval_max_episode_steps: int | None = option(
+        None, check="optional-positive", spec=("eval", "max_episode_steps"), record=("eval", "max_episode_steps")
+    )
+    """Cut evaluation episodes at this many steps (default: the environment's own limit)."""
+    train_episodes: int | None = option(
+        None, check="optional-positive", spec=("train", "train_episodes"), record=("dataset", "train_episodes")
+    )
+    """If the dataset must be generated: training episodes (default: the published count)."""
+    keep_checkpoints: int = option(3, check="positive", command=False)
+    """Checkpoints kept on disk (the latest ones)."""
+    progress: tyro.conf.FlagConversionOff[bool] = option(True, command=False)
+    """Show the progress bar (`--progress False` for logs without it)."""
+
+    # ------------------------------------------------------------------------------------ derived values
+
+    @property
+    def Ks(self) -> tuple[int, ...]:
+        return parse_int_list(self.eval_K, "eval_K")
+
+    @property
+    def Ns(self) -> tuple[int, ...]:
+        return parse_int_list(self.eval_N, "eval_N")
+
+    @property
+    def checkpoint_every(self) -> int:
+        return self.checkpoint_interval or self.eval_interval
+
+    @property
+    def intervals(self) -> tuple[int, int, int]:
+        """(log, eval, checkpoint): the chunk boundaries of the training loop."""
+        return self.log_interval, self.eval_interval, self.checkpoint_every
+
+    # ------------------------------------------------------------------------------------------ checks
+
+    def validate(self) -> TrainSettings:
+        """Every field's check, in field order: one SorlError naming the first bad value."""
+        for f in dataclasses.fields(self):
+            check_value(f, getattr(self, f.name), f.name)
+        return self
+
+    @classmethod
+    def of(cls, **options: Any) -> TrainSettings:
+        """Settings from keyword options (the `train(...)` API); an unknown name is one SorlError."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in options if k not in names]
+        if unknown:
+            raise SorlError(f"unknown training setting {unknown[0]!r}; valid: {', '.join(names)}")
+        return cls(**options).validate()
+
+    @classmethod
+    def from_object(cls, obj: Any) -> TrainSettings:
+        """The settings part of an object that has these fields (the parsed `sorl train` arguments)."""
+        return cls(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(cls)})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (a sweep's RunSpec carries its settings this way): paths as strings."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+
+    # ----------------------------------------------------------------------------------- config.json
+
+    def record(self) -> dict[str, dict[str, Any]]:
+        """What config.json records of these settings, by section ('' = top level), in field order."""
+        out: dict[str, dict[str, Any]] = {}
+        for f in dataclasses.fields(self):
+            if f.metadata["record"] is None:
+                continue
+            section, key = f.metadata["record"]
+            value = getattr(self, f.name)
+            if f.name == "checkpoint_interval":
+                value = self.checkpoint_every  # the interval the run used
+            elif f.metadata["check"] == "int-list":
+                value = list(parse_int_list(value, f.name))
+            elif isinstance(value, Path):
+                value = str(value)
+            out.setdefault(section, {})[key] = value
+        return out
+
+    # ------------------------------------------------------------------------------------ command line
+
+    def command_flags(self) -> list[str]:
+        """`--flag value` for every set option that a printed `sorl train` command carries, in field order."""
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata["command"] and value is not None and value != "":
+                parts.append(f"--{f.name.replace('_', '-')} {value}")
+        return parts
+
+    # ------------------------------------------------------------------------------------------- specs
+
+    @classmethod
+    def spec_fields(cls, section: str) -> dict[str, dataclasses.Field]:
+        """Spec key -> field of one spec section ('train' or 'eval')."""
+        return {
+            f.metadata["spec"][1]: f for f in dataclasses.fields(cls) if (f.metadata["spec"] or ("",))[0] == section
+        }
+
+    @classmethod
+    def spec_keys(cls, section: str) -> tuple[str, ...]:
+        return tuple(cls.spec_fields(section))
+
+    @classmethod
+    def spec_defaults(cls, section: str) -> dict[str, Any]:
+        """The spec's values when a key is absent (integer lists as lists)."""
+        return {key: _spec_form(f, f.default) for key, f in cls.spec_fields(section).items()}
+
+    @classmethod
+    def spec_value(cls, section: str, key: str, value: Any, what: str, fail: Callable[[str], Exception]) -> Any:
+        """A spec value checked by its field's own check, in the spec's form (integer lists as lists)."""
+        f = cls.spec_fields(section)[key]
+        if f.metadata["check"] == "int-list" and isinstance(value, list):
+            value = ",".join(str(v) for v in value) if all(type(v) is int for v in value) else repr(value)
+        elif f.metadata["check"] == "int-list" and type(value) is int:
+            value = str(value)
+        try:
+            check_value(f, value, what)
+        except SorlError as e:
+            raise fail(str(e)) from None
+        return _spec_form(f, value)
+
+    @classmethod
+    def from_spec(cls, train: Mapping[str, Any], evaluation: Mapping[str, Any], **rest: Any) -> TrainSettings:
+        """Settings from a spec's [train] and [eval] values (as `spec_value` returns them) plus `rest`."""
+        values = dict(rest)
+        for section, table in (("train", train), ("eval", evaluation)):
+            fields = cls.spec_fields(section)
+            for key, value in table.items():
+                f = fields[key]
+                values[f.name] = ",".join(str(v) for v in value) if f.metadata["check"] == "int-list" else value
+        return cls(**values)
+
+
+def check_value(f: dataclasses.Field, value: Any, name: str) -> None:
+    check = f.metadata.get("check")
+    if check == "positive":
+        check_positive(name, value)
+    elif check == "optional-positive":
+        check_positive(name, value, allow_none=True)
+    elif check == "timing":
+        if value not in ("pre", "post"):
+            raise SorlError(f"{name}={value!r}: must be 'pre' or 'post'")
+    elif check == "int-list":
+        values = parse_int_list(value, name)
+        # K a power of two, N >= 1; the trained maximum of K is checked once the agent exists
+        validate_grid(values, (), None) if f.name == "eval_K" else validate_grid((), values, None)
+
+
+def _spec_form(f: dataclasses.Field, value: Any) -> Any:
+    return list(parse_int_list(value, f.name)) if f.metadata["check"] == "int-list" else value

@@ -1,0 +1,693 @@
+"""The agent-agnostic training loop: a Trainer of small named steps.
+
+One compiled *chunk* (`sorl.chunk`) runs `n` updates with `jax.lax.scan`: each update draws a batch from the
+on-device dataset with `jax.random` and calls `agent.update(batch)`. Python runs once per chunk; between chunks
+the Trainer logs, checkpoints and evaluates. Chunk boundaries are the multiples of `log_interval`,
+`eval_interval` and `checkpoint_interval` (and `steps`); the chunk is compiled once per distinct length and
+reused, with the agent and the key donated.
+
+All randomness comes from PRNG keys: the agent's own (inside its state) and the data key, both saved in
+every checkpoint with the step, so a run continues from its last checkpoint when the same command is run
+again — after a SIGKILL at any moment too, bit for bit on CPU: the logs are cut back to the checkpoint, a train.csv
+row is written at every checkpoint (so no partial interval is lost), and an evaluation the kill cut short is
+redone. SIGTERM/SIGINT checkpoint at the next logged step and exit (`runner.safety.Interrupted`); a
+non-finite loss or parameter stops the run with results.json "failed"; the run directory is locked against a
+second process.
+
+The steps, in order (`Trainer.run`): `open_runs` (check and lock every seed's run directory), `load_data`,
+`resume` (each seed from its checkpoint, or from step 0), then per group of seeds at one starting step
+`train_group`: `run_chunk`, `check_finite` (and `fail`), `log`, `checkpoint`, `evaluate`, `stop_here`, and at
+the end `finish`. The Trainer is given the agent class, the dataset loader and the environment factory, so
+tests hand it fakes; by default they come from `agents` and `envs`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+import sorl
+from runner import runs, safety
+from runner.checkpoint import Checkpointer
+from runner.evaluation import EnvPool, MakeEnv, evaluate, format_grid, grid_note, validate_grid
+from runner.multiseed import SeedRunner, make_seed_runner, parse_seeds, resolve_strategy, seed_run_dir
+from runner.runs import RESULT_KEYS
+from runner.settings import TrainSettings
+from sorl.chunk import compile_chunk, distinct_buffers, train_chunk, train_chunk_jit
+from sorl.config import apply_overrides, config_from_dict, config_to_dict
+from sorl.data import dataset_nbytes, dataset_size, to_device
+from sorl.errors import SorlError
+
+LoadTask = Callable[..., tuple[Any, Mapping[str, np.ndarray], Any]]
+"""(task name, data_dir, *, success_timing, episodes) -> (env, train dataset, validation dataset)."""
+
+
+def boundaries(start: int, steps: int, intervals: Sequence[int]) -> list[int]:
+    """Chunk ends after `start` up to `steps`: multiples of any interval, and `steps`."""
+    ends = {steps}
+    for iv in intervals:
+        ends.update(range((start // iv + 1) * iv, steps, iv))
+    return sorted(e for e in ends if start < e <= steps)
+
+
+# --------------------------------------------------------------------------------- agents and states
+
+
+def resolve_agent_config(
+    agent_name: str, env_name: str, overrides: Mapping[str, str] | None = None, agent_cls: type | None = None
+):
+    """(AgentClass, config, env_settings): defaults, then the environment's settings, then `overrides`.
+
+    `agent_cls` (default: the registry's class for `agent_name`) is the class trained under that name."""
+    from agents import get_agent
+    from envs.registry import agent_env_settings
+
+    agent_cls = agent_cls or get_agent(agent_name)
+    settings = dict(agent_env_settings(agent_name, env_name) or {})
+    config = dataclasses.replace(agent_cls.Config(), **settings)
+    if overrides:
+        config = apply_overrides(config, dict(overrides))
+    config.validate()
+    return agent_cls, config, settings
+
+
+def ogbench_version() -> str:
+    try:
+        return importlib.metadata.version("ogbench")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def initial_state(agent_cls: Any, config: Any, seed: int, example_observations: Any, example_actions: Any):
+    """The training state at step 0: {"agent", "data_rng", "step"}. The seed splits into the agent's key
+    (initialisation and the agent's own sampling) and the data key (batch indices)."""
+    agent_rng, data_rng = jax.random.split(jax.random.PRNGKey(seed))
+    agent = agent_cls.create(agent_rng, example_observations, example_actions, config)
+    return {"agent": agent, "data_rng": data_rng, "step": np.int64(0)}
+
+
+def load_run(run: runs.RunDir | str | Path, step: int | None = None) -> tuple[Any, int]:
+    """(agent, step) from a run directory's config and its checkpoint `step` (default: the latest)."""
+    from agents import get_agent
+
+    run = run if isinstance(run, runs.RunDir) else runs.RunDir(run)
+    cfg = run.read_config()
+    try:
+        name = runs.agent_name(cfg)
+        if name != cfg["agent"]:
+            print(f"note: {run.path} names agent {cfg['agent']!r} from before Gaussian BC; it loads as {name!r}")
+        agent_cls = get_agent(name)
+        config = config_from_dict(agent_cls.Config, cfg["agent_config"])
+        obs_dim, action_dim, seed = int(cfg["obs_dim"]), int(cfg["action_dim"]), int(cfg["seed"])
+    except KeyError as e:
+        raise SorlError(f"{run.config} is corrupt (no {e.args[0]!r}); retrain the run") from None
+    template = initial_state(
+        agent_cls, config, seed, np.zeros((1, obs_dim), np.float32), np.zeros((1, action_dim), np.float32)
+    )
+    if not run.checkpoints.is_dir():
+        raise SorlError(f"{run.path} has no checkpoints yet; train it first")
+    with Checkpointer(run.checkpoints) as ckpt:
+        state = ckpt.restore(template, step)
+    return state["agent"], int(state["step"])
+
+
+# ------------------------------------------------------------------------------------------ the trainer
+
+
+@dataclasses.dataclass
+class SeedRun:
+    """One seed's run directory and bookkeeping inside a Trainer."""
+
+    seed: int
+    run: runs.RunDir
+    run_config: dict[str, Any] | None = None
+    train_log: runs.CsvLog | None = None
+    eval_log: runs.CsvLog | None = None
+    ckpt: Any = None
+    state: dict[str, Any] | None = None
+    start: int = 0
+    step: int = 0  # the step its state is at
+    results: dict[str, Any] | None = None  # set when complete (before or after this call) or failed
+    error: str | None = None
+    acc: dict[str, float] = dataclasses.field(default_factory=dict)
+    last_eval: list[dict[str, Any]] | None = None
+    last_eval_step: int = -1
+
+
+@dataclasses.dataclass
+class Group:
+    """Seeds trained together from one starting step, their runner (one interface for loop and vmap), the
+    progress bar and the updates/s bookkeeping between logged steps."""
+
+    runs: list[SeedRun]
+    start: int
+    runner: SeedRunner
+    desc: str
+    bar: Any = None
+    train_s: float = 0.0
+    acc_n: int = 0  # updates since the last logged step
+    acc_t: float = 0.0
+    compile_before: float = 0.0
+
+    def live(self) -> list[tuple[int, SeedRun]]:
+        return [(i, sr) for i, sr in enumerate(self.runs) if sr.error is None]
+
+    def where(self) -> str:
+        return ", ".join(str(sr.run.path) for sr in self.runs)
+
+    def say(self, msg: str) -> None:
+        if self.bar is not None:
+            self.bar.write(msg)
+        else:
+            print(msg, flush=True)
+
+
+class Trainer:
+    """Train seeds of one agent on one task, each into its own run directory; `run()` returns their results.
+
+    Seed `s` trains into `run_dir_of(task_name, s)`. The seeds share one dataset on the device, one compiled
+    chunk and one evaluation pool; `strategy` 'loop' advances them in turn through the single-seed chunk,
+    'vmap' as one vmapped batch (`runner.multiseed`). A seed whose loss or parameters go non-finite is stopped
+    with results.json "failed" while the others go on, and a SorlError naming it is raised at the end.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        agent: str,
+        seeds: Sequence[int],
+        run_dir_of: Callable[[str, int], Path],
+        settings: TrainSettings,
+        *,
+        agent_overrides: Mapping[str, str] | None = None,
+        strategy: str = "loop",
+        agent_cls: type | None = None,
+        load_task: LoadTask | None = None,
+        make_env: MakeEnv | None = None,
+        inject_nan_at: int | None = None,
+    ):
+        from envs.registry import resolve_task
+
+        self.settings = settings.validate()  # everything a user can get wrong, before any expensive work
+        if strategy not in ("loop", "vmap"):
+            raise SorlError(f"seeds strategy {strategy!r}: choose loop or vmap")
+        task_info = resolve_task(task)
+        self.task_name, self.env_name, self.agent = task_info.name, task_info.env.name, agent
+        self.agent_overrides = dict(agent_overrides or {})
+        self.agent_cls, self.config, self.env_settings = resolve_agent_config(
+            agent, self.env_name, self.agent_overrides, agent_cls
+        )
+        self.seeds, self.run_dir_of, self.strategy = list(seeds), run_dir_of, strategy
+        self.load_task, self.make_env = load_task, make_env
+        self.inject_nan_at = safety.nan_test_step_from_env() if inject_nan_at is None else inject_nan_at
+        self.runs: list[SeedRun] = []
+        self.stop = safety.GracefulStop()  # SIGTERM/SIGINT: checkpoint at the next logged step, then exit
+        self.compiled: dict[tuple[str, int, int], Any] = {}
+        self.compile_s = 0.0
+        self._pool: EnvPool | None = None
+        self.dataset: Mapping[str, jax.Array] = {}
+
+    # ------------------------------------------------------------------------------------------ run
+
+    @safety.releases_locks
+    def run(self) -> list[dict[str, Any]]:
+        """Every step of a training job; the results dicts in seed order."""
+        self.open_runs()
+        todo = [sr for sr in self.runs if sr.results is None]
+        if not todo:
+            return [sr.results for sr in self.runs]
+        self.load_data()
+        self.t0 = time.perf_counter()
+        started = False  # failures from the first training step on mark the seeds' runs failed
+        try:
+            for sr in todo:
+                self.resume(sr, first=sr is todo[0])
+            with self.stop:
+                started = True
+                for start in sorted({sr.start for sr in todo}):  # seeds resuming from one checkpoint train together
+                    self.train_group([sr for sr in todo if sr.start == start], start)
+        except Exception as e:
+            if started and not isinstance(e, safety.Interrupted):
+                self.mark_failed(todo, e)
+            raise
+        finally:
+            self.close(todo)
+        return self.report(todo)
+
+    # -------------------------------------------------------------------------------- run directories
+
+    def open_runs(self) -> None:
+        """Every seed's run directory checked (same run or empty) and locked, before any expensive work."""
+        for seed in self.seeds:
+            run = runs.open_run_dir(
+                self.run_dir_of(self.task_name, seed), task=self.task_name, agent=self.agent, seed=seed
+            )
+            safety.lock_run_dir(run.path)
+            sr = SeedRun(seed, run)
+            previous = run.read_config() if run.exists() else None
+            if previous is not None:
+                self.check_same_run(run, previous)
+                state, detail = runs.run_state(run.path, self.settings.steps)  # the one answer to "is it done?"
+                if state == "corrupt":
+                    raise SorlError(detail)
+                if state == "complete":
+                    print(f"{run.path} is already complete ({self.settings.steps} updates); see {run.results}")
+                    sr.results = run.read_results()
+            self.runs.append(sr)
+
+    def check_same_run(self, run: runs.RunDir, previous: Mapping[str, Any]) -> None:
+        if previous.get("agent_config") != _plain(config_to_dict(self.config)):
+            raise SorlError(
+                f"run directory {run.path} holds a run of {self.agent} with a different agent config; "
+                "choose another --run-dir or delete that one"
+            )
+        if previous.get("success_timing") != self.settings.success_timing:
+            raise SorlError(
+                f"run directory {run.path} holds a run with success_timing="
+                f"{previous.get('success_timing')!r}; choose another --run-dir or delete that one"
+            )
+
+    def run_config(self, seed: int) -> dict[str, Any]:
+        """config.json: the run's identity, versions, agent config, data and the recorded settings."""
+        recorded = self.settings.record()
+        return {
+            "format": runs.RUN_FORMAT,
+            "task": self.task_name,
+            "env": self.env_name,
+            "agent": self.agent,
+            "seed": seed,
+            **recorded.get("", {}),
+            "ogbench_version": ogbench_version(),
+            "sorl_version": sorl.__version__,
+            "jax_version": jax.__version__,
+            "backend": jax.default_backend(),
+            "agent_config": config_to_dict(self.config),
+            "agent_overrides": dict(self.agent_overrides),
+            "env_settings": self.env_settings,
+            "obs_dim": int(self.example_obs.shape[-1]),
+            "action_dim": int(self.example_act.shape[-1]),
+            "dataset": {
+                "transitions": dataset_size(self.dataset),
+                "bytes": dataset_nbytes(self.dataset),
+                **recorded.get("dataset", {}),
+            },
+            "train": {**recorded["train"], "batch_size": int(self.config.batch_size)},
+            "eval": {**recorded["eval"], "seed": seed, "success_unit": runs.SUCCESS_UNIT},
+        }
+
+    # ------------------------------------------------------------------------------------ data, resume
+
+    def load_data(self) -> None:
+        """The dataset (generated if missing and generatable) on the device, once for all seeds."""
+        load_task = self.load_task
+        if load_task is None:
+            from envs.datasets import load_task
+        s = self.settings
+        env, train_data, val_data = load_task(
+            self.task_name, s.data_dir, success_timing=s.success_timing, episodes=s.train_episodes
+        )
+        del val_data  # not used by the loop; free it
+        if hasattr(env, "close"):
+            env.close()
+        self.example_obs = np.asarray(train_data["observations"][:1], np.float32)
+        self.example_act = np.asarray(train_data["actions"][:1], np.float32)
+        # Agents that need more than the standard batch keys (ReBRAC's next dataset action) derive them here.
+        self.dataset = self.agent_cls.prepare_dataset(to_device(train_data))
+
+    def resume(self, sr: SeedRun, first: bool = False) -> None:
+        """A seed's state at its last checkpoint (or step 0), its config.json, logs cut back to that step."""
+        s = self.settings
+        sr.state = initial_state(self.agent_cls, self.config, sr.seed, self.example_obs, self.example_act)
+        validate_grid(s.Ks, s.Ns, sr.state["agent"].max_K)
+        note = grid_note(sr.state["agent"], self.agent, s.Ks, s.Ns)
+        if note and first:
+            print(note, flush=True)
+        sr.run_config = self.run_config(sr.seed)
+        sr.run.write_config(sr.run_config)
+        sr.train_log = runs.CsvLog(sr.run.train_log)
+        sr.eval_log = runs.CsvLog(sr.run.eval_log, ["step", *RESULT_KEYS, "env_steps", "time_s"])
+        sr.ckpt = Checkpointer(sr.run.checkpoints, max_to_keep=s.keep_checkpoints, writer=True)
+        sr.start = sr.ckpt.latest_step() or 0
+        if sr.start > s.steps:
+            raise SorlError(
+                f"{sr.run.path} already holds a checkpoint at step {sr.start} > --steps {s.steps}; "
+                "raise --steps or use another --run-dir"
+            )
+        if sr.start:
+            sr.state = sr.ckpt.restore(sr.state, sr.start)
+            print(f"continuing {sr.run.path} from its checkpoint at step {sr.start}", flush=True)
+        sr.step = sr.start
+        # rows logged after the checkpoint (or cut short) by a killed run go; a stale "failed" result too
+        sr.train_log.truncate_after(sr.start)
+        sr.eval_log.truncate_after(sr.start)
+        sr.run.clear_failed_results()
+
+    # ------------------------------------------------------------------------------------ one group
+
+    def train_group(self, seed_runs: list[SeedRun], start: int) -> None:
+        """Train seeds all at checkpoint `start` up to `steps`: chunk, check, log, checkpoint, evaluate."""
+        g = self.begin_group(seed_runs, start)
+        try:
+            self.redo_cut_evaluation(g)
+            step = start
+            for end in boundaries(start, self.settings.steps, self.settings.intervals):
+                n = end - step
+                infos = self.run_chunk(g, n)
+                self.check_finite(g, infos, step, end)
+                step = end
+                for _, sr in g.live():
+                    sr.step = end
+                if not g.live():
+                    break
+                self.after_chunk(g, end, n)
+            self.finish(g)
+        finally:
+            if g.bar is not None:
+                g.bar.close()
+
+    def begin_group(self, seed_runs: list[SeedRun], start: int) -> Group:
+        runner = make_seed_runner(self.strategy, [sr.state for sr in seed_runs])
+        for sr in seed_runs:
+            sr.state = None  # the runner holds the states from here on
+        desc = f"{self.agent} {runs.short_task_name(self.task_name)}"
+        if len(self.seeds) > 1:
+            desc += f" seeds {','.join(str(sr.seed) for sr in seed_runs)}"
+        g = Group(seed_runs, start, runner, desc, compile_before=self.compile_s)
+        if self.settings.progress:
+            from tqdm.auto import tqdm
+
+            g.bar = tqdm(
+                total=self.settings.steps, initial=start, unit="upd", desc=desc, dynamic_ncols=True, smoothing=0.1
+            )
+        return g
+
+    def redo_cut_evaluation(self, g: Group) -> None:
+        """Resumed at an evaluation step whose evaluation a kill cut short (or at the end): evaluate again."""
+        s, start = self.settings, g.start
+        due = start == s.steps or (start > 0 and start % s.eval_interval == 0)
+        cells = len(s.Ks) * len(s.Ns)
+        if due and any(start == s.steps or sr.eval_log.count(start) < cells for sr in g.runs):
+            for sr in g.runs:
+                sr.eval_log.truncate_after(start - 1)
+            self.evaluate_or_stop(g, start)
+
+    def run_chunk(self, g: Group, n: int) -> dict[str, np.ndarray]:
+        """`n` updates of every seed of the group (compiled on first use of this length); the infos [seeds, n]."""
+        key = g.runner.key(n)
+        if key not in self.compiled:
+            tc = time.perf_counter()
+            self.compiled[key] = g.runner.compile(self.dataset, int(self.config.batch_size), n)
+            self.compile_s += time.perf_counter() - tc
+        tc = time.perf_counter()
+        infos = g.runner.run(self.compiled[key], self.dataset)
+        dt = time.perf_counter() - tc
+        g.train_s += dt
+        g.acc_n += n
+        g.acc_t += dt
+        return infos
+
+    def check_finite(self, g: Group, infos: Mapping[str, np.ndarray], step: int, end: int) -> None:
+        """Accumulate each live seed's logged values; stop (`fail`) a seed whose loss or parameters went bad."""
+        n = end - step
+        any_bad_leaf = g.runner.any_non_finite()
+        for i, sr in g.live():
+            mine = safety.inject_nan({k: v[i] for k, v in infos.items()}, step, n, self.inject_nan_at)
+            for k, v in mine.items():
+                sr.acc[k] = sr.acc.get(k, 0.0) + float(np.sum(np.asarray(v, np.float64)))
+            bad = safety.first_non_finite(mine, step)
+            leaf = safety.non_finite_leaf(g.runner.agent(i)) if not bad and any_bad_leaf else None
+            if bad or leaf:
+                good = sr.ckpt.latest_step()
+                what = f"{bad[0]} at step {bad[1]}" if bad else f"parameter {leaf} by step {end}"
+                self.fail(
+                    g,
+                    sr,
+                    end,
+                    f"non-finite {what}; stopped the run (results.json: failed). Last good checkpoint: "
+                    f"{f'step {good}' if good else 'none'} in {sr.run.checkpoints}; lower the learning rate or "
+                    "check the data, and train into a new --run-dir",
+                )
+
+    def after_chunk(self, g: Group, end: int, n: int) -> None:
+        """What is due at chunk end `end`: log, checkpoint, evaluate, or stop for a signal."""
+        s = self.settings
+        if g.bar is not None:
+            g.bar.update(n)
+        if end % s.log_interval == 0 or end % s.checkpoint_every == 0 or end == s.steps:
+            self.log(g, end)
+        stopping = self.stop.requested and g.acc_n == 0  # a signal came: stop at this logged step
+        if end % s.checkpoint_every == 0 or end == s.steps or stopping:
+            self.checkpoint(g, end)
+        if (end % s.eval_interval == 0 or end == s.steps) and not stopping:
+            self.evaluate_or_stop(g, end)
+        if self.stop.requested and g.acc_n == 0:
+            self.stop_here(g, end)
+
+    def log(self, g: Group, step: int) -> None:
+        """One train.csv row per live seed: the means since the last row, updates/s, wall time."""
+        row: dict[str, Any] = {}
+        for _, sr in g.live():
+            row = {
+                "step": step,
+                **{k: v / g.acc_n for k, v in sr.acc.items()},
+                "updates_per_s": g.acc_n / max(g.acc_t, 1e-9),
+                "time_s": time.perf_counter() - self.t0,
+            }
+            sr.train_log.write(row)
+            sr.acc = {}
+        if g.bar is not None and row:
+            g.bar.set_postfix(_postfix(row), refresh=False)
+        g.acc_n, g.acc_t = 0, 0.0
+
+    def checkpoint(self, g: Group, step: int) -> None:
+        for i, sr in g.live():
+            state = {"agent": g.runner.agent(i), "data_rng": g.runner.data_rng(i), "step": np.int64(step)}
+            sr.ckpt.save(step, state)
+
+    def pool(self) -> EnvPool:
+        """The evaluation environments, started on first use and shared by every evaluation of the job."""
+        if self._pool is None:
+            s = self.settings
+            self._pool = EnvPool(
+                self.task_name,
+                min(s.eval_episodes, s.eval_envs or s.eval_episodes),
+                workers=s.eval_workers,
+                success_timing=s.success_timing,
+                max_episode_steps=s.eval_max_episode_steps,
+                make_env=self.make_env,
+            )
+        return self._pool
+
+    def evaluate(self, g: Group, step: int) -> None:
+        """Every live seed over the (K, N) grid: eval.csv rows and one summary line each."""
+        s, several = self.settings, len(self.seeds) > 1
+        for i, sr in g.live():
+            if g.bar is not None:
+                g.bar.set_description_str(f"{g.desc} (evaluating{f' seed {sr.seed}' if several else ''})")
+            grid = evaluate(
+                g.runner.agent(i), self.task_name, s.Ks, s.Ns, s.eval_episodes, seed=sr.seed, pool=self.pool()
+            )
+            for r in grid:
+                sr.eval_log.write({"step": step, **r})
+            msg = "  ".join(f"K={r['K']},N={r['N']}: {100 * r['success']:.0f}%" for r in grid)
+            g.say(f"[{f'seed {sr.seed} ' if several else ''}step {step}] eval success  {msg}")
+            sr.last_eval, sr.last_eval_step = grid, step
+        if g.bar is not None:
+            g.bar.set_description_str(g.desc)
+
+    def evaluate_or_stop(self, g: Group, step: int) -> None:
+        """`evaluate`, unless a signal stopped the evaluation workers too: then stop at a checkpoint."""
+        try:
+            self.evaluate(g, step)
+        except Exception:
+            if not self.stop.requested:
+                raise
+            if g.acc_n:  # between logged steps: stop at the last checkpoint, not here
+                raise self.stop.interrupted(step, g.where(), g.runs[0].ckpt.latest_step()) from None
+            self.stop_here(g, step)
+
+    def stop_here(self, g: Group, step: int) -> None:
+        """A signal came: checkpoint at this logged step (unless that is done) and raise `Interrupted`."""
+        if g.runs[0].ckpt.latest_step() != step:  # the signal came during the evaluation
+            self.checkpoint(g, step)
+        raise self.stop.interrupted(step, g.where(), step) from None
+
+    def fail(self, g: Group, sr: SeedRun, step: int, message: str) -> None:
+        """Stop one seed: results.json "failed" with the message; the group's other seeds go on."""
+        sr.error = message
+        sr.results = runs.make_results(sr.run_config, self.settings.steps, step, sr.last_eval, "failed", error=message)
+        sr.run.try_write_results(sr.results)
+        if len(self.seeds) > 1:
+            g.say(f"seed {sr.seed}: {message}")
+
+    def finish(self, g: Group) -> None:
+        """Each live seed's final evaluation (if a kill cut it) and its complete results.json with timings."""
+        steps = self.settings.steps
+        if any(sr.last_eval_step != steps for _, sr in g.live()):  # resumed at the end (killed in the final eval)
+            self.evaluate(g, steps)
+        for _, sr in g.live():
+            sr.ckpt.wait()
+            sr.results = runs.make_results(sr.run_config, steps, steps, sr.last_eval, "complete")
+            sr.results["timing"] = {
+                "compile_s": self.compile_s - g.compile_before,
+                "train_s": g.train_s,
+                "updates_per_s": (steps - g.start) / g.train_s if g.train_s > 0 else None,
+                "wall_s": time.perf_counter() - self.t0,
+            }
+            if len(self.seeds) > 1:
+                sr.results["timing"]["seeds_in_batch"] = [x.seed for x in g.runs]
+                sr.results["timing"]["seeds_strategy"] = self.strategy
+            sr.run.write_results(sr.results)
+
+    # ------------------------------------------------------------------------------------ the end
+
+    def mark_failed(self, todo: list[SeedRun], e: Exception) -> None:
+        """An error from the first training step on: each unfinished run's results.json says failed, and why."""
+        error = str(e) if isinstance(e, SorlError) else f"{type(e).__name__}: {e}"
+        for sr in todo:
+            if sr.results is None and sr.run_config is not None and sr.ckpt is not None:
+                sr.run.try_write_results(
+                    runs.make_results(sr.run_config, self.settings.steps, sr.step, sr.last_eval, "failed", error=error)
+                )
+
+    def close(self, todo: list[SeedRun]) -> None:
+        if self._pool is not None:
+            self._pool.close()
+        for sr in todo:
+            if sr.ckpt is not None:
+                sr.ckpt.close()
+
+    def report(self, todo: list[SeedRun]) -> list[dict[str, Any]]:
+        """Print each finished seed's grid; raise one SorlError for the failed seeds, else return the results."""
+        s = self.settings
+        for sr in todo:
+            if sr.error is None:
+                title = f"{self.task_name}  agent={self.agent}  seed={sr.seed}  step={s.steps}"
+                title += f"  ({s.eval_episodes} episodes)"
+                print(format_grid(sr.last_eval or [], title))
+                print(f"results: {sr.run.results}")
+        failed = [sr for sr in todo if sr.error is not None]
+        if len(self.seeds) == 1 and failed:
+            raise SorlError(failed[0].error)
+        if failed:
+            raise SorlError("; ".join(f"seed {sr.seed}: {sr.error}" for sr in failed))
+        return [sr.results for sr in self.runs]
+
+
+def _plain(d: Any) -> Any:
+    """A config dict as it reads back from JSON (tuples -> lists)."""
+    if isinstance(d, Mapping):
+        return {k: _plain(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [_plain(v) for v in d]
+    if isinstance(d, float) and not math.isfinite(d):
+        return None
+    return d
+
+
+def _postfix(row: Mapping[str, Any]) -> dict[str, str]:
+    """Measured updates/s (compilation and evaluation excluded) and up to two losses for the progress bar."""
+    losses = [k for k in row if k.endswith("loss")]
+    main = [k for k in losses if k.rsplit("/", 1)[-1] in ("critic_loss", "actor_loss")] or losses
+    out = {"upd/s": f"{row['updates_per_s']:.1f}"}
+    out.update({k.rsplit("/", 1)[-1]: f"{row[k]:.3g}" for k in main[:2]})
+    return out
+
+
+# ------------------------------------------------------------------------------------ entry points
+
+
+def train(
+    task: str,
+    agent: str = "sorl",
+    *,
+    seed: int = 0,
+    run_dir: str | Path | None = None,
+    agent_overrides: Mapping[str, str] | None = None,
+    settings: TrainSettings | None = None,
+    agent_cls: type | None = None,
+    load_task: LoadTask | None = None,
+    make_env: MakeEnv | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Train `agent` on `task` into one run directory (default `runs/<task>/<agent>/seed<seed>`); the results dict.
+
+    `settings` (or the same fields as keyword `options`: `steps`, `eval_interval`, `eval_K`, ...) are a
+    `TrainSettings`. The run evaluates over the (eval_K x eval_N) grid every `eval_interval` updates and at the
+    end, checkpoints every `checkpoint_interval` and at the end, logs every `log_interval`. Rerunning into a run
+    directory that holds the same run continues from its last checkpoint (or returns its results if it is
+    complete); a directory holding another task's, agent's or seed's run is refused. Several seeds:
+    `train_seeds`. `agent_cls`, `load_task` and `make_env` replace the registry's agent class, the dataset
+    loader and the evaluation environments (tests use them).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SorlError(f"seed={seed}: must be a non-negative integer")
+    settings = dataclasses.replace(settings, **options).validate() if settings else TrainSettings.of(**options)
+
+    def run_dir_of(task_name: str, s: int) -> Path:
+        return Path(run_dir) if run_dir is not None else runs.default_run_dir(task_name, agent, s)
+
+    trainer = Trainer(
+        task, agent, [int(seed)], run_dir_of, settings, agent_overrides=agent_overrides,
+        agent_cls=agent_cls, load_task=load_task, make_env=make_env,
+    )  # fmt: skip
+    (results,) = trainer.run()
+    return results
+
+
+def train_seeds(
+    task: str,
+    agent: str = "sorl",
+    *,
+    seeds: str | Sequence[int] = "1-8",
+    run_dir: str | Path | None = None,
+    strategy: str = "auto",
+    agent_overrides: Mapping[str, str] | None = None,
+    settings: TrainSettings | None = None,
+    agent_cls: type | None = None,
+    load_task: LoadTask | None = None,
+    make_env: MakeEnv | None = None,
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """`train` for several seeds at once: one run directory per seed; the results dicts in seed order.
+
+    `seeds` is '1-8', '1,3,5' or a list, `run_dir` the parent of the seeds' directories (see `seed_run_dir`).
+    The loop is the single-seed run's own Trainer. A seed whose loss or parameters go non-finite is stopped
+    with results.json "failed", as a single-seed run would be; the other seeds go on, and a SorlError naming the
+    failed seeds is raised at the end.
+    """
+    seed_list = parse_seeds(seeds)
+    strategy = resolve_strategy(strategy)
+    settings = dataclasses.replace(settings, **options).validate() if settings else TrainSettings.of(**options)
+
+    def run_dir_of(task_name: str, seed: int) -> Path:
+        return seed_run_dir(run_dir, task_name, agent, seed)
+
+    trainer = Trainer(
+        task, agent, seed_list, run_dir_of, settings, agent_overrides=agent_overrides, strategy=strategy,
+        agent_cls=agent_cls, load_task=load_task, make_env=make_env,
+    )  # fmt: skip
+    return trainer.run()
+
+
+__all__ = [
+    "Trainer",
+    "boundaries",
+    "compile_chunk",
+    "distinct_buffers",
+    "initial_state",
+    "load_run",
+    "resolve_agent_config",
+    "train",
+    "train_chunk",
+    "train_chunk_jit",
+    "train_seeds",
+]
