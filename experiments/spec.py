@@ -16,7 +16,9 @@
     checkpoint_interval = 100_000             # optional (default: eval_interval)
     success_timing = "post"                   # "post" = the published protocol (ogbench < 1.2)
     train_episodes = 1000                     # optional: episodes if a missing dataset must be generated
+    keep_checkpoints = 3                      # optional: checkpoints kept on disk
 
+    # [train] and [eval] keys, defaults and checks are runner.settings.TrainSettings fields (`spec=` there)
     [eval]                                    # the (K, N) grid evaluated during and at the end of training
     K = [1, 2, 4, 8]
     N = [1]
@@ -80,7 +82,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from runner import multiseed
+from runner import multiseed, runs
 from runner.settings import TrainSettings
 from sorl.errors import SorlError, suggest
 from sorl.validation import check_positive
@@ -271,7 +273,7 @@ class Spec:
                         where = f"{agent} on {task.env.name}" + (f" ({label})" if label else "")
                         raise SorlError(f"{self.where()}: {where}: {e}") from None
                     for seed in self.seeds:
-                        rel = Path(*([safe_name(label)] if label else []), task.short_name, agent, f"seed{seed}")
+                        rel = runs.run_path(task.name, agent, seed, safe_name(label) if label else None)
                         run_id = rel.as_posix()
                         settings = TrainSettings.from_spec(self.train, ev, data_dir=data, progress=False)
                         result.append(

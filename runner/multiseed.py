@@ -83,7 +83,7 @@ def seed_run_dir(run_dir: str | Path | None, task_name: str, agent: str, seed: i
     text = str(run_dir)
     if "{seed}" in text:
         return Path(text.replace("{seed}", str(seed)))
-    return Path(run_dir) / f"seed{seed}"
+    return Path(run_dir) / runs.seed_dir_name(seed)
 
 
 # ------------------------------------------------------------------------------ stacked training states

@@ -63,9 +63,18 @@ def short_task_name(task_name: str) -> str:
     return f"{m['env']}-task{m['k'] or 1}"
 
 
+def seed_dir_name(seed: int) -> str:
+    return f"seed{seed}"
+
+
+def run_path(task_name: str, agent: str, seed: int, variant: str | None = None) -> Path:
+    """The layout of run directories under a root: [<variant>/]<env>-task<k>/<agent>/seed<S>."""
+    return Path(*([variant] if variant else []), short_task_name(task_name), agent, seed_dir_name(seed))
+
+
 def default_run_dir(task_name: str, agent: str, seed: int, root: str | Path = "runs") -> Path:
     """runs/<env>-task<k>/<agent>/seed<S>."""
-    return Path(root) / short_task_name(task_name) / agent / f"seed{seed}"
+    return Path(root) / run_path(task_name, agent, seed)
 
 
 def agent_name(record: Mapping[str, Any]) -> str:

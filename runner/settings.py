@@ -9,7 +9,8 @@ directory). Each field owns, next to its type and default:
 - its sweep-spec key (`spec`: `("train", "steps")` or `("eval", "K")`), read by `experiments.spec`;
 - where config.json records it (`record`: a section and a key, or nothing: eval workers and the progress bar
   do not change the numbers);
-- whether the `sorl train` command line a sweep prints carries it (`command`; None values are never printed).
+- whether the `sorl train` command line a sweep prints carries it (`command`: True, "if-changed" from the
+  default, or False; None values are never printed).
 
 Adding an option is one field here; the CLI, the spec parser, config.json and the printed commands follow.
 """
@@ -34,7 +35,7 @@ def option(
     check: str | None = None,
     spec: tuple[str, str] | None = None,
     record: tuple[str, str] | None = None,
-    command: bool = True,
+    command: bool | str = True,
 ) -> Any:
     return dataclasses.field(
         default=default, metadata={"check": check, "spec": spec, "record": record, "command": command}
@@ -80,7 +81,7 @@ class TrainSettings:
         None, check="optional-positive", spec=("train", "train_episodes"), record=("dataset", "train_episodes")
     )
     """If the dataset must be generated: training episodes (default: the published count)."""
-    keep_checkpoints: int = option(3, check="positive", command=False)
+    keep_checkpoints: int = option(3, check="positive", spec=("train", "keep_checkpoints"), command="if-changed")
     """Checkpoints kept on disk (the latest ones)."""
     progress: tyro.conf.FlagConversionOff[bool] = option(True, command=False)
     """Show the progress bar (`--progress False` for logs without it)."""
@@ -155,8 +156,10 @@ class TrainSettings:
         """`--flag value` for every set option that a printed `sorl train` command carries, in field order."""
         parts = []
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.metadata["command"] and value is not None and value != "":
+            value, when = getattr(self, f.name), f.metadata["command"]
+            if when == "if-changed" and value == f.default:
+                continue
+            if when and value is not None and value != "":
                 parts.append(f"--{f.name.replace('_', '-')} {value}")
         return parts
 

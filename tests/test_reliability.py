@@ -203,7 +203,9 @@ def install_stand_in() -> None:
     evaluation._make_env = lambda task, timing, max_steps: TinyEnv()
 
 
-STAND_IN_MAIN = "import sys, test_reliability; test_reliability.install_stand_in(); from sorl import cli; cli.main()"
+STAND_IN_MAIN = (
+    "import sys, test_reliability; test_reliability.install_stand_in(); from cli import main as cli; cli.main()"
+)
 ADAM_STEPS = 300
 
 

@@ -64,7 +64,8 @@ def test_probe_of_a_tiny_sorl_run(tmp_path):
     run = tmp_path / "run"
     train.train(
         task, "sorl", seed=1, run_dir=run, data_dir=tmp_path / "data", steps=20, log_interval=10, eval_interval=20,
-        eval_episodes=1, eval_K="1", eval_workers=1, eval_max_episode_steps=5, agent_overrides=overrides, progress=False,
+        eval_episodes=1, eval_K="1", eval_workers=1, eval_max_episode_steps=5, agent_overrides=overrides,
+        progress=False,
     )  # fmt: skip
     record = verifier.verifier_quality(run, K=2, N=3, states=2, probe_steps=(0, 4))
     assert record["K"] == 2 and record["N"] == 3 and record["step"] == 20 and len(record["states"]) == 2
