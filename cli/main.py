@@ -259,7 +259,7 @@ class VerifierArgs:
 
 
 def verifier(args: Annotated[VerifierArgs, tyro.conf.arg(name="")]) -> None:
-    """Writes verifier.json into the run directory and prints its summary."""
+    """Probe a SORL run's Q verifier against best-of-N candidates' actual returns; writes verifier.json."""
     from experiments import verifier as v
     from runner.evaluation import validate_grid
 

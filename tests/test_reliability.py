@@ -550,7 +550,7 @@ def test_second_process_on_the_same_run_dir_is_refused(tmp_path, stand_in, capsy
         [
             sys.executable,
             "-c",
-            "import sys, time; from sorl import reliability; "
+            "import sys, time; from runner import safety as reliability; "
             "lock = reliability.lock_run_dir(sys.argv[1]); print('locked', flush=True); time.sleep(60)",
             str(run),
         ],
