@@ -355,6 +355,7 @@ def plot_curves(
     methods = _by_method(runset.records)
     evals = {id(r): _read_csv(r.path / "eval.csv") for r in runset.records}
     trains = {id(r): _read_csv(r.path / "train.csv") for r in runset.records}
+    validations = {id(r): _read_csv(r.path / "validation.csv") for r in runset.records}  # `val/<loss>` columns
     columns: list[str] = []
     for rows in trains.values():
         for c in rows[0] if rows else []:
@@ -399,15 +400,19 @@ def plot_curves(
                         continue
                     per_step.setdefault(int(s), {}).setdefault(r.task, []).append(100.0 * v)
             _curve(axes[row][0], per_step, stat, reps, color, f"{method} (K={cK}, N={cN})")
-            # losses against updates
+            # losses against updates: training batches solid, validation batches (where logged) dashed
             for j, metric in enumerate(metrics):
-                per_step = {}
-                for r in recs:
-                    for t in trains[id(r)]:
-                        s, v = _float(t.get("step")), _float(t.get(metric))
-                        if s is not None and v is not None:
-                            per_step.setdefault(int(s), {}).setdefault(r.task, []).append(v)
-                _curve(axes[row][1 + j], per_step, "mean", reps, color, method)
+                for logs, key, style, label in (
+                    (trains, metric, "-", method),
+                    (validations, f"val/{metric}", "--", f"{method} (validation)"),
+                ):
+                    per_step = {}
+                    for r in recs:
+                        for t in logs[id(r)]:
+                            s, v = _float(t.get("step")), _float(t.get(key))
+                            if s is not None and v is not None:
+                                per_step.setdefault(int(s), {}).setdefault(r.task, []).append(v)
+                    _curve(axes[row][1 + j], per_step, "mean", reps, color, label, style)
         axes[row][0].set_ylabel(f"success rate (%, {stat})")
         _success_ylim(axes[row][0])
         axes[row][0].set_title(f"{env} ({_describe(env_recs)}): success")
@@ -418,6 +423,8 @@ def plot_curves(
             ys = [y for line in ax.get_lines() for y in line.get_ydata()]
             if ys and min(ys) > 0 and max(ys) / min(ys) > 50:
                 ax.set_yscale("log")
+            if any(line.get_label().endswith("(validation)") for line in ax.get_lines()):
+                ax.legend(loc="best", frameon=False, fontsize=7)
         for ax in axes[row]:
             ax.set_xlabel("gradient updates")
             ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4), useMathText=True)
@@ -429,7 +436,15 @@ def plot_curves(
     return written
 
 
-def _curve(ax: Any, per_step: dict[int, dict[str, list[float]]], stat: str, reps: int, color: Any, label: str) -> None:
+def _curve(
+    ax: Any,
+    per_step: dict[int, dict[str, list[float]]],
+    stat: str,
+    reps: int,
+    color: Any,
+    label: str,
+    linestyle: str = "-",
+) -> None:
     if not per_step:
         return
     steps = sorted(per_step)
@@ -437,5 +452,5 @@ def _curve(ax: Any, per_step: dict[int, dict[str, list[float]]], stat: str, reps
     y = np.array([e[0] for e in est])
     lo = np.array([e[1] for e in est])
     hi = np.array([e[2] for e in est])
-    ax.plot(steps, y, color=color, marker="o" if len(steps) < 15 else None, ms=3, label=label)
+    ax.plot(steps, y, color=color, marker="o" if len(steps) < 15 else None, ms=3, label=label, linestyle=linestyle)
     ax.fill_between(steps, lo, hi, color=color, alpha=0.18, linewidth=0)

@@ -36,6 +36,7 @@ RUN_FORMAT = "sorl-run/1"
 CONFIG = "config.json"
 TRAIN_LOG = "train.csv"
 EVAL_LOG = "eval.csv"
+VALIDATION_LOG = "validation.csv"
 CHECKPOINTS = "checkpoints"
 RESULTS = "results.json"
 SCALING_JSON = "scaling.json"
@@ -153,6 +154,7 @@ class RunDir:
     config = property(lambda self: self.path / CONFIG)
     train_log = property(lambda self: self.path / TRAIN_LOG)
     eval_log = property(lambda self: self.path / EVAL_LOG)
+    validation_log = property(lambda self: self.path / VALIDATION_LOG)
     checkpoints = property(lambda self: self.path / CHECKPOINTS)
     results = property(lambda self: self.path / RESULTS)
     scaling_json = property(lambda self: self.path / SCALING_JSON)

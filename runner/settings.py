@@ -81,6 +81,18 @@ class TrainSettings:
         None, check="optional-positive", spec=("train", "train_episodes"), record=("dataset", "train_episodes")
     )
     """If the dataset must be generated: training episodes (default: the published count)."""
+    validation_interval: int | None = option(
+        None,
+        check="optional-positive",
+        spec=("train", "validation_interval"),
+        record=("train", "validation_interval"),
+    )
+    """Updates between validation losses (the agent's losses on the -val dataset, validation.csv; default: off)."""
+    validation_batches: int = option(
+        10, check="positive", spec=("train", "validation_batches"), record=("train", "validation_batches"),
+        command="if-changed",
+    )  # fmt: skip
+    """Batches of the validation dataset per validation loss."""
     keep_checkpoints: int = option(3, check="positive", spec=("train", "keep_checkpoints"), command="if-changed")
     """Checkpoints kept on disk (the latest ones)."""
     progress: tyro.conf.FlagConversionOff[bool] = option(True, command=False)
@@ -101,9 +113,10 @@ class TrainSettings:
         return self.checkpoint_interval or self.eval_interval
 
     @property
-    def intervals(self) -> tuple[int, int, int]:
-        """(log, eval, checkpoint): the chunk boundaries of the training loop."""
-        return self.log_interval, self.eval_interval, self.checkpoint_every
+    def intervals(self) -> tuple[int, ...]:
+        """(log, eval, checkpoint[, validation]): the chunk boundaries of the training loop."""
+        extra = (self.validation_interval,) if self.validation_interval else ()
+        return self.log_interval, self.eval_interval, self.checkpoint_every, *extra
 
     # ------------------------------------------------------------------------------------------ checks
 

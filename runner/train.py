@@ -41,7 +41,7 @@ from runner.evaluation import EnvPool, MakeEnv, evaluate, format_grid, grid_note
 from runner.multiseed import SeedRunner, make_seed_runner, parse_seeds, resolve_strategy, seed_run_dir
 from runner.runs import RESULT_KEYS
 from runner.settings import TrainSettings
-from sorl.chunk import compile_chunk, distinct_buffers, train_chunk, train_chunk_jit
+from sorl.chunk import compile_chunk, distinct_buffers, train_chunk, train_chunk_jit, validation_losses_jit
 from sorl.config import apply_overrides, config_from_dict, config_to_dict
 from sorl.data import dataset_nbytes, dataset_size, to_device
 from sorl.errors import SorlError
@@ -131,6 +131,7 @@ class SeedRun:
     run_config: dict[str, Any] | None = None
     train_log: runs.CsvLog | None = None
     eval_log: runs.CsvLog | None = None
+    validation_log: runs.CsvLog | None = None
     ckpt: Any = None
     state: dict[str, Any] | None = None
     start: int = 0
@@ -314,13 +315,22 @@ class Trainer:
         env, train_data, val_data = load_task(
             self.task_name, s.data_dir, success_timing=s.success_timing, episodes=s.train_episodes
         )
-        del val_data  # not used by the loop; free it
+        self.val_dataset = self.validation_data(val_data) if s.validation_interval else None
+        del val_data
         if hasattr(env, "close"):
             env.close()
         self.example_obs = np.asarray(train_data["observations"][:1], np.float32)
         self.example_act = np.asarray(train_data["actions"][:1], np.float32)
         # Agents that need more than the standard batch keys (ReBRAC's next dataset action) derive them here.
         self.dataset = self.agent_cls.prepare_dataset(to_device(train_data))
+
+    def validation_data(self, val_data: Mapping[str, np.ndarray] | None) -> Mapping[str, jax.Array]:
+        if val_data is None or not len(val_data.get("observations", ())):
+            raise SorlError(
+                f"--validation-interval: {self.task_name} has no validation dataset (-val.npz) in the data "
+                "directory; regenerate it with `sorl data generate` or train without --validation-interval"
+            )
+        return self.agent_cls.prepare_dataset(to_device(val_data))
 
     def resume(self, sr: SeedRun, first: bool = False) -> None:
         """A seed's state at its last checkpoint (or step 0), its config.json, logs cut back to that step."""
@@ -334,6 +344,7 @@ class Trainer:
         sr.run.write_config(sr.run_config)
         sr.train_log = runs.CsvLog(sr.run.train_log)
         sr.eval_log = runs.CsvLog(sr.run.eval_log, ["step", *RESULT_KEYS, "env_steps", "time_s"])
+        sr.validation_log = runs.CsvLog(sr.run.validation_log)
         sr.ckpt = Checkpointer(sr.run.checkpoints, max_to_keep=s.keep_checkpoints, writer=True)
         sr.start = sr.ckpt.latest_step() or 0
         if sr.start > s.steps:
@@ -348,6 +359,7 @@ class Trainer:
         # rows logged after the checkpoint (or cut short) by a killed run go; a stale "failed" result too
         sr.train_log.truncate_after(sr.start)
         sr.eval_log.truncate_after(sr.start)
+        sr.validation_log.truncate_after(sr.start)
         sr.run.clear_failed_results()
 
     # ------------------------------------------------------------------------------------ one group
@@ -444,6 +456,8 @@ class Trainer:
         if end % s.log_interval == 0 or end % s.checkpoint_every == 0 or end == s.steps:
             self.log(g, end)
         stopping = self.stop.requested and g.acc_n == 0  # a signal came: stop at this logged step
+        if s.validation_interval and (end % s.validation_interval == 0 or end == s.steps) and not stopping:
+            self.validate(g, end)  # before the checkpoint: a kill during it redoes it from the previous one
         if end % s.checkpoint_every == 0 or end == s.steps or stopping:
             self.checkpoint(g, end)
         if (end % s.eval_interval == 0 or end == s.steps) and not stopping:
@@ -466,6 +480,21 @@ class Trainer:
         if g.bar is not None and row:
             g.bar.set_postfix(_postfix(row), refresh=False)
         g.acc_n, g.acc_t = 0, 0.0
+
+    def validate(self, g: Group, step: int) -> None:
+        """One validation.csv row per live seed: the agent's losses on validation batches, the update discarded.
+
+        The batches' key is derived from the seed and the step alone, so a resumed run draws the same ones."""
+        s = self.settings
+        for i, sr in g.live():
+            key = validation_key(sr.seed, step)
+            infos = validation_losses_jit(
+                g.runner.agent(i), self.val_dataset, key, batch_size=int(self.config.batch_size),
+                num_batches=s.validation_batches,
+            )  # fmt: skip
+            infos = jax.device_get(infos)
+            row = {"step": step, **{f"val/{k}": float(v) for k, v in infos.items() if "loss" in k}}
+            sr.validation_log.write(row)
 
     def checkpoint(self, g: Group, step: int) -> None:
         for i, sr in g.live():
@@ -580,6 +609,11 @@ class Trainer:
         if failed:
             raise SorlError("; ".join(f"seed {sr.seed}: {sr.error}" for sr in failed))
         return [sr.results for sr in self.runs]
+
+
+def validation_key(seed: int, step: int) -> jax.Array:
+    """The key of the validation batches at `step` (a function of the seed and the step, kept nowhere)."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 0x7A11D), step)
 
 
 def _plain(d: Any) -> Any:

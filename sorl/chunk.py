@@ -35,6 +35,24 @@ def train_chunk(
     return agent, data_rng, infos
 
 
+def validation_losses(
+    agent: Any, dataset: Mapping[str, jax.Array], key: jax.Array, *, batch_size: int, num_batches: int
+) -> dict[str, jax.Array]:
+    """The agent's own logged values on `num_batches` batches of `dataset` (means), without keeping the update:
+    each batch goes through the training step and only its infos are kept, so a validation loss is exactly the
+    training loss on held-out data."""
+
+    def body(_, k):
+        _, info = agent.train_update(sample_batch(dataset, k, batch_size))
+        return None, info
+
+    _, infos = jax.lax.scan(body, None, jax.random.split(key, num_batches))
+    return jax.tree.map(lambda x: x.mean(axis=0), infos)
+
+
+validation_losses_jit = jax.jit(validation_losses, static_argnames=("batch_size", "num_batches"))
+
+
 train_chunk_jit = jax.jit(train_chunk, static_argnames=("batch_size", "num_updates"), donate_argnums=(0, 1))
 """`train_chunk` compiled, with the agent and the data key donated (their buffers are reused in place)."""
 

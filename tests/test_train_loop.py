@@ -293,6 +293,43 @@ def test_trainer_takes_agent_data_and_environments_as_arguments(tmp_path):
     assert json.loads((tmp_path / "nan" / "results.json").read_text())["status"] == "failed"
 
 
+def test_validation_loss_is_the_training_loss_on_validation_batches(tmp_path, stand_in):
+    _train(tmp_path, validation_interval=20, validation_batches=3)
+    run = tmp_path / "run"
+    with (run / "validation.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [20, 40, 60] and set(rows[0]) == {"step", "val/loss"}  # losses only
+    assert float(rows[-1]["val/loss"]) < float(rows[0]["val/loss"])  # it learns, on data it never trains on
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["train"]["validation_interval"] == 20 and cfg["train"]["validation_batches"] == 3
+    # the logged value, recomputed from the final checkpoint and the documented batch key
+    agent, _ = train_lib.load_run(run)
+    val = to_device(_dataset(32, 1))
+    keys = jax.random.split(train_lib.validation_key(1, 60), 3)
+    losses = [
+        jnp.mean((b["observations"] @ agent.w + agent.b - b["actions"]) ** 2)
+        for b in (sample_batch(val, k, TinyConfig.batch_size) for k in keys)
+    ]
+    assert float(rows[-1]["val/loss"]) == pytest.approx(float(np.mean(losses)), rel=1e-5)
+    # a run continued from its checkpoint logs the same validation losses
+    _train(tmp_path, "split", steps=30, validation_interval=20, validation_batches=3)
+    _train(tmp_path, "split", steps=60, validation_interval=20, validation_batches=3)
+    with (tmp_path / "split" / "validation.csv").open() as f:
+        split = {r["step"]: r["val/loss"] for r in csv.DictReader(f)}
+    assert [split[r["step"]] for r in rows] == [r["val/loss"] for r in rows]
+
+
+def test_validation_needs_a_validation_dataset(tmp_path):
+    settings = TrainSettings(steps=10, log_interval=10, eval_interval=10, validation_interval=10, progress=False)
+    trainer = train_lib.Trainer(
+        TASK, "tiny", [0], lambda task, seed: tmp_path / "run", settings, agent_cls=TinyAgent,
+        load_task=lambda *a, **k: (TinyEnv(), _dataset(), None), make_env=lambda *a: TinyEnv(),
+    )  # fmt: skip
+    with pytest.raises(SorlError, match="no validation dataset"):
+        trainer.run()
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
 def test_train_writes_run_directory(tmp_path, stand_in):
     jax.clear_caches()  # an earlier test in the session may have compiled this very chunk already
     TRACES["update"] = 0
