@@ -34,7 +34,7 @@ import tyro
 
 from sorl.errors import SorlError
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "experiments" / "results"
 """The committed studies (experiments/results/<study>/README.md and its runs)."""
 
 _BLOCK = re.compile(r"(<!-- results: (?P<command>.*?) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)

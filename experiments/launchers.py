@@ -170,7 +170,7 @@ def execute_job(runs: Sequence[RunSpec], *, log: bool = True, compile_cache: str
     use_compile_cache(compile_cache)
     runs = list(runs)
     same_parent = len({str(Path(r.run_dir).parent) for r in runs}) == 1
-    if len(runs) == 1 or not same_parent or any(Path(r.run_dir).name != f"seed{r.seed}" for r in runs):
+    if len(runs) == 1 or not same_parent or any(Path(r.run_dir).name != runs_lib.seed_dir_name(r.seed) for r in runs):
         return [execute_run(r, log=log) for r in runs]
     return _execute_multi_seed(runs, log=log)
 

@@ -54,3 +54,11 @@ def test_a_block_that_cannot_be_made_is_one_line_and_the_page_stays(page, capsys
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {page}:14: ") and "\n" not in err
     assert page.read_text() == before
+
+
+def test_plain_sorl_results_finds_the_committed_pages_and_the_readme():
+    root = Path(__file__).resolve().parents[1]
+    roots = results.default_roots()
+    assert roots[0] == root / "experiments" / "results" and roots[0].is_dir()
+    assert roots[1:] == [root / "README.md"]
+    assert (root / "experiments" / "results" / "main" / "README.md") in results.pages(roots)
