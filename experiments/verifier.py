@@ -164,7 +164,7 @@ def _rollouts(copies, agent, policy, reset_seed, state, candidates, K, gamma, ho
     import jax.numpy as jnp
 
     n = len(copies)
-    obs = np.zeros((n, agent_obs_dim(copies[0])), np.float32)
+    obs = np.zeros((n, int(np.prod(copies[0].observation_space.shape))), np.float32)
     for env in copies:
         env.reset(seed=reset_seed)  # the same task and goal as the probe episode
         _set_physics_state(env, state)
@@ -182,10 +182,6 @@ def _rollouts(copies, agent, policy, reset_seed, state, candidates, K, gamma, ho
             break
         actions = np.asarray(policy(agent, jnp.asarray(obs), jax.random.fold_in(key, t), K, 1))
     return ret, success
-
-
-def agent_obs_dim(env: Any) -> int:
-    return int(np.prod(env.observation_space.shape))
 
 
 def _state_record(t: int, q: np.ndarray, ret: np.ndarray, success: np.ndarray) -> dict[str, Any]:

@@ -235,8 +235,8 @@ class Trainer:
                 started = True
                 for start in sorted({sr.start for sr in todo}):  # seeds resuming from one checkpoint train together
                     self.train_group([sr for sr in todo if sr.start == start], start)
-        except Exception as e:
-            if started and not isinstance(e, safety.Interrupted):
+        except Exception as e:  # not Interrupted (a KeyboardInterrupt): a stopped run is not a failed one
+            if started:
                 self.mark_failed(todo, e)
             raise
         finally:
