@@ -82,6 +82,12 @@ class BCAgent(Agent):
         mean, _ = self.policy(self.params["actor"], observations)
         return jnp.clip(mean, -1, 1)
 
+    def exploration_actions(self, observations: Array, rng: Array, K: int = 1, N: int = 1) -> Array:
+        """Online data collection: a draw of the Gaussian policy (the reference acts at temperature 1)."""
+        validate_K_N(K, N, self.max_K)
+        mean, log_std = self.policy(self.params["actor"], observations)
+        return B.gaussian_sample(mean, log_std, rng)
+
     # --------------------------------------------------------------------------------------------- create
 
     @classmethod

@@ -122,12 +122,21 @@ class IQLAgent(Agent):
         mode = jnp.clip(mean, -1, 1)
 
         def sample_fn(_obs: Array, key: Array) -> Array:
-            return jnp.clip(mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape), -1, 1)
+            return B.gaussian_sample(mean, log_std, key)
 
         def score_fn(obs: Array, actions: Array) -> Array:
             return self.q(self.params["critic"], obs, actions)
 
         return B.best_of_mode_and_samples(mode, sample_fn, score_fn, observations, rng, N)
+
+    def exploration_actions(self, observations: Array, rng: Array, K: int = 1, N: int = 1) -> Array:
+        """Online data collection: a draw of the Gaussian policy (the reference acts at temperature 1); for N > 1
+        the best-of-N of `sample_actions`."""
+        if N > 1:
+            return self.sample_actions(observations, rng, K=K, N=N)
+        validate_K_N(K, N, self.max_K)
+        mean, log_std = self.policy(self.params["actor"], observations)
+        return B.gaussian_sample(mean, log_std, rng)
 
     # --------------------------------------------------------------------------------------------- create
 

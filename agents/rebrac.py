@@ -176,6 +176,15 @@ class ReBRACAgent(Agent):
 
         return B.best_of_mode_and_samples(mode, sample_fn, score_fn, observations, rng, N)
 
+    def exploration_actions(self, observations: Array, rng: Array, K: int = 1, N: int = 1) -> Array:
+        """Online data collection: `clip(pi(x) + clipped N(0, actor_noise^2))` (the reference's temperature 1); for
+        N > 1 the best-of-N of `sample_actions`."""
+        if N > 1:
+            return self.sample_actions(observations, rng, K=K, N=N)
+        validate_K_N(K, N, self.max_K)
+        mode = self.actions(self.params["actor"], observations)
+        return jnp.clip(mode + self.smoothing_noise(rng, mode.shape), -1, 1)
+
     # --------------------------------------------------------------------------------------------- create
 
     @classmethod

@@ -173,6 +173,21 @@ class EvalArgs:
     """Evaluation seed (episodes are reproducible for a given seed)."""
     max_episode_steps: int | None = None
     """Cut episodes at this many steps (default: what the run used during training)."""
+    logger: str = ""
+    """Also send the scaling grid to wandb, tensorboard or both (into the run's own tracker run; see README)."""
+    wandb_project: str = "sorl"
+    wandb_mode: Literal["online", "offline"] | None = None
+    """wandb online or offline (default: $WANDB_MODE, else offline)."""
+    video_episodes: int | None = None
+    """Also film this many evaluation episodes to RUN_DIR/videos/ (MP4, headless; see README)."""
+    video_K: int | None = None
+    """Sampling steps of the filmed cell (default: the largest of --K the agent was trained for)."""
+    video_N: int = 1
+    """Best-of-N candidates of the filmed cell."""
+    video_size: int = 256
+    """Width and height of the videos in pixels (a multiple of 16)."""
+    video_only: bool = False
+    """Only film (with --video-episodes): no grid evaluation, scaling.json left as it is."""
 
 
 def evaluate(args: Annotated[EvalArgs, tyro.conf.arg(name="")]) -> None:
@@ -185,26 +200,36 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
     Writes scaling.json and scaling.csv in the run directory and prints the table.
     """
     from runner import evaluation, runs
+    from runner.tracking import Tracking
     from runner.train import load_run
 
     Ks = evaluation.parse_int_list(args.K, "--K")
     Ns = evaluation.parse_int_list(args.N, "--N")
     check_positive("--episodes", args.episodes)
-    for flag in ("workers", "envs", "max_episode_steps"):
+    for flag in ("workers", "envs", "max_episode_steps", "video_episodes", "video_K"):
         check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag), allow_none=True)
+    if args.video_episodes or args.video_only:
+        check_videos(args)
     max_steps = args.max_episode_steps
     evaluation.validate_grid(Ks, Ns, None)  # powers of two, N >= 1; the trained maximum once the agent is loaded
+    tracking = Tracking.of(args)  # a bad --logger is refused before the evaluation, not after it
     run = runs.RunDir(args.run_dir)
     cfg = run.read_config()
     agent, step = load_run(run)
-    evaluation.validate_grid(Ks, Ns, agent.max_K)
-    note = evaluation.grid_note(agent, runs.agent_name(cfg), Ks, Ns)
-    if note:
-        print(note, flush=True)
+    if args.video_episodes and args.video_K:  # a K above the trained one: said now, not after the grid
+        evaluation.validate_grid((args.video_K,), (args.video_N,), agent.max_K)
+    if not args.video_only:
+        evaluation.validate_grid(Ks, Ns, agent.max_K)
+        note = evaluation.grid_note(agent, runs.agent_name(cfg), Ks, Ns)
+        if note:
+            print(note, flush=True)
     if max_steps is None:
         max_steps = cfg.get("eval", {}).get("max_episode_steps")
     envs = args.envs or cfg.get("eval", {}).get("envs")  # a memory cap set in training holds
     timing = cfg.get("success_timing", "pre")
+    if args.video_only:
+        film_from_cli(args, cfg, agent, step, Ks, timing, max_steps)
+        return []
     print(
         f"evaluating {run.path} (step {step}) on {cfg['task']}: K={list(Ks)} N={list(Ns)}, "
         f"{args.episodes} episodes, success_timing={timing}",
@@ -224,10 +249,44 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
         progress=True,
     )
     run.write_scaling(cfg, step, grid, eval_seed=args.seed, episodes=args.episodes, max_episode_steps=max_steps)
+    if tracking:
+        sink = tracking.open(run.path, cfg)  # appends: the training run's tracker run continues
+        sink.scaling(step, grid)
+        sink.close()
     title = f"{cfg['task']}  agent={runs.agent_name(cfg)}  seed={cfg['seed']}  step={step}  ({args.episodes} episodes)"
     print(evaluation.format_grid(grid, title))
     print(f"wrote {run.scaling_json} and {run.scaling_csv}")
+    if args.video_episodes:
+        film_from_cli(args, cfg, agent, step, Ks, timing, max_steps)
     return grid
+
+
+def check_videos(args: EvalArgs) -> None:
+    """The video flags, and a headless renderer (`envs.rendering`): one error line before any evaluation."""
+    from envs.rendering import gl_backend
+    from runner.evaluation import validate_grid
+    from runner.video import check_video_size
+
+    if args.video_only and not args.video_episodes:
+        raise SorlError("--video-only films --video-episodes episodes: give --video-episodes N")
+    validate_grid((args.video_K or 1,), (args.video_N,), None)
+    check_video_size(args.video_size)
+    gl_backend()
+
+
+def film_from_cli(
+    args: EvalArgs, cfg: dict[str, Any], agent: Any, step: int, Ks: tuple[int, ...], timing: str, max_steps: int | None
+) -> None:
+    """`--video-episodes`: film the video cell's episodes of the evaluation seed into RUN_DIR/videos/."""
+    from runner import video
+
+    K = args.video_K or video.default_video_K(Ks, agent.max_K)
+    print(f"filming {args.video_episodes} episodes of K={K} N={args.video_N} ({args.video_size}px)", flush=True)
+    videos = video.record_episodes(
+        agent, cfg["task"], args.run_dir, step=step, K=K, N=args.video_N, episodes=args.video_episodes,
+        seed=args.seed, success_timing=timing, max_episode_steps=max_steps, size=args.video_size, workers=args.workers,
+    )  # fmt: skip
+    print("\n".join(video.describe(videos)))
 
 
 # ----------------------------------------------------------------------------------------------- main

@@ -79,7 +79,7 @@ def make_jobs(runs: Sequence[RunSpec], group_seeds: bool) -> list[Job]:
 def run_state(run: RunSpec) -> tuple[str, str | None]:
     """('complete' | 'failed' | 'pending', error) of one run of the sweep (`runner.runs.run_state`); a corrupt
     results.json counts as failed, with the line saying what to do, so it is reported and not silently rerun."""
-    state, detail = runs_lib.run_state(run.run_dir, run.train["steps"])
+    state, detail = runs_lib.run_state(run.run_dir, run.train["steps"] + (run.train.get("online_steps") or 0))
     return ("failed", detail) if state == "corrupt" else (state, detail)
 
 

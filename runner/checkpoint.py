@@ -118,6 +118,7 @@ class Checkpointer:
                     enable_async_checkpointing=False,
                     cleanup_tmp_directories=writer,
                 ),
+                item_handlers=ocp.StandardCheckpointHandler(),  # so that a new manager can read the metadata
             )
         except OSError as e:
             raise SorlError(f"cannot use checkpoint directory {self.directory}: {_one_line(e)}") from None
@@ -176,6 +177,18 @@ class Checkpointer:
                 "retrain or point to the right run directory"
             ) from None
         return _rewrap(template, restored)
+
+    def saved_layout(self, step: int) -> dict[str, Any]:
+        """The structure of checkpoint `step` with a `jax.ShapeDtypeStruct` per array, from its metadata alone."""
+        try:
+            tree = self._manager.item_metadata(int(step))
+            tree = getattr(tree, "tree", tree)
+            return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), dict(tree))
+        except Exception as e:  # noqa: BLE001 - orbax reports a missing or damaged item in many ways
+            raise SorlError(
+                f"checkpoint {step} in {self.directory} is unreadable ({_one_line(e)}); retrain or point to the right "
+                "run directory"
+            ) from None
 
     def close(self) -> None:
         """Finish and release; after a failed save, errors while closing are not reported again."""

@@ -195,7 +195,8 @@ class EnvPool:
     Each worker owns a contiguous slice of the environments; a step sends every worker its slice of the
     actions, then collects the answers, so the workers step in parallel. Reuse one pool across evaluations
     (training does) to pay the process start-up once. `make_env` builds each environment (default: the task's
-    OGBench environment from `envs`); with several workers it must be picklable.
+    OGBench environment from `envs`); with several workers it must be picklable. `spawn_always` starts a worker
+    process even for one worker (rendering environments need MUJOCO_GL set before MuJoCo loads: `runner.video`).
     """
 
     def __init__(
@@ -208,6 +209,7 @@ class EnvPool:
         max_episode_steps: int | None = None,
         context: str = "spawn",
         make_env: MakeEnv | None = None,
+        spawn_always: bool = False,
     ):
         if num_envs < 1:
             raise SorlError(f"need at least one environment, got {num_envs}")
@@ -224,7 +226,7 @@ class EnvPool:
         self._local: _EnvSlice | None = None
         self._conns: list[Any] = []
         self._procs: list[Any] = []
-        if self.workers == 1:
+        if self.workers == 1 and not spawn_always:
             self._local = _EnvSlice(task_name, num_envs, success_timing, max_episode_steps, make_env)
             self.obs_dim, self.action_dim = self._local.spec()
             return
@@ -428,8 +430,6 @@ def evaluate(
     fewer environments than episodes a slot starts the next pending episode when its episode ends.
     `policy(agent, obs, rng, K, N)` defaults to `sorl.inference.make_policy_fn()`.
     """
-    import jax
-
     Ks = parse_int_list(Ks, "K")
     Ns = parse_int_list(Ns, "N")
     check_positive("episodes", episodes)
@@ -445,7 +445,7 @@ def evaluate(
         pool = EnvPool(
             task_name, n, workers=workers, success_timing=success_timing, max_episode_steps=max_episode_steps
         )
-    base_key = jax.random.PRNGKey(int(seed) % 2**32)
+    base_key = evaluation_key(seed)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -464,18 +464,34 @@ def _evaluate_cell(
     pool: EnvPool, policy: Callable[..., Any], agent: Any, K: int, N: int, base_key: Any, episodes: int, seed: int, bar
 ) -> dict[str, Any]:
     """One (K, N) cell: `episodes` episodes, the action key of step t folded from the evaluation's key."""
-    import jax
-    import jax.numpy as jnp
-
     if bar is not None:
         bar.set_postfix_str(f"K={K} N={N}")
-
-    def act(obs, t):
-        return np.asarray(policy(agent, jnp.asarray(obs), jax.random.fold_in(base_key, t), K, N))
-
+    act = cell_actor(policy, agent, K, N, base_key)
     r = run_episodes(pool, act, episodes, seed, on_episode=bar.update if bar is not None else None)
     r.pop("per_episode")
     return {"K": int(K), "N": int(N), **r}
+
+
+def evaluation_key(seed: int) -> Any:
+    """The key an evaluation with seed `seed` folds each step's policy key from."""
+    import jax
+
+    return jax.random.PRNGKey(int(seed) % 2**32)
+
+
+def cell_actor(
+    policy: Callable[..., Any], agent: Any, K: int, N: int, base_key: Any
+) -> Callable[[np.ndarray, int], np.ndarray]:
+    """`act(observations, t)` of the (K, N) cell for `run_episodes`: the policy with step t's key folded from
+    `base_key` (an evaluation's `jax.random.PRNGKey(seed)`), so every cell, and every filmed episode
+    (`runner.video`), draws its actions with the same key sequence."""
+    import jax
+    import jax.numpy as jnp
+
+    def act(obs: np.ndarray, t: int) -> np.ndarray:
+        return np.asarray(policy(agent, jnp.asarray(obs), jax.random.fold_in(base_key, t), K, N))
+
+    return act
 
 
 # ---------------------------------------------------------------------------------------- reporting

@@ -183,6 +183,9 @@ class SeedRunner(Protocol):
     def any_non_finite(self) -> bool:
         """Whether any seed's state holds a NaN or an infinity."""
 
+    def checkpoint_state(self, i: int, step: int) -> dict[str, Any]:
+        """Seed `i`'s training state at update `step`, as its checkpoint stores it."""
+
 
 class SequentialSeeds:
     """Training states advanced in turn by the single-seed compiled chunk (a `SeedRunner`)."""
@@ -216,6 +219,9 @@ class SequentialSeeds:
 
     def any_non_finite(self) -> bool:
         return safety.non_finite_leaf([a for a, _ in self.states]) is not None
+
+    def checkpoint_state(self, i: int, step: int) -> dict[str, Any]:
+        return offline_state(self, i, step)
 
 
 def make_seed_runner(strategy: str, states: Sequence[Mapping[str, Any]]) -> SeedRunner:
@@ -251,6 +257,14 @@ class VmappedSeeds:
 
     def any_non_finite(self) -> bool:
         return safety.non_finite_leaf(self.agents) is not None
+
+    def checkpoint_state(self, i: int, step: int) -> dict[str, Any]:
+        return offline_state(self, i, step)
+
+
+def offline_state(runner: SeedRunner, i: int, step: int) -> dict[str, Any]:
+    """An offline training state: {"agent", "data_rng", "step"} (`runner.train.initial_state`'s structure)."""
+    return {"agent": runner.agent(i), "data_rng": runner.data_rng(i), "step": np.int64(step)}
 
 
 __all__ = [

@@ -12,6 +12,9 @@
       scaling.json    written by `sorl eval`: the (K, N) grid of the last checkpoint
       scaling.csv
       .lock           held (flock) by the process training the run; see `runner.safety`
+      tracking.json   with `--logger wandb`: the wandb run id, so a continued run logs into the same run
+      tensorboard/    with `--logger tensorboard`: event files (`runner.tracking`)
+      wandb/          with `--logger wandb` and no $WANDB_DIR: wandb's own files (offline runs to `wandb sync`)
 
 Default location: runs/<env>-task<k>/<agent>/seed<S>, e.g. runs/cube-single-play-task1/sorl/seed0.
 
@@ -37,10 +40,13 @@ CONFIG = "config.json"
 TRAIN_LOG = "train.csv"
 EVAL_LOG = "eval.csv"
 VALIDATION_LOG = "validation.csv"
+ONLINE_LOG = "online.csv"
 CHECKPOINTS = "checkpoints"
 RESULTS = "results.json"
 SCALING_JSON = "scaling.json"
 SCALING_CSV = "scaling.csv"
+TRACKING = "tracking.json"
+TENSORBOARD = "tensorboard"
 
 SUCCESS_UNIT = "fraction"
 """`success` in every results file is the fraction of episodes that succeeded, in [0, 1]."""
@@ -123,6 +129,16 @@ def make_results(
     return out
 
 
+def grid_from_rows(rows: Sequence[Mapping[str, str]], step: int) -> list[dict[str, Any]]:
+    """The (K, N) cells eval.csv logged at `step`, in results.json's `final` form (empty if none)."""
+    ints = ("K", "N", "episodes")
+    return [
+        {k: int(float(r[k])) if k in ints else float(r[k]) for k in RESULT_KEYS}
+        for r in rows
+        if _step_of(r.get("step")) == step
+    ]
+
+
 def run_state(path: str | Path, steps: int | None = None) -> tuple[str, str | None]:
     """The one answer to "is this run done?": ('complete' | 'failed' | 'corrupt' | 'pending', detail).
 
@@ -155,10 +171,13 @@ class RunDir:
     train_log = property(lambda self: self.path / TRAIN_LOG)
     eval_log = property(lambda self: self.path / EVAL_LOG)
     validation_log = property(lambda self: self.path / VALIDATION_LOG)
+    online_log = property(lambda self: self.path / ONLINE_LOG)
     checkpoints = property(lambda self: self.path / CHECKPOINTS)
     results = property(lambda self: self.path / RESULTS)
     scaling_json = property(lambda self: self.path / SCALING_JSON)
     scaling_csv = property(lambda self: self.path / SCALING_CSV)
+    tracking = property(lambda self: self.path / TRACKING)
+    tensorboard = property(lambda self: self.path / TENSORBOARD)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"

@@ -3,7 +3,8 @@
 `TrainSettings` has one field per option of `sorl train` other than the run's identity (task, agent, seed, run
 directory). Each field owns, next to its type and default:
 
-- its check (`check`: "positive", "optional-positive", "timing", "int-list"), run by `validate()`;
+- its check (`check`: "positive", "optional-positive", "timing", "int-list", "logger", "wandb-mode"), run by
+  `validate()`;
 - its `sorl train` flag: the field name (`--eval-K`, `--log-interval`); `cli.main.TrainArgs` subclasses this
   class, so a new field is a new flag, with its docstring as the help;
 - its sweep-spec key (`spec`: `("train", "steps")` or `("eval", "K")`), read by `experiments.spec`;
@@ -25,6 +26,8 @@ from typing import Any, Literal
 import tyro
 
 from runner.evaluation import parse_int_list, validate_grid
+from runner.tracking import check_wandb_mode, parse_loggers
+from runner.video import check_video_size
 from sorl.errors import SorlError
 from sorl.validation import check_positive
 
@@ -77,6 +80,15 @@ class TrainSettings:
         None, check="optional-positive", spec=("eval", "max_episode_steps"), record=("eval", "max_episode_steps")
     )
     """Cut evaluation episodes at this many steps (default: the environment's own limit)."""
+    # Videos show episodes and never change a number: config.json does not record them.
+    video_episodes: int | None = option(None, check="optional-positive", spec=("eval", "video_episodes"))
+    """Evaluation episodes filmed at every evaluation, to RUN_DIR/videos/stepS-KK-NN-epI.mp4 (default: none)."""
+    video_K: int | None = option(None, check="optional-positive", spec=("eval", "video_K"))
+    """Sampling steps of the filmed cell (default: the largest of --eval-K)."""
+    video_N: int = option(1, check="positive", spec=("eval", "video_N"), command="if-changed")
+    """Best-of-N candidates of the filmed cell."""
+    video_size: int = option(256, check="video-size", spec=("eval", "video_size"), command="if-changed")
+    """Width and height of the videos in pixels (a multiple of 16)."""
     train_episodes: int | None = option(
         None, check="optional-positive", spec=("train", "train_episodes"), record=("dataset", "train_episodes")
     )
@@ -93,8 +105,32 @@ class TrainSettings:
         command="if-changed",
     )  # fmt: skip
     """Batches of the validation dataset per validation loss."""
+    online_steps: int | None = option(
+        None, check="optional-positive", spec=("train", "online_steps"), record=("online", "steps")
+    )
+    """Offline-to-online fine-tuning: after `steps` offline updates, this many environment steps, one update each
+    (default: none)."""
+    balanced_sampling: bool = option(
+        False, check="bool", spec=("train", "balanced_sampling"), record=("online", "balanced_sampling"),
+        command="if-changed",
+    )
+    """Online updates draw half of each batch from the dataset and half from the online transitions (default:
+    uniformly over both)."""
+    online_K: int | None = option(None, check="optional-positive", spec=("train", "online_K"), record=("online", "K"))
+    """Sampling steps of the acting policy in the online phase (default: the agent's largest)."""
+    online_N: int = option(
+        1, check="positive", spec=("train", "online_N"), record=("online", "N"), command="if-changed"
+    )
+    """Best-of-N candidates of the acting policy in the online phase."""
     keep_checkpoints: int = option(3, check="positive", spec=("train", "keep_checkpoints"), command="if-changed")
     """Checkpoints kept on disk (the latest ones)."""
+    # Tracking copies the rows to a tool and never changes a number: config.json does not record it.
+    logger: str = option("", check="logger", spec=("train", "logger"))
+    """Experiment tracking besides the run's files: wandb, tensorboard or wandb,tensorboard (default: none)."""
+    wandb_project: str = option("sorl", spec=("train", "wandb_project"), command="if-changed")
+    """wandb project of --logger wandb."""
+    wandb_mode: Literal["online", "offline"] | None = option(None, check="wandb-mode", spec=("train", "wandb_mode"))
+    """wandb online or offline (default: $WANDB_MODE, else offline; upload later with `wandb sync`)."""
     progress: tyro.conf.FlagConversionOff[bool] = option(True, command=False)
     """Show the progress bar (`--progress False` for logs without it)."""
 
@@ -107,6 +143,16 @@ class TrainSettings:
     @property
     def Ns(self) -> tuple[int, ...]:
         return parse_int_list(self.eval_N, "eval_N")
+
+    @property
+    def video_cell(self) -> tuple[int, int]:
+        """The (K, N) cell that --video-episodes films."""
+        return self.video_K or max(self.Ks), self.video_N
+
+    @property
+    def total_steps(self) -> int:
+        """Updates of the whole run: the offline ones, then one per online environment step."""
+        return self.steps + (self.online_steps or 0)
 
     @property
     def checkpoint_every(self) -> int:
@@ -172,8 +218,11 @@ class TrainSettings:
             value, when = getattr(self, f.name), f.metadata["command"]
             if when == "if-changed" and value == f.default:
                 continue
-            if when and value is not None and value != "":
-                parts.append(f"--{f.name.replace('_', '-')} {value}")
+            flag = f"--{f.name.replace('_', '-')}"
+            if isinstance(value, bool) and when:
+                parts.append(flag if value else f"--no-{flag[2:]}")
+            elif when and value is not None and value != "":
+                parts.append(f"{flag} {value}")
         return parts
 
     # ------------------------------------------------------------------------------------------- specs
@@ -226,9 +275,18 @@ def check_value(f: dataclasses.Field, value: Any, name: str) -> None:
         check_positive(name, value)
     elif check == "optional-positive":
         check_positive(name, value, allow_none=True)
+    elif check == "bool":
+        if not isinstance(value, bool):
+            raise SorlError(f"{name}={value!r}: must be true or false")
+    elif check == "video-size":
+        check_video_size(value, name)
     elif check == "timing":
         if value not in ("pre", "post"):
             raise SorlError(f"{name}={value!r}: must be 'pre' or 'post'")
+    elif check == "logger":
+        parse_loggers(value, name)
+    elif check == "wandb-mode":
+        check_wandb_mode(value, name)
     elif check == "int-list":
         values = parse_int_list(value, name)
         # K a power of two, N >= 1; the trained maximum of K is checked once the agent exists

@@ -39,8 +39,11 @@ from runner import runs, safety
 from runner.checkpoint import Checkpointer
 from runner.evaluation import EnvPool, MakeEnv, evaluate, format_grid, grid_note, validate_grid
 from runner.multiseed import SeedRunner, make_seed_runner, parse_seeds, resolve_strategy, seed_run_dir
+from runner.online import OnlineSeeds, online_template, resize_online_state
 from runner.runs import RESULT_KEYS
 from runner.settings import TrainSettings
+from runner.tracking import MultiSink, Tracking
+from runner.video import record_episodes
 from sorl.chunk import compile_chunk, distinct_buffers, train_chunk, train_chunk_jit, validation_losses_jit
 from sorl.config import apply_overrides, config_from_dict, config_to_dict
 from sorl.data import dataset_nbytes, dataset_size, to_device
@@ -115,6 +118,10 @@ def load_run(run: runs.RunDir | str | Path, step: int | None = None) -> tuple[An
     if not run.checkpoints.is_dir():
         raise SorlError(f"{run.path} has no checkpoints yet; train it first")
     with Checkpointer(run.checkpoints) as ckpt:
+        step = ckpt.latest_step() if step is None else step
+        online = online_template(ckpt.saved_layout(step)) if step is not None else None
+        if online is not None:  # a checkpoint of the online phase: its replay buffer comes along
+            template["online"] = online
         state = ckpt.restore(template, step)
     return state["agent"], int(state["step"])
 
@@ -132,6 +139,7 @@ class SeedRun:
     train_log: runs.CsvLog | None = None
     eval_log: runs.CsvLog | None = None
     validation_log: runs.CsvLog | None = None
+    online_log: runs.CsvLog | None = None
     ckpt: Any = None
     state: dict[str, Any] | None = None
     start: int = 0
@@ -141,6 +149,7 @@ class SeedRun:
     acc: dict[str, float] = dataclasses.field(default_factory=dict)
     last_eval: list[dict[str, Any]] | None = None
     last_eval_step: int = -1
+    sink: MultiSink = dataclasses.field(default_factory=MultiSink)  # --logger's copies of the rows
 
 
 @dataclasses.dataclass
@@ -198,6 +207,10 @@ class Trainer:
         from envs.registry import resolve_task
 
         self.settings = settings.validate()  # everything a user can get wrong, before any expensive work
+        if self.settings.video_episodes:  # no headless renderer: one line now, not after hours of training
+            from envs.rendering import gl_backend
+
+            gl_backend()
         if strategy not in ("loop", "vmap"):
             raise SorlError(f"seeds strategy {strategy!r}: choose loop or vmap")
         task_info = resolve_task(task)
@@ -214,6 +227,7 @@ class Trainer:
         self.compiled: dict[tuple[str, int, int], Any] = {}
         self.compile_s = 0.0
         self._pool: EnvPool | None = None
+        self.tracking = Tracking.of(self.settings)  # no --logger: nothing is imported or started
         self.dataset: Mapping[str, jax.Array] = {}
 
     # ------------------------------------------------------------------------------------------ run
@@ -256,11 +270,12 @@ class Trainer:
             previous = run.read_config() if run.exists() else None
             if previous is not None:
                 self.check_same_run(run, previous)
-                state, detail = runs.run_state(run.path, self.settings.steps)  # the one answer to "is it done?"
+                total = self.settings.total_steps
+                state, detail = runs.run_state(run.path, total)  # the one answer to "is it done?"
                 if state == "corrupt":
                     raise SorlError(detail)
                 if state == "complete":
-                    print(f"{run.path} is already complete ({self.settings.steps} updates); see {run.results}")
+                    print(f"{run.path} is already complete ({total} updates); see {run.results}")
                     sr.results = run.read_results()
             self.runs.append(sr)
 
@@ -302,6 +317,7 @@ class Trainer:
             },
             "train": {**recorded["train"], "batch_size": int(self.config.batch_size)},
             "eval": {**recorded["eval"], "seed": seed, "success_unit": runs.SUCCESS_UNIT},
+            **({"online": recorded["online"]} if self.settings.online_steps else {}),
         }
 
     # ------------------------------------------------------------------------------------ data, resume
@@ -337,6 +353,8 @@ class Trainer:
         s = self.settings
         sr.state = initial_state(self.agent_cls, self.config, sr.seed, self.example_obs, self.example_act)
         validate_grid(s.Ks, s.Ns, sr.state["agent"].max_K)
+        if s.video_episodes:
+            validate_grid(s.video_cell[:1], s.video_cell[1:], sr.state["agent"].max_K)
         note = grid_note(sr.state["agent"], self.agent, s.Ks, s.Ns)
         if note and first:
             print(note, flush=True)
@@ -346,31 +364,49 @@ class Trainer:
         sr.eval_log = runs.CsvLog(sr.run.eval_log, ["step", *RESULT_KEYS, "env_steps", "time_s"])
         sr.validation_log = runs.CsvLog(sr.run.validation_log)
         sr.ckpt = Checkpointer(sr.run.checkpoints, max_to_keep=s.keep_checkpoints, writer=True)
+        sr.online_log = runs.CsvLog(sr.run.online_log)
         sr.start = sr.ckpt.latest_step() or 0
-        if sr.start > s.steps:
+        if sr.start > s.total_steps:
+            online = f" + --online-steps {s.online_steps}" if s.online_steps else ""
             raise SorlError(
-                f"{sr.run.path} already holds a checkpoint at step {sr.start} > --steps {s.steps}; "
-                "raise --steps or use another --run-dir"
+                f"{sr.run.path} already holds a checkpoint at step {sr.start} > --steps {s.steps}{online}; "
+                f"raise --steps{' or --online-steps' if online else ''} or use another --run-dir"
             )
+        if sr.start > s.steps:  # a checkpoint of the online phase also holds the replay buffer, of its own size
+            online = online_template(sr.ckpt.saved_layout(sr.start))
+            if online is None:
+                raise SorlError(
+                    f"{sr.run.path} holds an offline checkpoint at step {sr.start} > --steps {s.steps}; an online "
+                    f"phase starts after the offline updates: use --steps {sr.start} or more, or another --run-dir"
+                )
+            sr.state["online"] = online
         if sr.start:
             sr.state = sr.ckpt.restore(sr.state, sr.start)
+        if sr.start > s.steps:
+            sr.state["online"] = resize_online_state(sr.state["online"], sr.start - s.steps, s.online_steps, sr.run)
             print(f"continuing {sr.run.path} from its checkpoint at step {sr.start}", flush=True)
         sr.step = sr.start
         # rows logged after the checkpoint (or cut short) by a killed run go; a stale "failed" result too
         sr.train_log.truncate_after(sr.start)
         sr.eval_log.truncate_after(sr.start)
         sr.validation_log.truncate_after(sr.start)
+        sr.online_log.truncate_after(sr.start)
         sr.run.clear_failed_results()
+        sr.sink = self.tracking.open(sr.run.path, sr.run_config, resume_step=sr.start)
 
     # ------------------------------------------------------------------------------------ one group
 
     def train_group(self, seed_runs: list[SeedRun], start: int) -> None:
-        """Train seeds all at checkpoint `start` up to `steps`: chunk, check, log, checkpoint, evaluate."""
+        """Train seeds all at checkpoint `start` up to `steps` (and through the online phase, if any): chunk,
+        check, log, checkpoint, evaluate."""
+        s = self.settings
         g = self.begin_group(seed_runs, start)
         try:
             self.redo_cut_evaluation(g)
             step = start
-            for end in boundaries(start, self.settings.steps, self.settings.intervals):
+            for end in boundaries(start, s.total_steps, (*s.intervals, s.steps)):
+                if step == s.steps and s.online_steps and not isinstance(g.runner, OnlineSeeds):
+                    g.runner = self.online_runner(g, [g.runner.checkpoint_state(i, step) for i in range(len(g.runs))])
                 n = end - step
                 infos = self.run_chunk(g, n)
                 self.check_finite(g, infos, step, end)
@@ -384,29 +420,48 @@ class Trainer:
         finally:
             if g.bar is not None:
                 g.bar.close()
+            if isinstance(g.runner, OnlineSeeds):
+                g.runner.close()
 
     def begin_group(self, seed_runs: list[SeedRun], start: int) -> Group:
-        runner = make_seed_runner(self.strategy, [sr.state for sr in seed_runs])
-        for sr in seed_runs:
-            sr.state = None  # the runner holds the states from here on
         desc = f"{self.agent} {runs.short_task_name(self.task_name)}"
         if len(self.seeds) > 1:
             desc += f" seeds {','.join(str(sr.seed) for sr in seed_runs)}"
-        g = Group(seed_runs, start, runner, desc, compile_before=self.compile_s)
+        states = [sr.state for sr in seed_runs]
+        g = Group(seed_runs, start, None, desc, compile_before=self.compile_s)  # type: ignore[arg-type]
+        online = start > self.settings.steps or (start == self.settings.steps and self.settings.online_steps)
+        g.runner = self.online_runner(g, states) if online else make_seed_runner(self.strategy, states)
+        for sr in seed_runs:
+            sr.state = None  # the runner holds the states from here on
         if self.settings.progress:
             from tqdm.auto import tqdm
 
             g.bar = tqdm(
-                total=self.settings.steps, initial=start, unit="upd", desc=desc, dynamic_ncols=True, smoothing=0.1
+                total=self.settings.total_steps, initial=start, unit="upd", desc=desc, dynamic_ncols=True, smoothing=0.1
             )
         return g
 
+    def online_runner(self, g: Group, states: Sequence[Mapping[str, Any]]) -> OnlineSeeds:
+        """The online phase's runner for the group's seeds (`runner.online`), from their training states."""
+        s = self.settings
+        return OnlineSeeds(
+            states, [sr.seed for sr in g.runs], int(states[0]["step"]), dataset=self.dataset,
+            capacity=int(s.online_steps or 0), task_name=self.task_name, success_timing=s.success_timing,
+            balanced=s.balanced_sampling, K=s.online_K, N=s.online_N, make_env=self.make_env,
+            on_episode=lambda i, row: self.log_episode(g.runs[i], row),
+        )  # fmt: skip
+
+    def log_episode(self, sr: SeedRun, row: Mapping[str, Any]) -> None:
+        """One finished online episode: an online.csv row (and the --logger sinks' `online/` scalars)."""
+        sr.online_log.write(row)
+        sr.sink.online_episode(row)
+
     def redo_cut_evaluation(self, g: Group) -> None:
         """Resumed at an evaluation step whose evaluation a kill cut short (or at the end): evaluate again."""
-        s, start = self.settings, g.start
-        due = start == s.steps or (start > 0 and start % s.eval_interval == 0)
+        s, start, total = self.settings, g.start, self.settings.total_steps
+        due = start in (s.steps, total) or (start > 0 and start % s.eval_interval == 0)
         cells = len(s.Ks) * len(s.Ns)
-        if due and any(start == s.steps or sr.eval_log.count(start) < cells for sr in g.runs):
+        if due and any(start == total or sr.eval_log.count(start) < cells for sr in g.runs):
             for sr in g.runs:
                 sr.eval_log.truncate_after(start - 1)
             self.evaluate_or_stop(g, start)
@@ -453,14 +508,15 @@ class Trainer:
         s = self.settings
         if g.bar is not None:
             g.bar.update(n)
-        if end % s.log_interval == 0 or end % s.checkpoint_every == 0 or end == s.steps:
+        phase_end = end in (s.steps, s.total_steps)  # the offline phase's end and the run's
+        if end % s.log_interval == 0 or end % s.checkpoint_every == 0 or phase_end:
             self.log(g, end)
         stopping = self.stop.requested and g.acc_n == 0  # a signal came: stop at this logged step
-        if s.validation_interval and (end % s.validation_interval == 0 or end == s.steps) and not stopping:
+        if s.validation_interval and (end % s.validation_interval == 0 or phase_end) and not stopping:
             self.validate(g, end)  # before the checkpoint: a kill during it redoes it from the previous one
-        if end % s.checkpoint_every == 0 or end == s.steps or stopping:
+        if end % s.checkpoint_every == 0 or phase_end or stopping:
             self.checkpoint(g, end)
-        if (end % s.eval_interval == 0 or end == s.steps) and not stopping:
+        if (end % s.eval_interval == 0 or phase_end) and not stopping:
             self.evaluate_or_stop(g, end)
         if self.stop.requested and g.acc_n == 0:
             self.stop_here(g, end)
@@ -476,6 +532,7 @@ class Trainer:
                 "time_s": time.perf_counter() - self.t0,
             }
             sr.train_log.write(row)
+            sr.sink.train_row(row)
             sr.acc = {}
         if g.bar is not None and row:
             g.bar.set_postfix(_postfix(row), refresh=False)
@@ -495,11 +552,11 @@ class Trainer:
             infos = jax.device_get(infos)
             row = {"step": step, **{f"val/{k}": float(v) for k, v in infos.items() if "loss" in k}}
             sr.validation_log.write(row)
+            sr.sink.validation_row(row)
 
     def checkpoint(self, g: Group, step: int) -> None:
         for i, sr in g.live():
-            state = {"agent": g.runner.agent(i), "data_rng": g.runner.data_rng(i), "step": np.int64(step)}
-            sr.ckpt.save(step, state)
+            sr.ckpt.save(step, g.runner.checkpoint_state(i, step))
 
     def pool(self) -> EnvPool:
         """The evaluation environments, started on first use and shared by every evaluation of the job."""
@@ -526,11 +583,35 @@ class Trainer:
             )
             for r in grid:
                 sr.eval_log.write({"step": step, **r})
+            sr.sink.eval_grid(step, grid)
             msg = "  ".join(f"K={r['K']},N={r['N']}: {100 * r['success']:.0f}%" for r in grid)
             g.say(f"[{f'seed {sr.seed} ' if several else ''}step {step}] eval success  {msg}")
             sr.last_eval, sr.last_eval_step = grid, step
+            self.film(g, i, sr, step)
         if g.bar is not None:
             g.bar.set_description_str(g.desc)
+
+    def film(self, g: Group, i: int, sr: SeedRun, step: int) -> None:
+        """--video-episodes: film the video cell's episodes into the run's videos/. A failure is one warning line,
+        not the run's end: the videos only show the policy whose numbers eval.csv already holds."""
+        s = self.settings
+        if not s.video_episodes:
+            return
+        K, N = s.video_cell
+        try:
+            videos = record_episodes(
+                g.runner.agent(i), self.task_name, sr.run.path, step=step, K=K, N=N, episodes=s.video_episodes,
+                seed=sr.seed, success_timing=s.success_timing, max_episode_steps=s.eval_max_episode_steps,
+                size=s.video_size, workers=s.eval_workers,
+            )  # fmt: skip
+        except Exception as e:
+            if self.stop.requested:  # a signal stopped the rendering workers too: evaluate_or_stop handles it
+                raise
+            g.say(f"warning: no videos at step {step}: {e if isinstance(e, SorlError) else f'{type(e).__name__}: {e}'}")
+            return
+        names = ", ".join(v["path"].name for v in videos)
+        where = f"{f'seed {sr.seed} ' if len(self.seeds) > 1 else ''}step {step}"
+        g.say(f"[{where}] videos  {names} in {videos[0]['path'].parent}")
 
     def evaluate_or_stop(self, g: Group, step: int) -> None:
         """`evaluate`, unless a signal stopped the evaluation workers too: then stop at a checkpoint."""
@@ -552,14 +633,18 @@ class Trainer:
     def fail(self, g: Group, sr: SeedRun, step: int, message: str) -> None:
         """Stop one seed: results.json "failed" with the message; the group's other seeds go on."""
         sr.error = message
-        sr.results = runs.make_results(sr.run_config, self.settings.steps, step, sr.last_eval, "failed", error=message)
+        sr.results = runs.make_results(
+            sr.run_config, self.settings.total_steps, step, sr.last_eval, "failed", error=message
+        )
         sr.run.try_write_results(sr.results)
+        sr.sink.results(sr.results)
         if len(self.seeds) > 1:
             g.say(f"seed {sr.seed}: {message}")
 
     def finish(self, g: Group) -> None:
         """Each live seed's final evaluation (if a kill cut it) and its complete results.json with timings."""
-        steps = self.settings.steps
+        s = self.settings
+        steps = s.total_steps
         if any(sr.last_eval_step != steps for _, sr in g.live()):  # resumed at the end (killed in the final eval)
             self.evaluate(g, steps)
         for _, sr in g.live():
@@ -571,10 +656,13 @@ class Trainer:
                 "updates_per_s": (steps - g.start) / g.train_s if g.train_s > 0 else None,
                 "wall_s": time.perf_counter() - self.t0,
             }
+            if s.online_steps:
+                sr.results["online"] = online_summary(sr, s, g.runner)
             if len(self.seeds) > 1:
                 sr.results["timing"]["seeds_in_batch"] = [x.seed for x in g.runs]
                 sr.results["timing"]["seeds_strategy"] = self.strategy
             sr.run.write_results(sr.results)
+            sr.sink.results(sr.results)
 
     # ------------------------------------------------------------------------------------ the end
 
@@ -584,7 +672,9 @@ class Trainer:
         for sr in todo:
             if sr.results is None and sr.run_config is not None and sr.ckpt is not None:
                 sr.run.try_write_results(
-                    runs.make_results(sr.run_config, self.settings.steps, sr.step, sr.last_eval, "failed", error=error)
+                    runs.make_results(
+                        sr.run_config, self.settings.total_steps, sr.step, sr.last_eval, "failed", error=error
+                    )
                 )
 
     def close(self, todo: list[SeedRun]) -> None:
@@ -593,13 +683,14 @@ class Trainer:
         for sr in todo:
             if sr.ckpt is not None:
                 sr.ckpt.close()
+            sr.sink.close()
 
     def report(self, todo: list[SeedRun]) -> list[dict[str, Any]]:
         """Print each finished seed's grid; raise one SorlError for the failed seeds, else return the results."""
         s = self.settings
         for sr in todo:
             if sr.error is None:
-                title = f"{self.task_name}  agent={self.agent}  seed={sr.seed}  step={s.steps}"
+                title = f"{self.task_name}  agent={self.agent}  seed={sr.seed}  step={s.total_steps}"
                 title += f"  ({s.eval_episodes} episodes)"
                 print(format_grid(sr.last_eval or [], title))
                 print(f"results: {sr.run.results}")
@@ -609,6 +700,29 @@ class Trainer:
         if failed:
             raise SorlError("; ".join(f"seed {sr.seed}: {sr.error}" for sr in failed))
         return [sr.results for sr in self.runs]
+
+
+def online_summary(sr: SeedRun, s: TrainSettings, runner: Any) -> dict[str, Any]:
+    """results.json's `online` section: the phase's settings, its episodes (from online.csv), the evaluation at
+    the end of the offline phase (from eval.csv), and the environment's speed measured in this process."""
+    episodes = sr.online_log.rows()
+    success = [float(r["success"]) for r in episodes]
+    returns = [float(r["return"]) for r in episodes]
+    last = max(1, len(episodes) // 10)
+    online = isinstance(runner, OnlineSeeds)
+    return {
+        "steps": s.online_steps,
+        "offline_steps": s.steps,
+        "balanced_sampling": s.balanced_sampling,
+        "K": runner.K if online else s.online_K,
+        "N": s.online_N,
+        "episodes": len(episodes),
+        "success": float(np.mean(success)) if success else None,
+        "return": float(np.mean(returns)) if returns else None,
+        "last_10pct_success": float(np.mean(success[-last:])) if success else None,
+        "offline_final": runs.grid_from_rows(sr.eval_log.rows(), s.steps),
+        "env_steps_per_s": runner.env_steps / runner.env_s if online and runner.env_s > 0 else None,
+    }
 
 
 def validation_key(seed: int, step: int) -> jax.Array:

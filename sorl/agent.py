@@ -24,7 +24,10 @@ and may override these hooks, whose defaults suit most agents:
 - `train_update(batch)`: the update as the training loop runs it (default `update`; SORL draws its step counts
   from a schedule shared by vmapped seeds);
 - `prepare_dataset(dataset)`: derive extra dataset keys once before training (default: none; ReBRAC adds the
-  next dataset action).
+  next dataset action);
+- `exploration_actions(observations, rng, K, N)`: how it acts while collecting data in online fine-tuning
+  (default `sample_actions`, already stochastic for the flow policies; the Gaussian and deterministic policies
+  add their exploration noise, as the reference's `temperature=1`).
 
 A new agent is one file in `agents/` defining the agent class (with `Config` set) and one line in
 `agents.AGENTS`; the sweeps, tables, plots, checkpoints and `sorl train --agent NAME` pick it up from there.
@@ -67,6 +70,10 @@ class Agent(flax.struct.PyTreeNode):
     def train_update(self, batch: Batch) -> tuple[Agent, dict[str, Array]]:
         """The update as the training loop runs it."""
         return self.update(batch)
+
+    def exploration_actions(self, observations: Array, rng: Array, K: int = 1, N: int = 1) -> Array:
+        """`[B, A]` actions for collecting online data (default: the evaluation policy `sample_actions`)."""
+        return self.sample_actions(observations, rng, K=K, N=N)
 
     @staticmethod
     def prepare_dataset(dataset: Mapping[str, Array]) -> Mapping[str, Array]:

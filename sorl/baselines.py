@@ -122,6 +122,11 @@ def gaussian_log_prob(mean: Array, log_std: Array, actions: Array) -> Array:
     return jnp.sum(-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi), axis=-1)
 
 
+def gaussian_sample(mean: Array, log_std: Array, rng: Array) -> Array:
+    """One draw of the diagonal Gaussian policy, clipped to the action range: `[B, A]`."""
+    return jnp.clip(mean + jnp.exp(log_std) * jax.random.normal(rng, mean.shape), -1, 1)
+
+
 # ----------------------------------------------------------------------------------------------- formulas
 
 

@@ -59,5 +59,9 @@ def dataset_nbytes(dataset: Mapping[str, jax.Array]) -> int:
 def sample_batch(dataset: Mapping[str, jax.Array], rng: jax.Array, batch_size: int) -> Dataset:
     """`batch_size` transitions drawn uniformly with replacement (jittable; `batch_size` static)."""
     n = next(iter(dataset.values())).shape[0]
-    idx = jax.random.randint(rng, (batch_size,), 0, n)
-    return {k: jnp.take(v, idx, axis=0) for k, v in dataset.items()}
+    return take_rows(dataset, jax.random.randint(rng, (batch_size,), 0, n), tuple(dataset))
+
+
+def take_rows(arrays: Mapping[str, jax.Array], idx: jax.Array, keys: tuple[str, ...]) -> Dataset:
+    """The rows `idx` of the arrays named `keys` (the one gather every batch sampler uses)."""
+    return {k: jnp.take(arrays[k], idx, axis=0) for k in keys}

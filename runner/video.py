@@ -1,0 +1,240 @@
+"""Evaluation videos: episodes of one (K, N) cell of a trained agent, rendered headless to MP4 in the run directory.
+
+`record_episodes` runs `episodes` evaluation episodes with the evaluation's own machinery (`EnvPool`,
+`run_episodes`, the cell's policy from `cell_actor`): filmed episode i starts from evaluation episode i's initial
+state (the reset seed `episode_seed(seed, i)`) and draws its actions with the evaluation's key sequence. The
+batch is smaller than an evaluation's, so the sampled noise, and with it the outcome, can differ from that
+evaluation episode's.
+
+Rendering happens in spawned worker processes whose MUJOCO_GL is the backend `envs.rendering.gl_backend` found
+(MuJoCo reads it once, when first imported). Each worker's environment is wrapped in `EpisodeRecorder`, which
+streams frames to an MP4 (imageio's ffmpeg writer; the imageio-ffmpeg wheel ships the ffmpeg binary) as the episode
+runs and closes it when the episode ends, so memory does not grow with the episode's length. A video holds the
+episode's length + 1 frames (the reset state, then the state after each step) at the environment's real-time rate.
+Files are written under a temporary name and moved into place only once every episode is complete: a failure or a
+kill never leaves a truncated video under a final name, nor replaces an earlier one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runner.evaluation import EnvPool, cell_actor, episode_seed, evaluation_key, run_episodes, validate_grid
+from sorl.errors import SorlError
+
+VIDEO_DIR = "videos"
+"""Videos go to RUN_DIR/videos/."""
+
+MACROBLOCK = 16
+"""H.264 codes 16x16 blocks: a frame size that is a multiple of it needs no resizing."""
+
+
+def video_name(step: int, K: int, N: int, episode: int) -> str:
+    """`step<S>-K<k>-N<n>-ep<i>.mp4`: the checkpoint's step, the filmed cell and the evaluation episode."""
+    return f"step{step}-K{K}-N{N}-ep{episode}.mp4"
+
+
+def default_video_K(Ks: Sequence[int], max_K: int | None) -> int:
+    """The filmed K when none is asked for: the largest K of the grid the agent was trained for (that of the
+    results tables' default cell, with N = 1)."""
+    fitting = [K for K in Ks if max_K is None or max_K >= K]
+    return max(fitting) if fitting else int(max_K or 1)
+
+
+def check_video_size(size: int, name: str = "--video-size") -> None:
+    if isinstance(size, bool) or not isinstance(size, int) or size < MACROBLOCK or size % MACROBLOCK:
+        raise SorlError(f"{name}={size}: must be a multiple of {MACROBLOCK} (H.264's block size), e.g. 128 or 256")
+
+
+# ---------------------------------------------------------------------------------- in the workers
+
+
+def _fps(env: Any) -> float:
+    """Frames per second at which the video plays in real time: one frame per environment step."""
+    u = env.unwrapped
+    fps = (getattr(env, "metadata", None) or {}).get("render_fps")
+    if fps:
+        return float(fps)
+    dt = getattr(u, "dt", None)  # gymnasium MuJoCo envs (pointmaze, antmaze)
+    if dt is None:
+        dt = getattr(u, "control_timestep", None)  # OGBench manipulation envs: a method
+        dt = dt() if callable(dt) else dt
+    return 1.0 / float(dt) if dt else 20.0
+
+
+def _lighten(env: Any) -> None:
+    """Cheaper rendering settings, applied before the environment's renderer is first created.
+
+    OGBench's scenes ask for a 4096² shadow map and 4x multisampling; under software rendering (Mesa's llvmpipe,
+    the EGL of a CPU-only machine) that is ~2 frames/s at 256², against ~17 without either (measured on 2 busy
+    cores). The physics is untouched. A model recompiled later (OGBench's tasks never do in an episode) renders
+    with its own settings again, only more slowly.
+    """
+    model = getattr(env.unwrapped, "model", None)
+    quality = getattr(getattr(model, "vis", None), "quality", None)
+    if quality is not None:
+        quality.shadowsize = 0
+        quality.offsamples = 0
+
+
+class EpisodeRecorder:
+    """An environment that writes each episode it plays to `out_dir/<reset seed>.mp4` as it goes.
+
+    Frames: one after `reset`, one after each `step`; the file is closed when the episode terminates or is
+    truncated. An episode cut short (the environment closed mid-episode) leaves no file.
+    """
+
+    def __init__(self, env: Any, out_dir: Path):
+        self.env = env
+        self.out_dir = out_dir
+        self.observation_space = env.observation_space
+        self.action_space = env.action_space
+        self._writer: Any = None
+        self._path: Path | None = None
+        self.fps = _fps(env)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        self._discard()
+        out = self.env.reset(seed=seed, options=options)
+        _lighten(self.env)
+        import imageio.v2 as imageio
+
+        self._path = self.out_dir / f"{seed}.mp4"
+        self._writer = imageio.get_writer(
+            self._path, format="FFMPEG", mode="I", fps=self.fps, codec="libx264", pixelformat="yuv420p",
+            quality=7, macro_block_size=MACROBLOCK, ffmpeg_log_level="error",
+        )  # fmt: skip
+        self._frame()
+        return out
+
+    def step(self, action: np.ndarray):
+        out = self.env.step(action)
+        self._frame()
+        if out[2] or out[3]:  # terminated or truncated: the episode's video is complete
+            self._writer.close()
+            self._writer = self._path = None
+        return out
+
+    def _frame(self) -> None:
+        self._writer.append_data(np.asarray(self.env.render(), np.uint8))
+
+    def _discard(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+            if self._path is not None:
+                self._path.unlink(missing_ok=True)
+        self._writer = self._path = None
+
+    def close(self) -> None:
+        self._discard()
+        self.env.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordingEnvs:
+    """`MakeEnv` of recording environments (picklable: built inside the spawned workers)."""
+
+    out_dir: str
+    size: int
+
+    def __call__(self, task_name: str, success_timing: str, max_episode_steps: int | None) -> EpisodeRecorder:
+        from envs.datasets import make_env
+
+        kwargs: dict[str, Any] = {"render_mode": "rgb_array", "width": self.size, "height": self.size}
+        if max_episode_steps is not None:
+            kwargs["max_episode_steps"] = max_episode_steps
+        return EpisodeRecorder(make_env(task_name, success_timing=success_timing, **kwargs), Path(self.out_dir))
+
+
+# ------------------------------------------------------------------------------------ the main process
+
+
+def record_episodes(
+    agent: Any,
+    task_name: str,
+    run_dir: Path | str,
+    *,
+    step: int,
+    K: int,
+    N: int = 1,
+    episodes: int = 2,
+    seed: int = 0,
+    success_timing: str = "pre",
+    max_episode_steps: int | None = None,
+    size: int = 256,
+    workers: int | None = None,
+    policy: Callable[..., Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Film `episodes` evaluation episodes of cell (K, N) into `run_dir/videos/`; one dict per video:
+    `{path, episode, success, length, frames}`, plus the recording's wall times in each: `startup_s` (the
+    rendering workers and their environments) and `episodes_s` (the episodes: policy, physics, rendering, encoding).
+
+    Raises a one-line SorlError before any work when no headless renderer works here (`gl_backend`).
+    """
+    from envs.rendering import gl_backend, gl_environment
+
+    validate_grid((K,), (N,), getattr(agent, "max_K", None))
+    check_video_size(size)
+    if episodes < 1:
+        raise SorlError(f"video episodes={episodes}: must be a positive integer")
+    backend = gl_backend()
+    if policy is None:
+        from sorl.inference import make_policy_fn
+
+        policy = make_policy_fn()
+    videos = Path(run_dir) / VIDEO_DIR
+    videos.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".recording-", dir=videos))  # the final names appear only when complete
+    start = time.perf_counter()
+    try:
+        with gl_environment(backend):  # the workers copy MUJOCO_GL when they start
+            pool = EnvPool(
+                task_name, episodes, workers=workers, success_timing=success_timing,
+                max_episode_steps=max_episode_steps, make_env=RecordingEnvs(str(staging), size), spawn_always=True,
+            )  # fmt: skip
+        started = time.perf_counter()
+        with pool:
+            act = cell_actor(policy, agent, K, N, evaluation_key(seed))
+            result = run_episodes(pool, act, episodes, seed)
+        timing = {"startup_s": started - start, "episodes_s": time.perf_counter() - started}
+        per = result["per_episode"]
+        out = []
+        for i in range(episodes):
+            path = videos / video_name(step, K, N, i)
+            (staging / f"{episode_seed(seed, i)}.mp4").replace(path)
+            out.append(
+                {
+                    "path": path, "episode": i, "success": bool(per["success"][i]), "length": int(per["length"][i]),
+                    "frames": int(per["length"][i]) + 1, **timing,
+                }
+            )  # fmt: skip
+        return out
+    except RuntimeError as e:  # a rendering worker failed: its first line, not the worker's whole traceback
+        raise SorlError(f"filming failed ({str(e).splitlines()[0]}); videos written before are kept") from e
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def describe(videos: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per video, and the rendering rate."""
+    lines = [
+        f"wrote {v['path']} ({'success' if v['success'] else 'failure'}, {v['length']} steps)" for v in videos
+    ]
+    if videos:
+        frames = sum(v["frames"] for v in videos)
+        v = videos[0]
+        lines.append(
+            f"rendered {frames} frames in {v['episodes_s']:.1f} s ({frames / v['episodes_s']:.1f} frames/s, "
+            f"{len(videos)} environment{'s' if len(videos) > 1 else ''} at once; start-up {v['startup_s']:.1f} s)"
+        )
+    return lines

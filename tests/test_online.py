@@ -1,0 +1,242 @@
+"""Offline-to-online fine-tuning: the replay buffer and its sampler (`sorl.replay`), and the online phase of a run
+(`runner.online`) with the stand-in agent and environment, then with SORL in the real cube environment, killed
+with SIGKILL in the online phase and resumed bit for bit."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_reliability import ROOT, TINY_SORL, _Background, _env, _log, _rows, _wait_rows, _words, assert_same_run
+from test_train_loop import TASK, _train
+from test_train_loop import stand_in as _stand_in  # noqa: F401 - a fixture, used through `stand_in` below
+
+from runner import online as online_lib
+from runner import train as train_lib
+from runner.checkpoint import Checkpointer
+from runner.settings import TrainSettings
+from sorl.replay import add_transition, make_buffer, sample_online_batch
+
+
+@pytest.fixture
+def stand_in(request):
+    return request.getfixturevalue("_stand_in")
+
+
+def _data(n: int) -> dict[str, jax.Array]:
+    """A dataset whose rows say where they come from: reward = -1 - row."""
+    return {
+        "observations": jnp.arange(n, dtype=jnp.float32)[:, None] * jnp.ones((1, 3)),
+        "actions": jnp.zeros((n, 2)),
+        "rewards": -1.0 - jnp.arange(n, dtype=jnp.float32),
+        "masks": jnp.ones(n),
+        "next_observations": jnp.zeros((n, 3)),
+    }
+
+
+def _filled(dataset, capacity: int, size: int):
+    """A buffer with `size` online transitions whose rewards are 1000 + their index."""
+    buffer = make_buffer(dataset, capacity)
+    for i in range(size):
+        t = {"observations": np.full(3, i), "actions": np.full(2, 0.01 * i), "rewards": 1000.0 + i, "masks": 1.0}
+        buffer = add_transition(buffer, {**t, "next_observations": np.zeros(3)})
+    return buffer
+
+
+# ------------------------------------------------------------------------------------------ the buffer
+
+
+def test_buffer_is_preallocated_and_fills_row_by_row():
+    data = _data(10)
+    buffer = _filled(data, 8, 3)
+    assert int(buffer["size"]) == 3 and buffer["observations"].shape == (8, 3)
+    np.testing.assert_array_equal(buffer["rewards"], [1000, 1001, 1002, 0, 0, 0, 0, 0])
+    assert buffer["observations"].dtype == data["observations"].dtype
+
+
+def test_next_actions_are_the_next_rows_action_as_the_reference_samples_them():
+    data = {**_data(4), "next_actions": jnp.zeros((4, 2))}
+    buffer = _filled(data, 5, 3)
+    # rows 0 and 1 see the action after them; the newest row, its own (min(i + 1, size - 1))
+    np.testing.assert_allclose(buffer["next_actions"][:3, 0], [0.01, 0.02, 0.02])
+
+
+def test_balanced_sampling_draws_the_stated_halves():
+    data = _data(50)
+    buffer = _filled(data, 20, 5)
+    batch = sample_online_batch(data, buffer, jax.random.PRNGKey(0), 64, balanced=True)
+    rewards = np.asarray(batch["rewards"])
+    assert np.all(rewards[:32] < 0) and np.all(rewards[:32] >= -50)  # the first half: dataset rows
+    assert np.all((rewards[32:] >= 1000) & (rewards[32:] <= 1004))  # the second: filled online rows only
+    assert len(set(rewards[32:])) > 1
+    # fields stay together: an online row's observation is its index
+    np.testing.assert_array_equal(batch["observations"][32:, 0], rewards[32:] - 1000)
+
+
+def test_plain_sampling_is_uniform_over_dataset_and_online_transitions():
+    data = _data(30)
+    buffer = _filled(data, 100, 10)  # 10 online rows of 40 transitions seen: a quarter of the draws
+    batch = jax.jit(sample_online_batch, static_argnums=(3, 4))(data, buffer, jax.random.PRNGKey(1), 4000, False)
+    rewards = np.asarray(batch["rewards"])
+    online = rewards >= 1000
+    assert abs(online.mean() - 0.25) < 0.03
+    assert np.all(rewards[online] <= 1009)  # never an unfilled row
+    np.testing.assert_array_equal(batch["observations"][~online, 0], -1 - rewards[~online])
+
+
+# ------------------------------------------------------------------------------- the online phase
+
+
+def _online(tmp_path, name="run", **kw):
+    args = dict(steps=20, online_steps=23, log_interval=5, eval_interval=10, checkpoint_interval=7)
+    args.update(kw)
+    return _train(tmp_path, name, **args)
+
+
+def test_online_phase_collects_episodes_fills_the_buffer_and_records_both_phases(tmp_path, stand_in):
+    res = _online(tmp_path)
+    run = tmp_path / "run"
+    assert res["status"] == "complete" and res["steps"] == 43 and res["step"] == 43
+    on = res["online"]
+    assert on["steps"] == 23 and on["offline_steps"] == 20 and on["K"] == 4 and on["N"] == 1
+    assert on["episodes"] == 4 and 0 <= on["success"] <= 1  # TinyEnv's episodes are 5 steps: 4 end in 23
+    assert [(c["K"], c["N"]) for c in on["offline_final"]] == [(1, 1), (1, 2), (4, 1), (4, 2)]
+    assert on["env_steps_per_s"] > 0
+    with (run / "online.csv").open() as f:
+        episodes = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in episodes] == [25, 30, 35, 40]
+    assert [int(r["env_steps"]) for r in episodes] == [5, 10, 15, 20] and {r["length"] for r in episodes} == {"5"}
+    # TinyEnv's reward is the first action component: an episode's return is the sum of its 5 actions' first parts
+    ckpt_steps = Checkpointer(run / "checkpoints").all_steps()
+    assert ckpt_steps[-1] == 43 and 20 in [int(r["step"]) for r in _log(run, "eval.csv")]
+    state = _restore_online(run, 43)
+    buffer = state["online"]["buffer"]
+    assert int(buffer["size"]) == 23 and int(state["online"]["episode"]) == 4
+    assert int(state["online"]["episode_start"]) == 20
+    returns = np.asarray(buffer["rewards"][:20]).reshape(4, 5).sum(axis=1)
+    np.testing.assert_allclose([float(r["return"]) for r in episodes], returns, rtol=1e-5)
+    np.testing.assert_array_equal(buffer["masks"][:23], np.ones(23))  # time limits, never terminal
+    steps = [int(r["step"]) for r in _log(run, "train.csv")]
+    assert steps == [5, 7, 10, 14, 15, 20, 21, 25, 28, 30, 35, 40, 42, 43]
+
+
+def _restore_online(run, step):
+    """The whole online checkpoint `step`: agent, data key, step, and the buffer at its saved size."""
+    agent, _ = train_lib.load_run(run, step)
+    with Checkpointer(run / "checkpoints") as ckpt:
+        online = online_lib.online_template(ckpt.saved_layout(step))
+        template = {"agent": agent, "data_rng": jax.random.PRNGKey(0), "step": np.int64(0), "online": online}
+        return ckpt.restore(template, step)
+
+
+def test_online_phase_resumes_exactly_from_a_checkpoint_inside_an_episode(tmp_path, stand_in):
+    """Stopped at step 28 (8 online steps: 3 into the second episode) and continued: the environment is rebuilt by
+    replaying that episode's actions, and the run ends identical to an uninterrupted one."""
+    _online(tmp_path, "whole")
+    _online(tmp_path, "split", online_steps=8)  # the online phase of a shorter run: stops at step 28
+    eval_log = tmp_path / "split" / "eval.csv"
+    lines = eval_log.read_text().splitlines(keepends=True)
+    eval_log.write_text("".join(line for line in lines if not line.startswith("28,")))  # the shorter run's final
+    _online(tmp_path, "split")
+    assert_same_run(tmp_path / "whole", tmp_path / "split")
+    assert _log(tmp_path / "whole", "online.csv") == _log(tmp_path / "split", "online.csv")
+
+
+def test_online_steps_extend_a_finished_offline_run(tmp_path, stand_in):
+    """An offline run (20 updates) continued with --online-steps starts its online phase from that checkpoint."""
+    _train(tmp_path, "run", steps=20, log_interval=5, eval_interval=10)
+    res = _online(tmp_path)
+    assert res["steps"] == 43 and res["online"]["episodes"] == 4
+
+
+def test_online_settings_are_checked_recorded_and_printed(tmp_path, stand_in):
+    from runner.train import TrainSettings as TS  # the same class the CLI subclasses
+
+    assert TS is TrainSettings
+    with pytest.raises(Exception, match="online_steps=0: must be a positive integer"):
+        TrainSettings.of(online_steps=0)
+    with pytest.raises(Exception, match="balanced_sampling='yes': must be true or false"):
+        TrainSettings.of(balanced_sampling="yes")
+    s = TrainSettings.of(online_steps=10, balanced_sampling=True, online_N=4)
+    flags = " ".join(s.command_flags())
+    assert "--online-steps 10" in flags and "--balanced-sampling" in flags and "--online-N 4" in flags
+    assert s.total_steps == s.steps + 10
+    _online(tmp_path, balanced_sampling=True, online_K=2)
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["online"] == {"steps": 23, "balanced_sampling": True, "K": 2, "N": 1}
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["online"]["K"] == 2
+
+
+def test_every_agent_explores(tmp_path):
+    """Each registered agent's exploration action: in range, of the right shape, and (for the Gaussian and
+    deterministic policies) different from its test-time action."""
+    import agents
+
+    obs, act = np.zeros((4, 3), np.float32), np.zeros((4, 2), np.float32)
+    tiny = {"actor_layer_size": 8, "actor_num_layers": 1, "value_layer_size": 8, "value_num_layers": 1}
+    for name in agents.AGENTS:
+        cls = agents.get_agent(name)
+        fields = {f for f in cls.Config.__dataclass_fields__}
+        config = cls.Config(**{k: v for k, v in tiny.items() if k in fields})
+        agent = cls.create(jax.random.PRNGKey(0), obs, act, config)
+        a = np.asarray(agent.exploration_actions(jnp.asarray(obs), jax.random.PRNGKey(1), K=1, N=1))
+        assert a.shape == (4, 2) and np.all(np.abs(a) <= 1), name
+        if name in ("bc", "iql", "rebrac"):
+            test_time = np.asarray(agent.sample_actions(jnp.asarray(obs), jax.random.PRNGKey(1), K=1, N=1))
+            assert not np.allclose(a, test_time), f"{name} does not explore"
+
+
+# ------------------------------------------------------------------- SORL, real environment, SIGKILL
+
+ONLINE_STEPS = 230  # cube episodes are 200 steps: the second kill lands 10 steps into the second
+
+
+def _sorl_online_command(run_dir, data):
+    return [
+        *(sys.executable, "-m", "cli"),
+        *_words("train --task cube-single-play-task1 --agent sorl --seed 5 --steps 20 --log-interval 5"),
+        *_words(f"--online-steps {ONLINE_STEPS} --checkpoint-interval 15 --eval-interval 125 --eval-episodes 1"),
+        *_words("--eval-K 1 --eval-N 1 --eval-workers 1 --eval-max-episode-steps 5 --progress False"),
+        *("--run-dir", str(run_dir), "--data-dir", str(data)),
+        *TINY_SORL,
+    ]
+
+
+def test_sigkill_in_the_online_phase_then_resume_is_exact(tmp_path):
+    """SORL in the real cube environment (200-step episodes): killed with SIGKILL twice in the online phase and
+    rerun, it ends bit-identical to an uninterrupted run (parameters, optimiser state, keys, buffer, logs)."""
+    from envs.datasets import ensure_dataset
+
+    data = tmp_path / "data"
+    ensure_dataset(TASK, data, episodes=2, workers=1, max_episode_steps=50)
+    env = _env(tmp_path / "jax-cache")
+    reference = _Background(_sorl_online_command(tmp_path / "reference", data), env, tmp_path / "reference")
+    try:
+        run = tmp_path / "killed"
+        kills = 0
+        for wait_for in (10, 45):  # train.csv rows: one every 5 updates, offline and online
+            proc = subprocess.Popen(_sorl_online_command(run, data), env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+            if _wait_rows(run / "train.csv", wait_for, proc, timeout=240):
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait()
+        assert kills == 2 and _rows(run / "train.csv") < 50
+        done = subprocess.run(
+            _sorl_online_command(run, data), env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+        assert "warning" not in done.stdout + done.stderr  # the episode was rebuilt exactly
+        ref = reference.done()
+        assert_same_run(ref, run, optimizer=True)
+        assert _log(ref, "online.csv") == _log(run, "online.csv")
+        res = json.loads((run / "results.json").read_text())
+        assert res["steps"] == 20 + ONLINE_STEPS and res["online"]["episodes"] == 1
+    finally:
+        reference.close()
