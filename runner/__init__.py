@@ -3,6 +3,7 @@
 train.py       the Trainer (resume, run a chunk, log, evaluate, checkpoint, stop, fail), `train`, `train_seeds`
 settings.py    the typed training settings: defaults, checks, CLI flags, spec keys, config.json, command line
 multiseed.py   several seeds in one process (the vmapped chunk; `--seeds` parsing and directories)
+online.py      offline-to-online fine-tuning: the online phase, a seed runner that steps the environment
 evaluation.py  batched evaluation over a (K, N) grid in environment worker processes
 video.py       evaluation videos: episodes of one (K, N) cell rendered headless to MP4 (`--video-episodes`)
 runs.py        the run directory: file names, config.json/results.json schema, "is this run complete?"
