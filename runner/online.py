@@ -32,8 +32,9 @@ import numpy as np
 
 from runner import evaluation, safety
 from runner.evaluation import MakeEnv, episode_seed
+from sorl.chunk import distinct_buffers
 from sorl.errors import SorlError
-from sorl.replay import Buffer, make_buffer, online_update_jit
+from sorl.replay import make_buffer, online_update_jit
 
 ONLINE_EPISODE_OFFSET = 2**31
 """Online episodes draw their reset seeds from indices above this, apart from the evaluation episodes'."""
@@ -101,8 +102,10 @@ class _Seed:
     """One seed's online data collection: its environment, the buffer, the running episode."""
 
     def __init__(self, seed: int, agent: Any, data_rng: jax.Array, env: Any, online: Mapping[str, Any]):
-        self.seed, self.agent, self.data_rng, self.env = seed, agent, jnp.asarray(data_rng), env
-        self.buffer: Buffer = {k: jnp.asarray(v) for k, v in online["buffer"].items()}
+        self.seed, self.env = seed, env
+        buffer = {k: jnp.asarray(v) for k, v in online["buffer"].items()}
+        # the update donates all three: no two leaves may share a device buffer
+        self.agent, self.data_rng, self.buffer = distinct_buffers((agent, jnp.asarray(data_rng), buffer))
         self.episode = int(online["episode"])
         self.episode_start = int(online["episode_start"])
         self.observation, self.episode_return = self.rebuild_episode()
