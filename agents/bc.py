@@ -114,6 +114,7 @@ class BCConfig:
     actor_layer_norm: bool = False
     const_std: bool = True  # std fixed at 1 (maximum likelihood = mean squared error); False learns a log-std
     actor_fc_scale: float = 0.01  # init scale of the mean head
+    encoder: str | None = None  # image encoder of pixel tasks ('impala_small' in the reference)
 
     def validate(self) -> None:
         check_config(self)

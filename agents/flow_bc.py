@@ -62,7 +62,8 @@ class FlowBCAgent(ShortcutPolicy):
         """`[B, A]` actions from K-step shortcut sampling; any N gives the N = 1 sample (no verifier, see above)."""
         validate_K_N(K, N, self.max_K)
         noise = jax.random.normal(rng, (*observations.shape[:-1], self.action_dim))
-        return shortcut.sample_euler(self.velocity_fn(self.params["actor"]), observations, noise, K)
+        features = self.encode(self.params["actor"], observations)
+        return shortcut.sample_euler(self.velocity_fn(self.params["actor"]), features, noise, K)
 
     @classmethod
     def create(
@@ -91,6 +92,7 @@ POLICY_KEYS = (
     "bc_flow_loss_coef",
     "t_epsilon",
     "denoise_timesteps",
+    "encoder",
 )
 """The SORLConfig settings that concern the policy alone: flow BC's settings, with SORL's defaults."""
 

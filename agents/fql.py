@@ -30,7 +30,7 @@ from sorl import baselines as B
 from sorl import shortcut
 from sorl.agent import Agent
 from sorl.inference import sample_best_of_n, validate_K_N
-from sorl.networks import MLP, ShortcutVelocityNet
+from sorl.networks import MLP, ShortcutVelocityNet, encode, encoder_module
 
 Array = jax.Array
 Params = Any
@@ -43,9 +43,12 @@ class OneStepPolicy(nn.Module):
     action_dim: int
     hidden_dims: tuple[int, ...] = (512, 512, 512, 512)
     layer_norm: bool = False
+    encoder: str | None = None
 
     @nn.compact
     def __call__(self, observations: Array, noise: Array) -> Array:
+        if self.encoder is not None:  # its own encoder, as the reference's actor_onestep_flow
+            observations = encoder_module(self.encoder)(observations)
         x = jnp.concatenate([observations, noise], axis=-1)
         return MLP((*self.hidden_dims, self.action_dim), layer_norm=self.layer_norm)(x)
 
@@ -65,9 +68,14 @@ class FQLAgent(Agent):
     # ------------------------------------------------------------------------------------------- networks
 
     def flow_velocity(self, flow_params: Params) -> shortcut.VelocityFn:
+        """The flow field on *encoded* observations (`flow_features`; the observations without an encoder)."""
         net = _flow_def(self.config, self.action_dim)
         # A plain flow field: the step code d that shortcut.euler passes through is None and not an input.
-        return lambda obs, a_t, t, d=None: net.apply({"params": flow_params}, obs, a_t, t)
+        return lambda obs, a_t, t, d=None: net.apply({"params": flow_params}, obs, a_t, t, encoded=True)
+
+    def flow_features(self, flow_params: Params, observations: Array) -> Array:
+        """The flow policy's own encoder's features (encoded once per sample, as the reference)."""
+        return encode(self.config.encoder, flow_params, observations)
 
     def onestep_actions(self, onestep_params: Params, observations: Array, noise: Array) -> Array:
         return _onestep_def(self.config, self.action_dim).apply({"params": onestep_params}, observations, noise)
@@ -77,7 +85,8 @@ class FQLAgent(Agent):
 
     def flow_actions(self, flow_params: Params, observations: Array, noise: Array) -> Array:
         """The flow BC policy's action from `noise` with `flow_steps` Euler steps, clipped."""
-        a = shortcut.euler(self.flow_velocity(flow_params), observations, noise, self.config.flow_steps)
+        features = self.flow_features(flow_params, observations)
+        a = shortcut.euler(self.flow_velocity(flow_params), features, noise, self.config.flow_steps)
         return jnp.clip(a, -1.0, 1.0)
 
     def _noise(self, rng: Array, observations: Array) -> Array:
@@ -92,7 +101,8 @@ class FQLAgent(Agent):
         t = jax.random.uniform(t_rng, (*a1.shape[:-1], 1))
         a0 = jax.random.normal(noise_rng, a1.shape)
         a_t = shortcut.interpolant(a0, a1, t, eps=0.0)
-        pred = self.flow_velocity(params["actor_bc_flow"])(batch["observations"], a_t, t)
+        flow_params = params["actor_bc_flow"]
+        pred = self.flow_velocity(flow_params)(self.flow_features(flow_params, batch["observations"]), a_t, t)
         return jnp.mean((pred - shortcut.flow_matching_target(a0, a1, eps=0.0)) ** 2)
 
     def distillation_loss(self, batch: Batch, params: dict[str, Params], noise: Array) -> tuple[Array, Array]:
@@ -191,12 +201,16 @@ class FQLAgent(Agent):
 def _flow_def(config: FQLConfig, action_dim: int) -> ShortcutVelocityNet:
     # A shortcut velocity net called without a step code is a plain flow-matching field v(x, a_t, t).
     dims = B.hidden_dims(config.actor_layer_size, config.actor_num_layers)
-    return ShortcutVelocityNet(action_dim=action_dim, hidden_dims=dims, layer_norm=config.actor_layer_norm)
+    return ShortcutVelocityNet(
+        action_dim=action_dim, hidden_dims=dims, layer_norm=config.actor_layer_norm, encoder=config.encoder
+    )
 
 
 def _onestep_def(config: FQLConfig, action_dim: int) -> OneStepPolicy:
     dims = B.hidden_dims(config.actor_layer_size, config.actor_num_layers)
-    return OneStepPolicy(action_dim=action_dim, hidden_dims=dims, layer_norm=config.actor_layer_norm)
+    return OneStepPolicy(
+        action_dim=action_dim, hidden_dims=dims, layer_norm=config.actor_layer_norm, encoder=config.encoder
+    )
 
 
 # ------------------------------------------------------------------------------------------------- config

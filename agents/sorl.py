@@ -25,7 +25,7 @@ from sorl import shortcut
 from sorl.agent import Agent
 from sorl.errors import SorlError
 from sorl.inference import aggregate, sample_best_of_n, validate_K_N
-from sorl.networks import CriticEnsemble, ShortcutVelocityNet
+from sorl.networks import CriticEnsemble, ShortcutVelocityNet, encode
 from sorl.optim import ModuleOptimizer, ema_targets, prefixed
 from sorl.validation import check_config, invalid
 
@@ -56,9 +56,16 @@ class ShortcutPolicy(Agent):
     def actor_def(self) -> ShortcutVelocityNet:
         return actor_network(self.config, self.action_dim)
 
+    def encode(self, actor_params: Params, observations: Array) -> Array:
+        """What the velocity net sees of `observations`: its own encoder's features (`--agent.encoder`), else the
+        observations themselves. Encoded once per sampler call, then reused by every Euler step."""
+        return encode(self.config.encoder, actor_params, observations)
+
     def velocity_fn(self, actor_params: Params) -> shortcut.VelocityFn:
-        def velocity(observations: Array, a_t: Array, t: Array | float, d: Array | float) -> Array:
-            return self.actor_def.apply({"params": actor_params}, observations, a_t, t, d)
+        """The velocity on *encoded* observations (`encode`; the observations themselves without an encoder)."""
+
+        def velocity(features: Array, a_t: Array, t: Array | float, d: Array | float) -> Array:
+            return self.actor_def.apply({"params": actor_params}, features, a_t, t, d, encoded=True)
 
         return velocity
 
@@ -67,7 +74,8 @@ class ShortcutPolicy(Agent):
         a1 = batch["actions"]
         fm = shortcut.flow_matching_batch(rng, a1, self.config.denoise_timesteps, self.config.t_epsilon)
         target = shortcut.flow_matching_target(fm.a0, a1, self.config.t_epsilon)
-        pred = self.velocity_fn(actor_params)(batch["observations"], fm.a_t, fm.t, fm.d)
+        features = self.encode(actor_params, batch["observations"])
+        pred = self.velocity_fn(actor_params)(features, fm.a_t, fm.t, fm.d)
         return jnp.mean((pred - target) ** 2)
 
     def self_consistency_loss(self, batch: Batch, actor_params: Params, rng: Array) -> Array:
@@ -76,10 +84,13 @@ class ShortcutPolicy(Agent):
         if M == 1:  # no coarser level than the finest: nothing to distil
             return jnp.zeros((), jnp.float32)
         sc = shortcut.self_consistency_batch(rng, batch["actions"], M, self.config.t_epsilon)
-        target_velocity = self.velocity_fn(jax.lax.stop_gradient(self.target_params["actor"]))
+        target_params = jax.lax.stop_gradient(self.target_params["actor"])
+        target_features = self.encode(target_params, batch["observations"])
         # self_consistency_target stops the gradient of the target itself, whatever network produced it.
-        target = shortcut.self_consistency_target(target_velocity, batch["observations"], sc.a_t, sc.t, sc.d, sc.h)
-        pred = self.velocity_fn(actor_params)(batch["observations"], sc.a_t, sc.t, sc.d)
+        target = shortcut.self_consistency_target(
+            self.velocity_fn(target_params), target_features, sc.a_t, sc.t, sc.d, sc.h
+        )
+        pred = self.velocity_fn(actor_params)(self.encode(actor_params, batch["observations"]), sc.a_t, sc.t, sc.d)
         return jnp.mean((pred - target) ** 2)
 
 
@@ -129,13 +140,14 @@ class SORLAgent(ShortcutPolicy):
         idx_rng, noise_rng = jax.random.split(rng)
         idx = self.draw_K_index(idx_rng) if K_index is None else K_index
         noise = jax.random.normal(noise_rng, (*observations.shape[:-1], self.action_dim))
+        features = self.encode(actor_params, observations)  # once, outside the branches and the Euler steps
 
         def branch(K: int):
-            return lambda p, obs, z: shortcut.sample_euler(self.velocity_fn(p), obs, z, K)
+            return lambda p, feats, z: shortcut.sample_euler(self.velocity_fn(p), feats, z, K)
 
         if isinstance(idx, int):
-            return branch(K_values[idx])(actor_params, observations, noise), jnp.float32(K_values[idx])
-        actions = jax.lax.switch(idx, [branch(K) for K in K_values], actor_params, observations, noise)
+            return branch(K_values[idx])(actor_params, features, noise), jnp.float32(K_values[idx])
+        actions = jax.lax.switch(idx, [branch(K) for K in K_values], actor_params, features, noise)
         return actions, jnp.exp2(idx).astype(jnp.float32)
 
     # --------------------------------------------------------------------------------------------- losses
@@ -285,10 +297,11 @@ class SORLAgent(ShortcutPolicy):
         """
         validate_K_N(K, N, self.max_K)
         velocity = self.velocity_fn(self.params["actor"])
+        features = self.encode(self.params["actor"], observations)  # once for all N candidates
 
-        def sample_fn(obs: Array, key: Array) -> Array:
+        def sample_fn(obs: Array, key: Array) -> Array:  # obs: `observations` (sample_best_of_n passes them)
             noise = jax.random.normal(key, (*obs.shape[:-1], self.action_dim))
-            return shortcut.sample_euler(velocity, obs, noise, K)
+            return shortcut.sample_euler(velocity, features, noise, K)
 
         def score_fn(obs: Array, actions: Array) -> Array:
             return self.aggregated_q(obs, actions, K)
@@ -354,6 +367,7 @@ def actor_network(config: Any, action_dim: int) -> ShortcutVelocityNet:
         action_dim=action_dim,
         hidden_dims=(config.actor_layer_size,) * config.actor_num_layers,
         layer_norm=config.actor_layer_norm,
+        encoder=config.encoder,
     )
 
 
@@ -362,6 +376,7 @@ def _critic_def(config: SORLConfig) -> CriticEnsemble:
         hidden_dims=(config.value_layer_size,) * config.value_num_layers,
         layer_norm=config.layer_norm,
         num_members=config.num_critics,
+        encoder=config.encoder,  # the critic's own encoder, as the reference's (not shared with the actor)
     )
 
 
@@ -395,6 +410,7 @@ class SORLConfig:
     max_k_backprop: int = 8  # largest K the Q term and the critic target sample with
     num_critics: int = 2
     released_update: bool = False  # reproduce the released code's update (docs/method.md, "Update modes")
+    encoder: str | None = None  # image encoder of pixel tasks ('impala_small' in the released commands)
 
     def validate(self) -> None:
         """Raise a one-line SorlError naming the first invalid setting (`sorl.validation`)."""

@@ -9,6 +9,9 @@ A published OGBench singletask dataset (`<dataset>.npz`, `<dataset>-val.npz`) ho
     qvel          float32  (N, model nv)
     button_states int64    (N, buttons)  scene and puzzle only
 
+Pixel-based (visual-*) datasets hold the same keys, with `observations` uint8 `(N, 64, 64, 3)` (the rendered
+frames; qpos/qvel/button_states are the simulator's state, used to relabel rewards, as OGBench's files).
+
 `check_headers` reads only the .npy headers inside the zip (cheap, used before every load); `check_full` reads
 every array (which also checks the zip's CRCs) and is what `sorl data verify` runs.
 """
@@ -35,10 +38,24 @@ class Dims:
     buttons: int | None  # None: the environment has no buttons
 
 
+PIXEL_OBSERVATION = (64, 64, 3)
+"""Shape of a pixel observation (ogbench's `visual_dict`: width=64, height=64, RGB)."""
+
+
 @functools.cache
 def env_dims(spec: EnvSpec) -> Dims:
-    """Shapes the environment implies (from a freshly made singletask env of its default task)."""
+    """Shapes the environment implies (from a freshly made singletask env of its default task).
+
+    A pixel environment is not made here (its observations need a renderer, which this process may not have): its
+    simulator is its state twin's, with `PIXEL_OBSERVATION` images as observations."""
+    import dataclasses
+
     import gymnasium
+
+    if spec.pixels:
+        from envs.registry import resolve_env
+
+        return dataclasses.replace(env_dims(resolve_env(spec.state_twin)), observation=PIXEL_OBSERVATION)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -61,7 +78,7 @@ def expected_layout(spec: EnvSpec) -> dict[str, tuple[str, tuple[int, ...]]]:
     """key -> (dtype kind(s) accepted, trailing shape)."""
     d = env_dims(spec)
     layout = {
-        "observations": ("f", d.observation),
+        "observations": ("u" if spec.pixels else "f", d.observation),
         "actions": ("f", d.action),
         "terminals": ("biuf", ()),
         "qpos": ("f", (d.nq,)),

@@ -6,7 +6,10 @@
     eval_env = make_env("cube-single-play-singletask-task3-v0")   # no dataset (evaluation workers)
 
 `train`/`val` are dicts of float32 arrays: observations, actions, rewards, masks, next_observations, terminals
-(rewards and masks relabelled by ogbench for the task from the stored qpos/qvel/button_states).
+(rewards and masks relabelled by ogbench for the task from the stored qpos/qvel/button_states). Pixel tasks
+(visual-*) keep their observations uint8 `[N, 64, 64, 3]`; their returned `env` is the state twin's (the same
+simulator and task, relabelling without rendering here), and `make_env` makes the rendering environment for a
+process whose MUJOCO_GL is set (`envs.rendering`).
 
 The data directory is `--data-dir`, else `$OGBENCH_DATA_DIR`, else `~/.ogbench/data` (ogbench's default), so
 published OGBench files placed there are used as they are. Nothing here ever touches the network.
@@ -34,6 +37,8 @@ DEFAULT_DATA_DIR = "~/.ogbench/data"
 SUCCESS_TIMINGS = ("pre", "post")
 # Measured on a 2-core CPU VM: the manipulation simulators step at roughly 500-700 env steps/s per core.
 _STEPS_PER_SECOND_PER_CORE = 500
+# Pixel datasets render every frame: ~2.4 frames/s per core with Mesa's software EGL on that VM (busy).
+_FRAMES_PER_SECOND_PER_CORE = 2.4
 
 
 # ------------------------------------------------------------------------------------------------ paths
@@ -151,7 +156,8 @@ def _generate(
     n_workers = max(1, min(n_workers, s.train_episodes + s.val_episodes))
     train, val = dataset_paths(spec, directory)
     steps = (s.train_episodes + s.val_episodes) * s.max_episode_steps
-    eta = steps / (_STEPS_PER_SECOND_PER_CORE * n_workers)
+    rate = _FRAMES_PER_SECOND_PER_CORE if spec.pixels else _STEPS_PER_SECOND_PER_CORE
+    eta = steps / (rate * n_workers)
     print(
         f"generating {spec.dataset_name} in {directory} with OGBench's oracles: "
         f"{s.train_episodes}+{s.val_episodes} episodes x {s.max_episode_steps} steps, seed {seed}, "
@@ -174,7 +180,8 @@ def _generate(
     extra = f", {result.retries} scene episodes redone" if result.retries else ""
     print(
         f"wrote {train} ({_size(train.stat().st_size)}) and {val.name} ({_size(val.stat().st_size)}): "
-        f"{result.steps} steps in {result.seconds:.1f} s ({result.steps_per_second:.0f} steps/s{extra})",
+        f"{result.steps} steps in {result.seconds:.1f} s "
+        f"({_rate(result.steps_per_second, spec.pixels, result.workers)}{extra})",
         flush=True,
     )
     return result
@@ -327,7 +334,9 @@ def load_task(
         progress=progress,
         max_episode_steps=max_episode_steps,
     )
-    env = make_env(task, success_timing=success_timing)
+    # Relabelling resets the environment, which renders a pixel one: use its state twin (same simulator and tasks).
+    relabel_task = resolve_task(f"{spec.state_twin}-task{task.task_id}") if spec.pixels else task
+    env = make_env(relabel_task, success_timing=success_timing)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -344,8 +353,8 @@ def load_task(
         ) from None
     for split in (train, val):
         for k, v in split.items():
-            if v.dtype != np.float32:
-                split[k] = v.astype(np.float32)
+            if v.dtype != np.float32 and not (spec.pixels and k in ("observations", "next_observations")):
+                split[k] = v.astype(np.float32)  # images stay uint8: a quarter of the memory
     return env, train, val
 
 
@@ -388,6 +397,13 @@ def _size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GB"
+
+
+def _rate(steps_per_second: float, pixels: bool, workers: int) -> str:
+    """Generation speed; for pixel datasets in rendered frames/s, per worker too (rendering is the cost)."""
+    if not pixels:
+        return f"{steps_per_second:.0f} steps/s"
+    return f"{steps_per_second:.2f} frames/s, {steps_per_second / workers:.2f} per worker"
 
 
 def _duration(seconds: float) -> str:

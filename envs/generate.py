@@ -14,7 +14,15 @@ docs/method.md, "OGBench data"):
 
 Stored per step: `observations` (the observation *before* the step), `actions`, `terminals` (episode end),
 `qpos`, `qvel` (`info['prev_qpos']` etc.) and, for scene/puzzle, `button_states`. dtypes: terminals bool,
-button_states int64, everything else float32; `np.savez_compressed`.
+button_states int64, everything else float32 — except the observations of pixel (visual-*) datasets, the
+rendered 64x64x3 frames, uint8 as OGBench's files; `np.savez_compressed`.
+
+Pixel datasets: the same recipe on the `visual-*` gym env (`ob_type='pixels'`). The oracles act on the
+privileged `info`, never on the observation, so a visual dataset follows exactly the trajectories of its state
+twin's dataset of the same seed, with frames instead of state vectors. Frames are rendered headless in worker
+processes (always spawned, even for one worker: MuJoCo reads MUJOCO_GL once, when first imported) with the
+backend `envs.rendering.gl_backend` finds: EGL (a GPU's, or Mesa's software renderer on a CPU), else OSMesa.
+Rendering dominates: see README, "Pixel-based tasks", for the measured frames/s per worker.
 
 Determinism: episode `i` of split `s` (0 train, 1 validation) draws *all* its randomness from
 `SeedSequence(seed, spawn_key=(s, i))`: the env's `reset(seed=...)`, its action space, and numpy's global RNG
@@ -30,6 +38,7 @@ manifest reports as incomplete.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import time
@@ -103,6 +112,11 @@ def _quiet_make(env_id: str, **kwargs):
         import ogbench  # noqa: F401  (registers the environments)
 
         return gymnasium.make(env_id, **kwargs)
+
+
+def is_pixels(s: GenSettings) -> bool:
+    """Whether `s` is a pixel (visual-*) dataset."""
+    return s.env_id.startswith("visual-")
 
 
 def _worker_env(s: GenSettings):
@@ -218,7 +232,7 @@ def _manip_episode(s: GenSettings, env, env_seed: int) -> dict:
             if has_buttons:
                 rows["button_states"].append(info["prev_button_states"])
             ob = next_ob
-        episode = _to_arrays(rows)
+        episode = _to_arrays(rows, pixels=is_pixels(s))
         if s.family != "scene" or _scene_healthy(episode["qpos"]):
             episode["retries"] = attempt
             return episode
@@ -299,8 +313,9 @@ def _maze_episode(s: GenSettings, env, cells: tuple[list, list], env_seed: int) 
 STORED_DTYPES = {"terminals": np.bool_, "button_states": np.int64}  # everything else float32
 
 
-def _to_arrays(rows: dict[str, list]) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v, dtype=STORED_DTYPES.get(k, np.float32)) for k, v in rows.items()}
+def _to_arrays(rows: dict[str, list], pixels: bool = False) -> dict[str, np.ndarray]:
+    dtypes = {**STORED_DTYPES, "observations": np.uint8} if pixels else STORED_DTYPES
+    return {k: np.asarray(v, dtype=dtypes.get(k, np.float32)) for k, v in rows.items()}
 
 
 def _job(args: tuple) -> tuple[int, int, dict]:
@@ -357,14 +372,19 @@ def collect(s: GenSettings, workers: int, progress: bool = True) -> tuple[dict, 
 
     workers = max(1, min(workers, len(jobs)))
     bar = tqdm(total=len(jobs), desc=s.dataset_name, unit="ep", disable=not progress, dynamic_ncols=True)
+    render = contextlib.nullcontext()
+    if is_pixels(s):  # the frames are rendered in spawned workers whose MUJOCO_GL names a backend that works here
+        from envs.rendering import gl_backend, gl_environment
+
+        render = gl_environment(gl_backend())
     try:
-        if workers == 1:
+        if workers == 1 and not is_pixels(s):
             for job in jobs:
                 place(*_job(job))
                 bar.update()
         else:
             ctx = mp.get_context("spawn")
-            with ctx.Pool(workers, initializer=_worker_init) as pool:
+            with render, ctx.Pool(workers, initializer=_worker_init) as pool:
                 for split, index, ep in pool.imap_unordered(_job, jobs, chunksize=1):
                     place(split, index, ep)
                     bar.update()

@@ -1,4 +1,4 @@
-"""The OGBench singletask state-based environments: names, tasks, dataset facts, per-agent settings.
+"""The OGBench singletask environments, state-based and pixel-based: names, tasks, dataset facts, per-agent settings.
 
 Naming (OGBench's own):
 
@@ -17,6 +17,12 @@ episodes) are those of OGBench's data-generation commands (`data_gen_scripts/com
 repository). Summaries that give 1000 episodes for every manipulation `play` dataset are wrong for four
 of them: the commands file uses 3000 for cube-triple and puzzle-4x5 and 5000 for cube-quadruple and puzzle-4x6,
 the published counts, which we follow.
+
+Pixel-based tasks: every manipulation environment has a `visual-` twin (`visual-cube-single-play`, ...), the same
+simulator made by ogbench with `ob_type='pixels'` (64x64x3 uint8 observations from the 'front_pixels' camera; the
+gym ids are `visual-cube-single-v0` etc.). Its dataset is collected with the same oracle recipe as its state twin
+(OGBench's `generate_manipspace.py`); its episode counts and length are taken to be its twin's (not checked against
+OGBench's commands file here). Per-agent settings of pixel tasks are in `PIXEL_AGENT_ENV_SETTINGS`.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from sorl.errors import SorlError, suggest
 
 # Families whose data need trained expert locomotion policies (not shipped with ogbench): not generatable.
 EXPERT_FAMILIES = ("antmaze", "humanoidmaze", "antsoccer")
+VISUAL_PREFIX = "visual-"
+"""OGBench's prefix of a pixel-based environment's name."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,13 @@ class EnvSpec:
     """Environment steps per data-collection episode (the published files' episode length)."""
     num_tasks: int = 5
     notes: str = ""
+    pixels: bool = False
+    """Pixel observations (a `visual-` environment): images, an encoder, frame stacking and augmentation."""
+
+    @property
+    def state_twin(self) -> str:
+        """The state-based environment of the same simulator ('cube-single-play' for 'visual-cube-single-play')."""
+        return self.name.removeprefix(VISUAL_PREFIX)
 
     @property
     def stem(self) -> str:
@@ -104,7 +119,9 @@ class Task:
 
 
 def _spec(stem: str, dataset_type: str, default_task: int, episodes: int, steps: int, notes: str = "") -> EnvSpec:
-    family = stem.split("-")[0]
+    family = stem.removeprefix(VISUAL_PREFIX).split("-")[0]
+    if stem.startswith(VISUAL_PREFIX):
+        notes = "pixels (64x64x3 uint8) of its state twin's recipe: " + _PLAY["notes"]
     generatable = family not in EXPERT_FAMILIES
     if not generatable and not notes:
         notes = "needs OGBench's trained expert locomotion policies: place the published files in the data directory"
@@ -119,6 +136,7 @@ def _spec(stem: str, dataset_type: str, default_task: int, episodes: int, steps:
         published_episodes=episodes,
         max_episode_steps=steps,
         notes=notes,
+        pixels=stem.startswith(VISUAL_PREFIX),
     )
 
 
@@ -159,11 +177,17 @@ _SPECS += [
     _spec("puzzle-4x5", "play", 2, 3000, 1001, **_PLAY),  # commands.sh: 3000, not 1000
     _spec("puzzle-4x6", "play", 2, 5000, 1001, **_PLAY),  # commands.sh: 5000, not 1000
 ]
+# The pixel-based twins of the manipulation environments (ogbench registers visual-* for each of them).
+_SPECS += [
+    _spec(VISUAL_PREFIX + s.stem, s.dataset_type, s.default_task, s.published_episodes, s.max_episode_steps)
+    for s in list(_SPECS)
+    if s.family in ("cube", "scene", "puzzle")
+]
 
 ENVIRONMENTS: dict[str, EnvSpec] = {s.name: s for s in _SPECS}
-"""Environment name ('cube-single-play') -> EnvSpec, for every OGBench singletask state-based environment."""
+"""Environment name ('cube-single-play') -> EnvSpec, for every OGBench singletask environment (state and pixels)."""
 
-del _maze, _nav, _PLAY
+del _maze, _nav
 
 # --------------------------------------------------------------------------------------- name resolution
 
@@ -317,12 +341,78 @@ SETTING_SOURCES: dict[str, dict[str, tuple[bool, str]]] = {
 }
 
 
+# ------------------------------------------------------------------------------ pixel-based environments
+
+PIXEL_ENCODER = "impala_small"
+"""The encoder of every released pixel-task command (`--agent.encoder=impala_small`)."""
+PIXEL_FRAME_STACK = 3
+"""`--frame_stack=3` in every released pixel-task command (`runner.settings.TrainSettings.frame_stack`)."""
+PIXEL_P_AUG = 0.5
+"""`--p_aug=0.5` in every released pixel-task command (`runner.settings.TrainSettings.p_aug`)."""
+PIXEL_STEPS = 500_000
+"""`--offline_steps=500000` in the released pixel-task commands (ours default to 1M for every task: pass
+`--steps 500000` to match them)."""
+
+_FQL_PIXELS = "FQL reference README, 'FQL on pixel-based OGBench' command list"
+_FQL_PIXEL_EXAMPLE = "FQL reference README, its pixel-based example command for this agent"
+_NO_COMMAND = "no released command for this agent on this pixel task: the state twin's values, unverified"
+_DEFAULTS_ONLY = "no released command for this pixel task: the agent's defaults with the released encoder"
+
+_PIXEL_TUNED: dict[str, dict[str, dict]] = {
+    # Values the released pixel-task commands give where they differ from the state twin's (FQL README).
+    "fql": {
+        "visual-cube-single-play": dict(alpha=300.0),
+        "visual-cube-double-play": dict(alpha=100.0),
+        "visual-scene-play": dict(alpha=100.0),
+        "visual-puzzle-3x3-play": dict(alpha=300.0),
+        "visual-puzzle-4x4-play": dict(alpha=300.0),
+    },
+    "rebrac": {"visual-cube-single-play": dict(alpha_actor=1.0, alpha_critic=0.0)},
+    "iql": {"visual-cube-single-play": dict(alpha=1.0)},
+}
+
+PIXEL_AGENT_ENV_SETTINGS: dict[str, dict[str, dict]] = {
+    # agent -> visual environment -> overrides, for every agent on every pixel task (at least the encoder): the
+    # released pixel command's values where there is one, else the state twin's. Sources: PIXEL_SETTING_SOURCES.
+    # The training-loop settings (frame stack, augmentation) are the PIXEL_* constants, applied by the Trainer.
+    agent: {
+        spec.name: {
+            **AGENT_ENV_SETTINGS[agent].get(spec.state_twin, {}),
+            **_PIXEL_TUNED.get(agent, {}).get(spec.name, {}),
+            "encoder": PIXEL_ENCODER,
+        }
+        for spec in ENVIRONMENTS.values()
+        if spec.pixels
+    }
+    for agent in AGENT_ENV_SETTINGS
+}
+
+
+def _pixel_source(agent: str, name: str) -> tuple[bool, str]:
+    twin = name.removeprefix(VISUAL_PREFIX)
+    if agent == "fql" and name in _PIXEL_TUNED["fql"]:
+        return True, _FQL_PIXELS
+    if name in _PIXEL_TUNED.get(agent, {}):
+        return True, _FQL_PIXEL_EXAMPLE
+    if twin in AGENT_ENV_SETTINGS[agent]:
+        return False, _NO_COMMAND
+    return False, _DEFAULTS_ONLY
+
+
+PIXEL_SETTING_SOURCES: dict[str, dict[str, tuple[bool, str]]] = {
+    agent: {name: _pixel_source(agent, name) for name in table} for agent, table in PIXEL_AGENT_ENV_SETTINGS.items()
+}
+"""(verified, source) of every PIXEL_AGENT_ENV_SETTINGS entry: verified only where a released command gives it."""
+
+
 def settings_source(agent: str, env_name: str) -> tuple[bool, str] | None:
     """(verified, source) of `agent`'s per-environment settings on `env_name`; None where it has none."""
-    return SETTING_SOURCES.get(agent, {}).get(resolve_env(env_name).name)
+    name = resolve_env(env_name).name
+    return SETTING_SOURCES.get(agent, {}).get(name) or PIXEL_SETTING_SOURCES.get(agent, {}).get(name)
 
 
 def agent_env_settings(agent: str, env_name: str) -> dict:
     """Overrides for `agent` on the environment of `env_name` (any accepted spelling); {} = agent defaults."""
     spec = resolve_env(env_name)
-    return dict(AGENT_ENV_SETTINGS.get(agent, {}).get(spec.name, {}))
+    table = PIXEL_AGENT_ENV_SETTINGS if spec.pixels else AGENT_ENV_SETTINGS
+    return dict(table.get(agent, {}).get(spec.name, {}))

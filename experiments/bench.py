@@ -92,6 +92,9 @@ class BenchArgs:
     """Also measure what each speed change buys (before/after, in this process)."""
     workers: int | None = None
     """Evaluation worker processes (default: all cores)."""
+    task: str | None = None
+    """A pixel task (e.g. visual-cube-single-play): training with its settings (the image encoder, frame stacking and
+    augmentation on the device) on synthetic uint8 frames; training section only (default: cube-single, states)."""
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -155,11 +158,28 @@ def synthetic_dataset(n: int, obs_dim: int = OBS_DIM, action_dim: int = ACTION_D
     }
 
 
-def agent_setup(agent: str, size: Size, overrides: Mapping[str, str] | None = None):
-    """(agent class, config) at `size` with cube-single's settings, then `overrides`."""
+def synthetic_pixel_dataset(n: int, episode: int = 100, action_dim: int = ACTION_DIM, seed: int = 0):
+    """Host arrays shaped like a loaded pixel dataset (uint8 64x64x3 frames), `n` transitions in episodes of
+    `episode` (their terminals give frame stacking its episode starts)."""
+    from envs.checks import PIXEL_OBSERVATION
+
+    rng = np.random.default_rng(seed)
+    obs = rng.integers(0, 256, (n, *PIXEL_OBSERVATION), dtype=np.uint8)
+    return {
+        "observations": obs,
+        "actions": rng.uniform(-1, 1, (n, action_dim)).astype(np.float32),
+        "rewards": -(rng.random(n) < 0.9).astype(np.float32),
+        "masks": (rng.random(n) > 0.01).astype(np.float32),
+        "next_observations": np.roll(obs, -1, axis=0),
+        "terminals": (np.arange(n) % episode == episode - 1).astype(np.float32),
+    }
+
+
+def agent_setup(agent: str, size: Size, overrides: Mapping[str, str] | None = None, env: str = "cube-single-play"):
+    """(agent class, config) at `size` with `env`'s settings (default cube-single's), then `overrides`."""
     from runner.train import resolve_agent_config
 
-    agent_cls = resolve_agent_config(agent, "cube-single-play")[0]
+    agent_cls = resolve_agent_config(agent, env)[0]
     sized = {"batch_size": size.batch}
     fields = {f.name for f in dataclasses.fields(agent_cls.Config)}
     for key, value in (
@@ -171,7 +191,7 @@ def agent_setup(agent: str, size: Size, overrides: Mapping[str, str] | None = No
         if key in fields:
             sized[key] = value
     merged = {k: str(v) for k, v in sized.items()} | dict(overrides or {})
-    _, config, _ = resolve_agent_config(agent, "cube-single-play", merged)
+    _, config, _ = resolve_agent_config(agent, env, merged)
     return agent_cls, config
 
 
@@ -197,10 +217,10 @@ def peak_matmul_gflops(n: int = 2048, reps: int = 5, trials: int = 3) -> dict[st
 # ------------------------------------------------------------------------------------------ training
 
 
-def _initial(agent_cls, config, seed: int):
+def _initial(agent_cls, config, seed: int, obs_dim: int = OBS_DIM):
     from runner.train import initial_state
 
-    example = (np.zeros((1, OBS_DIM), np.float32), np.zeros((1, ACTION_DIM), np.float32))
+    example = (np.zeros((1, obs_dim), np.float32), np.zeros((1, ACTION_DIM), np.float32))
     return initial_state(agent_cls, config, seed, *example)
 
 
@@ -250,25 +270,32 @@ def update_flops(agent, batch) -> dict[str, Any]:
     }
 
 
-def bench_training(agent_name: str, size: Size, overrides, dataset, peak: float) -> dict[str, Any]:
+def bench_training(
+    agent_name: str, size: Size, overrides, dataset, peak: float, env: str = "cube-single-play", sampling=None
+) -> dict[str, Any]:
     import jax
 
     from runner.train import compile_chunk, distinct_buffers
-    from sorl.data import sample_batch
+    from sorl.data import PLAIN, sample_batch
 
-    agent_cls, config = agent_setup(agent_name, size, overrides)
-    state = _initial(agent_cls, config, 0)
+    sampling = sampling or PLAIN
+    agent_cls, config = agent_setup(agent_name, size, overrides, env)
+    batch = sample_batch(dataset, jax.random.PRNGKey(1), config.batch_size, sampling)
+    state = _initial(agent_cls, config, 0, int(batch["observations"].shape[-1]))
     agent, rng = distinct_buffers((state["agent"], state["data_rng"]))
-    batch = sample_batch(dataset, jax.random.PRNGKey(1), config.batch_size)
     flops = update_flops(agent, batch)
     t = _now()
-    compiled = compile_chunk(agent, rng, dataset, config.batch_size, size.chunk)
+    compiled = compile_chunk(agent, rng, dataset, config.batch_size, size.chunk, sampling)
     compile_s = _now() - t
     rates, _, _ = time_chunk(compiled, agent, rng, dataset, size.chunk, size.reps)
     ups = statistics.median(rates)
     achieved = flops["flops_per_update"] * ups / 1e9
     return {
         "agent": agent_name,
+        "task": env,
+        "encoder": getattr(config, "encoder", None),
+        "frame_stack": sampling.frame_stack,
+        "p_aug": sampling.p_aug,
         "networks": f"{size.layers}x{size.width}",
         "batch_size": config.batch_size,
         "chunk_updates": size.chunk,
@@ -753,7 +780,10 @@ def run_bench(args: BenchArgs, agent_overrides: Mapping[str, str] | None = None,
         raise SorlError(f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     size = SIZES[args.size]
     overrides = dict(agent_overrides or {})
-    agent_setup(args.agent, size, overrides)  # invalid overrides fail now, not minutes in
+    env, sampling = "cube-single-play", None
+    if args.task is not None:
+        env, sampling = _pixel_task(args.task, sections, args)
+    agent_setup(args.agent, size, overrides, env)  # invalid overrides fail now, not minutes in
     t0 = _now()
     out: dict[str, Any] = {
         "machine": {
@@ -770,13 +800,20 @@ def run_bench(args: BenchArgs, agent_overrides: Mapping[str, str] | None = None,
         "agent_overrides": overrides,
     }
     needs_data = {"training", "seeds"} & set(sections) or args.changes
-    dataset = to_device(synthetic_dataset(size.transitions)) if needs_data else None
+    if not needs_data:
+        dataset = None
+    elif sampling is not None:
+        dataset = to_device(synthetic_pixel_dataset(size.transitions // 10), frame_stack=sampling.frame_stack)
+    else:
+        dataset = to_device(synthetic_dataset(size.transitions))
     if "training" in sections or args.changes:
         log("measuring the matmul peak ...")
         peak = peak_matmul_gflops()
         out["matmul"] = peak
         log("measuring training (compiles the update once per K, then the chunk) ...")
-        out["training"] = t = bench_training(args.agent, size, overrides, dataset, peak["peak_gflops"])
+        out["training"] = t = bench_training(
+            args.agent, size, overrides, dataset, peak["peak_gflops"], env=env, sampling=sampling
+        )
         # The peak again, right after: a machine shared with other work is judged by its best moment.
         again = peak_matmul_gflops()["peak_gflops"]
         peak["peak_gflops_before_after"] = [peak["peak_gflops"], again]
@@ -803,6 +840,23 @@ def run_bench(args: BenchArgs, agent_overrides: Mapping[str, str] | None = None,
     return out
 
 
+def _pixel_task(task: str, sections: list[str], args: BenchArgs):
+    """(environment name, Sampling) of `--task`: a pixel task's, with the released pixel commands' frame stack and
+    augmentation (`runner.pixels`); only the training section is measured on it."""
+    from envs.checks import PIXEL_OBSERVATION
+    from envs.registry import PIXEL_FRAME_STACK, PIXEL_P_AUG, resolve_env
+    from sorl.data import Sampling
+
+    spec = resolve_env(task)
+    if not spec.pixels:
+        raise SorlError(f"--task {task}: the default bench is the state-based one; --task takes a visual-* task")
+    chosen = args.sections != ",".join(SECTIONS)  # sections asked for explicitly, not the default list
+    if (chosen and set(sections) != {"training"}) or args.changes:
+        raise SorlError("--task measures training only: add --sections training (and no --changes)")
+    sections[:] = ["training"]
+    return spec.name, Sampling(PIXEL_FRAME_STACK, PIXEL_P_AUG, PIXEL_OBSERVATION)
+
+
 def _gf(flops: float) -> str:
     """FLOPs as GFLOP with three significant digits."""
     return f"{flops / 1e9:.3g} GFLOP"
@@ -822,7 +876,14 @@ def format_report(r: Mapping[str, Any]) -> str:
 
     if "training" in r:
         t = r["training"]
-        lines.append(f"training ({t['networks']} networks, batch {t['batch_size']}, chunks of {t['chunk_updates']})")
+        pixels = (
+            f", {t['task']}: encoder {t['encoder']}, frame stack {t['frame_stack']}, p_aug {t['p_aug']}"
+            if t.get("encoder")
+            else ""
+        )
+        lines.append(
+            f"training ({t['networks']} networks, batch {t['batch_size']}, chunks of {t['chunk_updates']}{pixels})"
+        )
         row(
             "updates_per_s (median)",
             f"{t['updates_per_s']:.2f}  (all: {', '.join(f'{x:.2f}' for x in t['updates_per_s_all'])})",

@@ -40,6 +40,7 @@ import numpy as np
 
 from runner import runs, safety
 from sorl.chunk import compile_chunk, distinct_buffers, train_chunk
+from sorl.data import PLAIN, Sampling
 from sorl.errors import SorlError
 
 # ------------------------------------------------------------------------------------------ seeds
@@ -126,21 +127,39 @@ def unstack_agent(agents: Any, i: int) -> Any:
 
 
 def train_chunk_seeds(
-    agents: Any, data_rngs: jax.Array, dataset: Mapping[str, jax.Array], *, batch_size: int, num_updates: int
+    agents: Any,
+    data_rngs: jax.Array,
+    dataset: Mapping[str, jax.Array],
+    *,
+    batch_size: int,
+    num_updates: int,
+    sampling: Sampling = PLAIN,
 ) -> tuple[Any, jax.Array, dict[str, jax.Array]]:
     """`train_chunk` for stacked seeds: (agents, data_rngs, infos [seeds, num_updates]); dataset shared."""
     axes = agent_axes(agents)
-    chunk = partial(train_chunk, batch_size=batch_size, num_updates=num_updates)
+    chunk = partial(train_chunk, batch_size=batch_size, num_updates=num_updates, sampling=sampling)
     return jax.vmap(chunk, in_axes=(axes, 0, None), out_axes=(axes, 0, 0))(agents, data_rngs, dataset)
 
 
-train_chunk_seeds_jit = jax.jit(train_chunk_seeds, static_argnames=("batch_size", "num_updates"), donate_argnums=(0, 1))
+train_chunk_seeds_jit = jax.jit(
+    train_chunk_seeds, static_argnames=("batch_size", "num_updates", "sampling"), donate_argnums=(0, 1)
+)
 """`train_chunk_seeds` compiled, the stacked agents and data keys donated."""
 
 
-def compile_chunk_seeds(agents: Any, data_rngs: jax.Array, dataset: Mapping[str, jax.Array], batch_size: int, n: int):
+def compile_chunk_seeds(
+    agents: Any,
+    data_rngs: jax.Array,
+    dataset: Mapping[str, jax.Array],
+    batch_size: int,
+    n: int,
+    sampling: Sampling = PLAIN,
+):
     """Ahead-of-time compiled `train_chunk_seeds`: call it as `chunk(agents, data_rngs, dataset)`."""
-    return train_chunk_seeds_jit.lower(agents, data_rngs, dataset, batch_size=batch_size, num_updates=n).compile()
+    lowered = train_chunk_seeds_jit.lower(
+        agents, data_rngs, dataset, batch_size=batch_size, num_updates=n, sampling=sampling
+    )
+    return lowered.compile()
 
 
 STRATEGIES = ("auto", "vmap", "loop")
@@ -190,12 +209,13 @@ class SeedRunner(Protocol):
 class SequentialSeeds:
     """Training states advanced in turn by the single-seed compiled chunk (a `SeedRunner`)."""
 
-    def __init__(self, states: Sequence[Mapping[str, Any]]):
+    def __init__(self, states: Sequence[Mapping[str, Any]], sampling: Sampling = PLAIN):
         self.states = [(st["agent"], jnp.asarray(st["data_rng"])) for st in states]
+        self.sampling = sampling
 
     def compile(self, dataset: Mapping[str, jax.Array], batch_size: int, n: int):
         self.states = [distinct_buffers(st) for st in self.states]
-        return compile_chunk(*self.states[0], dataset, batch_size, n)
+        return compile_chunk(*self.states[0], dataset, batch_size, n, self.sampling)
 
     def key(self, n: int) -> tuple[str, int, int]:
         return ("loop", 1, n)  # one program serves any number of seeds
@@ -224,22 +244,23 @@ class SequentialSeeds:
         return offline_state(self, i, step)
 
 
-def make_seed_runner(strategy: str, states: Sequence[Mapping[str, Any]]) -> SeedRunner:
-    """'loop' -> `SequentialSeeds`, 'vmap' -> `VmappedSeeds`."""
-    return VmappedSeeds(states) if strategy == "vmap" else SequentialSeeds(states)
+def make_seed_runner(strategy: str, states: Sequence[Mapping[str, Any]], sampling: Sampling = PLAIN) -> SeedRunner:
+    """'loop' -> `SequentialSeeds`, 'vmap' -> `VmappedSeeds`; batches drawn as `sampling` says."""
+    return VmappedSeeds(states, sampling) if strategy == "vmap" else SequentialSeeds(states, sampling)
 
 
 class VmappedSeeds:
     """The seeds' states stacked (step shared), advanced by one vmapped compiled chunk (a `SeedRunner`)."""
 
-    def __init__(self, states: Sequence[Mapping[str, Any]]):
+    def __init__(self, states: Sequence[Mapping[str, Any]], sampling: Sampling = PLAIN):
         self.agents = stack_agents([st["agent"] for st in states])
         self.data_rngs = jnp.stack([jnp.asarray(st["data_rng"]) for st in states])
         self.S = len(states)
+        self.sampling = sampling
 
     def compile(self, dataset, batch_size: int, n: int):
         self.agents, self.data_rngs = distinct_buffers((self.agents, self.data_rngs))
-        return compile_chunk_seeds(self.agents, self.data_rngs, dataset, batch_size, n)
+        return compile_chunk_seeds(self.agents, self.data_rngs, dataset, batch_size, n, self.sampling)
 
     def key(self, n: int) -> tuple[str, int, int]:
         return ("vmap", self.S, n)

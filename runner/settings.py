@@ -89,6 +89,14 @@ class TrainSettings:
     """Best-of-N candidates of the filmed cell."""
     video_size: int = option(256, check="video-size", spec=("eval", "video_size"), command="if-changed")
     """Width and height of the videos in pixels (a multiple of 16)."""
+    frame_stack: int | None = option(
+        None, check="optional-positive", spec=("train", "frame_stack"), record=("train", "frame_stack")
+    )
+    """Observations stacked per input, in training (on the device) and evaluation (default: 3 on pixel tasks, as the
+    released pixel commands' --frame_stack, 1 on state tasks)."""
+    p_aug: float | None = option(None, check="optional-probability", spec=("train", "p_aug"), record=("train", "p_aug"))
+    """Probability that a batch is randomly shifted by up to 3 pixels, on the device (default: 0.5 on pixel tasks,
+    as the released --p_aug; pixel tasks only)."""
     train_episodes: int | None = option(
         None, check="optional-positive", spec=("train", "train_episodes"), record=("dataset", "train_episodes")
     )
@@ -275,6 +283,9 @@ def check_value(f: dataclasses.Field, value: Any, name: str) -> None:
         check_positive(name, value)
     elif check == "optional-positive":
         check_positive(name, value, allow_none=True)
+    elif check == "optional-probability":
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1):
+            raise SorlError(f"{name}={value!r}: must be a probability in [0, 1]")
     elif check == "bool":
         if not isinstance(value, bool):
             raise SorlError(f"{name}={value!r}: must be true or false")

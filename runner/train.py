@@ -23,6 +23,7 @@ tests hand it fakes; by default they come from `agents` and `envs`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import math
@@ -40,6 +41,8 @@ from runner.checkpoint import Checkpointer
 from runner.evaluation import EnvPool, MakeEnv, evaluate, format_grid, grid_note, validate_grid
 from runner.multiseed import SeedRunner, make_seed_runner, parse_seeds, resolve_strategy, seed_run_dir
 from runner.online import OnlineSeeds, online_template, resize_online_state
+from runner.pixels import FrameStackedEnvs, example_observation
+from runner.pixels import pipeline as pixel_pipeline
 from runner.runs import RESULT_KEYS
 from runner.settings import TrainSettings
 from runner.tracking import MultiSink, Tracking
@@ -221,6 +224,16 @@ class Trainer:
         )
         self.seeds, self.run_dir_of, self.strategy = list(seeds), run_dir_of, strategy
         self.load_task, self.make_env = load_task, make_env
+        # Frame stacking and augmentation happen on the device (runner.pixels); evaluation stacks frames too, and
+        # renders pixel observations in spawned workers.
+        self.pixels = task_info.env.pixels
+        self.sampling = pixel_pipeline(task_info.env, self.settings, self.config)
+        if self.pixels:  # evaluation renders: no headless renderer is one line now, not after the training
+            from envs.rendering import gl_backend
+
+            gl_backend()
+        if self.sampling.frame_stack > 1:
+            self.make_env = FrameStackedEnvs(self.sampling.frame_stack, make_env)
         self.inject_nan_at = safety.nan_test_step_from_env() if inject_nan_at is None else inject_nan_at
         self.runs: list[SeedRun] = []
         self.stop = safety.GracefulStop()  # SIGTERM/SIGINT: checkpoint at the next logged step, then exit
@@ -280,7 +293,11 @@ class Trainer:
             self.runs.append(sr)
 
     def check_same_run(self, run: runs.RunDir, previous: Mapping[str, Any]) -> None:
-        if previous.get("agent_config") != _plain(config_to_dict(self.config)):
+        try:  # a setting added since that run was written takes its (legacy) default there, e.g. `encoder`
+            recorded = _plain(config_to_dict(config_from_dict(type(self.config), previous.get("agent_config") or {})))
+        except SorlError:
+            recorded = previous.get("agent_config")
+        if recorded != _plain(config_to_dict(self.config)):
             raise SorlError(
                 f"run directory {run.path} holds a run of {self.agent} with a different agent config; "
                 "choose another --run-dir or delete that one"
@@ -315,7 +332,13 @@ class Trainer:
                 "bytes": dataset_nbytes(self.dataset),
                 **recorded.get("dataset", {}),
             },
-            "train": {**recorded["train"], "batch_size": int(self.config.batch_size)},
+            "train": {
+                **recorded["train"],
+                "batch_size": int(self.config.batch_size),
+                # the values used, where --frame-stack / --p-aug were left to the task's default
+                "frame_stack": self.sampling.frame_stack,
+                "p_aug": self.sampling.p_aug,
+            },
             "eval": {**recorded["eval"], "seed": seed, "success_unit": runs.SUCCESS_UNIT},
             **({"online": recorded["online"]} if self.settings.online_steps else {}),
         }
@@ -335,10 +358,10 @@ class Trainer:
         del val_data
         if hasattr(env, "close"):
             env.close()
-        self.example_obs = np.asarray(train_data["observations"][:1], np.float32)
+        self.example_obs = example_observation(train_data["observations"], self.sampling.frame_stack)
         self.example_act = np.asarray(train_data["actions"][:1], np.float32)
         # Agents that need more than the standard batch keys (ReBRAC's next dataset action) derive them here.
-        self.dataset = self.agent_cls.prepare_dataset(to_device(train_data))
+        self.dataset = self.agent_cls.prepare_dataset(to_device(train_data, frame_stack=self.sampling.frame_stack))
 
     def validation_data(self, val_data: Mapping[str, np.ndarray] | None) -> Mapping[str, jax.Array]:
         if val_data is None or not len(val_data.get("observations", ())):
@@ -346,7 +369,7 @@ class Trainer:
                 f"--validation-interval: {self.task_name} has no validation dataset (-val.npz) in the data "
                 "directory; regenerate it with `sorl data generate` or train without --validation-interval"
             )
-        return self.agent_cls.prepare_dataset(to_device(val_data))
+        return self.agent_cls.prepare_dataset(to_device(val_data, frame_stack=self.sampling.frame_stack))
 
     def resume(self, sr: SeedRun, first: bool = False) -> None:
         """A seed's state at its last checkpoint (or step 0), its config.json, logs cut back to that step."""
@@ -430,7 +453,7 @@ class Trainer:
         states = [sr.state for sr in seed_runs]
         g = Group(seed_runs, start, None, desc, compile_before=self.compile_s)  # type: ignore[arg-type]
         online = start > self.settings.steps or (start == self.settings.steps and self.settings.online_steps)
-        g.runner = self.online_runner(g, states) if online else make_seed_runner(self.strategy, states)
+        g.runner = self.online_runner(g, states) if online else make_seed_runner(self.strategy, states, self.sampling)
         for sr in seed_runs:
             sr.state = None  # the runner holds the states from here on
         if self.settings.progress:
@@ -547,7 +570,7 @@ class Trainer:
             key = validation_key(sr.seed, step)
             infos = validation_losses_jit(
                 g.runner.agent(i), self.val_dataset, key, batch_size=int(self.config.batch_size),
-                num_batches=s.validation_batches,
+                num_batches=s.validation_batches, sampling=self.sampling,
             )  # fmt: skip
             infos = jax.device_get(infos)
             row = {"step": step, **{f"val/{k}": float(v) for k, v in infos.items() if "loss" in k}}
@@ -562,14 +585,21 @@ class Trainer:
         """The evaluation environments, started on first use and shared by every evaluation of the job."""
         if self._pool is None:
             s = self.settings
-            self._pool = EnvPool(
-                self.task_name,
-                min(s.eval_episodes, s.eval_envs or s.eval_episodes),
-                workers=s.eval_workers,
-                success_timing=s.success_timing,
-                max_episode_steps=s.eval_max_episode_steps,
-                make_env=self.make_env,
-            )
+            render = contextlib.nullcontext()
+            if self.pixels:  # observations are rendered: in spawned workers, with a backend that works here
+                from envs.rendering import gl_backend, gl_environment
+
+                render = gl_environment(gl_backend())
+            with render:
+                self._pool = EnvPool(
+                    self.task_name,
+                    min(s.eval_episodes, s.eval_envs or s.eval_episodes),
+                    workers=s.eval_workers,
+                    success_timing=s.success_timing,
+                    max_episode_steps=s.eval_max_episode_steps,
+                    make_env=self.make_env,
+                    spawn_always=self.pixels,
+                )
         return self._pool
 
     def evaluate(self, g: Group, step: int) -> None:

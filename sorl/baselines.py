@@ -36,7 +36,7 @@ from sorl.inference import (
     aggregate,  # noqa: F401 - re-exported: agents call B.aggregate
     best_of_n,
 )
-from sorl.networks import MLP, CriticEnsemble, default_init
+from sorl.networks import MLP, CriticEnsemble, default_init, encoder_module
 from sorl.optim import ModuleOptimizer, ema_targets, joint_update, prefixed  # noqa: F401 - re-exported
 from sorl.validation import check_config
 
@@ -62,6 +62,7 @@ class BaselineConfig:
     discount: float = 0.99
     tau: float = 0.005
     num_critics: int = 2
+    encoder: str | None = None  # image encoder of pixel tasks, one per network ('impala_small' in the reference)
 
     def validate(self) -> None:
         check_config(self)
@@ -77,6 +78,7 @@ def critic_def(config: BaselineConfig, num_members: int | None = None) -> Critic
         hidden_dims=hidden_dims(config.value_layer_size, config.value_num_layers),
         layer_norm=config.layer_norm,
         num_members=config.num_critics if num_members is None else num_members,
+        encoder=getattr(config, "encoder", None),
     )
 
 
@@ -93,9 +95,12 @@ class ActorHead(nn.Module):
     layer_norm: bool = False
     final_init_scale: float = 1e-2
     const_std: bool = True
+    encoder: str | None = None
 
     @nn.compact
     def __call__(self, observations: Array) -> tuple[Array, Array]:
+        if self.encoder is not None:  # the actor's own encoder (the reference gives every network one)
+            observations = encoder_module(self.encoder)(observations)
         x = MLP(tuple(self.hidden_dims), activate_final=True, layer_norm=self.layer_norm)(observations)
         mean = nn.Dense(self.action_dim, kernel_init=default_init(self.final_init_scale))(x)
         if self.const_std:
@@ -113,6 +118,7 @@ def actor_head(config: Any, action_dim: int) -> ActorHead:
         layer_norm=config.actor_layer_norm,
         final_init_scale=config.actor_fc_scale,
         const_std=getattr(config, "const_std", True),
+        encoder=getattr(config, "encoder", None),
     )
 
 

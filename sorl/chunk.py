@@ -13,22 +13,29 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from sorl.data import sample_batch
+from sorl.data import PLAIN, Sampling, sample_batch
 
 # Donation is a no-op where the backend cannot donate; that is not worth a warning per compile.
 warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
 
 
 def train_chunk(
-    agent: Any, data_rng: jax.Array, dataset: Mapping[str, jax.Array], *, batch_size: int, num_updates: int
+    agent: Any,
+    data_rng: jax.Array,
+    dataset: Mapping[str, jax.Array],
+    *,
+    batch_size: int,
+    num_updates: int,
+    sampling: Sampling = PLAIN,
 ) -> tuple[Any, jax.Array, dict[str, jax.Array]]:
-    """`num_updates` updates on batches drawn from `dataset`: (agent, data_rng, infos stacked [num_updates])."""
+    """`num_updates` updates on batches drawn from `dataset` (frame stacking and augmentation as `sampling`
+    says, on the device): (agent, data_rng, infos stacked [num_updates])."""
 
     def body(carry, _):
         agent, rng = carry
         rng, key = jax.random.split(rng)
         # The agent contract's training step (sorl.agent; SORL: K from the schedule shared by seeds).
-        agent, info = agent.train_update(sample_batch(dataset, key, batch_size))
+        agent, info = agent.train_update(sample_batch(dataset, key, batch_size, sampling))
         return (agent, rng), info
 
     (agent, data_rng), infos = jax.lax.scan(body, (agent, data_rng), None, length=num_updates)
@@ -36,30 +43,46 @@ def train_chunk(
 
 
 def validation_losses(
-    agent: Any, dataset: Mapping[str, jax.Array], key: jax.Array, *, batch_size: int, num_batches: int
+    agent: Any,
+    dataset: Mapping[str, jax.Array],
+    key: jax.Array,
+    *,
+    batch_size: int,
+    num_batches: int,
+    sampling: Sampling = PLAIN,
 ) -> dict[str, jax.Array]:
     """The agent's own logged values on `num_batches` batches of `dataset` (means), without keeping the update:
     each batch goes through the training step and only its infos are kept, so a validation loss is exactly the
     training loss on held-out data."""
 
     def body(_, k):
-        _, info = agent.train_update(sample_batch(dataset, k, batch_size))
+        _, info = agent.train_update(sample_batch(dataset, k, batch_size, sampling))
         return None, info
 
     _, infos = jax.lax.scan(body, None, jax.random.split(key, num_batches))
     return jax.tree.map(lambda x: x.mean(axis=0), infos)
 
 
-validation_losses_jit = jax.jit(validation_losses, static_argnames=("batch_size", "num_batches"))
+validation_losses_jit = jax.jit(validation_losses, static_argnames=("batch_size", "num_batches", "sampling"))
 
 
-train_chunk_jit = jax.jit(train_chunk, static_argnames=("batch_size", "num_updates"), donate_argnums=(0, 1))
+train_chunk_jit = jax.jit(train_chunk, static_argnames=("batch_size", "num_updates", "sampling"), donate_argnums=(0, 1))
 """`train_chunk` compiled, with the agent and the data key donated (their buffers are reused in place)."""
 
 
-def compile_chunk(agent: Any, data_rng: jax.Array, dataset: Mapping[str, jax.Array], batch_size: int, num_updates: int):
+def compile_chunk(
+    agent: Any,
+    data_rng: jax.Array,
+    dataset: Mapping[str, jax.Array],
+    batch_size: int,
+    num_updates: int,
+    sampling: Sampling = PLAIN,
+):
     """Ahead-of-time compiled chunk: call it as `chunk(agent, data_rng, dataset)`."""
-    return train_chunk_jit.lower(agent, data_rng, dataset, batch_size=batch_size, num_updates=num_updates).compile()
+    lowered = train_chunk_jit.lower(
+        agent, data_rng, dataset, batch_size=batch_size, num_updates=num_updates, sampling=sampling
+    )
+    return lowered.compile()
 
 
 def distinct_buffers(tree: Any) -> Any:

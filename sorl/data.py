@@ -3,11 +3,28 @@
 A dataset is a plain dict of `jax.Array`s with a common leading dimension (the transitions). It lives on
 the accelerator for the whole run; batches are drawn with `jax.random` inside the compiled training
 chunk, so no host round-trip happens per update.
+
+Pixel observations (OGBench's visual-* tasks, `[N, 64, 64, 3]` uint8 in the files) stay uint8 on the device,
+flattened to `[N, 64*64*3]` so that every network and sampler sees observations as `[*batch, dim]` vectors; the
+image encoders (`sorl.networks`) restore the images and divide by 255. State observations are float32.
+
+`Sampling` adds what the reference's `Dataset.sample` does on the host, here inside the compiled chunk:
+
+- frame stacking (`frame_stack` F > 1): a batch observation is the F frames ending at the sampled step,
+  `[o[t-F+1], ..., o[t]]` concatenated on the last axis (frame-major), and the next observation is
+  `[o[t-F+2], ..., o[t], o'[t]]`; a frame before the episode's first repeats the first (the reference's
+  clamping to the episode's initial index). The episode starts come from the dataset's terminals
+  (`to_device(..., frame_stack=F)` stores them as the index key `episode_starts`);
+- random-shift augmentation (`p_aug`): with probability `p_aug` per batch (one coin per batch, as the
+  reference), every image of the batch (observation and next observation, all stacked frames alike) is padded
+  by `AUG_PAD` pixels repeating its edge and cropped back at a random offset drawn per transition: a shift of at
+  most `AUG_PAD` pixels in each direction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -23,11 +40,40 @@ ACTION_CLIP = 1.0 - 1e-5
 
 Dataset = dict[str, jax.Array]
 
+INDEX_KEYS = ("episode_starts",)
+"""Dataset keys the sampler reads but batches do not carry."""
 
-def to_device(data: Mapping[str, np.ndarray], keys: tuple[str, ...] = BATCH_KEYS) -> Dataset:
-    """Put the training keys of a loaded dataset on the default device as float32 arrays.
+AUG_PAD = 3
+"""Pixels of the random shift: the reference's `Dataset.augment` (FQL `utils/datasets.py`) pads by 3 ('edge')
+and crops back at an offset in [0, 6]."""
 
-    Actions are clipped to `+-ACTION_CLIP`; keys other than `keys` (terminals, qpos, ...) are dropped.
+
+@dataclass(frozen=True)
+class Sampling:
+    """How batches are drawn beyond uniform rows (static: one compiled chunk per value). The default draws
+    exactly what `sample_batch` always drew, from the same key."""
+
+    frame_stack: int = 1
+    """Frames per observation (1: none)."""
+    p_aug: float = 0.0
+    """Probability that a batch is augmented by random shifts (0: never)."""
+    image_shape: tuple[int, int, int] | None = None
+    """(H, W, C) of one frame of flattened pixel observations; None for state observations (no augmentation)."""
+
+    @property
+    def plain(self) -> bool:
+        return self.frame_stack == 1 and self.p_aug == 0.0
+
+
+PLAIN = Sampling()
+
+
+def to_device(data: Mapping[str, np.ndarray], keys: tuple[str, ...] = BATCH_KEYS, frame_stack: int = 1) -> Dataset:
+    """Put the training keys of a loaded dataset on the default device as float32 arrays (uint8 pixel
+    observations stay uint8, flattened: see the module docstring).
+
+    Actions are clipped to `+-ACTION_CLIP`; keys other than `keys` (terminals, qpos, ...) are dropped. With
+    `frame_stack` > 1 the episode starts (from `terminals`) are kept too, as `episode_starts`.
     """
     missing = [k for k in keys if k not in data]
     if missing:
@@ -39,11 +85,31 @@ def to_device(data: Mapping[str, np.ndarray], keys: tuple[str, ...] = BATCH_KEYS
         raise SorlError("the dataset is empty")
     out: Dataset = {}
     for k in keys:
-        arr = np.asarray(data[k], dtype=np.float32)
+        if is_pixels(data[k]):
+            arr = np.asarray(data[k]).reshape(len(data[k]), -1)  # uint8 kept: a quarter of float32's memory
+        else:
+            arr = np.asarray(data[k], dtype=np.float32)
         if k == "actions":
             arr = np.clip(arr, -ACTION_CLIP, ACTION_CLIP)
         out[k] = jnp.asarray(arr)
+    if frame_stack > 1:
+        if "terminals" not in data:
+            raise SorlError("frame stacking needs the dataset's terminals (episode ends); the dataset has none")
+        out["episode_starts"] = jnp.asarray(episode_starts(np.asarray(data["terminals"])))
     return out
+
+
+def is_pixels(arr: np.ndarray | jax.Array) -> bool:
+    """Whether `arr` holds images: uint8 `[N, H, W, C]` (OGBench's pixel observations)."""
+    return arr.dtype == np.uint8 and arr.ndim == 4
+
+
+def episode_starts(terminals: np.ndarray) -> np.ndarray:
+    """int32 `[N]`: the index of the first transition of each transition's episode. `terminals[i]` marks the last
+    transition of an episode (ogbench's layout), so an episode starts at 0 and after every terminal."""
+    n = len(terminals)
+    is_start = np.concatenate([[True], np.asarray(terminals[:-1]) > 0])
+    return np.maximum.accumulate(np.where(is_start, np.arange(n), 0)).astype(np.int32)
 
 
 def dataset_size(dataset: Mapping[str, jax.Array]) -> int:
@@ -56,10 +122,78 @@ def dataset_nbytes(dataset: Mapping[str, jax.Array]) -> int:
     return int(sum(v.size * v.dtype.itemsize for v in dataset.values()))
 
 
-def sample_batch(dataset: Mapping[str, jax.Array], rng: jax.Array, batch_size: int) -> Dataset:
-    """`batch_size` transitions drawn uniformly with replacement (jittable; `batch_size` static)."""
+def sample_batch(
+    dataset: Mapping[str, jax.Array], rng: jax.Array, batch_size: int, sampling: Sampling = PLAIN
+) -> Dataset:
+    """`batch_size` transitions drawn uniformly with replacement, stacked and augmented as `sampling` says
+    (jittable; `batch_size` and `sampling` static)."""
     n = next(iter(dataset.values())).shape[0]
-    return take_rows(dataset, jax.random.randint(rng, (batch_size,), 0, n), tuple(dataset))
+    keys = tuple(k for k in dataset if k not in INDEX_KEYS)
+    if sampling.plain:
+        return take_rows(dataset, jax.random.randint(rng, (batch_size,), 0, n), keys)
+    idx_rng, aug_rng = jax.random.split(rng)
+    idx = jax.random.randint(idx_rng, (batch_size,), 0, n)
+    batch = take_rows(dataset, idx, keys)
+    if sampling.frame_stack > 1:
+        batch.update(stack_frames(dataset, idx, batch["next_observations"], sampling.frame_stack))
+    if sampling.p_aug > 0:
+        batch = maybe_augment(batch, aug_rng, sampling.p_aug, sampling.image_shape)
+    return batch
+
+
+def stack_frames(
+    dataset: Mapping[str, jax.Array], idx: jax.Array, next_observations: jax.Array, frame_stack: int
+) -> Dataset:
+    """{observations, next_observations} of transitions `idx` with `frame_stack` frames each (module docstring)."""
+    if "episode_starts" not in dataset:
+        raise ValueError("frame stacking needs `episode_starts`: put the dataset on the device with to_device(..., "
+                         "frame_stack=F)")  # fmt: skip
+    start = jnp.take(dataset["episode_starts"], idx, axis=0)
+    frames = [
+        jnp.take(dataset["observations"], jnp.maximum(idx - back, start), axis=0)
+        for back in range(frame_stack - 1, -1, -1)
+    ]  # o[t-F+1], ..., o[t], clamped to the episode's first step
+    return {
+        "observations": jnp.concatenate(frames, axis=-1),
+        "next_observations": jnp.concatenate([*frames[1:], next_observations], axis=-1),
+    }
+
+
+def random_shift(images: jax.Array, offsets: jax.Array, pad: int = AUG_PAD) -> jax.Array:
+    """`images` `[B, H, W, C]` padded by `pad` (edge values) and cropped back at `offsets` `[B, 2]` (in
+    [0, 2 pad]): each image moved by `offsets - pad` pixels, the reference's `batched_random_crop`."""
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+
+    def crop(img: jax.Array, offset: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_slice(img, (offset[0], offset[1], 0), images.shape[1:])
+
+    return jax.vmap(crop)(padded, offsets)
+
+
+def maybe_augment(batch: Dataset, rng: jax.Array, p_aug: float, image_shape: tuple[int, int, int] | None) -> Dataset:
+    """With probability `p_aug`, the batch's flattened images shifted at random (the same shift for a
+    transition's observation, next observation and all their frames); otherwise the batch unchanged."""
+    if image_shape is None:
+        raise ValueError("random-shift augmentation needs pixel observations (Sampling.image_shape)")
+    coin_rng, offset_rng = jax.random.split(rng)
+    B = batch["observations"].shape[0]
+    offsets = jax.random.randint(offset_rng, (B, 2), 0, 2 * AUG_PAD + 1)
+    H, W, C = image_shape
+
+    def shift(x: jax.Array) -> jax.Array:
+        frames = x.shape[-1] // (H * W * C)
+        # Frames side by side on the channel axis: one shift moves them all.
+        imgs = jnp.moveaxis(x.reshape(B, frames, H, W, C), 1, 3).reshape(B, H, W, frames * C)
+        out = random_shift(imgs, offsets)
+        return jnp.moveaxis(out.reshape(B, H, W, frames, C), 3, 1).reshape(x.shape)
+
+    keys = ("observations", "next_observations")
+
+    def augmented(b: Dataset) -> Dataset:
+        return {**b, **{k: shift(b[k]) for k in keys}}
+
+    # lax.cond: an unaugmented batch pays nothing for the shifts (under vmap over seeds it becomes a select).
+    return jax.lax.cond(jax.random.uniform(coin_rng) < p_aug, augmented, lambda b: dict(b), batch)
 
 
 def take_rows(arrays: Mapping[str, jax.Array], idx: jax.Array, keys: tuple[str, ...]) -> Dataset:

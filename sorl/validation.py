@@ -19,6 +19,9 @@ from typing import Any
 
 from sorl.errors import SorlError
 
+ENCODER_NAMES = ("impala", "impala_small", "impala_debug")
+"""Image encoders `--agent.encoder` accepts (`sorl.networks.ENCODERS`); None feeds observations to the MLPs as is."""
+
 Rule = tuple[Callable[[Any], bool], str]
 RULES: dict[str, Rule] = {}
 """Setting name -> (is the value valid, what a valid value is)."""
@@ -76,6 +79,7 @@ rule(
 )
 rule(["actor_num_layers", "value_num_layers"], lambda v: is_integer(v) and v >= 0, "must be a non-negative integer")
 rule(["q_agg"], lambda v: v in ("mean", "min"), "must be 'mean' or 'min'")
+rule(["encoder"], lambda v: v is None or v in ENCODER_NAMES, f"must be none or one of {', '.join(ENCODER_NAMES)}")
 rule(
     ["layer_norm", "actor_layer_norm", "normalize_q_loss", "const_std", "shared_adam", "released_update"],
     lambda v: isinstance(v, bool),

@@ -41,7 +41,7 @@ REFERENCE_KEYS = [
 
 def test_keys_and_defaults_follow_the_reference():
     names = [f.name for f in dataclasses.fields(SORLConfig)]
-    assert names == [*REFERENCE_KEYS, "num_critics", "released_update"]
+    assert names == [*REFERENCE_KEYS, "num_critics", "released_update", "encoder"]  # encoder: pixel tasks
     c = SORLConfig()
     assert (c.lr, c.grad_clip_norm, c.optimizer_beta1, c.optimizer_beta2, c.batch_size) == (1e-4, 1.0, 0.9, 0.999, 256)
     assert (c.actor_layer_size, c.actor_num_layers, c.value_layer_size, c.value_num_layers) == (512, 4, 512, 4)

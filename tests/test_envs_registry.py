@@ -31,6 +31,8 @@ EXPECTED = {
     "scene-play",
     *(f"puzzle-{n}-play" for n in ("3x3", "4x4", "4x5", "4x6")),
 }
+# Every manipulation environment's pixel-based twin (ogbench's visual-* ids).
+EXPECTED |= {f"visual-{name}" for name in EXPECTED if name.startswith(("cube", "scene", "puzzle"))}
 
 
 def test_registry_covers_ogbench_singletask_environments():
@@ -50,7 +52,8 @@ def test_default_tasks_match_ogbench():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for spec in ENVIRONMENTS.values():
-            env = gymnasium.make(spec.singletask_env_id())
+            # A pixel env's checker would render (no OpenGL context here): its task ids need no frame.
+            env = gymnasium.make(spec.singletask_env_id(), disable_env_checker=spec.pixels)
             assert env.unwrapped._reward_task_id == spec.default_task, spec.name
             assert env.unwrapped.num_tasks == spec.num_tasks == 5
             env.close()
