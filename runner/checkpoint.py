@@ -186,8 +186,8 @@ class Checkpointer:
             return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), dict(tree))
         except Exception as e:  # noqa: BLE001 - orbax reports a missing or damaged item in many ways
             raise SorlError(
-                f"checkpoint {step} in {self.directory} is unreadable ({_one_line(e)}); retrain or point to the right "
-                "run directory"
+                f"checkpoint {step} in {self.directory} is corrupt or unreadable ({_one_line(e)}); retrain or point "
+                "to the right run directory"
             ) from None
 
     def close(self) -> None:
