@@ -405,9 +405,9 @@ class Trainer:
             sr.state["online"] = online
         if sr.start:
             sr.state = sr.ckpt.restore(sr.state, sr.start)
+            print(f"continuing {sr.run.path} from its checkpoint at step {sr.start}", flush=True)
         if sr.start > s.steps:
             sr.state["online"] = resize_online_state(sr.state["online"], sr.start - s.steps, s.online_steps, sr.run)
-            print(f"continuing {sr.run.path} from its checkpoint at step {sr.start}", flush=True)
         sr.step = sr.start
         # rows logged after the checkpoint (or cut short) by a killed run go; a stale "failed" result too
         sr.train_log.truncate_after(sr.start)
