@@ -148,7 +148,12 @@ def _timed(fn: Callable[[], Any], reps: int) -> list[float]:
 def synthetic_dataset(n: int, obs_dim: int = OBS_DIM, action_dim: int = ACTION_DIM, seed: int = 0):
     """Host arrays shaped like a loaded OGBench dataset (float32), `n` transitions."""
     rng = np.random.default_rng(seed)
-    obs = rng.standard_normal((n, obs_dim), dtype=np.float32)
+    return _transitions(rng, rng.standard_normal((n, obs_dim), dtype=np.float32), action_dim)
+
+
+def _transitions(rng: np.random.Generator, obs: np.ndarray, action_dim: int) -> dict[str, np.ndarray]:
+    """Random actions, rewards (-1 nine times in ten) and masks around `obs`; next observations are the next rows."""
+    n = len(obs)
     return {
         "observations": obs,
         "actions": rng.uniform(-1, 1, (n, action_dim)).astype(np.float32),
@@ -165,14 +170,8 @@ def synthetic_pixel_dataset(n: int, episode: int = 100, action_dim: int = ACTION
 
     rng = np.random.default_rng(seed)
     obs = rng.integers(0, 256, (n, *PIXEL_OBSERVATION), dtype=np.uint8)
-    return {
-        "observations": obs,
-        "actions": rng.uniform(-1, 1, (n, action_dim)).astype(np.float32),
-        "rewards": -(rng.random(n) < 0.9).astype(np.float32),
-        "masks": (rng.random(n) > 0.01).astype(np.float32),
-        "next_observations": np.roll(obs, -1, axis=0),
-        "terminals": (np.arange(n) % episode == episode - 1).astype(np.float32),
-    }
+    terminals = (np.arange(n) % episode == episode - 1).astype(np.float32)
+    return {**_transitions(rng, obs, action_dim), "terminals": terminals}
 
 
 def agent_setup(agent: str, size: Size, overrides: Mapping[str, str] | None = None, env: str = "cube-single-play"):
