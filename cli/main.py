@@ -200,6 +200,7 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
     Writes scaling.json and scaling.csv in the run directory and prints the table.
     """
     from runner import evaluation, runs
+    from runner.pixels import eval_pool, run_observations
     from runner.tracking import Tracking
     from runner.train import load_run
 
@@ -235,19 +236,13 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
         f"{args.episodes} episodes, success_timing={timing}",
         flush=True,
     )
-    grid = evaluation.evaluate(
-        agent,
-        cfg["task"],
-        Ks,
-        Ns,
-        args.episodes,
-        seed=args.seed,
-        workers=args.workers,
-        success_timing=timing,
-        max_episode_steps=max_steps,
-        envs=envs,
-        progress=True,
-    )
+    pixels, frame_stack = run_observations(cfg)  # evaluated as its training evaluated it: frames stacked, rendered
+    pool = eval_pool(
+        cfg["task"], min(args.episodes, envs or args.episodes), renders=pixels, frame_stack=frame_stack,
+        workers=args.workers, success_timing=timing, max_episode_steps=max_steps,
+    )  # fmt: skip
+    with pool:
+        grid = evaluation.evaluate(agent, cfg["task"], Ks, Ns, args.episodes, seed=args.seed, pool=pool, progress=True)
     run.write_scaling(cfg, step, grid, eval_seed=args.seed, episodes=args.episodes, max_episode_steps=max_steps)
     if tracking:
         sink = tracking.open(run.path, cfg)  # appends: the training run's tracker run continues
@@ -279,12 +274,15 @@ def film_from_cli(
 ) -> None:
     """`--video-episodes`: film the video cell's episodes of the evaluation seed into RUN_DIR/videos/."""
     from runner import video
+    from runner.pixels import run_observations
 
     K = args.video_K or video.default_video_K(Ks, agent.max_K)
+    pixels, frame_stack = run_observations(cfg)
     print(f"filming {args.video_episodes} episodes of K={K} N={args.video_N} ({args.video_size}px)", flush=True)
     videos = video.record_episodes(
         agent, cfg["task"], args.run_dir, step=step, K=K, N=args.video_N, episodes=args.video_episodes,
         seed=args.seed, success_timing=timing, max_episode_steps=max_steps, size=args.video_size, workers=args.workers,
+        pixels=pixels, frame_stack=frame_stack,
     )  # fmt: skip
     print("\n".join(video.describe(videos)))
 

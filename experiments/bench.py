@@ -269,6 +269,13 @@ def update_flops(agent, batch) -> dict[str, Any]:
     }
 
 
+def network_shape(config) -> str:
+    """The trained networks' depth x width as the config has them (--agent.* overrides included)."""
+    actor = f"{config.actor_num_layers}x{config.actor_layer_size}"
+    value = f"{getattr(config, 'value_num_layers', None)}x{getattr(config, 'value_layer_size', None)}"
+    return actor if value in (actor, "NonexNone") else f"actor {actor}, value {value}"
+
+
 def bench_training(
     agent_name: str, size: Size, overrides, dataset, peak: float, env: str = "cube-single-play", sampling=None
 ) -> dict[str, Any]:
@@ -295,7 +302,7 @@ def bench_training(
         "encoder": getattr(config, "encoder", None),
         "frame_stack": sampling.frame_stack,
         "p_aug": sampling.p_aug,
-        "networks": f"{size.layers}x{size.width}",
+        "networks": network_shape(config),
         "batch_size": config.batch_size,
         "chunk_updates": size.chunk,
         "compile_s": compile_s,

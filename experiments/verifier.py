@@ -30,6 +30,7 @@ import numpy as np
 
 from runner import runs
 from runner.evaluation import episode_seed
+from runner.pixels import run_observations
 from runner.train import load_run
 from sorl.errors import SorlError
 
@@ -100,6 +101,10 @@ def verifier_quality(
 
     run = runs.RunDir(run_dir)
     cfg = run.read_config()
+    pixels, frame_stack = run_observations(cfg)
+    if pixels or frame_stack > 1:  # the rollouts restart copies from a physics state, which holds no frame history
+        what = "pixel observations" if pixels else f"{frame_stack} stacked frames"
+        raise SorlError(f"{run.path} was trained on {what}: the verifier probe handles state observations only")
     agent, step = load_run(run)
     if not hasattr(agent, "aggregated_q"):
         raise SorlError(f"{run.path}: agent {runs.agent_name(cfg)!r} has no Q verifier (best-of-N); probe a SORL run")

@@ -9,6 +9,9 @@
   are (`sorl.data`): the last F observations, frame-major and flattened, the first one repeated at a reset (the
   reference's `FrameStackWrapper`). They wrap each environment inside the evaluation worker process.
 - `example_observation`: the shape the agent's networks are initialised with (one stacked, flattened row).
+- `run_observations` / `eval_pool`: a trained run's observations (pixels? frames stacked?) read back from its
+  config.json, and the evaluation environments that match them: what `sorl eval` and the videos use, so a run is
+  evaluated after training exactly as its training evaluated it.
 
 Pixel observations are rendered in the evaluation workers (always spawned processes, whose MUJOCO_GL is the
 backend `envs.rendering.gl_backend` found), never in the training process.
@@ -16,13 +19,15 @@ backend `envs.rendering.gl_backend` found), never in the training process.
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from envs.registry import PIXEL_FRAME_STACK, PIXEL_P_AUG, EnvSpec
-from runner.evaluation import MakeEnv, _make_env
+from runner.evaluation import EnvPool, MakeEnv, _make_env
 from runner.settings import TrainSettings
 from sorl.data import PLAIN, Sampling
 from sorl.errors import SorlError
@@ -41,12 +46,13 @@ def pipeline(spec: EnvSpec, settings: TrainSettings, config: Any) -> Sampling:
             f"{spec.name} has pixel observations: give the agent an image encoder (--agent.encoder=impala_small, "
             "the default on pixel tasks; it was overridden with none)"
         )
-    if spec.pixels or frame_stack > 1:
+    if (spec.pixels or frame_stack > 1) and settings.online_steps:
         what = "pixel tasks" if spec.pixels else "--frame-stack"
-        if settings.online_steps:
-            raise SorlError(f"--online-steps is not supported with {what} yet: train offline only")
-        if settings.video_episodes:
-            raise SorlError(f"--video-episodes is not supported with {what} yet: leave it out")
+        raise SorlError(f"--online-steps is not supported with {what} yet: train offline only")
+    if spec.pixels and settings.video_episodes:
+        from runner.video import check_video_size
+
+        check_video_size(settings.video_size, pixels=True)
     if frame_stack == 1 and p_aug == 0.0:
         return PLAIN  # exactly the sampler of a run without these options
     return Sampling(frame_stack=frame_stack, p_aug=p_aug, image_shape=PIXEL_OBSERVATION if spec.pixels else None)
@@ -106,3 +112,35 @@ class FrameStackedEnvs:
 
     def __call__(self, task_name: str, success_timing: str, max_episode_steps: int | None) -> FrameStack:
         return FrameStack(self.make_env(task_name, success_timing, max_episode_steps), self.frames)
+
+
+def run_observations(cfg: Mapping[str, Any]) -> tuple[bool, int]:
+    """(pixels, frame_stack) of a trained run, from its config.json: whether its task renders its observations,
+    and the frames each observation stacks (1 for runs recorded before frame stacking existed)."""
+    from envs.registry import resolve_task
+
+    return resolve_task(cfg["task"]).env.pixels, int(cfg.get("train", {}).get("frame_stack") or 1)
+
+
+def eval_pool(
+    task_name: str,
+    num_envs: int,
+    *,
+    renders: bool,
+    frame_stack: int,
+    make_env: MakeEnv | None = None,
+    **pool_kwargs: Any,
+) -> EnvPool:
+    """`num_envs` evaluation environments of `task_name` whose observations are the ones the agent trained on:
+    `frame_stack` frames stacked in the workers. Environments that render (pixel tasks, recorders) run in spawned
+    workers with the headless backend found here (`envs.rendering`). `make_env` builds the unstacked environment
+    (default: the task's OGBench one); `pool_kwargs` go to `EnvPool` (workers, success_timing, max_episode_steps)."""
+    if frame_stack > 1:
+        make_env = FrameStackedEnvs(frame_stack, make_env)
+    render = contextlib.nullcontext()
+    if renders:
+        from envs.rendering import gl_backend, gl_environment
+
+        render = gl_environment(gl_backend())
+    with render:  # the spawned workers copy MUJOCO_GL when they start
+        return EnvPool(task_name, num_envs, make_env=make_env, spawn_always=renders, **pool_kwargs)

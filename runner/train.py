@@ -23,7 +23,6 @@ tests hand it fakes; by default they come from `agents` and `envs`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.metadata
 import math
@@ -41,7 +40,7 @@ from runner.checkpoint import Checkpointer
 from runner.evaluation import EnvPool, MakeEnv, evaluate, format_grid, grid_note, validate_grid
 from runner.multiseed import SeedRunner, make_seed_runner, parse_seeds, resolve_strategy, seed_run_dir
 from runner.online import OnlineSeeds, online_template, resize_online_state
-from runner.pixels import FrameStackedEnvs, example_observation
+from runner.pixels import eval_pool, example_observation
 from runner.pixels import pipeline as pixel_pipeline
 from runner.runs import RESULT_KEYS
 from runner.settings import TrainSettings
@@ -232,8 +231,6 @@ class Trainer:
             from envs.rendering import gl_backend
 
             gl_backend()
-        if self.sampling.frame_stack > 1:
-            self.make_env = FrameStackedEnvs(self.sampling.frame_stack, make_env)
         self.inject_nan_at = safety.nan_test_step_from_env() if inject_nan_at is None else inject_nan_at
         self.runs: list[SeedRun] = []
         self.stop = safety.GracefulStop()  # SIGTERM/SIGINT: checkpoint at the next logged step, then exit
@@ -585,21 +582,16 @@ class Trainer:
         """The evaluation environments, started on first use and shared by every evaluation of the job."""
         if self._pool is None:
             s = self.settings
-            render = contextlib.nullcontext()
-            if self.pixels:  # observations are rendered: in spawned workers, with a backend that works here
-                from envs.rendering import gl_backend, gl_environment
-
-                render = gl_environment(gl_backend())
-            with render:
-                self._pool = EnvPool(
-                    self.task_name,
-                    min(s.eval_episodes, s.eval_envs or s.eval_episodes),
-                    workers=s.eval_workers,
-                    success_timing=s.success_timing,
-                    max_episode_steps=s.eval_max_episode_steps,
-                    make_env=self.make_env,
-                    spawn_always=self.pixels,
-                )
+            self._pool = eval_pool(
+                self.task_name,
+                min(s.eval_episodes, s.eval_envs or s.eval_episodes),
+                renders=self.pixels,
+                frame_stack=self.sampling.frame_stack,
+                make_env=self.make_env,
+                workers=s.eval_workers,
+                success_timing=s.success_timing,
+                max_episode_steps=s.eval_max_episode_steps,
+            )
         return self._pool
 
     def evaluate(self, g: Group, step: int) -> None:
@@ -632,7 +624,7 @@ class Trainer:
             videos = record_episodes(
                 g.runner.agent(i), self.task_name, sr.run.path, step=step, K=K, N=N, episodes=s.video_episodes,
                 seed=sr.seed, success_timing=s.success_timing, max_episode_steps=s.eval_max_episode_steps,
-                size=s.video_size, workers=s.eval_workers,
+                size=s.video_size, workers=s.eval_workers, pixels=self.pixels, frame_stack=self.sampling.frame_stack,
             )  # fmt: skip
         except Exception as e:
             if self.stop.requested:  # a signal stopped the rendering workers too: evaluate_or_stop handles it

@@ -11,6 +11,11 @@ Rendering happens in spawned worker processes whose MUJOCO_GL is the backend `en
 streams frames to an MP4 (imageio's ffmpeg writer; the imageio-ffmpeg wheel ships the ffmpeg binary) as the episode
 runs and closes it when the episode ends, so memory does not grow with the episode's length. A video holds the
 episode's length + 1 frames (the reset state, then the state after each step) at the environment's real-time rate.
+
+On pixel tasks (visual-*) a video shows what the agent sees: the environment's own 64x64 camera, rendered at
+the quality the dataset was, enlarged by a whole factor to the video size (a multiple of 64); a bigger render would
+change the observations themselves, which are that same render. A frame-stacked run's environments stack frames
+as in its evaluation (`runner.pixels.FrameStack`, outside the recorder: one video frame per environment step).
 Files are written under a temporary name and moved into place only once every episode is complete: a failure or a
 kill never leaves a truncated video under a final name, nor replaces an earlier one.
 """
@@ -28,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from runner.evaluation import EnvPool, cell_actor, episode_seed, evaluation_key, run_episodes, validate_grid
+from runner.evaluation import cell_actor, episode_seed, evaluation_key, run_episodes, validate_grid
 from sorl.errors import SorlError
 
 VIDEO_DIR = "videos"
@@ -48,11 +53,6 @@ def default_video_K(Ks: Sequence[int], max_K: int | None) -> int:
     results tables' default cell, with N = 1)."""
     fitting = [K for K in Ks if max_K is None or max_K >= K]
     return max(fitting) if fitting else int(max_K or 1)
-
-
-def check_video_size(size: int, name: str = "--video-size") -> None:
-    if isinstance(size, bool) or not isinstance(size, int) or size < MACROBLOCK or size % MACROBLOCK:
-        raise SorlError(f"{name}={size}: must be a multiple of {MACROBLOCK} (H.264's block size), e.g. 128 or 256")
 
 
 # ---------------------------------------------------------------------------------- in the workers
@@ -93,9 +93,10 @@ class EpisodeRecorder:
     truncated. An episode cut short (the environment closed mid-episode) leaves no file.
     """
 
-    def __init__(self, env: Any, out_dir: Path):
+    def __init__(self, env: Any, out_dir: Path, upscale: int | None = None):
         self.env = env
         self.out_dir = out_dir
+        self.upscale = upscale  # pixel tasks: the observation camera enlarged by this factor (module docstring)
         self.observation_space = env.observation_space
         self.action_space = env.action_space
         self._writer: Any = None
@@ -105,7 +106,8 @@ class EpisodeRecorder:
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         self._discard()
         out = self.env.reset(seed=seed, options=options)
-        _lighten(self.env)
+        if self.upscale is None:  # a pixel task's render is its observation: never changed
+            _lighten(self.env)
         import imageio.v2 as imageio
 
         self._path = self.out_dir / f"{seed}.mp4"
@@ -125,7 +127,14 @@ class EpisodeRecorder:
         return out
 
     def _frame(self) -> None:
-        self._writer.append_data(np.asarray(self.env.render(), np.uint8))
+        frame = np.asarray(self.env.render(), np.uint8)
+        if self.upscale and self.upscale > 1:
+            frame = frame.repeat(self.upscale, axis=0).repeat(self.upscale, axis=1)
+        self._writer.append_data(frame)
+
+    @property
+    def unwrapped(self) -> Any:
+        return self.env.unwrapped
 
     def _discard(self) -> None:
         if self._writer is not None:
@@ -146,14 +155,35 @@ class RecordingEnvs:
 
     out_dir: str
     size: int
+    pixels: bool = False
+    """A pixel task: the environment renders at its observation size, the recorder enlarges it to `size`."""
 
     def __call__(self, task_name: str, success_timing: str, max_episode_steps: int | None) -> EpisodeRecorder:
+        from envs.checks import PIXEL_OBSERVATION
         from envs.datasets import make_env
 
-        kwargs: dict[str, Any] = {"render_mode": "rgb_array", "width": self.size, "height": self.size}
+        kwargs: dict[str, Any] = {"render_mode": "rgb_array"}
+        if not self.pixels:
+            kwargs.update(width=self.size, height=self.size)
         if max_episode_steps is not None:
             kwargs["max_episode_steps"] = max_episode_steps
-        return EpisodeRecorder(make_env(task_name, success_timing=success_timing, **kwargs), Path(self.out_dir))
+        env = make_env(task_name, success_timing=success_timing, **kwargs)
+        upscale = self.size // PIXEL_OBSERVATION[0] if self.pixels else None
+        return EpisodeRecorder(env, Path(self.out_dir), upscale)
+
+
+def check_video_size(size: int, name: str = "--video-size", pixels: bool = False) -> None:
+    if isinstance(size, bool) or not isinstance(size, int) or size < MACROBLOCK or size % MACROBLOCK:
+        raise SorlError(f"{name}={size}: must be a multiple of {MACROBLOCK} (H.264's block size), e.g. 128 or 256")
+    if pixels:
+        from envs.checks import PIXEL_OBSERVATION
+
+        side = PIXEL_OBSERVATION[0]
+        if size % side:
+            raise SorlError(
+                f"{name}={size}: a pixel task films its {side}x{side} observation camera enlarged by a whole factor; "
+                f"use a multiple of {side}, e.g. {4 * side}"
+            )
 
 
 # ------------------------------------------------------------------------------------ the main process
@@ -174,20 +204,26 @@ def record_episodes(
     size: int = 256,
     workers: int | None = None,
     policy: Callable[..., Any] | None = None,
+    pixels: bool = False,
+    frame_stack: int = 1,
 ) -> list[dict[str, Any]]:
     """Film `episodes` evaluation episodes of cell (K, N) into `run_dir/videos/`; one dict per video:
     `{path, episode, success, length, frames}`, plus the recording's wall times in each: `startup_s` (the
     rendering workers and their environments) and `episodes_s` (the episodes: policy, physics, rendering, encoding).
 
+    `pixels` and `frame_stack` are the run's observations (`runner.pixels.run_observations`): the filmed
+    environments give the agent what its evaluation gave it.
+
     Raises a one-line SorlError before any work when no headless renderer works here (`gl_backend`).
     """
-    from envs.rendering import gl_backend, gl_environment
+    from envs.rendering import gl_backend
+    from runner.pixels import eval_pool
 
     validate_grid((K,), (N,), getattr(agent, "max_K", None))
-    check_video_size(size)
+    check_video_size(size, pixels=pixels)
     if episodes < 1:
         raise SorlError(f"video episodes={episodes}: must be a positive integer")
-    backend = gl_backend()
+    gl_backend()  # no renderer: one line now
     if policy is None:
         from sorl.inference import make_policy_fn
 
@@ -197,11 +233,11 @@ def record_episodes(
     staging = Path(tempfile.mkdtemp(prefix=".recording-", dir=videos))  # the final names appear only when complete
     start = time.perf_counter()
     try:
-        with gl_environment(backend):  # the workers copy MUJOCO_GL when they start
-            pool = EnvPool(
-                task_name, episodes, workers=workers, success_timing=success_timing,
-                max_episode_steps=max_episode_steps, make_env=RecordingEnvs(str(staging), size), spawn_always=True,
-            )  # fmt: skip
+        recorders = RecordingEnvs(str(staging), size, pixels)
+        pool = eval_pool(
+            task_name, episodes, renders=True, frame_stack=frame_stack, make_env=recorders, workers=workers,
+            success_timing=success_timing, max_episode_steps=max_episode_steps,
+        )  # fmt: skip
         started = time.perf_counter()
         with pool:
             act = cell_actor(policy, agent, K, N, evaluation_key(seed))

@@ -43,13 +43,17 @@ def test_bench_command_reports_training_inference_and_seeds(tiny, capsys):
             "training,inference,seeds",
             "--agent.denoise_timesteps=2",
             "--agent.max_k_backprop=2",
+            "--agent.actor_layer_size=24",
         ]
     )
     r = json.loads(capsys.readouterr().out)
-    assert r["agent"] == "sorl" and r["agent_overrides"] == {"denoise_timesteps": "2", "max_k_backprop": "2"}
+    assert r["agent"] == "sorl"
+    assert r["agent_overrides"] == {"denoise_timesteps": "2", "max_k_backprop": "2", "actor_layer_size": "24"}
     assert r["machine"]["cores"] >= 1
 
     t = r["training"]
+    # The label is the networks that were trained, overrides included, not the size's defaults.
+    assert t["networks"] == "actor 1x24, value 1x16"
     assert t["updates_per_s"] > 0 and t["compile_s"] > 0 and t["peak_gflops"] > 0
     # FLOPs per K from the fixed-K updates, averaged over the uniform K distribution; more K, more work.
     per_K = {int(K): v["flops"] for K, v in t["per_K"].items()}

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cli import main as cli
 from envs import checks, datasets, manifest
 from envs.registry import (
     ENVIRONMENTS,
@@ -27,6 +28,7 @@ from envs.registry import (
 )
 from runner.pixels import FrameStack, example_observation, pipeline
 from runner.settings import TrainSettings
+from runner.video import check_video_size
 from sorl.data import AUG_PAD, Sampling, maybe_augment, sample_batch, stack_frames, to_device
 from sorl.errors import SorlError
 from sorl.networks import ENCODERS, unflatten_frames
@@ -102,6 +104,11 @@ def test_pipeline_defaults_and_refusals():
         pipeline(state, TrainSettings(p_aug=0.5), SORLConfig())
     with pytest.raises(SorlError, match="online"):
         pipeline(pix, TrainSettings(online_steps=10), enc)
+    # videos of a pixel task enlarge its 64x64 camera by a whole factor: a size that is not one is refused up front
+    assert pipeline(pix, TrainSettings(video_episodes=1, video_size=128), enc).frame_stack == 3
+    with pytest.raises(SorlError, match="multiple of 64"):
+        pipeline(pix, TrainSettings(video_episodes=1, video_size=96), enc)
+    check_video_size(96)  # a state task's video renders at any H.264 size
     with pytest.raises(SorlError, match="probability"):
         TrainSettings(p_aug=1.5).validate()
 
@@ -323,6 +330,8 @@ def test_evaluation_frame_stack_repeats_the_reset_observation():
     assert example_observation(np.ones((5, 2)), 3).shape == (1, 6)
 
 
+# decoding the video starts ffmpeg from this process, which runs JAX: JAX's fork warning is about the test
+@pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called")
 def test_tiny_visual_sorl_run_writes_results(data, tmp_path):
     from runner.train import train
 
@@ -342,3 +351,32 @@ def test_tiny_visual_sorl_run_writes_results(data, tmp_path):
     assert cfg["train"]["frame_stack"] == 3 and cfg["train"]["p_aug"] == 0.5
     assert cfg["agent_config"]["encoder"] == "impala_debug" and cfg["env_settings"]["encoder"] == "impala_small"
     assert cfg["obs_dim"] == 3 * 64 * 64 * 3 and cfg["dataset"]["bytes"] < 2 * 64 * 64 * 3 * 20 * 2
+
+    # After training, `sorl eval` and its videos stack and render frames as the training's evaluation did.
+    run = tmp_path / "run"
+    cli.main(
+        ["eval", str(run), "--K", "1", "--N", "1,2", "--episodes", "1", "--max-episode-steps", "2", "--workers", "1",
+         "--video-episodes", "1", "--video-size", "128"]
+    )  # fmt: skip
+    scaling = json.loads((run / "scaling.json").read_text())
+    assert [(c["K"], c["N"], c["episodes"]) for c in scaling["grid"]] == [(1, 1, 1), (1, 2, 1)]
+    (video,) = (run / "videos").iterdir()
+    frames = _frames(video)
+    # the agent's 64x64 camera, each pixel a 2x2 block: the reset frame and one per step
+    assert frames.shape == (3, 128, 128, 3) and frames[0].std() > 10
+    blocks = frames[0].astype(np.int16).reshape(64, 2, 64, 2, 3)
+    assert np.abs(blocks - blocks[:, :1, :, :1]).mean() < 3  # lossy coding blurs the blocks' edges a little
+
+    # the verifier restarts rollouts from a physics state, which holds no frames: one line, nothing written
+    from experiments.verifier import verifier_quality
+
+    with pytest.raises(SorlError, match="state observations only"):
+        verifier_quality(run, K=1, N=2, states=1)
+    assert not (run / "verifier.json").exists()
+
+
+def _frames(path) -> np.ndarray:
+    import imageio.v2 as imageio
+
+    with imageio.get_reader(path, format="FFMPEG") as reader:
+        return np.stack([frame for frame in reader])

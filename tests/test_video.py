@@ -152,14 +152,14 @@ def test_users_backend_is_checked(fresh_probes, monkeypatch):
 
 
 def test_a_failed_rendering_worker_is_one_line(sorl_run, monkeypatch):
-    from runner import video
+    from runner import pixels, video
 
     def dead_pool(*args, make_env, **kw):
         (Path(make_env.out_dir) / "123.mp4").write_bytes(b"half a video")
         raise RuntimeError("evaluation worker failed: ValueError: no context\nTraceback (most recent call last): ...")
 
     monkeypatch.setattr(rendering, "gl_backend", lambda: "egl")
-    monkeypatch.setattr(video, "EnvPool", dead_pool)
+    monkeypatch.setattr(pixels, "EnvPool", dead_pool)  # the filmed environments' pool (runner.pixels.eval_pool)
     agent, _ = train_lib.load_run(sorl_run)
     with pytest.raises(SorlError) as e:
         video.record_episodes(agent, TASK, sorl_run.path, step=STEP, K=2)
