@@ -216,6 +216,11 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
     tracking = Tracking.of(args)  # a bad --logger is refused before the evaluation, not after it
     run = runs.RunDir(args.run_dir)
     cfg = run.read_config()
+    pixels, frame_stack = run_observations(cfg)  # evaluated as its training evaluated it: frames stacked, rendered
+    if args.video_episodes:
+        from runner.video import check_video_size
+
+        check_video_size(args.video_size, pixels=pixels)  # a pixel task's size: now, not after the grid
     agent, step = load_run(run)
     if args.video_episodes and args.video_K:  # a K above the trained one: said now, not after the grid
         evaluation.validate_grid((args.video_K,), (args.video_N,), agent.max_K)
@@ -236,7 +241,6 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
         f"{args.episodes} episodes, success_timing={timing}",
         flush=True,
     )
-    pixels, frame_stack = run_observations(cfg)  # evaluated as its training evaluated it: frames stacked, rendered
     pool = eval_pool(
         cfg["task"], min(args.episodes, envs or args.episodes), renders=pixels, frame_stack=frame_stack,
         workers=args.workers, success_timing=timing, max_episode_steps=max_steps,

@@ -119,6 +119,8 @@ def run_observations(cfg: Mapping[str, Any]) -> tuple[bool, int]:
     and the frames each observation stacks (1 for runs recorded before frame stacking existed)."""
     from envs.registry import resolve_task
 
+    if "task" not in cfg:
+        raise SorlError("the run's config.json is corrupt (no 'task'); retrain the run")
     return resolve_task(cfg["task"]).env.pixels, int(cfg.get("train", {}).get("frame_stack") or 1)
 
 
