@@ -21,8 +21,9 @@ the published counts, which we follow.
 Pixel-based tasks: every manipulation environment has a `visual-` twin (`visual-cube-single-play`, ...), the same
 simulator made by ogbench with `ob_type='pixels'` (64x64x3 uint8 observations from the 'front_pixels' camera; the
 gym ids are `visual-cube-single-v0` etc.). Its dataset is collected with the same oracle recipe as its state twin
-(OGBench's `generate_manipspace.py`); its episode counts and length are taken to be its twin's (not checked against
-OGBench's commands file here). Per-agent settings of pixel tasks are in `PIXEL_AGENT_ENV_SETTINGS`.
+(OGBench's `generate_manipspace.py`), with its twin's episode count and length, which are also the ones OGBench's
+commands file gives each visual-*-play dataset (checked in tests/test_envs_registry.py). Per-agent settings of pixel
+tasks are in `PIXEL_AGENT_ENV_SETTINGS`.
 """
 
 from __future__ import annotations

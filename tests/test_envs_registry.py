@@ -47,6 +47,20 @@ def test_registry_covers_ogbench_singletask_environments():
         assert spec.dataset_name == f"{spec.name}-v0"
 
 
+# OGBench's data_gen_scripts/commands.sh: --num_episodes of each visual-*-play dataset, all --max_episode_steps=1001.
+VISUAL_EPISODES = {
+    "visual-cube-single-play": 1000, "visual-cube-double-play": 1000, "visual-cube-triple-play": 3000,
+    "visual-cube-quadruple-play": 5000, "visual-scene-play": 1000, "visual-puzzle-3x3-play": 1000,
+    "visual-puzzle-4x4-play": 1000, "visual-puzzle-4x5-play": 3000, "visual-puzzle-4x6-play": 5000,
+}  # fmt: skip
+
+
+def test_visual_datasets_have_the_published_episode_counts():
+    visual = {name: spec for name, spec in ENVIRONMENTS.items() if spec.pixels}
+    assert {name: spec.published_episodes for name, spec in visual.items()} == VISUAL_EPISODES
+    assert {spec.max_episode_steps for spec in visual.values()} == {1001}
+
+
 def test_default_tasks_match_ogbench():
     # ogbench resolves `reward_task_id=0` (the '-singletask-v0' name) to an environment-specific default.
     with warnings.catch_warnings():
