@@ -7,9 +7,10 @@
 
 `train`/`val` are dicts of float32 arrays: observations, actions, rewards, masks, next_observations, terminals
 (rewards and masks relabelled by ogbench for the task from the stored qpos/qvel/button_states). Pixel tasks
-(visual-*) keep their observations uint8 `[N, 64, 64, 3]`; their returned `env` is the state twin's (the same
-simulator and task, relabelling without rendering here), and `make_env` makes the rendering environment for a
-process whose MUJOCO_GL is set (`envs.rendering`).
+(visual-*) keep their frames uint8 `[M, 64, 64, 3]`, each once, in the compact layout of
+`sorl.data.compact_pixel_dataset` (`frame_rows` instead of `next_observations`); their returned `env` is the state
+twin's (the same simulator and task, relabelling without rendering here), and `make_env` makes the rendering
+environment for a process whose MUJOCO_GL is set (`envs.rendering`).
 
 The data directory is `--data-dir`, else `$OGBENCH_DATA_DIR`, else `~/.ogbench/data` (ogbench's default), so
 published OGBench files placed there are used as they are. Nothing here ever touches the network.
@@ -340,8 +341,9 @@ def load_task(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # pixel tasks: every frame once (the compact layout, sorl.data.compact_pixel_dataset)
             train, val = ogbench.make_env_and_datasets(
-                task.name, dataset_path=str(train_path), dataset_only=True, cur_env=env
+                task.name, dataset_path=str(train_path), dataset_only=True, cur_env=env, compact_dataset=spec.pixels
             )
     except Exception as e:  # noqa: BLE001 - a damaged file can fail in many ways inside numpy/zipfile/zlib
         for path in (train_path, val_path):
@@ -355,6 +357,10 @@ def load_task(
         for k, v in split.items():
             if v.dtype != np.float32 and not (spec.pixels and k in ("observations", "next_observations")):
                 split[k] = v.astype(np.float32)  # images stay uint8: a quarter of the memory
+    if spec.pixels:
+        from sorl.data import compact_pixel_dataset
+
+        train, val = compact_pixel_dataset(train), compact_pixel_dataset(val)
     return env, train, val
 
 

@@ -164,14 +164,20 @@ def _transitions(rng: np.random.Generator, obs: np.ndarray, action_dim: int) -> 
 
 
 def synthetic_pixel_dataset(n: int, episode: int = 100, action_dim: int = ACTION_DIM, seed: int = 0):
-    """Host arrays shaped like a loaded pixel dataset (uint8 64x64x3 frames), `n` transitions in episodes of
-    `episode` (their terminals give frame stacking its episode starts)."""
+    """Host arrays shaped like a loaded pixel dataset: uint8 64x64x3 frames, `n` transitions in episodes of
+    `episode` (the last one shorter if need be), in the compact layout training loads (every frame once:
+    `sorl.data.compact_pixel_dataset`)."""
     from envs.checks import PIXEL_OBSERVATION
+    from sorl.data import compact_pixel_dataset
 
     rng = np.random.default_rng(seed)
-    obs = rng.integers(0, 256, (n, *PIXEL_OBSERVATION), dtype=np.uint8)
-    terminals = (np.arange(n) % episode == episode - 1).astype(np.float32)
-    return {**_transitions(rng, obs, action_dim), "terminals": terminals}
+    lengths = [episode] * (n // episode) + ([n % episode] if n % episode else [])
+    frames = rng.integers(0, 256, (n + len(lengths), *PIXEL_OBSERVATION), dtype=np.uint8)  # an episode: length + 1
+    per_row = _transitions(rng, frames, action_dim)
+    del per_row["next_observations"]  # the next frame
+    last = np.cumsum(np.asarray(lengths) + 1) - 1
+    valids = (~np.isin(np.arange(len(frames)), last)).astype(np.float32)
+    return compact_pixel_dataset({**per_row, "valids": valids})
 
 
 def agent_setup(agent: str, size: Size, overrides: Mapping[str, str] | None = None, env: str = "cube-single-play"):

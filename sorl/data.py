@@ -8,6 +8,13 @@ Pixel observations (OGBench's visual-* tasks, `[N, 64, 64, 3]` uint8 in the file
 flattened to `[N, 64*64*3]` so that every network and sampler sees observations as `[*batch, dim]` vectors; the
 image encoders (`sorl.networks`) restore the images and divide by 255. State observations are float32.
 
+Pixel datasets are also stored compactly: every frame once, in the file's order (each episode's frames, its final
+one included), as `observations` `[M, dim]`, and the index key `frame_rows` `[N]` saying which frame is transition
+i's observation; its next observation is the frame after it (`compact_pixel_dataset`). A separate
+`next_observations` array would repeat all but one frame per episode: the compact layout halves the device memory
+of the frames. Batches are the same either way: `sample_batch` draws the same rows from the same key and gives
+`observations` and `next_observations` as usual.
+
 `Sampling` adds what the reference's `Dataset.sample` does on the host, here inside the compiled chunk:
 
 - frame stacking (`frame_stack` F > 1): a batch observation is the F frames ending at the sampled step,
@@ -40,8 +47,11 @@ ACTION_CLIP = 1.0 - 1e-5
 
 Dataset = dict[str, jax.Array]
 
-INDEX_KEYS = ("episode_starts",)
+INDEX_KEYS = ("episode_starts", "frame_rows")
 """Dataset keys the sampler reads but batches do not carry."""
+
+FRAME_KEYS = ("observations", "next_observations")
+"""Batch keys a compact pixel dataset derives from its frames (module docstring)."""
 
 AUG_PAD = 3
 """Pixels of the random shift: the reference's `Dataset.augment` (FQL `utils/datasets.py`) pads by 3 ('edge')
@@ -73,12 +83,17 @@ def to_device(data: Mapping[str, np.ndarray], keys: tuple[str, ...] = BATCH_KEYS
     observations stay uint8, flattened: see the module docstring).
 
     Actions are clipped to `+-ACTION_CLIP`; keys other than `keys` (terminals, qpos, ...) are dropped. With
-    `frame_stack` > 1 the episode starts (from `terminals`) are kept too, as `episode_starts`.
+    `frame_stack` > 1 the episode starts (from `terminals`) are kept too, as `episode_starts`. A compact pixel
+    dataset (`frame_rows`, no `next_observations`: `compact_pixel_dataset`) keeps its layout.
     """
+    compact = "frame_rows" in data
+    if compact:
+        keys = tuple(k for k in keys if k != "next_observations")
     missing = [k for k in keys if k not in data]
     if missing:
         raise SorlError(f"dataset lacks the key(s) {', '.join(missing)}; regenerate it with `sorl data generate`")
-    sizes = {k: len(data[k]) for k in keys}
+    per_transition = [k for k in keys if not (compact and k == "observations")] + (["frame_rows"] if compact else [])
+    sizes = {k: len(data[k]) for k in per_transition}
     if len(set(sizes.values())) != 1:
         raise SorlError(f"dataset keys have different lengths {sizes}; the file is corrupt, regenerate it")
     if next(iter(sizes.values())) == 0:
@@ -92,10 +107,36 @@ def to_device(data: Mapping[str, np.ndarray], keys: tuple[str, ...] = BATCH_KEYS
         if k == "actions":
             arr = np.clip(arr, -ACTION_CLIP, ACTION_CLIP)
         out[k] = jnp.asarray(arr)
+    rows = np.asarray(data["frame_rows"], np.int32) if compact else None
+    if compact:
+        out["frame_rows"] = jnp.asarray(rows)
     if frame_stack > 1:
         if "terminals" not in data:
             raise SorlError("frame stacking needs the dataset's terminals (episode ends); the dataset has none")
-        out["episode_starts"] = jnp.asarray(episode_starts(np.asarray(data["terminals"])))
+        starts = episode_starts(np.asarray(data["terminals"]))
+        # compact: the frame row of the episode's first observation, as frames are stacked by frame row
+        out["episode_starts"] = jnp.asarray(rows[starts] if compact else starts)
+    return out
+
+
+def compact_pixel_dataset(data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A pixel dataset in the compact layout (module docstring) from OGBench's compact one (`load_dataset(...,
+    compact_dataset=True)`: every row a frame of the file, `valids[r]` = 1 where frame r + 1 follows in the
+    same episode, the other keys per row).
+
+    Returns `observations` (all frames, as they are), `frame_rows` (the valid rows: one per transition) and every
+    other key at those rows, except `terminals`, which marks each episode's last transition as in OGBench's
+    regular layout; `valids` is dropped. Transition i is exactly the regular layout's transition i.
+    """
+    valids = np.asarray(data["valids"]) > 0
+    rows = np.flatnonzero(valids).astype(np.int32)
+    out: dict[str, np.ndarray] = {"observations": data["observations"], "frame_rows": rows}
+    for k, v in data.items():
+        if k in ("observations", "valids", "terminals"):
+            continue
+        out[k] = np.asarray(v)[rows]
+    # an episode's last transition is the one whose next frame is the episode's final frame (it has no successor)
+    out["terminals"] = (~valids[np.minimum(rows + 1, len(valids) - 1)]).astype(np.float32)
     return out
 
 
@@ -114,6 +155,8 @@ def episode_starts(terminals: np.ndarray) -> np.ndarray:
 
 def dataset_size(dataset: Mapping[str, jax.Array]) -> int:
     """Number of transitions."""
+    if "frame_rows" in dataset:  # compact: there are more frames than transitions
+        return int(dataset["frame_rows"].shape[0])
     return int(next(iter(dataset.values())).shape[0])
 
 
@@ -127,30 +170,43 @@ def sample_batch(
 ) -> Dataset:
     """`batch_size` transitions drawn uniformly with replacement, stacked and augmented as `sampling` says
     (jittable; `batch_size` and `sampling` static)."""
-    n = next(iter(dataset.values())).shape[0]
-    keys = tuple(k for k in dataset if k not in INDEX_KEYS)
-    if sampling.plain:
-        return take_rows(dataset, jax.random.randint(rng, (batch_size,), 0, n), keys)
-    idx_rng, aug_rng = jax.random.split(rng)
+    n = dataset_size(dataset)
+    compact = "frame_rows" in dataset
+    keys = tuple(k for k in dataset if k not in INDEX_KEYS and not (compact and k in FRAME_KEYS))
+    # Plain sampling draws the rows from `rng` itself; stacking or augmenting splits it first.
+    idx_rng, aug_rng = (rng, rng) if sampling.plain else jax.random.split(rng)
     idx = jax.random.randint(idx_rng, (batch_size,), 0, n)
+    if sampling.plain and not compact:
+        return take_rows(dataset, idx, keys)
     batch = take_rows(dataset, idx, keys)
+    rows = jnp.take(dataset["frame_rows"], idx, axis=0) if compact else idx
+    if compact:  # the next observation is the next frame
+        batch["next_observations"] = jnp.take(dataset["observations"], rows + 1, axis=0)
     if sampling.frame_stack > 1:
-        batch.update(stack_frames(dataset, idx, batch["next_observations"], sampling.frame_stack))
+        batch.update(stack_frames(dataset, idx, batch["next_observations"], sampling.frame_stack, rows))
+    elif compact:
+        batch["observations"] = jnp.take(dataset["observations"], rows, axis=0)
     if sampling.p_aug > 0:
         batch = maybe_augment(batch, aug_rng, sampling.p_aug, sampling.image_shape)
     return batch
 
 
 def stack_frames(
-    dataset: Mapping[str, jax.Array], idx: jax.Array, next_observations: jax.Array, frame_stack: int
+    dataset: Mapping[str, jax.Array],
+    idx: jax.Array,
+    next_observations: jax.Array,
+    frame_stack: int,
+    rows: jax.Array | None = None,
 ) -> Dataset:
-    """{observations, next_observations} of transitions `idx` with `frame_stack` frames each (module docstring)."""
+    """{observations, next_observations} of transitions `idx` with `frame_stack` frames each (module docstring).
+    `rows`: the transitions' rows of `observations` (default `idx`; a compact dataset's frame rows)."""
     if "episode_starts" not in dataset:
         raise ValueError("frame stacking needs `episode_starts`: put the dataset on the device with to_device(..., "
                          "frame_stack=F)")  # fmt: skip
+    rows = idx if rows is None else rows
     start = jnp.take(dataset["episode_starts"], idx, axis=0)
     frames = [
-        jnp.take(dataset["observations"], jnp.maximum(idx - back, start), axis=0)
+        jnp.take(dataset["observations"], jnp.maximum(rows - back, start), axis=0)
         for back in range(frame_stack - 1, -1, -1)
     ]  # o[t-F+1], ..., o[t], clamped to the episode's first step
     return {

@@ -64,6 +64,8 @@ def sample_online_batch(
 ) -> dict[str, jax.Array]:
     """`batch_size` transitions for one online update (see the module docstring); `buffer` must hold at least one
     transition when `balanced` (the loop adds before it samples)."""
+    if "frame_rows" in dataset:  # runner.pixels refuses --online-steps on pixel tasks before it comes to this
+        raise ValueError("online batches need a dataset of separate next observations, not compact frames")
     n_data = dataset_size(dataset)
     size = buffer["size"]
     if balanced:

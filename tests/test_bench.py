@@ -77,6 +77,19 @@ def test_bench_command_reports_training_inference_and_seeds(tiny, capsys):
         assert word in text
 
 
+def test_bench_trains_a_pixel_task_on_compact_frames(tiny, capsys):
+    cli.main(
+        ["bench", "--size", "small", "--json", "--sections", "training", "--task", "visual-cube-single-play",
+         "--agent.encoder=impala_debug", "--agent.denoise_timesteps=2", "--agent.max_k_backprop=2"]
+    )  # fmt: skip
+    t = json.loads(capsys.readouterr().out)["training"]
+    assert (t["encoder"], t["frame_stack"], t["p_aug"]) == ("impala_debug", 3, 0.5)
+    assert t["updates_per_s"] > 0
+    # the training layout: every frame once (50 transitions in one episode of 51 frames), not twice
+    data = bench.synthetic_pixel_dataset(50)
+    assert len(data["observations"]) == 51 and len(data["frame_rows"]) == 50 and "next_observations" not in data
+
+
 def test_bench_rejects_unknown_sections_and_agents():
     with pytest.raises(SorlError, match="--sections"):
         bench.run_bench(bench.BenchArgs(size="small", sections="training,speed"))

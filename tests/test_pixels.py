@@ -29,7 +29,17 @@ from envs.registry import (
 from runner.pixels import FrameStack, example_observation, pipeline
 from runner.settings import TrainSettings
 from runner.video import check_video_size
-from sorl.data import AUG_PAD, Sampling, maybe_augment, sample_batch, stack_frames, to_device
+from sorl.data import (
+    AUG_PAD,
+    Sampling,
+    compact_pixel_dataset,
+    dataset_nbytes,
+    dataset_size,
+    maybe_augment,
+    sample_batch,
+    stack_frames,
+    to_device,
+)
 from sorl.errors import SorlError
 from sorl.networks import ENCODERS, unflatten_frames
 
@@ -138,18 +148,36 @@ def test_generated_visual_files_have_published_format(data):
 
 
 def test_visual_dataset_loads_uint8_and_stays_uint8_on_the_device(data):
+    import ogbench
+
     env, train, val = datasets.load_task(ENV, data, generate=False, progress=False)
+    n = EPISODES * (STEPS - 1)  # transitions: each episode's last frame has no next one
+    # every frame once (compact): the transitions are exactly those of ogbench's regular layout
+    assert train["observations"].dtype == np.uint8 and train["observations"].shape == (EPISODES * STEPS, 64, 64, 3)
+    assert "next_observations" not in train and train["frame_rows"].shape == (n,)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        regular, _ = ogbench.make_env_and_datasets(
+            f"{ENV}-singletask-task1-v0",
+            dataset_path=str(datasets.dataset_paths(ENV, data)[0]), dataset_only=True, cur_env=env,
+        )  # fmt: skip
     env.close()
-    n = EPISODES * (STEPS - 1)  # ogbench drops each episode's last observation (it has no next one)
-    assert train["observations"].dtype == np.uint8 and train["observations"].shape == (n, 64, 64, 3)
-    assert train["next_observations"].dtype == np.uint8 and train["rewards"].dtype == np.float32
+    rows = train["frame_rows"]
+    np.testing.assert_array_equal(train["observations"][rows], regular["observations"])
+    np.testing.assert_array_equal(train["observations"][rows + 1], regular["next_observations"])
+    for key in ("actions", "rewards", "masks", "terminals"):
+        np.testing.assert_array_equal(train[key], regular[key].astype(np.float32), err_msg=key)
+    assert train["rewards"].dtype == np.float32 and val["frame_rows"].shape == (len(val["actions"]),)
+
     ds = to_device(train, frame_stack=3)
-    assert ds["observations"].dtype == jnp.uint8 and ds["observations"].shape == (n, 64 * 64 * 3)
-    assert ds["actions"].dtype == jnp.float32
-    assert ds["episode_starts"].tolist() == [0] * (STEPS - 1) + [STEPS - 1] * (STEPS - 1)
+    assert ds["observations"].dtype == jnp.uint8 and ds["observations"].shape == (EPISODES * STEPS, 64 * 64 * 3)
+    assert ds["actions"].dtype == jnp.float32 and dataset_size(ds) == n
+    # the episode's first frame row, per transition
+    assert ds["episode_starts"].tolist() == [0] * (STEPS - 1) + [STEPS] * (STEPS - 1)
     batch = sample_batch(ds, jax.random.PRNGKey(0), 8, Sampling(3, 0.5, (64, 64, 3)))
     assert batch["observations"].dtype == jnp.uint8 and batch["observations"].shape == (8, 3 * 64 * 64 * 3)
-    assert "episode_starts" not in batch
+    assert batch["next_observations"].shape == (8, 3 * 64 * 64 * 3)
+    assert "episode_starts" not in batch and "frame_rows" not in batch
     # a published file placed in the data directory (one we did not write) is used as it is
     other = data.parent / "published"
     other.mkdir(exist_ok=True)
@@ -194,6 +222,45 @@ def test_frame_stacking_repeats_the_first_frame_at_episode_starts():
     for row in np.asarray(batch["observations"]).reshape(64, 3, frame)[:, :, 0]:
         t = int(row[-1])
         assert row.tolist() == [max(t - 2, start[t]), max(t - 1, start[t]), t]
+
+
+def _episodes(lengths: tuple[int, ...], seed: int = 0) -> dict[str, np.ndarray]:
+    """OGBench's compact layout of episodes with these numbers of frames: random frames and per-row keys."""
+    rng = np.random.default_rng(seed)
+    m = sum(lengths)
+    last = np.cumsum(lengths) - 1
+    return {
+        "observations": rng.integers(0, 256, (m, 64, 64, 3), dtype=np.uint8),
+        "actions": rng.uniform(-1, 1, (m, 2)).astype(np.float32),
+        "rewards": rng.uniform(-1, 0, m).astype(np.float32),
+        "masks": (rng.random(m) > 0.2).astype(np.float32),
+        "valids": (~np.isin(np.arange(m), last)).astype(np.float32),
+        "terminals": np.isin(np.arange(m), np.concatenate([last, last - 1])).astype(np.float32),
+    }
+
+
+@pytest.mark.parametrize("sampling", [Sampling(), Sampling(3, 0.0, (64, 64, 3)), Sampling(3, 1.0, (64, 64, 3))])
+def test_compact_frames_give_the_batches_of_separate_next_observations(sampling):
+    """Every frame stored once gives, key for key and draw for draw, the batches of the regular layout (OGBench's
+    `compact_dataset=False`: the observations and a second array of next observations)."""
+    ogb = _episodes((5, 2, 7))
+    compact = compact_pixel_dataset(ogb)
+    valid = ogb["valids"] > 0
+    regular = {k: ogb[k][valid] for k in ("observations", "actions", "rewards", "masks")}
+    regular["next_observations"] = ogb["observations"][np.flatnonzero(valid) + 1]
+    regular["terminals"] = np.isin(np.arange(valid.sum()), [3, 4, 10]).astype(np.float32)  # episodes' last steps
+    np.testing.assert_array_equal(compact["terminals"], regular["terminals"])
+    a = to_device(compact, frame_stack=sampling.frame_stack)
+    b = to_device(regular, frame_stack=sampling.frame_stack)
+    assert dataset_size(a) == dataset_size(b) == 11
+    # frames: 14 stored instead of 22 (11 observations + 11 next observations)
+    assert a["observations"].shape[0] == 14 and dataset_nbytes(a) < 0.7 * dataset_nbytes(b)
+    for key in (0, 1, 2):
+        got = sample_batch(a, jax.random.PRNGKey(key), 32, sampling)
+        want = sample_batch(b, jax.random.PRNGKey(key), 32, sampling)
+        assert sorted(got) == sorted(want)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
 
 
 def _shift_of(out: np.ndarray, img: np.ndarray, pad: int) -> tuple[int, int] | None:
