@@ -147,6 +147,27 @@ def test_generated_visual_files_have_published_format(data):
             np.testing.assert_array_equal(v[key], s[key])
 
 
+@pytest.mark.parametrize("env", ["visual-scene-play", "visual-puzzle-3x3-play"])
+def test_visual_scene_and_puzzle_generate_their_twins_trajectories(env, tmp_path):
+    """The other visual families: OGBench's file keys (with the buttons' states), rendered frames, and the state
+    twin's trajectories of the same seed."""
+    why = _renders()
+    if why:
+        pytest.skip(why)
+    spec, steps = resolve_env(env), 6
+    datasets.cli_generate([env, spec.state_twin], episodes=1, workers=1, seed=3, data_dir=tmp_path,
+                          max_episode_steps=steps, progress=False)  # fmt: skip
+    path = datasets.dataset_paths(spec, tmp_path)[0]
+    with np.load(path) as v, np.load(datasets.dataset_paths(spec.state_twin, tmp_path)[0]) as s:
+        assert set(v.files) == set(s.files)  # the same keys, observations rendered
+        assert "button_states" in v.files
+        assert v["observations"].dtype == np.uint8 and v["observations"].shape == (steps, 64, 64, 3)
+        assert v["observations"].std() > 0
+        for key in sorted(set(v.files) - {"observations"}):
+            np.testing.assert_array_equal(v[key], s[key], err_msg=key)
+    assert checks.check_full(spec, path) == []
+
+
 def test_visual_dataset_loads_uint8_and_stays_uint8_on_the_device(data):
     import ogbench
 
