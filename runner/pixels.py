@@ -28,7 +28,7 @@ import numpy as np
 
 from envs.registry import PIXEL_FRAME_STACK, PIXEL_P_AUG, EnvSpec
 from runner.evaluation import EnvPool, MakeEnv, _make_env
-from runner.settings import TrainSettings
+from runner.settings import TrainSettings, check_video_size
 from sorl.data import PLAIN, Sampling
 from sorl.errors import SorlError
 
@@ -50,8 +50,6 @@ def pipeline(spec: EnvSpec, settings: TrainSettings, config: Any) -> Sampling:
         what = "pixel tasks" if spec.pixels else "--frame-stack"
         raise SorlError(f"--online-steps is not supported with {what} yet: train offline only")
     if spec.pixels and settings.video_episodes:
-        from runner.video import check_video_size
-
         check_video_size(settings.video_size, pixels=True)
     if frame_stack == 1 and p_aug == 0.0:
         return PLAIN  # exactly the sampler of a run without these options

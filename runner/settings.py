@@ -27,9 +27,27 @@ import tyro
 
 from runner.evaluation import parse_int_list, validate_grid
 from runner.tracking import check_wandb_mode, parse_loggers
-from runner.video import check_video_size
 from sorl.errors import SorlError
 from sorl.validation import check_positive
+
+MACROBLOCK = 16
+"""H.264 codes 16x16 blocks: a video size that is a multiple of it needs no resizing (`runner.video`)."""
+
+
+def check_video_size(size: int, name: str = "--video-size", pixels: bool = False) -> None:
+    """One line unless `size` is a multiple of `MACROBLOCK`, and on a pixel task of the observation frame's side:
+    its video is the agent's camera enlarged by a whole factor (`runner.video`)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < MACROBLOCK or size % MACROBLOCK:
+        raise SorlError(f"{name}={size}: must be a multiple of {MACROBLOCK} (H.264's block size), e.g. 128 or 256")
+    if pixels:
+        from envs.checks import PIXEL_OBSERVATION
+
+        side = PIXEL_OBSERVATION[0]
+        if size % side:
+            raise SorlError(
+                f"{name}={size}: a pixel task films its {side}x{side} observation camera enlarged by a whole factor; "
+                f"use a multiple of {side}, e.g. {4 * side}"
+            )
 
 
 def option(

@@ -34,13 +34,12 @@ from typing import Any
 import numpy as np
 
 from runner.evaluation import cell_actor, episode_seed, evaluation_key, run_episodes, validate_grid
+from runner.settings import MACROBLOCK, check_video_size  # noqa: F401 - the video size rules live with the options
 from sorl.errors import SorlError
 
 VIDEO_DIR = "videos"
 """Videos go to RUN_DIR/videos/."""
 
-MACROBLOCK = 16
-"""H.264 codes 16x16 blocks: a frame size that is a multiple of it needs no resizing."""
 
 
 def video_name(step: int, K: int, N: int, episode: int) -> str:
@@ -170,20 +169,6 @@ class RecordingEnvs:
         env = make_env(task_name, success_timing=success_timing, **kwargs)
         upscale = self.size // PIXEL_OBSERVATION[0] if self.pixels else None
         return EpisodeRecorder(env, Path(self.out_dir), upscale)
-
-
-def check_video_size(size: int, name: str = "--video-size", pixels: bool = False) -> None:
-    if isinstance(size, bool) or not isinstance(size, int) or size < MACROBLOCK or size % MACROBLOCK:
-        raise SorlError(f"{name}={size}: must be a multiple of {MACROBLOCK} (H.264's block size), e.g. 128 or 256")
-    if pixels:
-        from envs.checks import PIXEL_OBSERVATION
-
-        side = PIXEL_OBSERVATION[0]
-        if size % side:
-            raise SorlError(
-                f"{name}={size}: a pixel task films its {side}x{side} observation camera enlarged by a whole factor; "
-                f"use a multiple of {side}, e.g. {4 * side}"
-            )
 
 
 # ------------------------------------------------------------------------------------ the main process
