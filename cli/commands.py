@@ -148,6 +148,11 @@ class TableArgs:
     """'paper': the published numbers (experiments/paper.py) side by side, and our difference; or a .md file."""
     reps: int = 2000
     """Bootstrap resamples for the IQM confidence interval."""
+    diagnostics: str | None = None
+    """train.csv columns (comma-separated, e.g. actor/mse,critic/q_max): instead of success, a table of each
+    method's final return at its cell and these columns near the end of training (markdown)."""
+    last: int = 10
+    """--diagnostics: logged rows at the end of training each column is averaged over."""
     output: Path | None = None
     """Write the table to this file instead of printing it."""
 
@@ -156,10 +161,15 @@ def table(args: Annotated[TableArgs, tyro.conf.arg(name="")]) -> None:
     """Success mean ± std and IQM with 95 % bootstrap CIs over seeds, optionally next to the paper's numbers."""
     from experiments.aggregate import table as make_table
 
-    levels = [lv.strip() for lv in args.level.split(",") if lv.strip()]
-    text = make_table(
-        args.paths, fmt=args.format, K=args.K, N=args.N, levels=levels, compare=args.compare, reps=args.reps
-    )
+    if args.diagnostics is not None:
+        from experiments.aggregate import diagnostics
+
+        text = diagnostics(args.paths, args.diagnostics.split(","), last=args.last, K=args.K, N=args.N)
+    else:
+        levels = [lv.strip() for lv in args.level.split(",") if lv.strip()]
+        text = make_table(
+            args.paths, fmt=args.format, K=args.K, N=args.N, levels=levels, compare=args.compare, reps=args.reps
+        )
     if args.output is not None:
         try:
             args.output.parent.mkdir(parents=True, exist_ok=True)

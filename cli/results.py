@@ -69,6 +69,11 @@ def render_block(command: str, base: Path) -> str:
         return format_verifier([base / p for p in args])
     if kind == "table":
         t = _parse(TableArgs, args, command)
+        if t.diagnostics is not None:
+            from experiments.aggregate import diagnostics
+
+            text = diagnostics([base / p for p in t.paths], t.diagnostics.split(","), last=t.last, K=t.K, N=t.N)
+            return _relative(text, base)
         levels = [lv.strip() for lv in t.level.split(",") if lv.strip()]
         paths = [str(base / p) for p in t.paths]
         text = table(paths, fmt=t.format, K=t.K, N=t.N, levels=levels, compare=t.compare, reps=t.reps)

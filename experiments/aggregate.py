@@ -24,6 +24,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,26 @@ def assign_labels(records: Sequence[RunRecord]) -> None:
         keys = sorted(varying.get(r.agent, ()))
         s = settings(r)
         r.label = r.agent + ("".join(f" {k}={s.get(k, 'default')}" for k in keys) if keys else "")
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of a run's eval.csv / train.csv; [] when the file is missing or unreadable."""
+    if not path.is_file():
+        return []
+    try:
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return []
+
+
+def to_float(x: str | None) -> float | None:
+    """A csv cell as a finite float, else None (empty, text, nan or inf)."""
+    try:
+        v = float(x) if x not in (None, "") else None
+    except ValueError:
+        return None
+    return v if v is not None and math.isfinite(v) else None
 
 
 # ------------------------------------------------------------------------------------------------ table
@@ -634,3 +655,64 @@ def table(
     if not rows:
         raise SorlError("no run has the requested (K, N) cell; `sorl table --help` shows how to pick one")
     return format_table(rows, fmt, compare=compare is not None, notes=notes, reps=reps)
+
+
+# ------------------------------------------------------------------------------------------ diagnostics
+
+
+def diagnostics(
+    paths: Sequence[str | Path], keys: Sequence[str], *, last: int = 10, K: int | None = None, N: int | None = None
+) -> str:
+    """What a success table cannot show of why a method scores what it does, per task and method (markdown):
+    the mean episode return of the reported (K, N) cell (default: the method's default cell) and, for each
+    train.csv column in `keys`, its mean over the last `last` values the run logged (the end of training,
+    less noisy than the last row alone; rows without the column are skipped); mean ± std over seeds. A run
+    without a column leaves that cell out of the mean; a method none of whose runs logged it shows "—"."""
+    if last < 1:
+        raise SorlError(f"--last {last}: average at least 1 logged row")
+    keys = [k.strip() for k in keys if k.strip()]
+    if not keys:
+        raise SorlError("--diagnostics: name train.csv columns, e.g. actor/mse,critic/q_max")
+    runset = load_runs(paths)
+    from envs.registry import ENVIRONMENTS
+
+    env_order = {name: i for i, name in enumerate(ENVIRONMENTS)}
+    groups: dict[tuple[str, str, str], list[RunRecord]] = {}
+    for r in runset.records:
+        groups.setdefault((r.env, r.short_task, r.label), []).append(r)
+    known: set[str] = set()
+    body: list[str] = []
+    for (env, task, method), recs in sorted(groups.items(), key=lambda g: (env_order.get(g[0][0], 99), g[0][1:])):
+        dk, dn = default_cell(recs)
+        cell = (K if K is not None else dk, N if N is not None else dn)
+        returns = [float(r.final[cell]["return"]) for r in recs if r.final.get(cell, {}).get("return") is not None]
+        values: dict[str, list[float]] = {k: [] for k in keys}
+        for r in recs:
+            rows = read_csv(r.path / "train.csv")
+            known.update(rows[0] if rows else ())
+            for k in keys:
+                logged = [v for v in (to_float(row.get(k)) for row in rows) if v is not None]
+                if logged:
+                    values[k].append(float(np.mean(logged[-last:])))
+        cells = [env, task, method, f"K={cell[0]}, N={cell[1]}", str(len(recs)), _mean_std(returns)]
+        body.append("| " + " | ".join(cells + [_mean_std(values[k]) for k in keys]) + " |")
+    unknown = [k for k in keys if k not in known]
+    if len(unknown) == len(keys):
+        raise SorlError(f"--diagnostics: {unknown[0]!r} is not a train.csv column of these runs")
+    head = ["environment", "task", "method", "cell", "seeds", "return (mean ± std)"] + keys
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *body, ""]
+    lines.append(
+        f"Final checkpoint: mean episode return of the cell shown; each train.csv column averaged over the last "
+        f"{last} values the run logged; mean ± std over seeds (— : no run logged it)."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "—"
+    scale = max(abs(v) for v in values)
+    digits = 1 if scale >= 100 else 2 if scale >= 1 else 3
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f} ± —"
+    return f"{np.mean(values):.{digits}f} ± {sample_std(values):.{digits}f}"

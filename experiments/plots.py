@@ -14,7 +14,6 @@ Lines are the mean over runs (tasks weighted by their runs; `--stat iqm` for the
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 from collections.abc import Sequence
@@ -23,7 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from experiments.aggregate import STATS, RunRecord, default_cell, load_runs, stratified_bootstrap_ci
+from experiments.aggregate import (
+    STATS,
+    RunRecord,
+    default_cell,
+    load_runs,
+    read_csv,
+    stratified_bootstrap_ci,
+    to_float,
+)
 from sorl.errors import SorlError
 
 FORMATS = ("png", "pdf")
@@ -300,24 +307,6 @@ def plot_compute(
 # ---------------------------------------------------------------------------------------------- curves
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    try:
-        with path.open(newline="") as f:
-            return list(csv.DictReader(f))
-    except (OSError, csv.Error, UnicodeDecodeError):
-        return []
-
-
-def _float(x: str | None) -> float | None:
-    try:
-        v = float(x) if x not in (None, "") else None
-    except ValueError:
-        return None
-    return v if v is not None and math.isfinite(v) else None
-
-
 LOSS_PRIORITY = ("critic_loss", "actor_loss", "value_loss", "flow_loss", "bc_flow_loss", "q_loss")
 
 
@@ -353,9 +342,9 @@ def plot_curves(
     plt = _pyplot()
     runset = load_runs(paths)
     methods = _by_method(runset.records)
-    evals = {id(r): _read_csv(r.path / "eval.csv") for r in runset.records}
-    trains = {id(r): _read_csv(r.path / "train.csv") for r in runset.records}
-    validations = {id(r): _read_csv(r.path / "validation.csv") for r in runset.records}  # `val/<loss>` columns
+    evals = {id(r): read_csv(r.path / "eval.csv") for r in runset.records}
+    trains = {id(r): read_csv(r.path / "train.csv") for r in runset.records}
+    validations = {id(r): read_csv(r.path / "validation.csv") for r in runset.records}  # `val/<loss>` columns
     columns: list[str] = []
     for rows in trains.values():
         for c in rows[0] if rows else []:
@@ -395,7 +384,7 @@ def plot_curves(
             per_step: dict[int, dict[str, list[float]]] = {}
             for r in recs:
                 for e in evals[id(r)]:
-                    s, k, n, v = _float(e.get("step")), _float(e.get("K")), _float(e.get("N")), _float(e.get("success"))
+                    s, k, n, v = (to_float(e.get(c)) for c in ("step", "K", "N", "success"))
                     if None in (s, k, n, v) or (int(k), int(n)) != (cK, cN):
                         continue
                     per_step.setdefault(int(s), {}).setdefault(r.task, []).append(100.0 * v)
@@ -409,7 +398,7 @@ def plot_curves(
                     per_step = {}
                     for r in recs:
                         for t in logs[id(r)]:
-                            s, v = _float(t.get("step")), _float(t.get(key))
+                            s, v = to_float(t.get("step")), to_float(t.get(key))
                             if s is not None and v is not None:
                                 per_step.setdefault(int(s), {}).setdefault(r.task, []).append(v)
                     _curve(axes[row][1 + j], per_step, "mean", reps, color, label, style)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -62,3 +63,29 @@ def test_plain_sorl_results_finds_the_committed_pages_and_the_readme():
     assert roots[0] == root / "experiments" / "results" and roots[0].is_dir()
     assert roots[1:] == [root / "README.md"]
     assert (root / "experiments" / "results" / "main" / "README.md") in results.pages(roots)
+
+
+def test_a_diagnostics_block_averages_the_end_of_training_over_seeds(page, capsys):
+    # Seed 1's last two logged rows of actor/mse are 1 and 3, seed 2's 5 and 7 (a row without the column is skipped):
+    # per-seed means 2 and 6, so 4.00 ± 2.83 over seeds; the return is the default cell's (K=8, N=1).
+    runs = page.parent / "runs" / "cube-single-play-task2" / "sorl"
+    for seed, rows in ((1, ["0,9", "100,1", "200,3"]), (2, ["0,9", "100,5", "150,", "200,7"])):
+        (runs / f"seed{seed}" / "train.csv").write_text("step,actor/mse\n" + "\n".join(rows) + "\n")
+    for seed, ret in ((1, -120.0), (2, -80.0)):
+        path = runs / f"seed{seed}" / "results.json"
+        results_json = json.loads(path.read_text())
+        for cell in results_json["final"]:
+            if (cell["K"], cell["N"]) == (8, 1):
+                cell["return"] = ret
+        path.write_text(json.dumps(results_json))
+    block = "<!-- results: table runs --diagnostics actor/mse --last 2 -->\n<!-- /results -->\n"
+    page.write_text(page.read_text() + "\n" + block)
+    cli.main(["results", str(page)])
+    text = page.read_text()
+    assert "| cube-single-play | cube-single-play-task2 | sorl | K=8, N=1 | 2 | -100.0 ± 28.3 | 4.00 ± 2.83 |" in text
+    assert "| cube-single-play | cube-single-play-task2 | bc | K=1, N=1 | 2 | -100.0 ± 0.0 | — |" in text  # no column
+    assert "over the last 2 values the run logged" in text
+
+    with pytest.raises(SystemExit):
+        cli.main(["table", str(page.parent / "runs"), "--diagnostics", "actor/nope"])
+    assert "'actor/nope' is not a train.csv column" in capsys.readouterr().err
