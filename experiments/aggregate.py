@@ -168,7 +168,7 @@ def load_record(run_dir: Path) -> RunRecord | None:
             steps=results.get("steps"),
             success_timing=results.get("success_timing"),
             settings={
-                str(k): str(v)
+                str(k): setting_str(v)
                 for k, v in (
                     results.get("config") or config.get("agent_config") or config.get("agent_overrides") or {}
                 ).items()
@@ -230,6 +230,13 @@ def load_runs(paths: Iterable[str | Path]) -> RunSet:
         raise SorlError(f"no complete runs (results.json with status complete) in {where}; run `sorl sweep` first")
     assign_labels(records)
     return RunSet(records, incomplete, expected, corrupt)
+
+
+def setting_str(value: object) -> str:
+    """A config value as labels and grouping compare it: 10 and 10.0 are one setting (a spec's grid may give either)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def assign_labels(records: Sequence[RunRecord]) -> None:

@@ -167,6 +167,15 @@ def test_methods_split_by_the_settings_that_vary(runs_root):
     assert (fql10.K, fql10.N, fql10.mean, fql10.seeds) == (1, 1, pytest.approx(90.0), [2])
 
 
+def test_a_setting_given_as_int_or_float_is_one_method(tmp_path):
+    # A spec's grid writes q_loss_coef = 10 as 10.0 into the run's config; the per-environment default is 100.
+    write_run(tmp_path / "default", "scene-play-task2", "sorl", 1, {(8, 1): 0.0}, overrides={"q_loss_coef": 100})
+    write_run(tmp_path / "same", "scene-play-task2", "sorl", 2, {(8, 1): 0.5}, overrides={"q_loss_coef": 100.0})
+    write_run(tmp_path / "grid", "scene-play-task2", "sorl", 1, {(8, 1): 1.0}, overrides={"q_loss_coef": 10.0})
+    rows, _ = aggregate.table_rows(aggregate.load_runs([tmp_path]), levels=("task",))
+    assert {r.method: r.seeds for r in rows} == {"sorl q_loss_coef=100": [2], "sorl q_loss_coef=10": [1]}
+
+
 def test_cell_selection_and_formats(runs_root, capsys):
     cli.main(["table", str(runs_root), "--format", "csv", "--K", "8", "--N", "4", "--level", "env"])
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
