@@ -332,8 +332,34 @@ def verifier(args: Annotated[VerifierArgs, tyro.conf.arg(name="")]) -> None:
     print(f"wrote {path}")
 
 
+@dataclass(frozen=True)
+class KProbeArgs:
+    """Probe how a K-step policy's actions change with K, on held-out dataset transitions."""
+
+    run_dir: tyro.conf.Positional[Path]
+    states: int = 4096
+    """Validation-dataset transitions to probe (drawn without replacement)."""
+    seed: int = 0
+    """Picks the transitions and the noise every K starts from."""
+    data_dir: Path | None = None
+    """Where the task's dataset is (default: the run's, else ~/.ogbench/data)."""
+
+
+def k_probe(args: Annotated[KProbeArgs, tyro.conf.arg(name="")]) -> None:
+    """Per K: distance of a K-step policy's actions from the data and from its finest sampler, and their Q;
+    writes k_probe.json."""
+    from experiments import k_probe as kp
+
+    check_positive("--states", args.states)
+    record = kp.k_probe(args.run_dir, states=args.states, seed=args.seed, data_dir=args.data_dir)
+    path = kp.write_k_probe(args.run_dir, record)
+    print(kp.format_k_probe([args.run_dir]), end="")
+    print(f"wrote {path}")
+
+
 _COMMANDS = {"data": data, "train": train, "eval": evaluate, "sweep": sweep, "table": table, "plot": plot}
 _COMMANDS["verifier"] = verifier
+_COMMANDS["k-probe"] = k_probe
 _COMMANDS["results"] = results
 _COMMANDS["bench"] = bench
 

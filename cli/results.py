@@ -11,7 +11,7 @@ A results page is a markdown file whose generated parts sit between markers, eac
     ![scaling-sorl](figures/scaling-sorl.png)
     <!-- /results -->
 
-`plot compute ...` works the same way.
+`plot compute ...` works the same way; `verifier PATHS` and `k-probe PATHS` render the probes' summaries.
 
 `regenerate` rewrites what lies between each pair of markers and nothing else, so the prose stays hand-written
 while every number and figure in the page comes from the run directories (results.json, eval.csv, train.csv,
@@ -55,8 +55,8 @@ def pages(roots: Sequence[str | Path]) -> list[Path]:
 
 
 def render_block(command: str, base: Path) -> str:
-    """The generated text of one block: `table ...`, `plot scaling|compute|curves ...` or `verifier PATHS`, run
-    from `base`."""
+    """The generated text of one block: `table ...`, `plot scaling|compute|curves ...`, `verifier PATHS` or
+    `k-probe PATHS`, run from `base`."""
     from cli.commands import PlotCompute, PlotCurves, PlotScaling, TableArgs
     from experiments import plots
     from experiments.aggregate import table
@@ -67,6 +67,10 @@ def render_block(command: str, base: Path) -> str:
         from experiments.verifier import format_verifier
 
         return format_verifier([base / p for p in args])
+    if kind == "k-probe":  # the k_probe.json summaries of the runs under the paths (`sorl k-probe`)
+        from experiments.k_probe import format_k_probe
+
+        return _relative(format_k_probe([base / p for p in args]), base)
     if kind == "table":
         t = _parse(TableArgs, args, command)
         if t.diagnostics is not None:
@@ -94,7 +98,9 @@ def render_block(command: str, base: Path) -> str:
             )
         images = [w for w in written if w.suffix == ".png"] or written
         return "".join(f"![{w.stem}]({w.relative_to(base).as_posix()})\n" for w in images)
-    raise SorlError(f"unknown results block '{command}': use table, plot scaling|compute|curves or verifier ...")
+    raise SorlError(
+        f"unknown results block '{command}': use table, plot scaling|compute|curves, verifier or k-probe ..."
+    )
 
 
 def _parse(cls: type, args: list[str], command: str):

@@ -13,3 +13,26 @@ def _usable_std_streams():
         if getattr(getattr(sys, name), "closed", False):
             setattr(sys, name, getattr(sys, f"__{name}__"))
     yield
+
+
+TINY_SORL_TASK = "cube-single-play-singletask-task1-v0"
+
+
+@pytest.fixture(scope="session")
+def tiny_sorl_run(tmp_path_factory):
+    """(run directory, data directory, task) of a SORL run trained for 20 updates on a 2-episode dataset, shared by the
+    probes' tests (each writes its own file into it)."""
+    from envs.datasets import ensure_dataset
+    from runner import train
+
+    root = tmp_path_factory.mktemp("tiny-sorl-run")
+    ensure_dataset(TINY_SORL_TASK, root / "data", episodes=2, workers=1, max_episode_steps=50, progress=False)
+    overrides = {"actor_layer_size": "16", "value_layer_size": "16", "batch_size": "16", "denoise_timesteps": "2"}
+    overrides["max_k_backprop"] = "2"
+    run = root / "run"
+    train.train(
+        TINY_SORL_TASK, "sorl", seed=1, run_dir=run, data_dir=root / "data", steps=20, log_interval=10,
+        eval_interval=20, eval_episodes=1, eval_K="1", eval_workers=1, eval_max_episode_steps=5,
+        agent_overrides=overrides, progress=False,
+    )  # fmt: skip
+    return run, root / "data", TINY_SORL_TASK

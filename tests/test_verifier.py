@@ -7,9 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from envs.datasets import ensure_dataset, make_env
+from envs.datasets import make_env
 from experiments import verifier
-from runner import train
 from sorl.errors import SorlError
 
 
@@ -56,17 +55,8 @@ def test_summary_of_known_records():
     assert s["overestimation"] == pytest.approx(1.5 + 2)
 
 
-def test_probe_of_a_tiny_sorl_run(tmp_path):
-    task = "cube-single-play-singletask-task1-v0"
-    ensure_dataset(task, tmp_path / "data", episodes=2, workers=1, max_episode_steps=50, progress=False)
-    overrides = {"actor_layer_size": "16", "value_layer_size": "16", "batch_size": "16", "denoise_timesteps": "2"}
-    overrides["max_k_backprop"] = "2"
-    run = tmp_path / "run"
-    train.train(
-        task, "sorl", seed=1, run_dir=run, data_dir=tmp_path / "data", steps=20, log_interval=10, eval_interval=20,
-        eval_episodes=1, eval_K="1", eval_workers=1, eval_max_episode_steps=5, agent_overrides=overrides,
-        progress=False,
-    )  # fmt: skip
+def test_probe_of_a_tiny_sorl_run(tiny_sorl_run):
+    run, _, task = tiny_sorl_run
     record = verifier.verifier_quality(run, K=2, N=3, states=2, probe_steps=(0, 4))
     assert record["K"] == 2 and record["N"] == 3 and record["step"] == 20 and len(record["states"]) == 2
     assert [s["t"] for s in record["states"]] == [0, 4]
@@ -78,7 +68,7 @@ def test_probe_of_a_tiny_sorl_run(tmp_path):
         assert all(-1 / (1 - record["discount"]) <= r <= 0 for r in s["mc_return"])
     path = verifier.write_verifier(run, record)
     assert json.loads(path.read_text())["summary"]["states"] == 2
-    table = verifier.format_verifier([tmp_path])
+    table = verifier.format_verifier([run])
     assert f"{task} sorl seed 1 | 20 | 2 | 3 | 2 |" in table
 
 

@@ -1,0 +1,167 @@
+"""How does a trained policy change with its number of sampling steps K? A probe of the K-step sampler.
+
+SORL trains flow matching at its finest step only (K = M) and every coarser step through self-consistency,
+while its Q term and its critic see every K (docs/method.md). Success is therefore not bound to rise with K, and
+at a small budget it does not (experiments/results/main). `k_probe` looks at what each K does to the actions:
+it takes `states` transitions of the task's validation dataset (held out from training), draws one noise per
+state, samples from that same noise with every K in {1, 2, ..., M}, and records per K
+
+- `mse`: the mean squared distance from the dataset action, per action dimension (train.csv's `actor/mse`
+  is the same quantity averaged over the K's the Q term drew);
+- `to_finest`: the mean squared distance from the M-step action of the same noise: how far the coarse sampler
+  lands from the finest one (0 at K = M; what self-consistency is there to keep small);
+- `q`: the verifier's mean value of the sampled actions, `agg_j Q_j(x, a_K, K)` (agents with a critic);
+- `q_data`: the verifier's mean value of the dataset actions scored with the same K; `q - q_data` is the
+  improvement over the data that the critic credits the K-step policy with.
+
+`sorl k-probe RUN_DIR` writes k_probe.json into the run directory; `format_k_probe` renders the runs under some
+paths as a table (mean ± std over seeds per task, agent and K) for the results pages.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runner import runs
+from runner.pixels import run_observations
+from runner.train import load_run
+from sorl.errors import SorlError
+
+K_PROBE_JSON = "k_probe.json"
+
+
+@functools.cache
+def _verifier_score():
+    """`agg_j Q_j(x, a, K)` jitted once per process (the agent and K are traced: one compilation per shape)."""
+    import jax
+
+    return jax.jit(lambda agent, observations, actions, K: agent.aggregated_q(observations, actions, K))
+
+
+def probe_agent(agent: Any, observations: np.ndarray, actions: np.ndarray, seed: int = 0) -> list[dict[str, Any]]:
+    """One record per K in {1, 2, ..., agent.max_K}: the quantities of the module docstring on these transitions.
+
+    Every K starts from the same noise (`sample_actions(K, N=1)` with one key draws the same `[B, A]` normal for
+    any K), so the K's differ only in how they integrate it."""
+    import jax
+    import jax.numpy as jnp
+
+    from sorl.inference import make_policy_fn
+
+    policy = make_policy_fn()
+    score = _verifier_score() if hasattr(agent, "aggregated_q") else None
+    obs, data = jnp.asarray(observations, jnp.float32), np.asarray(actions, np.float32)
+    key = jax.random.PRNGKey(seed)
+    Ks = [2**i for i in range(int(math.log2(agent.max_K)) + 1)]
+    sampled = {K: np.asarray(policy(agent, obs, key, K, 1)) for K in Ks}
+    finest = sampled[Ks[-1]]
+    records = []
+    for K in Ks:
+        a = sampled[K]
+        record: dict[str, Any] = {
+            "K": K,
+            "mse": float(np.mean((a - data) ** 2)),
+            "to_finest": float(np.mean((a - finest) ** 2)),
+            "q": None,
+            "q_data": None,
+        }
+        if score is not None:
+            record["q"] = float(np.mean(score(agent, obs, jnp.asarray(a), float(K))))
+            record["q_data"] = float(np.mean(score(agent, obs, jnp.asarray(data), float(K))))
+        records.append(record)
+    return records
+
+
+def k_probe(
+    run_dir: str | Path, *, states: int = 4096, seed: int = 0, data_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """Probe the run's final checkpoint on `states` validation transitions; the record written to k_probe.json."""
+    from envs.datasets import load_task
+
+    if states < 1:
+        raise SorlError(f"--states must be at least 1, got {states}")
+    run = runs.RunDir(run_dir)
+    cfg = run.read_config()
+    pixels, frame_stack = run_observations(cfg)
+    if pixels or frame_stack > 1:  # the validation split of a pixel task is in the compact frame layout
+        what = "pixel observations" if pixels else f"{frame_stack} stacked frames"
+        raise SorlError(f"{run.path} was trained on {what}: the K probe handles state observations only")
+    agent, step = load_run(run)
+    if getattr(agent, "max_K", None) is None:
+        raise SorlError(
+            f"{run.path}: agent {runs.agent_name(cfg)!r} samples its action in one step, so K changes nothing; "
+            "probe a K-step agent (sorl, flow-bc)"
+        )
+    data_dir = data_dir if data_dir is not None else (cfg.get("dataset") or {}).get("data_dir")
+    env, _, val = load_task(cfg["task"], data_dir, success_timing=cfg.get("success_timing", "pre"), generate=False)
+    if hasattr(env, "close"):
+        env.close()
+    n = len(val.get("observations", ()))
+    if n == 0:
+        raise SorlError(
+            f"{cfg['task']} has no validation transitions in the data directory; regenerate it with `sorl data "
+            "generate` (the K probe measures the policy on held-out data)"
+        )
+    idx = np.sort(np.random.default_rng(seed).choice(n, size=min(states, n), replace=False))
+    return {
+        "task": cfg["task"],
+        "agent": runs.agent_name(cfg),
+        "seed": cfg["seed"],
+        "step": step,
+        "states": len(idx),
+        "probe_seed": seed,
+        "K": probe_agent(agent, val["observations"][idx], val["actions"][idx], seed),
+    }
+
+
+def write_k_probe(run_dir: str | Path, record: Mapping[str, Any]) -> Path:
+    path = Path(run_dir) / K_PROBE_JSON
+    runs.write_json(path, dict(record))
+    return path
+
+
+def _cell(values: Sequence[float | None], digits: int) -> str:
+    v = [x for x in values if x is not None]
+    if not v:
+        return "—"
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f}"
+    return f"{np.mean(v):.{digits}f} ± {np.std(v, ddof=1):.{digits}f}"
+
+
+def format_k_probe(paths: Sequence[str | Path]) -> str:
+    """A markdown table of the k_probe.json files under `paths`: per task, agent and K, mean ± std over seeds."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files += [p / K_PROBE_JSON] if (p / K_PROBE_JSON).is_file() else sorted(p.rglob(K_PROBE_JSON))
+    if not files:
+        raise SorlError(f"no {K_PROBE_JSON} under {', '.join(map(str, paths))}; run `sorl k-probe RUN_DIR` first")
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
+    seeds: dict[tuple[str, str], list[int]] = defaultdict(list)
+    steps: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for f in files:
+        r = json.loads(f.read_text())
+        seeds[r["task"], r["agent"]].append(int(r["seed"]))
+        steps[r["task"], r["agent"]].add(int(r["step"]))
+        for k in r["K"]:
+            q = k["q"]
+            gain = None if q is None or k["q_data"] is None else q - k["q_data"]
+            groups[r["task"], r["agent"], int(k["K"])].append({**k, "gain": gain})
+    lines = [
+        "| task | agent | step | seeds | K | mse to data | mse to K = M | Q(a_K) | Q(data) | Q(a_K) − Q(data) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (task, agent, K), rows in sorted(groups.items()):
+        step = "/".join(str(s) for s in sorted(steps[task, agent]))
+        cols = [_cell([r[c] for r in rows], d) for c, d in (("mse", 3), ("to_finest", 3), ("q", 1), ("q_data", 1))]
+        cols.append(_cell([r["gain"] for r in rows], 1))
+        lines.append(f"| {task} | {agent} | {step} | {len(seeds[task, agent])} | {K} | " + " | ".join(cols) + " |")
+    return "\n".join(lines) + "\n"
