@@ -139,11 +139,7 @@ def _cell(values: Sequence[float | None], digits: int) -> str:
 
 def format_k_probe(paths: Sequence[str | Path]) -> str:
     """A markdown table of the k_probe.json files under `paths`: per task, agent and K, mean ± std over seeds."""
-    files: list[Path] = []
-    for p in map(Path, paths):
-        files += [p / K_PROBE_JSON] if (p / K_PROBE_JSON).is_file() else sorted(p.rglob(K_PROBE_JSON))
-    if not files:
-        raise SorlError(f"no {K_PROBE_JSON} under {', '.join(map(str, paths))}; run `sorl k-probe RUN_DIR` first")
+    files = runs.summary_files(paths, K_PROBE_JSON, "sorl k-probe RUN_DIR")
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
     seeds: dict[tuple[str, str], list[int]] = defaultdict(list)
     steps: dict[tuple[str, str], set[int]] = defaultdict(set)

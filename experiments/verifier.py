@@ -233,11 +233,7 @@ def write_verifier(run_dir: str | Path, record: dict[str, Any]) -> Path:
 
 def format_verifier(paths: Sequence[str | Path]) -> str:
     """A markdown table of the verifier.json files under `paths` (run directories or roots holding them)."""
-    files: list[Path] = []
-    for p in map(Path, paths):
-        files += [p / VERIFIER_JSON] if (p / VERIFIER_JSON).is_file() else sorted(p.rglob(VERIFIER_JSON))
-    if not files:
-        raise SorlError(f"no {VERIFIER_JSON} under {', '.join(map(str, paths))}; run `sorl verifier RUN_DIR` first")
+    files = runs.summary_files(paths, VERIFIER_JSON, "sorl verifier RUN_DIR")
     lines = [
         "| run | step | K | N | states | Spearman ρ (Q, return) | success: argmax Q / mean candidate / best | "
         "mean Q | mean return | Q − return |",

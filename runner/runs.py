@@ -323,6 +323,17 @@ def read_json(path: Path, *, what: str = "file", missing: str | None = None) -> 
     return obj
 
 
+def summary_files(paths: Sequence[str | Path], name: str, command: str) -> list[Path]:
+    """The `name` files (a probe's summary, e.g. verifier.json) of the run directories under `paths` (run
+    directories or roots holding them); a SorlError naming the `command` that writes them if there are none."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files += [p / name] if (p / name).is_file() else sorted(p.rglob(name))
+    if not files:
+        raise SorlError(f"no {name} under {', '.join(map(str, paths))}; run `{command}` first")
+    return files
+
+
 class CsvLog:
     """An append-only CSV log whose columns are fixed by the first row written (missing cells stay empty)."""
 
