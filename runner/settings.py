@@ -137,7 +137,10 @@ class TrainSettings:
     """Offline-to-online fine-tuning: after `steps` offline updates, this many environment steps, one update each
     (default: none)."""
     balanced_sampling: bool = option(
-        False, check="bool", spec=("train", "balanced_sampling"), record=("online", "balanced_sampling"),
+        False,
+        check="bool",
+        spec=("train", "balanced_sampling"),
+        record=("online", "balanced_sampling"),
         command="if-changed",
     )
     """Online updates draw half of each batch from the dataset and half from the online transitions (default:

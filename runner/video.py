@@ -41,7 +41,6 @@ VIDEO_DIR = "videos"
 """Videos go to RUN_DIR/videos/."""
 
 
-
 def video_name(step: int, K: int, N: int, episode: int) -> str:
     """`step<S>-K<k>-N<n>-ep<i>.mp4`: the checkpoint's step, the filmed cell and the evaluation episode."""
     return f"step{step}-K{K}-N{N}-ep{episode}.mp4"
@@ -248,9 +247,7 @@ def record_episodes(
 
 def describe(videos: Sequence[dict[str, Any]]) -> list[str]:
     """One line per video, and the rendering rate."""
-    lines = [
-        f"wrote {v['path']} ({'success' if v['success'] else 'failure'}, {v['length']} steps)" for v in videos
-    ]
+    lines = [f"wrote {v['path']} ({'success' if v['success'] else 'failure'}, {v['length']} steps)" for v in videos]
     if videos:
         frames = sum(v["frames"] for v in videos)
         v = videos[0]

@@ -80,8 +80,7 @@ def sample_online_batch(
     from_data = take_rows(dataset, jnp.where(in_data, idx, 0), tuple(dataset))
     from_online = take_rows(buffer, jnp.where(in_data, 0, idx - n_data), tuple(dataset))
     return {
-        k: jnp.where(in_data.reshape(-1, *[1] * (from_data[k].ndim - 1)), from_data[k], from_online[k])
-        for k in dataset
+        k: jnp.where(in_data.reshape(-1, *[1] * (from_data[k].ndim - 1)), from_data[k], from_online[k]) for k in dataset
     }
 
 
