@@ -350,7 +350,6 @@ def k_probe(args: Annotated[KProbeArgs, tyro.conf.arg(name="")]) -> None:
     writes k_probe.json."""
     from experiments import k_probe as kp
 
-    check_positive("--states", args.states)
     record = kp.k_probe(args.run_dir, states=args.states, seed=args.seed, data_dir=args.data_dir)
     path = kp.write_k_probe(args.run_dir, record)
     print(kp.format_k_probe([args.run_dir]), end="")

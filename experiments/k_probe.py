@@ -34,6 +34,7 @@ from runner import runs
 from runner.pixels import run_observations
 from runner.train import load_run
 from sorl.errors import SorlError
+from sorl.validation import check_positive
 
 K_PROBE_JSON = "k_probe.json"
 
@@ -86,8 +87,7 @@ def k_probe(
     """Probe the run's final checkpoint on `states` validation transitions; the record written to k_probe.json."""
     from envs.datasets import load_task
 
-    if states < 1:
-        raise SorlError(f"--states must be at least 1, got {states}")
+    check_positive("--states", states)
     run = runs.RunDir(run_dir)
     cfg = run.read_config()
     pixels, frame_stack = run_observations(cfg)
@@ -129,12 +129,14 @@ def write_k_probe(run_dir: str | Path, record: Mapping[str, Any]) -> Path:
 
 
 def _cell(values: Sequence[float | None], digits: int) -> str:
+    from experiments.aggregate import sample_std
+
     v = [x for x in values if x is not None]
     if not v:
         return "—"
     if len(v) == 1:
         return f"{v[0]:.{digits}f}"
-    return f"{np.mean(v):.{digits}f} ± {np.std(v, ddof=1):.{digits}f}"
+    return f"{np.mean(v):.{digits}f} ± {sample_std(v):.{digits}f}"
 
 
 def format_k_probe(paths: Sequence[str | Path]) -> str:
