@@ -28,7 +28,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
-from test_train_loop import TASK, TinyAgent, TinyConfig, TinyEnv, _dataset, _train
+from test_train_loop import TASK, TinyConfig, TinyEnv, _dataset, _train
 from test_train_loop import stand_in as _stand_in  # noqa: F401 - a fixture, used through `stand_in` below
 
 import agents
@@ -384,19 +384,10 @@ def test_injected_nan_stops_run_marks_it_failed_keeps_last_good_checkpoint(tmp_p
     assert [r["step"] for r in _log(run.path, "train.csv")] == [str(s) for s in range(10, 61, 10)]
 
 
-class _ParamNanAgent(TinyAgent):
-    """The stand-in, whose weights turn NaN at update 50 while every logged loss stays finite."""
-
-    def update(self, batch):
-        new, info = TinyAgent.update(self, batch)
-        return new.replace(w=jnp.where(self.count == 49, jnp.nan, new.w)), info
-
-
-def test_non_finite_parameter_stops_run(tmp_path, stand_in, monkeypatch):
-    get = agents.get_agent
-    monkeypatch.setattr(agents, "get_agent", lambda name: _ParamNanAgent if name == "tinyp" else get(name))
+def test_non_finite_parameter_stops_run(tmp_path, stand_in):
+    # the weights turn NaN at update 50 (count 49) while every logged value stays finite
     with pytest.raises(SorlError, match=r"non-finite parameter \.w by step 50;.*Last good checkpoint: step 30") as e:
-        _train(tmp_path, agent="tinyp")
+        _train(tmp_path, agent_overrides={"param_nan_at": "49"})
     assert "\n" not in str(e.value)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["status"] == "failed" and "non-finite parameter" in results["error"] and results["step"] == 50

@@ -45,6 +45,10 @@ class TinyConfig:
     denoise_timesteps: int = 4
     nan_at: int = -1
     """Test hook: the loss is NaN at this update."""
+    param_nan_at: int = -1
+    """Test hook: the weights turn NaN at this update while every logged value stays finite. A config field, not a
+    subclass with its own `update`: jaxlib's PyTreeDef equality ignores a dataclass node's type (only its fields and
+    static data count), so a subclass with the same config can be served the parent's compiled chunk."""
 
     def validate(self) -> None:
         if self.batch_size <= 0:
@@ -88,9 +92,8 @@ class TinyAgent(Agent):
         rng, key = jax.random.split(self.rng)
         noise = 1e-3 * jax.random.normal(key, self.w.shape)
         loss = jnp.where(self.count == self.config.nan_at, jnp.nan, loss)
-        new = self.replace(
-            w=self.w - self.config.lr * gw + noise, b=self.b - self.config.lr * gb, rng=rng, count=self.count + 1
-        )
+        w = jnp.where(self.count == self.config.param_nan_at, jnp.nan, self.w - self.config.lr * gw + noise)
+        new = self.replace(w=w, b=self.b - self.config.lr * gb, rng=rng, count=self.count + 1)
         return new, {"loss": loss, "w_norm": jnp.linalg.norm(self.w)}
 
     def sample_actions(self, observations, rng, K, N):
