@@ -8,6 +8,7 @@ from agents.fql import FQLAgent
 from agents.iql import IQLAgent
 from agents.rebrac import ReBRACAgent
 from agents.sorl import SORLAgent
+from sorl.agent import check_own_config
 from sorl.errors import SorlError, suggest
 
 AGENTS: dict[str, type] = {
@@ -23,7 +24,9 @@ AGENTS: dict[str, type] = {
 def get_agent(name: str) -> type:
     """The agent class registered as `name`; SorlError listing the valid names otherwise."""
     try:
-        return AGENTS[name]
+        agent_cls = AGENTS[name]
     except KeyError:
         valid = sorted(AGENTS)
         raise SorlError(f"unknown agent '{name}'{suggest(name, valid)}; valid agents: {', '.join(valid)}") from None
+    check_own_config(agent_cls)
+    return agent_cls

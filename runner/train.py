@@ -46,6 +46,7 @@ from runner.runs import RESULT_KEYS
 from runner.settings import TrainSettings
 from runner.tracking import MultiSink, Tracking
 from runner.video import record_episodes
+from sorl.agent import check_own_config
 from sorl.chunk import compile_chunk, distinct_buffers, train_chunk, train_chunk_jit, validation_losses_jit
 from sorl.config import apply_overrides, config_from_dict, config_to_dict
 from sorl.data import dataset_nbytes, dataset_size, to_device
@@ -76,6 +77,7 @@ def resolve_agent_config(
     from envs.registry import agent_env_settings
 
     agent_cls = agent_cls or get_agent(agent_name)
+    check_own_config(agent_cls)
     settings = dict(agent_env_settings(agent_name, env_name) or {})
     config = dataclasses.replace(agent_cls.Config(), **settings)
     if overrides:

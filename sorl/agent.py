@@ -31,6 +31,11 @@ and may override these hooks, whose defaults suit most agents:
 
 A new agent is one file in `agents/` defining the agent class (with `Config` set) and one line in
 `agents.AGENTS`; the sweeps, tables, plots, checkpoints and `sorl train --agent NAME` pick it up from there.
+
+A variant made by subclassing an agent (say, SORL with another `update`) needs a `Config` class of its own, even an
+empty subclass of the parent's: jaxlib's PyTreeDef equality compares a dataclass node's fields and static data but
+not its type, so a subclass whose config equals its parent's can be served the parent's compiled programs (it did,
+in about one trace in ten, in a probe). `check_own_config` refuses such a class where agents are looked up.
 """
 
 from __future__ import annotations
@@ -79,3 +84,17 @@ class Agent(flax.struct.PyTreeNode):
     def prepare_dataset(dataset: Mapping[str, Array]) -> Mapping[str, Array]:
         """The training dataset with any keys this agent's batches need beyond the standard ones."""
         return dataset
+
+
+def check_own_config(agent_cls: type) -> None:
+    """Raise SorlError if `agent_cls` shares its `Config` class with an agent class it derives from (see above)."""
+    from sorl.errors import SorlError
+
+    config = getattr(agent_cls, "Config", None)
+    for base in agent_cls.__mro__[1:]:
+        if base is not Agent and issubclass(base, Agent) and getattr(base, "Config", None) is config is not None:
+            raise SorlError(
+                f"agent class {agent_cls.__name__} has the Config of {base.__name__}: give it its own (e.g. "
+                f"`class {agent_cls.__name__}Config({config.__name__}): pass`, then `{agent_cls.__name__}.Config = "
+                f"{agent_cls.__name__}Config`), or JAX may run {base.__name__}'s compiled programs for it"
+            )

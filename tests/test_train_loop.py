@@ -296,6 +296,38 @@ def test_trainer_takes_agent_data_and_environments_as_arguments(tmp_path):
     assert json.loads((tmp_path / "nan" / "results.json").read_text())["status"] == "failed"
 
 
+class _TwoStepAgent(TinyAgent):
+    """A variant of the stand-in (two SGD steps per update) that keeps the stand-in's Config."""
+
+    def update(self, batch):
+        new, _ = TinyAgent.update(self, batch)
+        return TinyAgent.update(new, batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TwoStepConfig(TinyConfig):
+    pass
+
+
+class _TwoStepOwnConfigAgent(_TwoStepAgent):
+    Config = _TwoStepConfig
+
+
+def test_an_agent_variant_needs_a_config_class_of_its_own():
+    # jaxlib compares a dataclass pytree node by its fields and static data, not its type: a subclass with its
+    # parent's config could be served the parent's compiled update, so the lookup refuses it in one line
+    with pytest.raises(SorlError, match=r"^agent class _TwoStepAgent has the Config of TinyAgent: give it its own"):
+        train_lib.resolve_agent_config("two-step", TASK, agent_cls=_TwoStepAgent)
+    agent_cls, config, _ = train_lib.resolve_agent_config("two-step", TASK, agent_cls=_TwoStepOwnConfigAgent)
+    assert type(config) is _TwoStepConfig
+    obs, act = jnp.zeros((1, OBS)), jnp.zeros((1, ACT))
+    parent = TinyAgent.create(jax.random.PRNGKey(0), obs, act, TinyConfig())
+    child = agent_cls.create(jax.random.PRNGKey(0), obs, act, config)
+    assert jax.tree_util.tree_structure(child) != jax.tree_util.tree_structure(parent)  # two cache keys
+    for name in agents.AGENTS:  # every registered agent has a Config of its own
+        assert agents.get_agent(name) is agents.AGENTS[name]
+
+
 def test_validation_loss_is_the_training_loss_on_validation_batches(tmp_path, stand_in):
     _train(tmp_path, validation_interval=20, validation_batches=3)
     run = tmp_path / "run"
