@@ -76,8 +76,10 @@ def resolve_agent_config(
     from agents import get_agent
     from envs.registry import agent_env_settings
 
-    agent_cls = agent_cls or get_agent(agent_name)
-    check_own_config(agent_cls)
+    if agent_cls is None:
+        agent_cls = get_agent(agent_name)  # checks the class itself
+    else:
+        check_own_config(agent_cls)
     settings = dict(agent_env_settings(agent_name, env_name) or {})
     config = dataclasses.replace(agent_cls.Config(), **settings)
     if overrides:

@@ -46,6 +46,8 @@ from typing import Any, ClassVar
 import flax
 import jax
 
+from sorl.errors import SorlError
+
 Array = jax.Array
 Batch = dict[str, Array]
 
@@ -88,11 +90,11 @@ class Agent(flax.struct.PyTreeNode):
 
 def check_own_config(agent_cls: type) -> None:
     """Raise SorlError if `agent_cls` shares its `Config` class with an agent class it derives from (see above)."""
-    from sorl.errors import SorlError
-
     config = getattr(agent_cls, "Config", None)
+    if config is None:
+        return
     for base in agent_cls.__mro__[1:]:
-        if base is not Agent and issubclass(base, Agent) and getattr(base, "Config", None) is config is not None:
+        if base is not Agent and issubclass(base, Agent) and getattr(base, "Config", None) is config:
             raise SorlError(
                 f"agent class {agent_cls.__name__} has the Config of {base.__name__}: give it its own (e.g. "
                 f"`class {agent_cls.__name__}Config({config.__name__}): pass`, then `{agent_cls.__name__}.Config = "
