@@ -701,8 +701,8 @@ def diagnostics(
                 logged = [v for v in (to_float(row.get(k)) for row in rows) if v is not None]
                 if logged:
                     values[k].append(float(np.mean(logged[-last:])))
-        cells = [env, task, method, f"K={cell[0]}, N={cell[1]}", str(len(recs)), _mean_std(returns)]
-        body.append("| " + " | ".join(cells + [_mean_std(values[k]) for k in keys]) + " |")
+        cells = [env, task, method, f"K={cell[0]}, N={cell[1]}", str(len(recs)), mean_std(returns)]
+        body.append("| " + " | ".join(cells + [mean_std(values[k]) for k in keys]) + " |")
     unknown = [k for k in keys if k not in known]
     if len(unknown) == len(keys):
         raise SorlError(f"--diagnostics: {unknown[0]!r} is not a train.csv column of these runs")
@@ -715,11 +715,15 @@ def diagnostics(
     return "\n".join(lines) + "\n"
 
 
-def _mean_std(values: Sequence[float]) -> str:
+def mean_std(values: Sequence[float | None], digits: int | None = None) -> str:
+    """A table cell: mean ± std over seeds (None values skipped; "x ± —" for one value, "—" for none);
+    `digits` defaults to 1, 2 or 3 decimals as the values' magnitude is ≥ 100, ≥ 1 or smaller."""
+    values = [v for v in values if v is not None]
     if not values:
         return "—"
-    scale = max(abs(v) for v in values)
-    digits = 1 if scale >= 100 else 2 if scale >= 1 else 3
+    if digits is None:
+        scale = max(abs(v) for v in values)
+        digits = 1 if scale >= 100 else 2 if scale >= 1 else 3
     if len(values) == 1:
         return f"{values[0]:.{digits}f} ± —"
     return f"{np.mean(values):.{digits}f} ± {sample_std(values):.{digits}f}"

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments.aggregate import mean_std
 from runner import runs
 from runner.pixels import run_observations
 from runner.train import load_run
@@ -128,17 +129,6 @@ def write_k_probe(run_dir: str | Path, record: Mapping[str, Any]) -> Path:
     return path
 
 
-def _cell(values: Sequence[float | None], digits: int) -> str:
-    from experiments.aggregate import sample_std
-
-    v = [x for x in values if x is not None]
-    if not v:
-        return "—"
-    if len(v) == 1:
-        return f"{v[0]:.{digits}f}"
-    return f"{np.mean(v):.{digits}f} ± {sample_std(v):.{digits}f}"
-
-
 def format_k_probe(paths: Sequence[str | Path]) -> str:
     """A markdown table of the k_probe.json files under `paths`: per task, agent and K, mean ± std over seeds."""
     files = runs.summary_files(paths, K_PROBE_JSON, "sorl k-probe RUN_DIR")
@@ -159,7 +149,7 @@ def format_k_probe(paths: Sequence[str | Path]) -> str:
     ]
     for (task, agent, K), rows in sorted(groups.items()):
         step = "/".join(str(s) for s in sorted(steps[task, agent]))
-        cols = [_cell([r[c] for r in rows], d) for c, d in (("mse", 3), ("to_finest", 3), ("q", 1), ("q_data", 1))]
-        cols.append(_cell([r["gain"] for r in rows], 1))
+        cols = [mean_std([r[c] for r in rows], d) for c, d in (("mse", 3), ("to_finest", 3), ("q", 1), ("q_data", 1))]
+        cols.append(mean_std([r["gain"] for r in rows], 1))
         lines.append(f"| {task} | {agent} | {step} | {len(seeds[task, agent])} | {K} | " + " | ".join(cols) + " |")
     return "\n".join(lines) + "\n"
