@@ -149,8 +149,9 @@ class TableArgs:
     reps: int = 2000
     """Bootstrap resamples for the IQM confidence interval."""
     diagnostics: str | None = None
-    """train.csv columns (comma-separated, e.g. actor/mse,critic/q_max): instead of success, a table of each
-    method's final return at its cell and these columns near the end of training (markdown)."""
+    """train.csv columns (comma-separated, e.g. actor/mse,critic/q_max) or results.json timing entries
+    (timing/updates_per_s, timing/wall_s): instead of success, a table of each method's final return at its cell
+    and these columns near the end of training (markdown)."""
     last: int = 10
     """--diagnostics: logged rows at the end of training each column is averaged over."""
     output: Path | None = None

@@ -667,13 +667,27 @@ def table(
 # ------------------------------------------------------------------------------------------ diagnostics
 
 
+TIMING_PREFIX = "timing/"
+"""A --diagnostics key with this prefix names an entry of results.json's `timing` (updates_per_s, train_s,
+compile_s, wall_s) instead of a train.csv column."""
+
+
+def _run_timing(record: RunRecord) -> dict[str, Any]:
+    try:
+        timing = json.loads((record.path / "results.json").read_text()).get("timing")
+    except (OSError, ValueError):
+        return {}
+    return timing if isinstance(timing, dict) else {}
+
+
 def diagnostics(
     paths: Sequence[str | Path], keys: Sequence[str], *, last: int = 10, K: int | None = None, N: int | None = None
 ) -> str:
     """What a success table cannot show of why a method scores what it does, per task and method (markdown):
     the mean episode return of the reported (K, N) cell (default: the method's default cell) and, for each
     train.csv column in `keys`, its mean over the last `last` values the run logged (the end of training,
-    less noisy than the last row alone; rows without the column are skipped); mean ± std over seeds. A run
+    less noisy than the last row alone; rows without the column are skipped), or for a `timing/NAME` key the
+    run's results.json `timing` entry (e.g. timing/updates_per_s); mean ± std over seeds. A run
     without a column leaves that cell out of the mean; a method none of whose runs logged it shows "—"."""
     if last < 1:
         raise SorlError(f"--last {last}: average at least 1 logged row")
@@ -697,7 +711,13 @@ def diagnostics(
         for r in recs:
             rows = read_csv(r.path / "train.csv")
             known.update(rows[0] if rows else ())
+            timing = _run_timing(r)
+            known.update(f"{TIMING_PREFIX}{name}" for name in timing)
             for k in keys:
+                if k.startswith(TIMING_PREFIX):
+                    if (v := to_float(timing.get(k.removeprefix(TIMING_PREFIX)))) is not None:
+                        values[k].append(v)
+                    continue
                 logged = [v for v in (to_float(row.get(k)) for row in rows) if v is not None]
                 if logged:
                     values[k].append(float(np.mean(logged[-last:])))
@@ -705,12 +725,21 @@ def diagnostics(
         body.append("| " + " | ".join(cells + [mean_std(values[k]) for k in keys]) + " |")
     unknown = [k for k in keys if k not in known]
     if len(unknown) == len(keys):
-        raise SorlError(f"--diagnostics: {unknown[0]!r} is not a train.csv column of these runs")
+        raise SorlError(
+            f"--diagnostics: {unknown[0]!r} is not a train.csv column of these runs (nor a results.json "
+            f"timing entry, e.g. {TIMING_PREFIX}updates_per_s)"
+        )
     head = ["environment", "task", "method", "cell", "seeds", "return (mean ± std)"] + keys
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *body, ""]
     lines.append(
         f"Final checkpoint: mean episode return of the cell shown; each train.csv column averaged over the last "
-        f"{last} values the run logged; mean ± std over seeds (— : no run logged it)."
+        f"{last} values the run logged"
+        + (
+            "; timing/…: the run's own figure in results.json (timed on its machine)"
+            if any(k.startswith(TIMING_PREFIX) for k in keys)
+            else ""
+        )
+        + "; mean ± std over seeds (— : no run logged it)."
     )
     return "\n".join(lines) + "\n"
 

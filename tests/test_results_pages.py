@@ -89,3 +89,29 @@ def test_a_diagnostics_block_averages_the_end_of_training_over_seeds(page, capsy
     with pytest.raises(SystemExit):
         cli.main(["table", str(page.parent / "runs"), "--diagnostics", "actor/nope"])
     assert "'actor/nope' is not a train.csv column" in capsys.readouterr().err
+
+
+def test_a_timing_diagnostic_reads_each_runs_own_results_json(page, capsys):
+    # timing/NAME is results.json's timing entry, per run: 100 and 50 updates/s give 75.0 ± 35.4 over seeds;
+    # a run without a timing record leaves the cell out of the mean rather than counting as 0.
+    runs = page.parent / "runs" / "cube-single-play-task2"
+    for agent, seed, timing in (("sorl", 1, {"updates_per_s": 100.0}), ("sorl", 2, {"updates_per_s": 50.0})):
+        path = runs / agent / f"seed{seed}" / "results.json"
+        results_json = json.loads(path.read_text())
+        results_json["timing"] = timing
+        path.write_text(json.dumps(results_json))
+    for seed in (1, 2):
+        path = runs / "bc" / f"seed{seed}" / "results.json"
+        results_json = json.loads(path.read_text())
+        results_json.pop("timing", None)
+        path.write_text(json.dumps(results_json))
+    cli.main(["table", str(page.parent / "runs"), "--diagnostics", "timing/updates_per_s"])
+    out = capsys.readouterr().out
+    rows = {line.split(" | ")[2]: line for line in out.splitlines() if line.startswith("| cube-single-play |")}
+    assert rows["sorl"].endswith("| K=8, N=1 | 2 | -100.0 ± 0.0 | 75.0 ± 35.4 |")
+    assert rows["bc"].endswith("| — |")
+    assert "the run's own figure in results.json" in out
+
+    with pytest.raises(SystemExit):
+        cli.main(["table", str(page.parent / "runs"), "--diagnostics", "timing/nope"])
+    assert "nor a results.json timing entry" in capsys.readouterr().err
