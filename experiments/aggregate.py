@@ -106,6 +106,8 @@ class RunRecord:
     """The resolved agent config (else the --agent overrides): what tells methods apart."""
     final: dict[tuple[int, int], dict[str, Any]]
     label: str = ""
+    timing: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """results.json's `timing` (updates_per_s, train_s, compile_s, wall_s), as measured on the run's machine."""
 
     @property
     def short_task(self) -> str:
@@ -174,6 +176,7 @@ def load_record(run_dir: Path) -> RunRecord | None:
                 ).items()
             },
             final=final,
+            timing=results["timing"] if isinstance(results.get("timing"), dict) else {},
         )
     except (KeyError, TypeError, ValueError, SorlError):
         return None
@@ -672,14 +675,6 @@ TIMING_PREFIX = "timing/"
 compile_s, wall_s) instead of a train.csv column."""
 
 
-def _run_timing(record: RunRecord) -> dict[str, Any]:
-    try:
-        timing = json.loads((record.path / "results.json").read_text()).get("timing")
-    except (OSError, ValueError):
-        return {}
-    return timing if isinstance(timing, dict) else {}
-
-
 def diagnostics(
     paths: Sequence[str | Path], keys: Sequence[str], *, last: int = 10, K: int | None = None, N: int | None = None
 ) -> str:
@@ -711,11 +706,10 @@ def diagnostics(
         for r in recs:
             rows = read_csv(r.path / "train.csv")
             known.update(rows[0] if rows else ())
-            timing = _run_timing(r)
-            known.update(f"{TIMING_PREFIX}{name}" for name in timing)
+            known.update(f"{TIMING_PREFIX}{name}" for name in r.timing)
             for k in keys:
                 if k.startswith(TIMING_PREFIX):
-                    if (v := to_float(timing.get(k.removeprefix(TIMING_PREFIX)))) is not None:
+                    if (v := to_float(r.timing.get(k.removeprefix(TIMING_PREFIX)))) is not None:
                         values[k].append(v)
                     continue
                 logged = [v for v in (to_float(row.get(k)) for row in rows) if v is not None]
