@@ -169,17 +169,29 @@ def load_record(run_dir: Path) -> RunRecord | None:
             status=str(results.get("status")),
             steps=results.get("steps"),
             success_timing=results.get("success_timing"),
-            settings={
-                str(k): setting_str(v)
-                for k, v in (
-                    results.get("config") or config.get("agent_config") or config.get("agent_overrides") or {}
-                ).items()
-            },
+            settings=_settings(results, config),
             final=final,
             timing=results["timing"] if isinstance(results.get("timing"), dict) else {},
         )
     except (KeyError, TypeError, ValueError, SorlError):
         return None
+
+
+def _settings(results: dict[str, Any], config: dict[str, Any]) -> dict[str, str]:
+    """The run's agent settings as strings. A resolved config lacking a field of the agent's current Config was
+    written before that field existed, so the run had the behaviour its default keeps (new fields default to the
+    old behaviour): the default is filled in, so that such a run is not labelled apart from newer ones by it."""
+    resolved = results.get("config") or config.get("agent_config")
+    settings = {str(k): setting_str(v) for k, v in (resolved or config.get("agent_overrides") or {}).items()}
+    if resolved:
+        from agents import AGENTS
+
+        agent_config = getattr(AGENTS.get(runs.agent_name(results)), "Config", None)
+        if dataclasses.is_dataclass(agent_config):
+            for field in dataclasses.fields(agent_config):
+                if field.name not in settings and field.default is not dataclasses.MISSING:
+                    settings[field.name] = setting_str(field.default)
+    return settings
 
 
 def find_run_dirs(root: Path) -> list[Path]:

@@ -176,6 +176,30 @@ def test_a_setting_given_as_int_or_float_is_one_method(tmp_path):
     assert {r.method: r.seeds for r in rows} == {"sorl q_loss_coef=100": [2], "sorl q_loss_coef=10": [1]}
 
 
+def test_a_config_field_added_after_a_run_takes_its_default(tmp_path):
+    # Runs made before `encoder` existed have no such key in their resolved config; they are the same method as
+    # newer runs whose config says encoder = None (its default), and apart from runs that set an encoder.
+    from agents.sorl import SORLConfig
+
+    def resolved(**changes):
+        config = {k: v for k, v in vars(SORLConfig()).items()}
+        config.update(changes)
+        return config
+
+    old = resolved(released_update=True)
+    del old["encoder"]
+    runs = {"old": old, "new": resolved(released_update=False), "pixels": resolved(encoder="impala_small")}
+    for seed, (name, config) in enumerate(runs.items(), start=1):
+        d = write_run(tmp_path / name, "cube-single-play-task2", "sorl", seed, {(8, 1): 0.5})
+        (d / "config.json").write_text(json.dumps({"agent_config": config}))
+    labels = {r.seed: r.label for r in aggregate.load_runs([tmp_path]).records}
+    assert labels == {
+        1: "sorl encoder=None released_update=True",
+        2: "sorl encoder=None released_update=False",
+        3: "sorl encoder=impala_small released_update=False",
+    }
+
+
 def test_cell_selection_and_formats(runs_root, capsys):
     cli.main(["table", str(runs_root), "--format", "csv", "--K", "8", "--N", "4", "--level", "env"])
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
