@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import struct
 import sys
 from collections import defaultdict
@@ -204,12 +205,18 @@ def test_tensorboard_resume_continues_in_the_same_directory(tmp_path, stand_in):
 # ------------------------------------------------------------------------------------------------ wandb
 
 
+def _offline_dirs(wandb_dir: Path, run_id: str) -> list[Path]:
+    """wandb's offline directories for one run id: offline-run-<time>-<id>, with "-1", "-2"... appended when
+    a continued run starts within the same second as the previous one."""
+    return [p for p in wandb_dir.glob(f"offline-run-*-{run_id}*") if re.search(rf"-{run_id}(-\d+)?$", p.name)]
+
+
 def test_wandb_offline_run_holds_the_config_and_rows(tmp_path, stand_in, offline_wandb):
     _train(tmp_path, logger="wandb,tensorboard", steps=40, eval_interval=20)
     wandb_flushed()
     run = tmp_path / "run"
     run_id = json.loads((run / "tracking.json").read_text())["wandb"]["id"]
-    (run_dir,) = offline_wandb.glob(f"offline-run-*-{run_id}")  # WANDB_DIR wins over the run directory
+    (run_dir,) = _offline_dirs(offline_wandb, run_id)  # WANDB_DIR wins over the run directory
     (log,) = run_dir.glob(f"run-{run_id}.wandb")
     records = wandb_records(log)
 
@@ -233,7 +240,7 @@ def test_wandb_offline_run_holds_the_config_and_rows(tmp_path, stand_in, offline
     # a continued run logs into the same wandb run (a second offline directory with the same id)
     _train(tmp_path, logger="wandb", steps=60, eval_interval=20)
     assert json.loads((run / "tracking.json").read_text())["wandb"]["id"] == run_id
-    assert len(list(offline_wandb.glob(f"offline-run-*-{run_id}"))) == 2
+    assert len(_offline_dirs(offline_wandb, run_id)) == 2
 
 
 def test_wandb_several_seeds_one_run_each(tmp_path, stand_in, offline_wandb):
