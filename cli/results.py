@@ -11,7 +11,8 @@ A results page is a markdown file whose generated parts sit between markers, eac
     ![scaling-sorl](figures/scaling-sorl.png)
     <!-- /results -->
 
-`plot compute ...` works the same way; `verifier PATHS` and `k-probe PATHS` render the probes' summaries.
+`plot compute ...` works the same way; `verifier PATHS` and `k-probe PATHS` render the probes' summaries, and
+`bench FILES` the saved output of `sorl bench --json` (a figure timed on one machine, kept beside the runs).
 
 `regenerate` rewrites what lies between each pair of markers and nothing else, so the prose stays hand-written
 while every number and figure in the page comes from the run directories (results.json, eval.csv, train.csv,
@@ -55,8 +56,8 @@ def pages(roots: Sequence[str | Path]) -> list[Path]:
 
 
 def render_block(command: str, base: Path) -> str:
-    """The generated text of one block: `table ...`, `plot scaling|compute|curves ...`, `verifier PATHS` or
-    `k-probe PATHS`, run from `base`."""
+    """The generated text of one block: `table ...`, `plot scaling|compute|curves ...`, `verifier PATHS`,
+    `k-probe PATHS` or `bench FILES`, run from `base`."""
     from cli.commands import PlotCompute, PlotCurves, PlotScaling, TableArgs
     from experiments import plots
     from experiments.aggregate import table
@@ -71,6 +72,8 @@ def render_block(command: str, base: Path) -> str:
         from experiments.k_probe import format_k_probe
 
         return _relative(format_k_probe([base / p for p in args]), base)
+    if kind == "bench":  # `sorl bench --json > FILE` outputs, each as the report `sorl bench` prints
+        return "".join(f"```text\n{_bench_report(base / p)}\n```\n" for p in args)
     if kind == "table":
         t = _parse(TableArgs, args, command)
         if t.diagnostics is not None:
@@ -99,8 +102,22 @@ def render_block(command: str, base: Path) -> str:
         images = [w for w in written if w.suffix == ".png"] or written
         return "".join(f"![{w.stem}]({w.relative_to(base).as_posix()})\n" for w in images)
     raise SorlError(
-        f"unknown results block '{command}': use table, plot scaling|compute|curves, verifier or k-probe ..."
+        f"unknown results block '{command}': use table, plot scaling|compute|curves, verifier, k-probe or bench ..."
     )
+
+
+def _bench_report(path: Path) -> str:
+    import json
+
+    from experiments.bench import format_report
+
+    try:
+        return format_report(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SorlError(
+            f"{path} is not a readable `sorl bench --json` output ({type(e).__name__}: {e}); "
+            "write it with `sorl bench ... --json > FILE`"
+        ) from None
 
 
 def _parse(cls: type, args: list[str], command: str):

@@ -115,3 +115,42 @@ def test_a_timing_diagnostic_reads_each_runs_own_results_json(page, capsys):
     with pytest.raises(SystemExit):
         cli.main(["table", str(page.parent / "runs"), "--diagnostics", "timing/nope"])
     assert "nor a results.json timing entry" in capsys.readouterr().err
+
+
+def _bench_json(before: float, after: float) -> dict:
+    """A `sorl bench --sections training --changes --json` output with one measured change."""
+    per_K = {str(K): {"flops": 1e9 * K, "update_s": 0.01 * K, "gflops": 100.0, "compile_s": 1.0} for K in (1, 8)}
+    return {
+        "machine": {"cpu": "Test CPU", "cores": 2, "backend": "cpu", "device": "cpu:0", "jax_version": "0",
+                    "loadavg_at_start": [0.5, 0.5, 0.5], "loadavg_at_end": [1.0, 0.5, 0.5]},
+        "size": "paper", "agent": "sorl", "agent_overrides": {"actor_layer_size": "256"}, "bench_s": 12.0,
+        "training": {"agent": "sorl", "task": "cube-single-play", "encoder": None, "frame_stack": 1, "p_aug": 0.0,
+                     "networks": "2x256", "batch_size": 256, "chunk_updates": 10, "compile_s": 7.5,
+                     "updates_per_s": 53.7, "updates_per_s_all": [50.0, 53.7, 60.0], "flops_per_update": 1.39e9,
+                     "per_K": per_K, "K_distribution": "uniform over [1, 8]", "achieved_gflops": 74.6,
+                     "peak_gflops": 185.2, "fraction_of_peak": 0.4},
+        "changes": {"stop_policy_gradient_through_critic_target": {
+            "before_updates_per_s": before, "after_updates_per_s": after, "speedup": after / before,
+            "before": "the released update", "before_flops_per_update": 1.77e9, "after_flops_per_update": 1.39e9}},
+    }  # fmt: skip
+
+
+def test_a_bench_block_prints_the_saved_report_and_a_bad_file_is_one_line(page, capsys):
+    (page.parent / "bench").mkdir()
+    (page.parent / "bench" / "cube.json").write_text(json.dumps(_bench_json(50.0, 65.0)))
+    page.write_text(page.read_text() + "\n<!-- results: bench bench/cube.json -->\nstale\n<!-- /results -->\n")
+    cli.main(["results", str(page)])
+    text = page.read_text()
+    block = text[text.index("<!-- results: bench") :]
+    assert "stale" not in block and block.count("```") == 2
+    assert "updates_per_s (median)               53.70  (all: 50.00, 53.70, 60.00)" in block
+    assert "50.00 -> 65.00  (x1.30)  (1.77 GFLOP -> 1.39 GFLOP)" in block
+    assert "    K=8                                8 GFLOP, 80.0 ms/update, 100 GFLOP/s" in block
+
+    (page.parent / "bench" / "cube.json").write_text('{"machine": {}}')
+    before = page.read_text()
+    with pytest.raises(SystemExit):
+        cli.main(["results", str(page)])
+    err = capsys.readouterr().err.strip()
+    assert "bench/cube.json is not a readable `sorl bench --json` output" in err and "\n" not in err
+    assert page.read_text() == before
