@@ -657,6 +657,31 @@ def _num(x: float | None) -> str:
     return "" if x is None or not np.isfinite(x) else f"{x:.4g}"
 
 
+MIN_REPS = 100
+"""Fewest bootstrap resamples a table or plot takes (fewer make a confidence interval of noise)."""
+
+
+def check_table_options(
+    *, K: int | None = None, N: int | None = None, reps: int = BOOTSTRAP_REPS, last: int = 1
+) -> None:
+    """The numeric options of `sorl table` (and the plots' shared ones), checked before any run is read: one
+    SorlError naming the flag and what it takes."""
+    for flag, value in (("--K", K), ("--N", N)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise SorlError(f"{flag} {value}: a cell's {flag[2:]} is at least 1")
+    if K is not None and K & (K - 1):
+        raise SorlError(f"--K {K}: sampling steps are a power of two (1, 2, 4, 8, ...)")
+    check_reps(reps)
+    if isinstance(last, bool) or not isinstance(last, int) or last < 1:
+        raise SorlError(f"--last {last}: average at least 1 logged row")
+
+
+def check_reps(reps: int) -> None:
+    if isinstance(reps, bool) or not isinstance(reps, int) or reps < MIN_REPS:
+        raise SorlError(f"--reps {reps}: use at least {MIN_REPS} bootstrap resamples (default 1000 for plots, "
+                        f"{BOOTSTRAP_REPS} for tables)")  # fmt: skip
+
+
 def table(
     paths: Sequence[str | Path],
     *,
@@ -668,10 +693,11 @@ def table(
     reps: int = BOOTSTRAP_REPS,
 ) -> str:
     """The text of `sorl table`."""
-    if (K is not None and K < 1) or (N is not None and N < 1):
-        raise SorlError("--K and --N must be at least 1")
-    if reps < 100:
-        raise SorlError(f"--reps {reps}: use at least 100 bootstrap resamples")
+    check_table_options(K=K, N=N, reps=reps)
+    if fmt not in ("md", "csv", "latex"):
+        raise SorlError(f"--format {fmt}: use md, csv or latex")
+    if not levels or any(lv not in ("task", "env", "all") for lv in levels):
+        raise SorlError(f"--level {','.join(levels)}: use task, env and/or all")
     runset = load_runs(paths)
     rows, notes = table_rows(runset, K=K, N=N, levels=levels, compare=compare, reps=reps)
     if not rows:
@@ -696,8 +722,7 @@ def diagnostics(
     less noisy than the last row alone; rows without the column are skipped), or for a `timing/NAME` key the
     run's results.json `timing` entry (e.g. timing/updates_per_s); mean ± std over seeds. A run
     without a column leaves that cell out of the mean; a method none of whose runs logged it shows "—"."""
-    if last < 1:
-        raise SorlError(f"--last {last}: average at least 1 logged row")
+    check_table_options(K=K, N=N, last=last)
     keys = [k.strip() for k in keys if k.strip()]
     if not keys:
         raise SorlError("--diagnostics: name train.csv columns, e.g. actor/mse,critic/q_max")

@@ -25,6 +25,7 @@ import numpy as np
 from experiments.aggregate import (
     STATS,
     RunRecord,
+    check_table_options,
     default_cell,
     load_runs,
     read_csv,
@@ -68,6 +69,16 @@ def _check_formats(formats: Sequence[str]) -> list[str]:
     if bad or not formats:
         raise SorlError(f"--formats {','.join(formats)}: use png and/or pdf")
     return formats
+
+
+def check_plot_options(
+    *, stat: str, formats: Sequence[str], reps: int, K: int | None = None, N: int | None = None
+) -> list[str]:
+    """Every option of `sorl plot`, checked before any run is read or figure drawn; the formats, normalised."""
+    if stat not in STATS:
+        raise SorlError(f"--stat {stat}: use mean or iqm")
+    check_table_options(K=K, N=N, reps=reps)
+    return _check_formats(formats)
 
 
 def _save(fig: Any, out_dir: Path, stem: str, formats: Sequence[str]) -> list[Path]:
@@ -182,9 +193,7 @@ def plot_scaling(
     title: str | None = None,
 ) -> list[Path]:
     """Success against K (per N) and against N (per K): one figure per method; returns the files written."""
-    if stat not in STATS:
-        raise SorlError(f"--stat {stat}: use mean or iqm")
-    formats = _check_formats(formats)
+    formats = check_plot_options(stat=stat, formats=formats, reps=reps)
     plt = _pyplot()
     runset = load_runs(paths)
     written: list[Path] = []
@@ -255,9 +264,7 @@ def plot_compute(
     """Success against inference compute (network evaluations per action), every (K, N) cell a point: lines join
     the cells of one N (sequential scaling, K growing) and the dashed line is the frontier, the best success at or
     below each compute. One figure per method, one panel per environment and over all; returns the files."""
-    if stat not in STATS:
-        raise SorlError(f"--stat {stat}: use mean or iqm")
-    formats = _check_formats(formats)
+    formats = check_plot_options(stat=stat, formats=formats, reps=reps)
     plt = _pyplot()
     runset = load_runs(paths)
     written: list[Path] = []
@@ -336,9 +343,7 @@ def plot_curves(
     name: str = "curves",
 ) -> list[Path]:
     """Success and losses against gradient updates, per environment and overall; returns the files written."""
-    if stat not in STATS:
-        raise SorlError(f"--stat {stat}: use mean or iqm")
-    formats = _check_formats(formats)
+    formats = check_plot_options(stat=stat, formats=formats, reps=reps, K=K, N=N)
     plt = _pyplot()
     runset = load_runs(paths)
     methods = _by_method(runset.records)
