@@ -24,7 +24,9 @@ complete checkpoint, and the logs are cut back to it (`CsvLog.truncate_after`), 
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import math
 import os
@@ -129,6 +131,33 @@ def make_results(
     return out
 
 
+SCALING_PROTOCOL = ("step", "eval_seed", "episodes", "max_episode_steps", "success_timing")
+"""What makes two scaling.json grids comparable: cells of grids that agree on these can share one file."""
+
+
+def scaling_header(
+    config: Mapping[str, Any], step: int, *, eval_seed: int, episodes: int, max_episode_steps: int | None
+) -> dict[str, Any]:
+    """scaling.json's fields besides the grid: the run, and how its checkpoint `step` was evaluated."""
+    return {
+        "task": config["task"],
+        "agent": agent_name(config),
+        "seed": config["seed"],
+        "step": step,
+        "eval_seed": eval_seed,
+        "episodes": episodes,
+        "max_episode_steps": max_episode_steps,
+        "success_timing": config.get("success_timing", "pre"),
+        "ogbench_version": config.get("ogbench_version"),
+    }
+
+
+def format_cells(cells: Sequence[tuple[int, int] | Mapping[str, Any]]) -> str:
+    """'K=1 N=1, K=8 N=16': (K, N) pairs or grid cells, in (K, N) order."""
+    pairs = sorted((int(c["K"]), int(c["N"])) if isinstance(c, Mapping) else (int(c[0]), int(c[1])) for c in cells)
+    return ", ".join(f"K={K} N={N}" for K, N in pairs)
+
+
 def grid_from_rows(rows: Sequence[Mapping[str, str]], step: int) -> list[dict[str, Any]]:
     """The (K, N) cells eval.csv logged at `step`, in results.json's `final` form (empty if none)."""
     ints = ("K", "N", "episodes")
@@ -186,6 +215,8 @@ class RunDir:
         return self.config.is_file()
 
     def read_config(self) -> dict[str, Any]:
+        if self.path.exists() and not self.path.is_dir():
+            raise SorlError(f"{self.path} is a file, not a run directory; give the directory that holds its {CONFIG}")
         return read_json(self.config, what="run config", missing=f"{self.path} is not a run directory (no {CONFIG})")
 
     def write_config(self, config: Mapping[str, Any]) -> None:
@@ -214,24 +245,55 @@ class RunDir:
         eval_seed: int,
         episodes: int,
         max_episode_steps: int | None,
+        kept: Sequence[Mapping[str, Any]] = (),
     ) -> None:
-        """scaling.json (the grid with what produced it) and scaling.csv (one row per (K, N) cell)."""
+        """scaling.json (the grid with what produced it) and scaling.csv (one row per (K, N) cell), each written
+        atomically; `kept`: cells of the earlier scaling.json that this evaluation did not redo
+        (`plan_scaling`), written next to the new ones in (K, N) order."""
+        cells = sorted([*kept, *grid], key=lambda r: (int(r["K"]), int(r["N"])))
         out = {
-            "task": config["task"],
-            "agent": agent_name(config),
-            "seed": config["seed"],
-            "step": step,
-            "eval_seed": eval_seed,
-            "episodes": episodes,
-            "max_episode_steps": max_episode_steps,
-            "success_timing": config.get("success_timing", "pre"),
-            "ogbench_version": config.get("ogbench_version"),
+            **scaling_header(config, step, eval_seed=eval_seed, episodes=episodes, max_episode_steps=max_episode_steps),
             "success_unit": SUCCESS_UNIT,
             "success_metric": "fraction of episodes with OGBench info['success'] at the episode's end",
-            "grid": list(grid),
+            "grid": cells,
         }
         write_json(self.scaling_json, out)
-        write_csv(self.scaling_csv, grid, [*RESULT_KEYS, "env_steps", "time_s"])
+        write_csv(self.scaling_csv, cells, [*RESULT_KEYS, "env_steps", "time_s"])
+
+    def plan_scaling(
+        self, header: Mapping[str, Any], cells: Sequence[tuple[int, int]], *, replace: bool = False
+    ) -> list[dict[str, Any]]:
+        """The cells of the earlier scaling.json to keep next to an evaluation of `cells` (the (K, N) pairs) whose
+        `scaling_header` is `header`; checked before the evaluation, so a refusal costs nothing.
+
+        Earlier cells that are evaluated again are replaced; the others are kept when the earlier grid was made
+        the same way (checkpoint step, evaluation seed, episodes, episode cap, success timing). An earlier grid made
+        another way is replaced when this evaluation covers all its cells, and refused (SorlError naming
+        `--replace`) when cells would be lost. `replace` (`sorl eval --replace`): keep nothing."""
+        if replace or not self.scaling_json.exists():
+            return []
+        try:
+            earlier = read_json(self.scaling_json, what="scaling grid")
+            grid = [dict(c) for c in earlier["grid"]]
+            pairs = [(int(c["K"]), int(c["N"])) for c in grid]
+        except (SorlError, KeyError, TypeError, ValueError):
+            raise SorlError(
+                f"{self.scaling_json} is unreadable or not a scaling grid; move it aside, or give --replace to "
+                "replace it"
+            ) from None
+        new = {(int(K), int(N)) for K, N in cells}
+        lost = [p for p in pairs if p not in new]
+        if not lost:
+            return []
+        differs = {k: (earlier.get(k), v) for k, v in header.items() if k in SCALING_PROTOCOL and earlier.get(k) != v}
+        if differs:
+            was = ", ".join(f"{k}={a!r}" for k, (a, _) in differs.items())
+            now = ", ".join(f"{k}={b!r}" for k, (_, b) in differs.items())
+            raise SorlError(
+                f"{self.scaling_json} holds cells {format_cells(lost)} made with {was}, not {now}: this evaluation "
+                "would drop them; evaluate those cells too, or give --replace to replace the file"
+            )
+        return [c for c, p in zip(grid, pairs, strict=True) if p not in new]
 
     def clear_failed_results(self) -> None:
         """Remove a results.json that says "failed": the run is being trained again."""
@@ -248,16 +310,17 @@ class RunDir:
                 raise SorlError(f"could not remove the stale {self.results}: {e.strerror or e}") from None
 
 
-def open_run_dir(path: str | Path, *, task: str, agent: str, seed: int) -> RunDir:
-    """Create `path` for a run of (task, agent, seed), or accept it if it already holds that run.
+def check_run_dir(path: str | Path, *, task: str, agent: str, seed: int) -> tuple[RunDir, dict[str, Any] | None]:
+    """(run, its config.json or None): `path` may take a run of (task, agent, seed); nothing is created or written.
 
-    Refuses (SorlError) a path that is a file, a directory holding another task's, agent's or seed's
-    run, or a non-empty directory that is not a run directory.
+    Refuses (SorlError) a path that is a file, a directory holding another task's, agent's or seed's run, and a
+    non-empty directory that is not a run directory. Whether it can be written to: `check_writable`.
     """
     run = RunDir(path)
     p = run.path
     if p.exists() and not p.is_dir():
         raise SorlError(f"run directory {p} is a file; choose another --run-dir")
+    cfg = None
     if run.exists():
         cfg = run.read_config()
         if agent_name(cfg) != cfg.get("agent") and agent == cfg.get("agent"):
@@ -274,14 +337,51 @@ def open_run_dir(path: str | Path, *, task: str, agent: str, seed: int) -> RunDi
                 )
     elif p.is_dir() and any(c.name not in _BOOKKEEPING for c in p.iterdir()):
         raise SorlError(f"{p} is not empty and holds no sorl run ({CONFIG} missing); choose another --run-dir")
+    return run, cfg
+
+
+def create_run_dir(run: RunDir) -> RunDir:
+    """Make a checked run directory (`check_run_dir`, `check_writable`) and its parents."""
     try:
-        p.mkdir(parents=True, exist_ok=True)
-        probe = p / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        run.path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise SorlError(f"cannot write to run directory {p}: {e.strerror or e}") from None
+        raise SorlError(f"cannot write to run directory {run.path}: {e.strerror or e}") from None
     return run
+
+
+def open_run_dir(path: str | Path, *, task: str, agent: str, seed: int) -> RunDir:
+    """`check_run_dir`, then create the directory: a run of (task, agent, seed) can be written there."""
+    run, _ = check_run_dir(path, task=task, agent=agent, seed=seed)
+    check_writable(run.path, "run directory", flag="--run-dir")
+    return create_run_dir(run)
+
+
+def check_writable(
+    path: str | Path, what: str = "directory", *, flag: str | None = None, files: Sequence[str | Path] = ()
+) -> None:
+    """SorlError unless this process can create files in the directory `path` (made, with its parents, where
+    missing) and write the existing ones among `files`, found without writing anything: the nearest existing
+    ancestor of `path` must be a writable directory."""
+    p = Path(path)
+    there = p
+    while not there.exists() and there.parent != there:
+        there = there.parent
+    instead = f"; choose another {flag}" if flag else ""
+    if not there.is_dir():
+        raise SorlError(f"cannot write to {what} {p}: {there} is a file{instead}")
+    if not os.access(there, os.W_OK | os.X_OK):
+        raise SorlError(f"cannot write to {what} {p}: {_why_not_writable(there)}{instead}")
+    for f in map(Path, files):
+        if f.exists() and not os.access(f, os.W_OK):
+            raise SorlError(f"cannot write {f}: {_why_not_writable(f)}{instead}")
+
+
+def _why_not_writable(path: Path) -> str:
+    try:
+        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    return "read-only file system" if read_only else f"no write permission on {path}"
 
 
 # ----------------------------------------------------------------------------------------------- files
@@ -301,14 +401,23 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def write_json(path: Path, obj: Mapping[str, Any]) -> None:
-    """Write JSON atomically (temporary file, then rename): a reader never sees half a file."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file atomically: a temporary file beside it, then a rename. A reader (or a later run) sees the
+    old file or the new one, never half of one, and a failure leaves the old file as it was (and no temporary)."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
+        with tmp.open("w", newline="") as f:
+            f.write(text)
         os.replace(tmp, path)
     except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
         raise SorlError(f"could not write {path}: {e.strerror or e}") from None
+
+
+def write_json(path: Path, obj: Mapping[str, Any]) -> None:
+    """Write JSON atomically (`write_text_atomic`): a reader never sees half a file."""
+    write_text_atomic(path, json.dumps(_jsonable(obj), indent=2) + "\n")
 
 
 def read_json(path: Path, *, what: str = "file", missing: str | None = None) -> dict[str, Any]:
@@ -316,6 +425,8 @@ def read_json(path: Path, *, what: str = "file", missing: str | None = None) -> 
         obj = json.loads(path.read_text())
     except FileNotFoundError:
         raise SorlError(missing or f"{what} {path} not found") from None
+    except IsADirectoryError:
+        raise SorlError(f"{what} {path} is a directory, not a file; move it aside") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SorlError(f"{what} {path} is unreadable or corrupt ({type(e).__name__}); delete or restore it") from None
     if not isinstance(obj, dict):
@@ -342,8 +453,11 @@ class CsvLog:
         self._given: list[str] | None = list(fields) if fields else None
         self.fields: list[str] | None = self._given
         if self.path.is_file() and self.path.stat().st_size > 0:
-            with self.path.open(newline="") as f:
-                first = f.readline()
+            try:
+                with self.path.open(newline="") as f:
+                    first = f.readline()
+            except (OSError, UnicodeDecodeError) as e:
+                raise SorlError(f"log {self.path} is unreadable ({type(e).__name__}); delete or restore it") from None
             if first.endswith("\n"):  # a header cut short by a kill is no header
                 header = next(csv.reader([first]), None)
                 if header:
@@ -378,8 +492,18 @@ class CsvLog:
         Rows a killed run logged after its last checkpoint go, and so does a row (or header) cut short by the
         kill: no line end, or the wrong number of cells. The file is rewritten atomically, if at all.
         """
-        if not self.path.is_file():
+        kept = self.kept_after(step)
+        if kept is None:
             return
+        header, keep = kept
+        self.fields = header or self._given
+        write_text_atomic(self.path, "".join(keep))
+
+    def kept_after(self, step: int) -> tuple[list[str] | None, list[str]] | None:
+        """What `truncate_after(step)` would keep: (header, lines), or None when the file stays as it is. Reads
+        only, so a run checks its logs before it writes anything; SorlError if the log is unreadable."""
+        if not self.path.is_file():
+            return None
         try:
             with self.path.open(newline="") as f:
                 lines = f.read().splitlines(keepends=True)
@@ -398,16 +522,10 @@ class CsvLog:
                 s = _step_of(cells[col]) if col is not None else None
                 if col is None or (s is not None and s <= step):
                     keep.append(line)
-        self.fields = header or self._given
         if keep == lines:
-            return
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        try:
-            with tmp.open("w", newline="") as f:
-                f.write("".join(keep))
-            os.replace(tmp, self.path)
-        except OSError as e:
-            raise SorlError(f"could not write {self.path}: {e.strerror or e}") from None
+            self.fields = header or self._given
+            return None
+        return header, keep
 
 
 def _step_of(cell: Any) -> int | None:
@@ -426,14 +544,10 @@ def _fmt(v: Any) -> Any:
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> None:
-    """Write a whole CSV file atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: _fmt(v) for k, v in r.items()})
-        os.replace(tmp, path)
-    except OSError as e:
-        raise SorlError(f"could not write {path}: {e.strerror or e}") from None
+    """Write a whole CSV file atomically (`write_text_atomic`)."""
+    out = io.StringIO(newline="")
+    w = csv.DictWriter(out, fieldnames=list(fields), extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _fmt(v) for k, v in r.items()})
+    write_text_atomic(path, out.getvalue())

@@ -3,7 +3,8 @@
 - `lock_run_dir(path)`: an exclusive lock (`sorl.locks`) on `RUN_DIR/.lock`. A second process pointed at the same run
   directory is refused with one line; the operating system drops the lock when its holder dies (even by
   SIGKILL), so a killed run never leaves the directory stuck. Functions decorated with `@releases_locks`
-  release every lock taken during the call when it returns or raises.
+  release every lock taken during the call when it returns or raises. `check_unlocked(path)` asks the same
+  question without creating or writing the lock file: a command checks every directory before it writes to any.
 - `GracefulStop`: while active, the first SIGTERM (Slurm preemption) or SIGINT (Ctrl-C) only sets a flag; the
   training loop checkpoints at its next logged step and raises `Interrupted` (exit code 128 + signal: 143 for
   SIGTERM, 130 for SIGINT) with a one-line message saying how to continue. A second signal stops at once.
@@ -18,6 +19,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import functools
 import os
 import shlex
@@ -59,12 +62,33 @@ class RunLock:
         except OSError as e:
             raise SorlError(f"cannot lock run directory {self.directory}: {e.strerror or e}") from None
         if not ok:
-            who = f"process {self._lock.holder}" if self._lock.holder else "another process"
-            raise SorlError(
-                f"run directory {self.directory} is in use by {who} (a sorl run is writing to it); "
-                "wait for it to finish or stop it, or choose another --run-dir"
-            )
+            raise self._in_use(self._lock.holder)
         return self
+
+    def check(self) -> None:
+        """SorlError if another process (or another lock of this one) holds the lock; creates and writes nothing:
+        a command checks every run directory it would write to before it writes to any (`acquire` follows)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:  # no lock file: nobody has locked the directory
+            return
+        except OSError as e:
+            raise SorlError(f"cannot lock run directory {self.directory}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # dropped again when the descriptor closes
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise self._in_use(_pid_in(fd)) from None
+            raise SorlError(f"cannot lock run directory {self.directory}: {e.strerror or e}") from None
+        finally:
+            os.close(fd)
+
+    def _in_use(self, holder: str | None) -> SorlError:
+        who = f"process {holder}" if holder else "another process"
+        return SorlError(
+            f"run directory {self.directory} is in use by {who} (a sorl run is writing to it); "
+            "wait for it to finish or stop it, or choose another --run-dir"
+        )
 
     def release(self) -> None:
         self._lock.release()
@@ -74,6 +98,15 @@ class RunLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def _pid_in(fd: int) -> str | None:
+    """The pid a lock's holder wrote into the lock file (`sorl.locks.FileLock`), if any."""
+    try:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    except OSError:
+        return None
+    return text if text.isdigit() else None
 
 
 _scopes = threading.local()
@@ -106,6 +139,11 @@ def lock_run_dir(directory: str | Path) -> RunLock:
     if stack:
         stack[-1].append(lock)
     return lock
+
+
+def check_unlocked(directory: str | Path) -> None:
+    """SorlError if a run directory is locked by another process (`RunLock.check`); nothing is created."""
+    RunLock(directory).check()
 
 
 # ------------------------------------------------------------------------------------- graceful stop

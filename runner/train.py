@@ -14,10 +14,12 @@ redone. SIGTERM/SIGINT checkpoint at the next logged step and exit (`runner.safe
 non-finite loss or parameter stops the run with results.json "failed"; the run directory is locked against a
 second process.
 
-The steps, in order (`Trainer.run`): `open_runs` (check and lock every seed's run directory), `load_data`,
-`resume` (each seed from its checkpoint, or from step 0), then per group of seeds at one starting step
-`train_group`: `run_chunk`, `check_finite` (and `fail`), `log`, `checkpoint`, `evaluate`, `stop_here`, and at
-the end `finish`. The Trainer is given the agent class, the dataset loader and the environment factory, so
+The steps, in order (`Trainer.run`): `open_runs` (check every seed's run directory), `load_data`, `resume`
+(each seed from its checkpoint, or from step 0; the grid checked against the agent), `write` (lock every seed's
+run directory, write its config.json, cut its logs back to the checkpoint), then per group of seeds at one starting
+step `train_group`: `run_chunk`, `check_finite` (and `fail`), `log`, `checkpoint`, `evaluate`, `stop_here`, and at
+the end `finish`. Nothing is written before `write`: a refused command (another run's directory, a checkpoint past
+--steps, a K above the trained one, for any of the seeds) leaves every run directory as it was. The Trainer is given the agent class, the dataset loader and the environment factory, so
 tests hand it fakes; by default they come from `agents` and `envs`.
 """
 
@@ -36,7 +38,7 @@ import numpy as np
 
 import sorl
 from runner import runs, safety
-from runner.checkpoint import Checkpointer
+from runner.checkpoint import Checkpointer, latest_step
 from runner.evaluation import EnvPool, MakeEnv, evaluate, format_grid, grid_note, validate_grid
 from runner.multiseed import SeedRunner, make_seed_runner, parse_seeds, resolve_strategy, seed_run_dir
 from runner.online import OnlineSeeds, online_template, resize_online_state
@@ -45,7 +47,7 @@ from runner.pixels import pipeline as pixel_pipeline
 from runner.runs import RESULT_KEYS
 from runner.settings import TrainSettings
 from runner.tracking import MultiSink, Tracking
-from runner.video import record_episodes
+from runner.video import VIDEO_DIR, record_episodes
 from sorl.agent import check_own_config
 from sorl.chunk import compile_chunk, distinct_buffers, train_chunk, train_chunk_jit, validation_losses_jit
 from sorl.config import apply_overrides, config_from_dict, config_to_dict
@@ -248,17 +250,22 @@ class Trainer:
 
     @safety.releases_locks
     def run(self) -> list[dict[str, Any]]:
-        """Every step of a training job; the results dicts in seed order."""
+        """Every step of a training job; the results dicts in seed order.
+
+        Everything a command can be refused for is checked for every seed before anything is written or cut:
+        `open_runs` (the run directories, before the data load) and `resume` (what needs the agent), then `write`
+        (locks, config.json, logs cut back to the checkpoint, the checkpointer, the trackers), then the training."""
         self.open_runs()
         todo = [sr for sr in self.runs if sr.results is None]
         if not todo:
             return [sr.results for sr in self.runs]
         self.load_data()
         self.t0 = time.perf_counter()
+        for sr in todo:
+            self.resume(sr, first=sr is todo[0])
         started = False  # failures from the first training step on mark the seeds' runs failed
         try:
-            for sr in todo:
-                self.resume(sr, first=sr is todo[0])
+            self.write(todo)
             with self.stop:
                 started = True
                 for start in sorted({sr.start for sr in todo}):  # seeds resuming from one checkpoint train together
@@ -274,24 +281,61 @@ class Trainer:
     # -------------------------------------------------------------------------------- run directories
 
     def open_runs(self) -> None:
-        """Every seed's run directory checked (same run or empty) and locked, before any expensive work."""
+        """Every seed's run directory checked before any expensive work, and before anything is written for any
+        seed (`write` creates and locks them): empty or holding this same run, not in use by another process,
+        writable, its checkpoint within --steps and its logs readable. A complete run is only read."""
+        self.runs, total = [], self.settings.total_steps
         for seed in self.seeds:
-            run = runs.open_run_dir(
+            run, previous = runs.check_run_dir(
                 self.run_dir_of(self.task_name, seed), task=self.task_name, agent=self.agent, seed=seed
             )
-            safety.lock_run_dir(run.path)
             sr = SeedRun(seed, run)
-            previous = run.read_config() if run.exists() else None
+            self.runs.append(sr)
             if previous is not None:
                 self.check_same_run(run, previous)
-                total = self.settings.total_steps
                 state, detail = runs.run_state(run.path, total)  # the one answer to "is it done?"
                 if state == "corrupt":
                     raise SorlError(detail)
                 if state == "complete":
-                    print(f"{run.path} is already complete ({total} updates); see {run.results}")
                     sr.results = run.read_results()
-            self.runs.append(sr)
+                    continue
+            self.check_pending(sr)
+        for sr in self.runs:
+            if sr.results is not None:
+                print(f"{sr.run.path} is already complete ({total} updates); see {sr.run.results}")
+
+    def check_pending(self, sr: SeedRun) -> None:
+        """A seed to train: its directory unlocked and writable, the checkpoint it continues from (`sr.start`)
+        within --steps, its logs readable (and what a continuation cuts from them found). Reads only."""
+        s, run = self.settings, sr.run
+        safety.check_unlocked(run.path)
+        sr.train_log = runs.CsvLog(run.train_log)
+        sr.eval_log = runs.CsvLog(run.eval_log, ["step", *RESULT_KEYS, "env_steps", "time_s"])
+        sr.validation_log = runs.CsvLog(run.validation_log)
+        sr.online_log = runs.CsvLog(run.online_log)
+        logs = (sr.train_log, sr.eval_log, sr.validation_log, sr.online_log)
+        files = [run.config, run.results, *(log.path for log in logs)]
+        runs.check_writable(run.path, "run directory", flag="--run-dir", files=files)
+        for sub in (run.checkpoints, run.path / VIDEO_DIR if s.video_episodes else None):
+            if sub is not None and sub.exists():
+                runs.check_writable(sub, "directory", flag="--run-dir")
+        sr.start = latest_step(run.checkpoints) or 0
+        if sr.start > s.total_steps:
+            online = f" + --online-steps {s.online_steps}" if s.online_steps else ""
+            raise SorlError(
+                f"{run.path} already holds a checkpoint at step {sr.start} > --steps {s.steps}{online}; "
+                f"raise --steps{' or --online-steps' if online else ''} or use another --run-dir"
+            )
+        if sr.start > s.steps:  # a checkpoint of the online phase also holds the replay buffer, of its own size
+            with Checkpointer(run.checkpoints) as ckpt:
+                online_layout = online_template(ckpt.saved_layout(sr.start))
+            if online_layout is None:
+                raise SorlError(
+                    f"{run.path} holds an offline checkpoint at step {sr.start} > --steps {s.steps}; an online "
+                    f"phase starts after the offline updates: use --steps {sr.start} or more, or another --run-dir"
+                )
+        for log in logs:
+            log.kept_after(sr.start)  # an unreadable log is refused now, not after config.json is rewritten
 
     def check_same_run(self, run: runs.RunDir, previous: Mapping[str, Any]) -> None:
         try:  # a setting added since that run was written takes its (legacy) default there, e.g. `encoder`
@@ -373,7 +417,8 @@ class Trainer:
         return self.agent_cls.prepare_dataset(to_device(val_data, frame_stack=self.sampling.frame_stack))
 
     def resume(self, sr: SeedRun, first: bool = False) -> None:
-        """A seed's state at its last checkpoint (or step 0), its config.json, logs cut back to that step."""
+        """A seed's state at its last checkpoint (read here) or step 0, with the grid and the video cell checked
+        against its agent and its config.json made. Reads only: `write` writes, once every seed is checked."""
         s = self.settings
         sr.state = initial_state(self.agent_cls, self.config, sr.seed, self.example_obs, self.example_act)
         validate_grid(s.Ks, s.Ns, sr.state["agent"].max_K)
@@ -383,40 +428,37 @@ class Trainer:
         if note and first:
             print(note, flush=True)
         sr.run_config = self.run_config(sr.seed)
-        sr.run.write_config(sr.run_config)
-        sr.train_log = runs.CsvLog(sr.run.train_log)
-        sr.eval_log = runs.CsvLog(sr.run.eval_log, ["step", *RESULT_KEYS, "env_steps", "time_s"])
-        sr.validation_log = runs.CsvLog(sr.run.validation_log)
-        sr.ckpt = Checkpointer(sr.run.checkpoints, max_to_keep=s.keep_checkpoints, writer=True)
-        sr.online_log = runs.CsvLog(sr.run.online_log)
-        sr.start = sr.ckpt.latest_step() or 0
-        if sr.start > s.total_steps:
-            online = f" + --online-steps {s.online_steps}" if s.online_steps else ""
-            raise SorlError(
-                f"{sr.run.path} already holds a checkpoint at step {sr.start} > --steps {s.steps}{online}; "
-                f"raise --steps{' or --online-steps' if online else ''} or use another --run-dir"
-            )
-        if sr.start > s.steps:  # a checkpoint of the online phase also holds the replay buffer, of its own size
-            online = online_template(sr.ckpt.saved_layout(sr.start))
-            if online is None:
-                raise SorlError(
-                    f"{sr.run.path} holds an offline checkpoint at step {sr.start} > --steps {s.steps}; an online "
-                    f"phase starts after the offline updates: use --steps {sr.start} or more, or another --run-dir"
-                )
-            sr.state["online"] = online
         if sr.start:
-            sr.state = sr.ckpt.restore(sr.state, sr.start)
-            print(f"continuing {sr.run.path} from its checkpoint at step {sr.start}", flush=True)
+            with Checkpointer(sr.run.checkpoints) as ckpt:
+                if sr.start > s.steps:  # an online-phase checkpoint also holds the replay buffer, of its own size
+                    sr.state["online"] = online_template(ckpt.saved_layout(sr.start))
+                sr.state = ckpt.restore(sr.state, sr.start)
         if sr.start > s.steps:
             sr.state["online"] = resize_online_state(sr.state["online"], sr.start - s.steps, s.online_steps, sr.run)
         sr.step = sr.start
-        # rows logged after the checkpoint (or cut short) by a killed run go; a stale "failed" result too
-        sr.train_log.truncate_after(sr.start)
-        sr.eval_log.truncate_after(sr.start)
-        sr.validation_log.truncate_after(sr.start)
-        sr.online_log.truncate_after(sr.start)
-        sr.run.clear_failed_results()
-        sr.sink = self.tracking.open(sr.run.path, sr.run_config, resume_step=sr.start)
+
+    def write(self, todo: list[SeedRun]) -> None:
+        """The write pass, once every seed is checked (`open_runs`, `resume`): each run directory made and locked,
+        then its config.json, its logs cut back to the checkpoint it continues from, a stale "failed" result
+        removed, its checkpointer and trackers opened."""
+        for sr in todo:
+            safety.lock_run_dir(runs.create_run_dir(sr.run).path)
+        for sr in todo:
+            sr.ckpt = Checkpointer(sr.run.checkpoints, max_to_keep=self.settings.keep_checkpoints, writer=True)
+            if (sr.ckpt.latest_step() or 0) != sr.start:  # another process trained it between the check and the lock
+                raise SorlError(
+                    f"{sr.run.path} changed while this command was starting (its checkpoint is now at step "
+                    f"{sr.ckpt.latest_step() or 0}, not {sr.start}); run the command again"
+                )
+        for sr in todo:
+            sr.run.write_config(sr.run_config)
+            # rows logged after the checkpoint (or cut short) by a killed run go; a stale "failed" result too
+            for log in (sr.train_log, sr.eval_log, sr.validation_log, sr.online_log):
+                log.truncate_after(sr.start)
+            sr.run.clear_failed_results()
+            if sr.start:
+                print(f"continuing {sr.run.path} from its checkpoint at step {sr.start}", flush=True)
+            sr.sink = self.tracking.open(sr.run.path, sr.run_config, resume_step=sr.start)
 
     # ------------------------------------------------------------------------------------ one group
 
