@@ -11,8 +11,10 @@ Statistics (success in %, from each run's `results.json` "final" grid: the final
   seed so tables are reproducible. Implemented here in numpy because rliable 1.2 imports `arch`, whose current
   release fails to import with pandas 3 (numpy 2.x environments); the computation is the same.
 
-Methods are the agents, split by the settings (resolved agent config, budget, success timing) that differ between
-runs of one agent on one environment (the grid of a sweep): e.g. "sorl alpha=1.0" and "sorl alpha=10.0". Each
+Methods are the agents, split by the settings (resolved agent config, offline budget, success timing) that differ
+between runs of one agent on one environment (the grid of a sweep): e.g. "sorl alpha=1.0" and "sorl alpha=10.0".
+A run fine-tuned online (config.json's `online` section) is its own method, "sorl +online 500000" (its online steps,
+and the online settings that differ between such runs), never averaged with offline-only runs. Each
 row says which (K, N) cell it reports; the default is the largest K with N = 1 that the method's runs evaluated
 (`--K`/`--N` pick another). Partial sweeps are aggregated with the number of tasks and seeds shown; runs that are
 not complete are left out and counted.
@@ -101,11 +103,14 @@ class RunRecord:
     seed: int
     status: str
     steps: int | None
+    """Offline gradient updates (results.json's `steps` less the online phase's)."""
     success_timing: str | None
     settings: dict[str, str]
     """The resolved agent config (else the --agent overrides): what tells methods apart."""
     final: dict[tuple[int, int], dict[str, Any]]
     label: str = ""
+    online: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """config.json's `online` section when the run had an online phase (steps, K, N, balanced_sampling), else {}."""
     timing: dict[str, Any] = dataclasses.field(default_factory=dict)
     """results.json's `timing` (updates_per_s, train_s, compile_s, wall_s), as measured on the run's machine."""
 
@@ -160,6 +165,7 @@ def load_record(run_dir: Path) -> RunRecord | None:
     try:
         task = resolve_task(results["task"])
         final = {(int(r["K"]), int(r["N"])): r for r in results.get("final") or []}
+        online, steps = _phases(results, config)
         return RunRecord(
             path=run_dir,
             task=task.name,
@@ -167,14 +173,28 @@ def load_record(run_dir: Path) -> RunRecord | None:
             agent=runs.agent_name(results),
             seed=int(results["seed"]),
             status=str(results.get("status")),
-            steps=results.get("steps"),
+            steps=steps,
             success_timing=results.get("success_timing"),
             settings=_settings(results, config),
             final=final,
             timing=results["timing"] if isinstance(results.get("timing"), dict) else {},
+            online=online,
         )
     except (KeyError, TypeError, ValueError, SorlError):
         return None
+
+
+def _phases(results: dict[str, Any], config: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """(online section, offline steps) of a run: config.json's `online` section (runner.settings `record`) when its
+    `steps` is set, and the offline updates (config.json's train.steps, else results.json's `steps`, which counts
+    the online phase's updates too, less the online steps)."""
+    section = config.get("online") if isinstance(config.get("online"), dict) else {}
+    online = dict(section) if section.get("steps") else {}
+    offline = (config.get("train") or {}).get("steps") if isinstance(config.get("train"), dict) else None
+    total = results.get("steps")
+    if offline is None and total is not None:
+        offline = int(total) - int(online.get("steps") or 0)
+    return online, offline
 
 
 def _settings(results: dict[str, Any], config: dict[str, Any]) -> dict[str, str]:
@@ -260,6 +280,9 @@ def assign_labels(records: Sequence[RunRecord]) -> None:
     def settings(r: RunRecord) -> dict[str, str]:
         return {**r.settings, "steps": str(r.steps), "success_timing": str(r.success_timing)}
 
+    def online(r: RunRecord) -> dict[str, str]:
+        return {k: setting_str(v) for k, v in r.online.items() if k != "steps"}
+
     varying: dict[str, set[str]] = {}
     by_agent_env: dict[tuple[str, str], list[RunRecord]] = {}
     for r in records:
@@ -269,10 +292,20 @@ def assign_labels(records: Sequence[RunRecord]) -> None:
         for key in keys:
             if len({settings(r).get(key) for r in group}) > 1:
                 varying.setdefault(agent, set()).add(key)
+    varying_online: dict[str, set[str]] = {}  # the online phase's settings that differ between online runs
+    for (agent, _), group in by_agent_env.items():
+        group = [r for r in group if r.online]
+        for key in set().union(*(online(r) for r in group)):
+            if len({online(r).get(key) for r in group}) > 1:
+                varying_online.setdefault(agent, set()).add(key)
     for r in records:
         keys = sorted(varying.get(r.agent, ()))
         s = settings(r)
         r.label = r.agent + ("".join(f" {k}={s.get(k, 'default')}" for k in keys) if keys else "")
+        if r.online:  # fine-tuned online: never one row with offline-only runs, whatever else varies
+            o = online(r)
+            r.label += f" +online {r.online['steps']}"
+            r.label += "".join(f" online_{k}={o.get(k, 'default')}" for k in sorted(varying_online.get(r.agent, ())))
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -282,3 +282,23 @@ def test_plots_from_synthetic_runs(runs_root, tmp_path):
         plots.plot_curves([runs_root], out, metrics=["critic/nope"])
     with pytest.raises(SorlError, match="png and/or pdf"):
         plots.plot_scaling([runs_root], out, formats=("gif",))
+
+
+def test_a_run_fine_tuned_online_is_its_own_row(tmp_path):
+    """Same total updates (results.json `steps`), one offline-only and one 500 offline + 500 online: two methods,
+    labelled by their offline and online steps (config.json's `train` and `online` sections)."""
+    offline = [write_run(tmp_path, "cube-single-play-task1", "sorl", s, {(8, 1): 0.2}) for s in (1, 2)]
+    online = [write_run(tmp_path / "ft", "cube-single-play-task1", "sorl", s, {(8, 1): 0.8}) for s in (1, 2)]
+    for d in offline:
+        (d / "config.json").write_text(json.dumps({"train": {"steps": 1000}, "online": {"steps": None, "K": None}}))
+    for d in online:
+        cfg = {"train": {"steps": 500}, "online": {"steps": 500, "K": None, "N": 1, "balanced_sampling": False}}
+        (d / "config.json").write_text(json.dumps(cfg))
+    rows, _ = aggregate.table_rows(aggregate.load_runs([tmp_path]), levels=("task",))
+    by_method = {r.method: r.mean for r in rows}
+    assert by_method == {"sorl steps=1000": pytest.approx(20.0), "sorl steps=500 +online 500": pytest.approx(80.0)}
+    # an older run directory without the sections: results.json's steps, offline
+    (offline[0] / "config.json").write_text("{}")
+    (offline[1] / "config.json").write_text("{}")
+    rows, _ = aggregate.table_rows(aggregate.load_runs([tmp_path]), levels=("task",))
+    assert {r.method for r in rows} == {"sorl steps=1000", "sorl steps=500 +online 500"}
