@@ -252,10 +252,30 @@ class Spec:
     def eval_for(self, agent: str) -> dict[str, Any]:
         return {**self.eval, **self.eval_by_agent.get(agent, {})}
 
-    def runs(self, out: str | Path | None = None, data_dir: str | Path | None = None) -> list[RunSpec]:
-        """Every run of the sweep, validated, in a stable order (agent, variant, task, seed)."""
+    def check(self) -> None:
+        """Every (agent, variant, task) of the spec resolved and checked as its runs would be, before any runs:
+        one SorlError naming the spec key and the task for a combination all of whose runs would fail (a pixel
+        option on a state task, online steps on a pixel task or with stacked frames, a K the agent cannot take)."""
+        for agent in self.agents:
+            ev = self.eval_for(agent)
+            for label, vsettings in self.agent_variants(agent):
+                for task in self.tasks:
+                    self._checked(agent, label, task, self.overrides(agent, task.env.name, vsettings), ev)
+
+    def _checked(self, agent: str, label: str, task: Any, overrides: Mapping[str, str], ev: Mapping[str, Any]):
         from runner.train import resolve_agent_config
 
+        where = f"{agent} on {task.env.name}" + (f" ({label})" if label else "")
+        try:
+            _, config, _ = resolve_agent_config(agent, task.env.name, overrides)
+        except SorlError as e:
+            raise SorlError(f"{self.where()}: {where}: {e}") from None
+        check_run_settings(self.where(), agent, task, config, self.train, ev, "eval" + (
+            f".{agent}" if "K" in self.eval_by_agent.get(agent, {}) else ""))  # fmt: skip
+        return config
+
+    def runs(self, out: str | Path | None = None, data_dir: str | Path | None = None) -> list[RunSpec]:
+        """Every run of the sweep, validated, in a stable order (agent, variant, task, seed)."""
         root = Path(out) if out is not None else self.out
         root = root.expanduser().absolute()
         data = data_dir if data_dir is not None else (self.data_dir or os.environ.get("OGBENCH_DATA_DIR") or None)
@@ -267,11 +287,7 @@ class Spec:
             for label, vsettings in variants:
                 for task in self.tasks:
                     overrides = self.overrides(agent, task.env.name, vsettings)
-                    try:
-                        resolve_agent_config(agent, task.env.name, overrides)
-                    except SorlError as e:
-                        where = f"{agent} on {task.env.name}" + (f" ({label})" if label else "")
-                        raise SorlError(f"{self.where()}: {where}: {e}") from None
+                    self._checked(agent, label, task, overrides, ev)
                     for seed in self.seeds:
                         rel = runs.run_path(task.name, agent, seed, safe_name(label) if label else None)
                         run_id = rel.as_posix()
@@ -491,7 +507,7 @@ def parse_spec(raw: Mapping[str, Any], path: Path | None = None) -> Spec:
     for sub, keys in (("slurm", SLURM_KEYS), ("ray", RAY_KEYS)):
         _check_keys(_table(launcher.get(sub, {}), f"[launcher.{sub}]", fail), keys, f"key in [launcher.{sub}]", fail)
 
-    return Spec(
+    spec = Spec(
         name=name,
         path=path,
         description=description,
@@ -508,6 +524,80 @@ def parse_spec(raw: Mapping[str, Any], path: Path | None = None) -> Spec:
         variants=variants,
         launcher=launcher,
     )
+    spec.check()  # every combination, now: a spec whose runs would all fail is refused before anything runs
+    return spec
+
+
+# ------------------------------------------------------------------------------------------- run checks
+
+
+def agent_max_K(agent: str, config: Any) -> int | None:
+    """The largest K an agent of `config` takes (its `max_K`, read off the config without building the agent);
+    None where K does not apply or cannot be told without the agent."""
+    import inspect
+
+    from agents import get_agent
+
+    prop = inspect.getattr_static(get_agent(agent), "max_K", None)
+    if not isinstance(prop, property) or prop.fget is None:
+        return None
+    try:
+        value = prop.fget(_ConfigOnly(config))
+    except AttributeError:  # the property reads more than the config: told when the run starts
+        return None
+    return int(value) if value is not None else None
+
+
+class _ConfigOnly:
+    def __init__(self, config: Any):
+        self.config = config
+
+
+def check_run_settings(
+    where: str, agent: str, task: Any, config: Any, train: Mapping[str, Any], ev: Mapping[str, Any], eval_scope: str
+) -> None:
+    """What `runner.pixels.pipeline` and the Trainer would refuse in every run of (agent, task), said now with the
+    spec key: p_aug on a state task, online steps on a pixel task or with frame stacking, a K above the agent's
+    largest (evaluation grid, online acting policy, filmed cell)."""
+    name, pixels = task.name, bool(task.env.pixels)
+    p_aug, frame_stack, online = train.get("p_aug"), train.get("frame_stack"), train.get("online_steps")
+    if p_aug and not pixels:
+        raise SorlError(
+            f"{where}: [train] p_aug = {p_aug} shifts images, but {name} has state observations; drop p_aug or "
+            "sweep pixel (visual-*) tasks"
+        )
+    if online and pixels:
+        raise SorlError(
+            f"{where}: [train] online_steps = {online}: {name} has pixel observations and the online phase "
+            "supports state tasks only; drop online_steps or sweep state tasks"
+        )
+    if online and frame_stack and frame_stack > 1:
+        raise SorlError(
+            f"{where}: [train] online_steps = {online} with frame_stack = {frame_stack} on {name}: the online "
+            "phase does not stack frames yet; drop one of them"
+        )
+    max_K = agent_max_K(agent, config)
+    if max_K is not None:
+        candidates = [(f"[{eval_scope}] K", k) for k in ev.get("K") or ()]
+        if online and train.get("online_K") is not None:
+            candidates.append(("[train] online_K", train["online_K"]))
+        if ev.get("video_episodes") and ev.get("video_K") is not None:
+            candidates.append(("[eval] video_K", ev["video_K"]))
+        too_big = [(key, k) for key, k in candidates if k > max_K]
+        if too_big:
+            key, K = too_big[0]
+            trained = "denoise_timesteps" if hasattr(config, "denoise_timesteps") else "the K it trains"
+            raise SorlError(
+                f"{where}: {key} = {K} on {name}: {agent} takes K up to {max_K} ({trained}); lower "
+                f"{key.split()[-1]} or raise {trained}"
+            )
+    from runner.pixels import pipeline
+    from runner.settings import TrainSettings
+
+    try:  # anything else the run's pipeline refuses (e.g. a pixel task whose encoder was set to none)
+        pipeline(task.env, TrainSettings.from_spec(train, ev), config)
+    except SorlError as e:
+        raise SorlError(f"{where}: {agent} on {name}: {e}") from None
 
 
 # ------------------------------------------------------------------------------------------------ helpers
