@@ -107,14 +107,23 @@ class BCConfig:
     """The FQL paper's BC baseline: the reference `Actor` (4x512 GELU MLP, no LayerNorm), Adam 3e-4, batch 256."""
 
     lr: float = 3e-4
-    grad_clip_norm: float = 0.0  # the reference baselines do not clip
+    """Adam learning rate."""
+    grad_clip_norm: float = 0.0
+    """Global-norm gradient clip (0, the reference's choice, disables clipping)."""
     batch_size: int = 256
+    """Dataset transitions per gradient update."""
     actor_layer_size: int = 512
+    """Width of each hidden layer of the Gaussian policy's MLP."""
     actor_num_layers: int = 4
+    """Hidden layers of the Gaussian policy's MLP."""
     actor_layer_norm: bool = False
-    const_std: bool = True  # std fixed at 1 (maximum likelihood = mean squared error); False learns a log-std
-    actor_fc_scale: float = 0.01  # init scale of the mean head
-    encoder: str | None = None  # image encoder of pixel tasks ('impala_small' in the reference)
+    """LayerNorm in the policy's hidden layers."""
+    const_std: bool = True
+    """Std fixed at 1 (maximum likelihood is then mean squared error); false learns a log-std."""
+    actor_fc_scale: float = 0.01
+    """Initialisation scale of the policy's mean head."""
+    encoder: str | None = None
+    """Image encoder of pixel tasks (impala_small in the reference); none feeds states to the MLP."""
 
     def validate(self) -> None:
         check_config(self)

@@ -25,6 +25,7 @@ import jax
 from agents.sorl import ShortcutPolicy, SORLConfig, actor_network
 from sorl import baselines as B
 from sorl import shortcut
+from sorl.config import field_docs
 from sorl.inference import validate_K_N
 from sorl.validation import check_config
 
@@ -110,7 +111,7 @@ class _FlowBCConfigBase:
 FlowBCConfig = dataclasses.make_dataclass(
     "FlowBCConfig",
     [
-        (f.name, f.type, dataclasses.field(default=f.default))
+        (f.name, f.type, dataclasses.field(default=f.default, metadata={"doc": field_docs(SORLConfig)[f.name]}))
         for f in dataclasses.fields(SORLConfig)
         if f.name in POLICY_KEYS
     ],

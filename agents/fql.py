@@ -220,10 +220,14 @@ def _onestep_def(config: FQLConfig, action_dim: int) -> OneStepPolicy:
 class FQLConfig(B.BaselineConfig):
     """The reference's `agents/fql.py` keys and defaults; per-environment values in envs/registry.py."""
 
-    q_agg: Literal["mean", "min"] = "mean"  # critic target and best-of-N verifier (the Q term always averages)
-    alpha: float = 10.0  # distillation coefficient (tuned per environment)
-    flow_steps: int = 10  # Euler steps of the flow BC policy (distillation target)
+    q_agg: Literal["mean", "min"] = "mean"
+    """How the critics combine in the critic target and the best-of-N verifier (the Q term always averages)."""
+    alpha: float = 10.0
+    """Distillation coefficient: weight of the one-step policy's distance to the flow policy (tuned per task)."""
+    flow_steps: int = 10
+    """Euler steps of the flow BC policy (the distillation target)."""
     normalize_q_loss: bool = False
+    """Divide the one-step policy's Q term by the batch's mean |Q| (no gradient through it)."""
 
 
 FQLAgent.Config = FQLConfig

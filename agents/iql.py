@@ -160,11 +160,16 @@ class IQLAgent(Agent):
 class IQLConfig(B.BaselineConfig):
     """The reference's `agents/iql.py` keys and defaults (AWR actor); per-environment values in envs/registry.py."""
 
-    q_agg: Literal["mean", "min"] = "min"  # value target, advantage and best-of-N verifier (the reference: min)
+    q_agg: Literal["mean", "min"] = "min"
+    """How the critics combine in the value target, the advantage and the best-of-N verifier (reference: min)."""
     expectile: float = 0.9
-    alpha: float = 10.0  # AWR inverse temperature (tuned per environment)
-    const_std: bool = True  # std fixed at 1; False learns one log-std per action dimension
-    actor_fc_scale: float = 0.01  # init scale of the actor's mean layer
+    """Expectile of the value regression on Q (an upper expectile of Q over the dataset's actions)."""
+    alpha: float = 10.0
+    """AWR inverse temperature of the actor's advantage weights (tuned per environment)."""
+    const_std: bool = True
+    """Gaussian actor's std fixed at 1; false learns one log-std per action dimension."""
+    actor_fc_scale: float = 0.01
+    """Initialisation scale of the actor's mean layer."""
 
 
 IQLAgent.Config = IQLConfig

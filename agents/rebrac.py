@@ -220,14 +220,22 @@ def _floats(info: dict[str, Array], **extra: Array | float) -> dict[str, Array]:
 class ReBRACConfig(B.BaselineConfig):
     """The reference's `agents/rebrac.py` keys and defaults; per-environment values in envs/registry.py."""
 
-    q_agg: Literal["mean", "min"] = "min"  # critic target, actor's Q and best-of-N verifier (the reference: min)
-    alpha_actor: float = 0.0  # actor BC coefficient (tuned per environment)
-    alpha_critic: float = 0.0  # critic BC coefficient (tuned per environment)
-    actor_freq: int = 2  # actor and target updates every actor_freq-th update
-    actor_noise: float = 0.2  # target policy smoothing noise (also the best-of-N perturbation)
+    q_agg: Literal["mean", "min"] = "min"
+    """How the critics combine in the critic target, the actor's Q and the best-of-N verifier (reference: min)."""
+    alpha_actor: float = 0.0
+    """Actor BC coefficient: weight of the squared distance to the dataset action (tuned per environment)."""
+    alpha_critic: float = 0.0
+    """Critic BC coefficient: penalty on the next action's distance to the dataset's (tuned per environment)."""
+    actor_freq: int = 2
+    """The actor and the targets update every actor_freq-th update (the critic every update)."""
+    actor_noise: float = 0.2
+    """Std of the target policy smoothing noise (also the best-of-N candidates' perturbation)."""
     actor_noise_clip: float = 0.5
-    actor_fc_scale: float = 0.01  # init scale of the actor's last layer
-    shared_adam: bool = True  # the reference's single Adam over actor and critic (module docstring); False: one each
+    """The smoothing noise is clipped to plus or minus this."""
+    actor_fc_scale: float = 0.01
+    """Initialisation scale of the actor's last layer."""
+    shared_adam: bool = True
+    """One Adam over actor and critic stepped every update, as the reference; false gives each network its own."""
 
     LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"shared_adam": False}
     """Runs written before `shared_adam` existed were trained with one Adam per network."""

@@ -388,29 +388,53 @@ class SORLConfig:
     """The released code's keys and defaults (docs/method.md, "Defaults"); per-environment values: the caller."""
 
     lr: float = 1e-4
-    grad_clip_norm: float = 1.0  # 0 disables clipping
+    """Adam learning rate of every network."""
+    grad_clip_norm: float = 1.0
+    """Global-norm gradient clip of each Adam step (0 disables clipping)."""
     optimizer_beta1: float = 0.9
+    """Adam's first-moment decay (beta1)."""
     optimizer_beta2: float = 0.999
+    """Adam's second-moment decay (beta2)."""
     batch_size: int = 256
+    """Dataset transitions per gradient update."""
     actor_layer_size: int = 512
-    actor_num_layers: int = 4  # 0 makes the velocity net linear (used by tests)
+    """Width of each hidden layer of the shortcut policy's MLP."""
+    actor_num_layers: int = 4
+    """Hidden layers of the shortcut policy's MLP (0 makes the velocity net linear)."""
     value_layer_size: int = 512
+    """Width of each hidden layer of the critic's MLPs."""
     value_num_layers: int = 4
-    layer_norm: bool = True  # critic
+    """Hidden layers of the critic's MLPs."""
+    layer_norm: bool = True
+    """LayerNorm in the critic's hidden layers."""
     actor_layer_norm: bool = False
+    """LayerNorm in the shortcut policy's hidden layers."""
     discount: float = 0.99
+    """Discount factor gamma of the critic target."""
     tau: float = 0.005
-    q_agg: Literal["mean", "min"] = "mean"  # critic target and best-of-N verifier
-    alpha: float = 10.0  # self-consistency coefficient
+    """EMA rate tau of the target networks (target policy, and target critic where there is one)."""
+    q_agg: Literal["mean", "min"] = "mean"
+    """How the critic ensemble's values combine in the critic target and the best-of-N verifier: mean or min."""
+    alpha: float = 10.0
+    """Weight of the self-consistency loss in the actor loss."""
     bc_flow_loss_coef: float = 10.0
-    q_loss_coef: float = 100.0  # released default; the per-environment table overrides it
+    """Weight of the flow-matching (behaviour cloning) loss in the actor loss."""
+    q_loss_coef: float = 100.0
+    """Weight of the Q term (policy improvement) in the actor loss; the released default, tuned per environment."""
     normalize_q_loss: bool = True
+    """Divide the Q term by the batch's mean |Q| (no gradient through it), so q_loss_coef is scale-free."""
     t_epsilon: float = 1e-5
-    denoise_timesteps: int = 8  # M, the finest discretisation trained and the largest K at test time
-    max_k_backprop: int = 8  # largest K the Q term and the critic target sample with
+    """Epsilon of the flow interpolant a_t = (1 - (1 - epsilon) t) a0 + t a1."""
+    denoise_timesteps: int = 8
+    """M: the finest discretisation the policy is trained at, and the largest sampling steps K at test time."""
+    max_k_backprop: int = 8
+    """Largest K the Q term and the critic target sample with (K drawn from 1, 2, 4, ... up to it)."""
     num_critics: int = 2
-    released_update: bool = False  # reproduce the released code's update (docs/method.md, "Update modes")
-    encoder: str | None = None  # image encoder of pixel tasks ('impala_small' in the released commands)
+    """Critics in the ensemble (C)."""
+    released_update: bool = False
+    """Reproduce the released code's update instead of the paper's (docs/method.md, "Update modes")."""
+    encoder: str | None = None
+    """Image encoder of pixel tasks (impala_small in the released commands); none feeds states to the MLPs."""
 
     def validate(self) -> None:
         """Raise a one-line SorlError naming the first invalid setting (`sorl.validation`)."""

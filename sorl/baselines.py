@@ -51,18 +51,31 @@ class BaselineConfig:
     """Defaults shared by FQL, ReBRAC and IQL in the FQL reference code (`agents/*.py` get_config)."""
 
     lr: float = 3e-4
-    grad_clip_norm: float = 0.0  # the reference baselines do not clip; > 0 adds a per-network global-norm clip
+    """Adam learning rate of every network."""
+    grad_clip_norm: float = 0.0
+    """Global-norm gradient clip per network (0, the reference's choice, disables clipping)."""
     batch_size: int = 256
+    """Dataset transitions per gradient update."""
     actor_layer_size: int = 512
+    """Width of each hidden layer of the actor's MLP."""
     actor_num_layers: int = 4
+    """Hidden layers of the actor's MLP."""
     value_layer_size: int = 512
+    """Width of each hidden layer of the critic's (and value network's) MLPs."""
     value_num_layers: int = 4
-    layer_norm: bool = True  # critics (and IQL's value network)
+    """Hidden layers of the critic's (and value network's) MLPs."""
+    layer_norm: bool = True
+    """LayerNorm in the critics' (and IQL's value network's) hidden layers."""
     actor_layer_norm: bool = False
+    """LayerNorm in the actor's hidden layers."""
     discount: float = 0.99
+    """Discount factor gamma of the critic target."""
     tau: float = 0.005
+    """EMA rate tau of the target networks."""
     num_critics: int = 2
-    encoder: str | None = None  # image encoder of pixel tasks, one per network ('impala_small' in the reference)
+    """Critics in the ensemble."""
+    encoder: str | None = None
+    """Image encoder of pixel tasks, one per network (impala_small in the reference); none feeds states to MLPs."""
 
     def validate(self) -> None:
         check_config(self)

@@ -7,7 +7,10 @@ work as in the reference code's flags.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import textwrap
 import types
 import typing
 from typing import Any, Literal, TypeVar
@@ -180,3 +183,34 @@ def split_agent_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
             rest.append(arg)
         i += 1
     return rest, overrides
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Setting name -> its meaning, one line: the docstring under each field of the dataclass `cls` (a subclass's
+    own wins over its parent's), or a field's `metadata["doc"]` (a generated dataclass has no source). A field
+    with neither maps to ''."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is object or not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        body = ast.parse(source).body[0]
+        if not isinstance(body, ast.ClassDef):
+            continue
+        for stmt, after in zip(body.body, body.body[1:], strict=False):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[stmt.target.id] = " ".join(after.value.value.split())
+    out = {}
+    for f in dataclasses.fields(cls):
+        meta = f.metadata.get("doc")
+        out[f.name] = docs.get(f.name) or (" ".join(meta.split()) if isinstance(meta, str) else "")
+    return out
