@@ -2,16 +2,23 @@
 
     sorl data list | generate TASK... | verify [TASK...]
     sorl train --task TASK --agent AGENT [--agent.KEY=VALUE ...]
-    sorl eval RUN_DIR --K 1,2,4,8 --N 1,4,16
+    sorl eval RUN_DIR --eval-K 1,2,4,8 --eval-N 1,4,16
     sorl sweep SPEC [--launcher local|slurm|ray] | table RUNS... | plot scaling|curves RUNS...   (experiments/)
 
 Agent hyperparameters use the reference code's dotted names (`--agent.q_loss_coef=100`); they are
-split off argv before tyro parses the rest, because their valid set depends on `--agent`.
+split off argv before tyro parses the rest, because their valid set depends on `--agent`; `sorl train --help`
+prints them after tyro's help (`cli.agent_help`).
+
+One spelling per idea across the subcommands: a flag means the same thing wherever it appears, and `sorl eval`
+takes `sorl train`'s evaluation flags (`--eval-K`, `--eval-episodes`, ...). Older spellings stay accepted as
+aliases (`ALIASES`, shown next to the canonical flag in `--help`), and `--progress False` still means
+`--no-progress` (`normalize_argv`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +29,56 @@ import tyro
 from cli.parse_errors import after_parsing, compact_parse_errors
 from runner.safety import Interrupted
 from runner.settings import TrainSettings
-from sorl.config import split_agent_overrides
+from sorl.config import _FALSE, _TRUE, split_agent_overrides
 from sorl.errors import SorlError
 from sorl.validation import check_positive
+
+# ------------------------------------------------------------------------------------------ help text
+
+
+def _paragraphs(text: str) -> str:
+    """A docstring as tyro should show it: lines joined into paragraphs (a blank line separates two)."""
+    return "\n\n".join(" ".join(p.split()) for p in re.split(r"\n\s*\n", text.strip()))
+
+
+# tyro keeps a field docstring's line break wherever the next line does not start with a letter, and a class
+# body's continuation lines start with indentation: every wrapped docstring came out broken mid-sentence.
+if hasattr(tyro, "_strings") and hasattr(tyro._strings, "remove_single_line_breaks"):
+    tyro._strings.remove_single_line_breaks = _paragraphs
+
+_ARGV: list[str] = []
+"""The command line `main` is running: an error names a flag as it was typed (`spelled`)."""
+
+
+def spelled(canonical: str, alias: str) -> str:
+    """The spelling the command line used for a flag with an older alias: `canonical` if it was typed, else
+    `alias` (also the name when the command runs from Python, whose arguments keep the older names)."""
+    typed = any(a == canonical or a.startswith(canonical + "=") for a in _ARGV)
+    return canonical if typed else alias
+
+
+def alias(canonical: str) -> Any:
+    """A field whose flag is the older spelling, with `canonical` (shown first in --help) accepted as well."""
+    return tyro.conf.arg(aliases=(canonical,))
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """`--progress False` / `--progress=true` (the old form) as the flag form `--no-progress` / `--progress`."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg, value = argv[i], None
+        if arg == "--progress" and i + 1 < len(argv) and argv[i + 1].strip().lower() in _TRUE | _FALSE:
+            value = argv[i + 1]
+            i += 1
+        elif arg.startswith("--progress="):
+            value = arg.partition("=")[2]
+            if value.strip().lower() not in _TRUE | _FALSE:
+                raise SorlError(f"{arg}: --progress takes no value (--progress or --no-progress)")
+        out.append(arg if value is None else "--progress" if value.strip().lower() in _TRUE else "--no-progress")
+        i += 1
+    return out
+
 
 # ----------------------------------------------------------------------------------------------- data
 
@@ -43,12 +97,15 @@ class DataGenerate:
 
     tasks: tyro.conf.Positional[tuple[str, ...]]
     """Tasks or environments, e.g. cube-single-play or cube-single-play-singletask-task2-v0."""
-    episodes: int | None = None
-    """Training episodes (default: the published count); validation gets a tenth (at least 1)."""
+    episodes: Annotated[int | None, alias("--train-episodes")] = None
+    """Episodes of the training dataset (default: the published count); validation gets a tenth (at least 1).
+    --episodes is the older spelling."""
     workers: int | None = None
     """Worker processes (default: all cores)."""
     seed: int = 0
+    """Seed of the oracle's episodes (the same seed gives the same dataset)."""
     data_dir: Path | None = None
+    """Data directory to write to (default: $OGBENCH_DATA_DIR or ~/.ogbench/data)."""
     force: bool = False
     """Overwrite an existing dataset."""
     max_episode_steps: int | None = None
@@ -60,7 +117,9 @@ class DataVerify:
     """Check datasets against the manifest (sha256, size) and the environment's format."""
 
     tasks: tyro.conf.Positional[tuple[str, ...]] = ()
+    """Tasks or environments to check (default: every dataset present)."""
     data_dir: Path | None = None
+    """Data directory (default: $OGBENCH_DATA_DIR or ~/.ogbench/data)."""
 
 
 DataCommand = (
@@ -77,6 +136,10 @@ def data(cmd: tyro.conf.OmitSubcommandPrefixes[DataCommand]) -> None:
     if isinstance(cmd, DataList):
         datasets.cli_list(cmd.data_dir)
     elif isinstance(cmd, DataGenerate):
+        if spelled("--train-episodes", "--episodes") == "--train-episodes" and cmd.episodes is not None:
+            if isinstance(cmd.episodes, bool) or cmd.episodes < 1:  # named as typed (`envs` says --episodes)
+                raise SorlError(f"--train-episodes must be at least 1 (got {cmd.episodes}); leave it out for the "
+                                "published count")  # fmt: skip
         datasets.cli_generate(
             cmd.tasks, cmd.episodes, cmd.workers, cmd.seed, cmd.data_dir, cmd.force, cmd.max_episode_steps
         )
@@ -85,25 +148,6 @@ def data(cmd: tyro.conf.OmitSubcommandPrefixes[DataCommand]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- train
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainArgs(TrainSettings):
-    """Train one agent on one task; writes one run directory."""
-
-    task: str
-    """OGBench singletask name or environment (its default task), e.g. cube-single-play."""
-    agent: str = "sorl"
-    """Agent: sorl, fql, rebrac, iql, bc, flow-bc. Hyperparameters: --agent.KEY=VALUE."""
-    seed: int = 0
-    seeds: str | None = None
-    """Several seeds in one process, e.g. 1-8 or 1,3,5 (not with --seed); one run dir each, as --seed S (R/seedS)."""
-    seeds_strategy: Literal["auto", "vmap", "loop"] = "auto"
-    """--seeds as one vmapped batch, or in a loop over the one-seed program (CPU); auto: loop on CPU, else vmap."""
-    run_dir: Path | None = None
-    """Run directory (default: runs/TASK/AGENT/seedS)."""
-    quick: bool = False
-    """Small-budget preset for a ~10-minute CPU run (see QUICK_PRESET); flags you give explicitly win."""
 
 
 # `--quick`: a run that finishes in about ten minutes on a 2-core CPU, data generation included. Every value is
@@ -124,6 +168,35 @@ QUICK_AGENT_PRESET = {
 }
 
 
+def _quick_help() -> str:
+    """--quick's help: what the preset sets, from the preset itself."""
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in QUICK_PRESET.items()]
+    agent = [f"--agent.{k}={v}" for k, v in QUICK_AGENT_PRESET.items()]
+    return (
+        "Small-budget preset for a ~10-minute CPU run: " + ", ".join(flags + agent)
+        + " (agent settings the agent has); flags you give explicitly win."
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainArgs(TrainSettings):
+    """Train one agent on one task; writes one run directory."""
+
+    task: str
+    """OGBench singletask name or environment (its default task), e.g. cube-single-play."""
+    agent: str = "sorl"
+    """Agent: sorl, fql, rebrac, iql, bc or flow-bc; its settings (--agent.KEY=VALUE) are listed below."""
+    seed: int = 0
+    """Seed of the run (the default run directory is runs/TASK/AGENT/seedS)."""
+    seeds: str | None = None
+    """Several seeds in one process, e.g. 1-8 or 1,3,5 (not with --seed); one run dir each, as --seed S (R/seedS)."""
+    seeds_strategy: Literal["auto", "vmap", "loop"] = "auto"
+    """--seeds as one vmapped batch, or in a loop over the one-seed program (CPU); auto: loop on CPU, else vmap."""
+    run_dir: Path | None = None
+    """Run directory (default: runs/TASK/AGENT/seedS)."""
+    quick: Annotated[bool, tyro.conf.arg(help=_quick_help())] = False
+
+
 def apply_quick_preset(args: TrainArgs, agent_overrides: dict[str, str]) -> tuple[TrainArgs, dict[str, str]]:
     """Fill in QUICK_PRESET where `args` still holds the plain default."""
     defaults = TrainArgs(task=args.task)
@@ -132,10 +205,30 @@ def apply_quick_preset(args: TrainArgs, agent_overrides: dict[str, str]) -> tupl
 
 
 def train(args: TrainArgs, agent_overrides: dict[str, str] | None = None) -> None:
+    """Train one agent on one task (offline, then online with --online-steps); writes one run directory per seed."""
     agent_overrides = agent_overrides or {}
+    keys = check_agent_keys(args.agent, agent_overrides)
     if args.quick:
         args, agent_overrides = apply_quick_preset(args, agent_overrides)
+        agent_overrides = {k: v for k, v in agent_overrides.items() if k in keys}  # BC has no critic to shrink
     train_from_cli(args, agent_overrides)
+
+
+def check_agent_keys(agent: str, overrides: dict[str, str]) -> list[str]:
+    """The settings of `agent`; one error line for an override it does not have, naming the agents that have it."""
+    from agents import AGENTS, get_agent
+    from sorl.errors import suggest
+
+    keys = [f.name for f in dataclasses.fields(get_agent(agent).Config)]
+    for key in overrides:
+        if key not in keys:
+            owners = [n for n, c in AGENTS.items() if key in {f.name for f in dataclasses.fields(c.Config)}]
+            where = f" (a setting of {', '.join(owners)}, not of {agent})" if owners else suggest(key, keys)
+            raise SorlError(
+                f"unknown setting --agent.{key} for --agent {agent}{where}; {agent}'s settings: {', '.join(keys)} "
+                f"(`sorl train --agent {agent} --help` says what each one means)"
+            )
+    return keys
 
 
 def train_from_cli(args: TrainArgs, agent_overrides: dict[str, str]) -> dict[str, Any] | list[dict[str, Any]]:
@@ -160,28 +253,35 @@ def train_from_cli(args: TrainArgs, agent_overrides: dict[str, str]) -> dict[str
 class EvalArgs:
     """Evaluate a trained run over a (K, N) grid; writes scaling.json/csv next to the run."""
 
-    run_dir: tyro.conf.Positional[Path]
-    K: str = "1,2,4,8"
-    """Sampling steps (comma-separated powers of two, at most the trained maximum)."""
-    N: str = "1,4,16"
-    """Best-of-N candidate counts (comma-separated, >= 1)."""
-    episodes: int = 50
-    workers: int | None = None
-    envs: int | None = None
-    """Environments stepped at once (default: one per episode; fewer saves memory, see README)."""
+    run_dir: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
+    """Run directory written by `sorl train` (its config.json and checkpoints)."""
+    K: Annotated[str, alias("--eval-K")] = "1,2,4,8"
+    """Sampling steps evaluated (comma-separated powers of two, at most the trained maximum); --K is the older
+    spelling."""
+    N: Annotated[str, alias("--eval-N")] = "1,4,16"
+    """Best-of-N candidate counts evaluated (comma-separated, >= 1); --N is the older spelling."""
+    episodes: Annotated[int, alias("--eval-episodes")] = 50
+    """Evaluation episodes per (K, N) cell; --episodes is the older spelling."""
+    workers: Annotated[int | None, alias("--eval-workers")] = None
+    """Environment worker processes for evaluation (default: all cores); --workers is the older spelling."""
+    envs: Annotated[int | None, alias("--eval-envs")] = None
+    """Environments stepped at once (default: one per episode; fewer saves memory, see README); --envs is the
+    older spelling."""
     seed: int = 0
     """Evaluation seed (episodes are reproducible for a given seed)."""
-    max_episode_steps: int | None = None
-    """Cut episodes at this many steps (default: what the run used during training)."""
+    max_episode_steps: Annotated[int | None, alias("--eval-max-episode-steps")] = None
+    """Cut episodes at this many steps (default: what the run used during training); --max-episode-steps is the
+    older spelling."""
     logger: str = ""
     """Also send the scaling grid to wandb, tensorboard or both (into the run's own tracker run; see README)."""
     wandb_project: str = "sorl"
+    """wandb project of --logger wandb."""
     wandb_mode: Literal["online", "offline"] | None = None
     """wandb online or offline (default: $WANDB_MODE, else offline)."""
     video_episodes: int | None = None
     """Also film this many evaluation episodes to RUN_DIR/videos/ (MP4, headless; see README)."""
     video_K: int | None = None
-    """Sampling steps of the filmed cell (default: the largest of --K the agent was trained for)."""
+    """Sampling steps of the filmed cell (default: the largest of --eval-K the agent was trained for)."""
     video_N: int = 1
     """Best-of-N candidates of the filmed cell."""
     video_size: int = 256
@@ -191,6 +291,7 @@ class EvalArgs:
 
 
 def evaluate(args: Annotated[EvalArgs, tyro.conf.arg(name="")]) -> None:
+    """Evaluate a trained run over a grid of sampling steps K and best-of-N candidates N; writes scaling.json/csv."""
     eval_from_cli(args)
 
 
@@ -204,11 +305,13 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
     from runner.tracking import Tracking
     from runner.train import load_run
 
-    Ks = evaluation.parse_int_list(args.K, "--K")
-    Ns = evaluation.parse_int_list(args.N, "--N")
-    check_positive("--episodes", args.episodes)
-    for flag in ("workers", "envs", "max_episode_steps", "video_episodes", "video_K"):
-        check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag), allow_none=True)
+    Ks = evaluation.parse_int_list(args.K, spelled("--eval-K", "--K"))
+    Ns = evaluation.parse_int_list(args.N, spelled("--eval-N", "--N"))
+    check_positive(spelled("--eval-episodes", "--episodes"), args.episodes)
+    for field in ("workers", "envs", "max_episode_steps", "video_episodes", "video_K"):
+        flag = f"--{field.replace('_', '-')}"
+        name = flag if field.startswith("video") else spelled(f"--eval-{flag[2:]}", flag)
+        check_positive(name, getattr(args, field), allow_none=True)
     if args.video_episodes or args.video_only:
         check_videos(args)
     max_steps = args.max_episode_steps
@@ -309,7 +412,8 @@ def bench(args: Annotated[BenchArgs, tyro.conf.arg(name="")]) -> None:
 class VerifierArgs:
     """Probe a SORL run's Q verifier: rank agreement between Q and best-of-N candidates' actual returns."""
 
-    run_dir: tyro.conf.Positional[Path]
+    run_dir: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
+    """Run directory of a trained SORL run."""
     K: int = 4
     """Sampling steps of the candidates and of the policy that continues after them."""
     N: int = 32
@@ -317,6 +421,7 @@ class VerifierArgs:
     states: int = 16
     """Probe states (episode j stopped after 0, 25, 50 or 75 policy steps)."""
     seed: int = 0
+    """Seed of the probe episodes and the candidates' noise."""
 
 
 def verifier(args: Annotated[VerifierArgs, tyro.conf.arg(name="")]) -> None:
@@ -336,7 +441,8 @@ def verifier(args: Annotated[VerifierArgs, tyro.conf.arg(name="")]) -> None:
 class KProbeArgs:
     """Probe how a K-step policy's actions change with K, on held-out dataset transitions."""
 
-    run_dir: tyro.conf.Positional[Path]
+    run_dir: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
+    """Run directory of a trained run whose policy samples with K steps (SORL, flow BC)."""
     states: int = 4096
     """Validation-dataset transitions to probe (drawn without replacement)."""
     seed: int = 0
@@ -363,10 +469,38 @@ _COMMANDS["results"] = results
 _COMMANDS["bench"] = bench
 
 
+def _option_value(argv: list[str], flag: str) -> str | None:
+    """The value of `flag` (`--flag V` or `--flag=V`) in argv, the last one given; None if absent."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.partition("=")[2]
+    return value
+
+
+def train_help(argv: list[str]) -> None:
+    """`sorl train --help`: tyro's help for the flags, then every agent's settings (only --agent's if given, with
+    --task's defaults if given)."""
+    from cli import agent_help
+
+    section = agent_help.render(_option_value(argv, "--agent"), _option_value(argv, "--task"))  # errors first
+    try:
+        with compact_parse_errors():
+            tyro.cli(TrainArgs, args=["--help"], prog="sorl train")
+    except SystemExit as e:
+        if e.code not in (0, None):
+            raise
+    print()
+    print(section)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _ARGV[:] = argv
     try:
-        argv, overrides = split_agent_overrides(argv)
+        argv, overrides = split_agent_overrides(normalize_argv(argv))
         if overrides and (not argv or argv[0] not in ("train", "bench")):
             raise SorlError("--agent.KEY=VALUE overrides only apply to `sorl train` (and `sorl bench`)")
         if argv and argv[0] == "bench" and overrides:  # the generic path below cannot pass the overrides
@@ -376,7 +510,9 @@ def main(argv: list[str] | None = None) -> None:
                 bench_args = tyro.cli(BenchArgs, args=argv[1:], prog="sorl bench")
             bench_from_cli(bench_args, overrides)
             return
-        if argv and argv[0] == "train":
+        if argv and argv[0] == "train" and any(a in ("-h", "--help") for a in argv[1:]):
+            train_help(argv[1:])
+        elif argv and argv[0] == "train":
             with compact_parse_errors():  # tyro's parse errors as one `error: ...` line
                 args = tyro.cli(TrainArgs, args=argv[1:], prog="sorl train")
             if args.seeds is not None and any(a == "--seed" or a.startswith("--seed=") for a in argv[1:]):
@@ -399,6 +535,7 @@ def main(argv: list[str] | None = None) -> None:
         _silence_stdout()
         sys.exit(0)
     finally:
+        _ARGV.clear()
         try:
             sys.stdout.flush()
         except BrokenPipeError:
