@@ -23,8 +23,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import tyro
-
 from runner.evaluation import parse_int_list, validate_grid
 from runner.tracking import check_wandb_mode, parse_loggers
 from sorl.errors import SorlError
@@ -78,10 +76,13 @@ class TrainSettings:
     log_interval: int = option(
         5_000, check="positive", spec=("train", "log_interval"), record=("train", "log_interval")
     )
+    """Updates between rows of train.csv (losses and their statistics)."""
     eval_interval: int = option(
         100_000, check="positive", spec=("train", "eval_interval"), record=("train", "eval_interval")
     )
+    """Updates between evaluations (one is always run at the end)."""
     eval_episodes: int = option(50, check="positive", spec=("eval", "episodes"), record=("eval", "episodes"))
+    """Evaluation episodes per (K, N) cell."""
     eval_K: str = option("1,2,4,8", check="int-list", spec=("eval", "K"), record=("eval", "K"))
     """Sampling steps evaluated during and after training (comma-separated powers of two)."""
     eval_N: str = option("1", check="int-list", spec=("eval", "N"), record=("eval", "N"))
@@ -89,7 +90,7 @@ class TrainSettings:
     checkpoint_interval: int | None = option(
         None, check="optional-positive", spec=("train", "checkpoint_interval"), record=("train", "checkpoint_interval")
     )
-    """Updates between checkpoints (default: eval_interval); one is always written at the end."""
+    """Updates between checkpoints (default: --eval-interval); one is always written at the end."""
     eval_workers: int | None = option(None, check="optional-positive", spec=("eval", "workers"))
     """Environment worker processes for evaluation (default: all cores)."""
     eval_envs: int | None = option(None, check="optional-positive", spec=("eval", "envs"), record=("eval", "envs"))
@@ -134,7 +135,7 @@ class TrainSettings:
     online_steps: int | None = option(
         None, check="optional-positive", spec=("train", "online_steps"), record=("online", "steps")
     )
-    """Offline-to-online fine-tuning: after `steps` offline updates, this many environment steps, one update each
+    """Offline-to-online fine-tuning: after --steps offline updates, this many environment steps, one update each
     (default: none)."""
     balanced_sampling: bool = option(
         False,
@@ -160,8 +161,8 @@ class TrainSettings:
     """wandb project of --logger wandb."""
     wandb_mode: Literal["online", "offline"] | None = option(None, check="wandb-mode", spec=("train", "wandb_mode"))
     """wandb online or offline (default: $WANDB_MODE, else offline; upload later with `wandb sync`)."""
-    progress: tyro.conf.FlagConversionOff[bool] = option(True, command=False)
-    """Show the progress bar (`--progress False` for logs without it)."""
+    progress: bool = option(True, command=False)
+    """Show the progress bar (--no-progress for logs without it; --progress False is the older spelling)."""
 
     # ------------------------------------------------------------------------------------ derived values
 
