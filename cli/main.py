@@ -136,10 +136,10 @@ def data(cmd: tyro.conf.OmitSubcommandPrefixes[DataCommand]) -> None:
     if isinstance(cmd, DataList):
         datasets.cli_list(cmd.data_dir)
     elif isinstance(cmd, DataGenerate):
-        if spelled("--train-episodes", "--episodes") == "--train-episodes" and cmd.episodes is not None:
-            if isinstance(cmd.episodes, bool) or cmd.episodes < 1:  # named as typed (`envs` says --episodes)
-                raise SorlError(f"--train-episodes must be at least 1 (got {cmd.episodes}); leave it out for the "
-                                "published count")  # fmt: skip
+        typed = spelled("--train-episodes", "--episodes")  # named as typed (`envs` says --episodes)
+        if typed == "--train-episodes" and cmd.episodes is not None and cmd.episodes < 1:
+            raise SorlError(f"--train-episodes must be at least 1 (got {cmd.episodes}); leave it out for the "
+                            "published count")  # fmt: skip
         datasets.cli_generate(
             cmd.tasks, cmd.episodes, cmd.workers, cmd.seed, cmd.data_dir, cmd.force, cmd.max_episode_steps
         )
