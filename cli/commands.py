@@ -48,18 +48,26 @@ class SweepArgs:
     compile_cache: bool = True
     """Share JAX's persistent compilation cache (OUT/.jax-cache) between the runs' processes."""
     progress: bool = True
+    """Show the sweep's progress bar (--no-progress for logs without it)."""
     # slurm (submitit); defaults from the spec's [launcher.slurm]
     partition: str | None = None
     """Slurm partition (slurm launcher; unset flags take the spec's [launcher.slurm] values)."""
     time: int | None = None
     """Minutes per job (default 1440)."""
     gpus: int | None = None
+    """GPUs per Slurm job (default 0)."""
     cpus_per_task: int | None = None
+    """CPUs per Slurm job (default 8)."""
     mem_gb: float | None = None
+    """Memory per Slurm job in GB (default: the partition's)."""
     array_parallelism: int | None = None
+    """Slurm array jobs running at once (default: --max-parallel, else all)."""
     account: str | None = None
+    """Slurm account to charge."""
     qos: str | None = None
+    """Slurm quality of service."""
     constraint: str | None = None
+    """Slurm node constraint (e.g. a GPU model)."""
     submitit_folder: Path | None = None
     """submitit's folder for job pickles and logs (default: OUT/submitit)."""
     submitit_cluster: str = "slurm"
@@ -196,7 +204,9 @@ class PlotScaling:
     stat: str = "mean"
     """mean or iqm."""
     formats: str = "png,pdf"
+    """Figure file formats, comma-separated."""
     reps: int = 1000
+    """Bootstrap resamples for the confidence bands."""
     title: str | None = None
     """A first title line (e.g. what the runs are)."""
 
@@ -210,12 +220,17 @@ class PlotCurves:
     out: Path = Path("plots")
     """Directory for curves.png/.pdf."""
     K: int | None = None
+    """Sampling steps of the success curve's cell (default: the largest K evaluated at N = 1)."""
     N: int | None = None
+    """Best-of-N of the success curve's cell (default: 1)."""
     metrics: str | None = None
     """train.csv columns to plot, comma-separated (default: the critic and actor losses)."""
     stat: str = "mean"
+    """mean or iqm."""
     formats: str = "png,pdf"
+    """Figure file formats, comma-separated."""
     reps: int = 1000
+    """Bootstrap resamples for the confidence bands."""
 
 
 @dataclass(frozen=True)
