@@ -40,7 +40,7 @@ class SweepArgs:
     data_dir: Path | None = None
     """Datasets (default: the spec's data_dir, else $OGBENCH_DATA_DIR, else ~/.ogbench/data)."""
     group_seeds: bool = False
-    """One job per (agent, setting, task) holding all its pending seeds (vmapped where the agent allows)."""
+    """One job per (agent, setting, task) holding all its pending seeds (one vmapped batch on a GPU, a loop on CPU)."""
     retry_failed: bool = False
     """Also rerun runs whose results.json says failed."""
     check_data: bool = True
