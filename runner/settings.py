@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runner.evaluation import parse_int_list, validate_grid
+from runner.online import recorded_online
 from runner.tracking import check_wandb_mode, parse_loggers
 from sorl.errors import SorlError
 from sorl.validation import check_positive
@@ -66,7 +67,7 @@ class TrainSettings:
     """How long to train, how often to log, evaluate and checkpoint, and how to evaluate."""
 
     steps: int = option(1_000_000, check="positive", spec=("train", "steps"), record=("train", "steps"))
-    """Gradient updates."""
+    """Gradient updates (offline; 0 with --online-steps: a pure-online run, the reference's RLPD command)."""
     data_dir: Path | None = option(None, record=("dataset", "data_dir"))
     """Data directory (default: $OGBENCH_DATA_DIR or ~/.ogbench/data)."""
     success_timing: Literal["pre", "post"] = option(
@@ -144,14 +145,21 @@ class TrainSettings:
         record=("online", "balanced_sampling"),
         command="if-changed",
     )
-    """Online updates draw half of each batch from the dataset and half from the online transitions (default:
-    uniformly over both)."""
+    """Online updates draw half of each batch from the dataset and half from a separate buffer of the online
+    transitions (default: uniformly over one buffer that starts as the dataset), as the reference's flag."""
     online_K: int | None = option(None, check="optional-positive", spec=("train", "online_K"), record=("online", "K"))
-    """Sampling steps of the acting policy in the online phase (default: the agent's largest)."""
-    online_N: int = option(
-        1, check="positive", spec=("train", "online_N"), record=("online", "N"), command="if-changed"
+    """Sampling steps of the acting policy in the online phase (default: 1, the released SORL code's)."""
+    online_N: int | None = option(
+        None, check="optional-positive", spec=("train", "online_N"), record=("online", "N"), command="if-changed"
     )
-    """Best-of-N candidates of the acting policy in the online phase."""
+    """Best-of-N candidates of the acting policy in the online phase (default: 1, the released code's)."""
+    buffer_size: int | None = option(
+        None, check="optional-positive", spec=("train", "buffer_size"), record=("online", "buffer_size"),
+        command="if-changed",
+    )  # fmt: skip
+    """Replay buffer rows of the online phase (default: 2000000, the reference's): the dataset plus the online
+    transitions, at least dataset + 1 rows; once full, new transitions overwrite the oldest rows (with
+    --balanced-sampling: the online transitions' own buffer)."""
     keep_checkpoints: int = option(3, check="positive", spec=("train", "keep_checkpoints"), command="if-changed")
     """Checkpoints kept on disk (the latest ones)."""
     # Tracking copies the rows to a tool and never changes a number: config.json does not record it.
@@ -199,8 +207,29 @@ class TrainSettings:
     def validate(self) -> TrainSettings:
         """Every field's check, in field order: one SorlError naming the first bad value."""
         for f in dataclasses.fields(self):
+            if f.name == "steps" and self.steps == 0 and self.online_steps:
+                continue  # a pure-online run (the reference's --offline_steps=0)
+            if f.name == "steps" and self.steps == 0:
+                raise SorlError("steps=0: must be a positive integer (0 only with --online-steps N: a pure-online run)")
             check_value(f, getattr(self, f.name), f.name)
+        self.check_online()
         return self
+
+    ONLINE_ONLY = ("balanced_sampling", "online_K", "online_N", "buffer_size")
+    """Settings of the online phase: an error without --online-steps."""
+
+    def check_online(self) -> None:
+        """The online settings against each other (the acting K against the agent: `runner.online`)."""
+        if not self.online_steps:
+            for name in self.ONLINE_ONLY:
+                if getattr(self, name) not in (None, False):
+                    flag = f"--{name.replace('_', '-')}"
+                    raise SorlError(f"{flag} sets the online phase, which this run does not have: add --online-steps N "
+                                    f"or drop {flag}")  # fmt: skip
+        if self.online_K is not None and self.online_K & (self.online_K - 1):
+            raise SorlError(
+                f"--online-K {self.online_K}: the acting policy's sampling steps must be a power of two (1, 2, 4, ...)"
+            )
 
     @classmethod
     def of(cls, **options: Any) -> TrainSettings:
@@ -236,6 +265,8 @@ class TrainSettings:
                 value = list(parse_int_list(value, f.name))
             elif isinstance(value, Path):
                 value = str(value)
+            elif section == "online":
+                value = recorded_online(self)[key]  # the acting (K, N) and the buffer size used, defaults resolved
             out.setdefault(section, {})[key] = value
         return out
 

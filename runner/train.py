@@ -41,7 +41,17 @@ from runner import runs, safety
 from runner.checkpoint import Checkpointer, latest_step
 from runner.evaluation import EnvPool, MakeEnv, evaluate, format_grid, grid_note, validate_grid
 from runner.multiseed import SeedRunner, make_seed_runner, parse_seeds, resolve_strategy, seed_run_dir
-from runner.online import OnlineSeeds, online_template, resize_online_state
+from runner.online import (
+    OnlineSeeds,
+    acting_policy,
+    check_online_settings,
+    check_same_online,
+    online_capacity,
+    online_line,
+    online_template,
+    recorded_online,
+    resize_online_state,
+)
 from runner.pixels import eval_pool, example_observation
 from runner.pixels import pipeline as pixel_pipeline
 from runner.runs import RESULT_KEYS
@@ -61,7 +71,7 @@ LoadTask = Callable[..., tuple[Any, Mapping[str, np.ndarray], Any]]
 def boundaries(start: int, steps: int, intervals: Sequence[int]) -> list[int]:
     """Chunk ends after `start` up to `steps`: multiples of any interval, and `steps`."""
     ends = {steps}
-    for iv in intervals:
+    for iv in (iv for iv in intervals if iv > 0):  # steps = 0 (a pure-online run) is no boundary
         ends.update(range((start // iv + 1) * iv, steps, iv))
     return sorted(e for e in ends if start < e <= steps)
 
@@ -70,11 +80,16 @@ def boundaries(start: int, steps: int, intervals: Sequence[int]) -> list[int]:
 
 
 def resolve_agent_config(
-    agent_name: str, env_name: str, overrides: Mapping[str, str] | None = None, agent_cls: type | None = None
+    agent_name: str,
+    env_name: str,
+    overrides: Mapping[str, str] | None = None,
+    agent_cls: type | None = None,
+    online: bool = False,
 ):
     """(AgentClass, config, env_settings): defaults, then the environment's settings, then `overrides`.
 
-    `agent_cls` (default: the registry's class for `agent_name`) is the class trained under that name."""
+    `agent_cls` (default: the registry's class for `agent_name`) is the class trained under that name; `online`
+    takes the environment's offline-to-online settings where the reference's online command differs."""
     from agents import get_agent
     from envs.registry import agent_env_settings
 
@@ -82,7 +97,7 @@ def resolve_agent_config(
         agent_cls = get_agent(agent_name)  # checks the class itself
     else:
         check_own_config(agent_cls)
-    settings = dict(agent_env_settings(agent_name, env_name) or {})
+    settings = dict(agent_env_settings(agent_name, env_name, online=online) or {})
     config = dataclasses.replace(agent_cls.Config(), **settings)
     if overrides:
         config = apply_overrides(config, dict(overrides))
@@ -225,8 +240,9 @@ class Trainer:
         self.task_name, self.env_name, self.agent = task_info.name, task_info.env.name, agent
         self.agent_overrides = dict(agent_overrides or {})
         self.agent_cls, self.config, self.env_settings = resolve_agent_config(
-            agent, self.env_name, self.agent_overrides, agent_cls
+            agent, self.env_name, self.agent_overrides, agent_cls, online=bool(self.settings.online_steps)
         )
+        check_online_settings(self.settings, self.agent_cls, self.config)  # the acting K, before anything is read
         self.seeds, self.run_dir_of, self.strategy = list(seeds), run_dir_of, strategy
         self.load_task, self.make_env = load_task, make_env
         # Frame stacking and augmentation happen on the device (runner.pixels); evaluation stacks frames too, and
@@ -352,6 +368,7 @@ class Trainer:
                 f"run directory {run.path} holds a run with success_timing="
                 f"{previous.get('success_timing')!r}; choose another --run-dir or delete that one"
             )
+        check_same_online(run.path, previous, self.settings)  # acting (K, N), sampling, buffer, offline steps
 
     def run_config(self, seed: int) -> dict[str, Any]:
         """config.json: the run's identity, versions, agent config, data and the recorded settings."""
@@ -434,7 +451,8 @@ class Trainer:
                     sr.state["online"] = online_template(ckpt.saved_layout(sr.start))
                 sr.state = ckpt.restore(sr.state, sr.start)
         if sr.start > s.steps:
-            sr.state["online"] = resize_online_state(sr.state["online"], sr.start - s.steps, s.online_steps, sr.run)
+            capacity = online_capacity(self.dataset, s)
+            sr.state["online"] = resize_online_state(sr.state["online"], sr.start - s.steps, capacity, sr.run)
         sr.step = sr.start
 
     def write(self, todo: list[SeedRun]) -> None:
@@ -512,9 +530,10 @@ class Trainer:
         s = self.settings
         return OnlineSeeds(
             states, [sr.seed for sr in g.runs], int(states[0]["step"]), dataset=self.dataset,
-            capacity=int(s.online_steps or 0), task_name=self.task_name, success_timing=s.success_timing,
-            balanced=s.balanced_sampling, K=s.online_K, N=s.online_N, make_env=self.make_env,
-            on_episode=lambda i, row: self.log_episode(g.runs[i], row),
+            online_steps=int(s.online_steps or 0), task_name=self.task_name, success_timing=s.success_timing,
+            balanced=s.balanced_sampling, K=s.online_K, N=s.online_N, buffer_size=s.buffer_size,
+            make_env=self.make_env, on_episode=lambda i, row: self.log_episode(g.runs[i], row),
+            live=[sr.error is None for sr in g.runs], say=g.say,
         )  # fmt: skip
 
     def log_episode(self, sr: SeedRun, row: Mapping[str, Any]) -> None:
@@ -525,7 +544,7 @@ class Trainer:
     def redo_cut_evaluation(self, g: Group) -> None:
         """Resumed at an evaluation step whose evaluation a kill cut short (or at the end): evaluate again."""
         s, start, total = self.settings, g.start, self.settings.total_steps
-        due = start in (s.steps, total) or (start > 0 and start % s.eval_interval == 0)
+        due = start == total or (start > 0 and (start == s.steps or start % s.eval_interval == 0))
         cells = len(s.Ks) * len(s.Ns)
         if due and any(start == total or sr.eval_log.count(start) < cells for sr in g.runs):
             for sr in g.runs:
@@ -601,7 +620,8 @@ class Trainer:
             sr.sink.train_row(row)
             sr.acc = {}
         if g.bar is not None and row:
-            g.bar.set_postfix(_postfix(row), refresh=False)
+            online = g.runner.postfix() if isinstance(g.runner, OnlineSeeds) else {}
+            g.bar.set_postfix({**_postfix(row), **online}, refresh=False)
         g.acc_n, g.acc_t = 0, 0.0
 
     def validate(self, g: Group, step: int) -> None:
@@ -704,6 +724,9 @@ class Trainer:
         sr.results = runs.make_results(
             sr.run_config, self.settings.total_steps, step, sr.last_eval, "failed", error=message
         )
+        if isinstance(g.runner, OnlineSeeds):  # it acts no more; results.json says where its online phase stopped
+            g.runner.stop(g.runs.index(sr), step)
+            sr.results["online"] = online_summary(sr, self.settings, g.runner)
         sr.run.try_write_results(sr.results)
         sr.sink.results(sr.results)
         if len(self.seeds) > 1:
@@ -761,6 +784,8 @@ class Trainer:
                 title = f"{self.task_name}  agent={self.agent}  seed={sr.seed}  step={s.total_steps}"
                 title += f"  ({s.eval_episodes} episodes)"
                 print(format_grid(sr.last_eval or [], title))
+                if online_line(sr.results or {}):
+                    print(online_line(sr.results or {}))
                 print(f"results: {sr.run.results}")
         failed = [sr for sr in todo if sr.error is not None]
         if len(self.seeds) == 1 and failed:
@@ -778,12 +803,15 @@ def online_summary(sr: SeedRun, s: TrainSettings, runner: Any) -> dict[str, Any]
     returns = [float(r["return"]) for r in episodes]
     last = max(1, len(episodes) // 10)
     online = isinstance(runner, OnlineSeeds)
+    K, N = acting_policy(s)
     return {
         "steps": s.online_steps,
         "offline_steps": s.steps,
         "balanced_sampling": s.balanced_sampling,
-        "K": runner.K if online else s.online_K,
-        "N": s.online_N,
+        "buffer_size": recorded_online(s)["buffer_size"],
+        "K": K,
+        "N": N,
+        "stopped_at": runner.stopped_at(sr.seed) if online else None,
         "episodes": len(episodes),
         "success": float(np.mean(success)) if success else None,
         "return": float(np.mean(returns)) if returns else None,

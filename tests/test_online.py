@@ -23,6 +23,8 @@ from runner import online as online_lib
 from runner import train as train_lib
 from runner.checkpoint import Checkpointer
 from runner.settings import TrainSettings
+from sorl import replay
+from sorl.data import BATCH_KEYS
 from sorl.replay import add_transition, make_buffer, sample_online_batch
 
 
@@ -92,6 +94,92 @@ def test_plain_sampling_is_uniform_over_dataset_and_online_transitions():
     np.testing.assert_array_equal(batch["observations"][~online, 0], -1 - rewards[~online])
 
 
+# ----------------------------------------------------------------------- the reference's wrap-around
+
+
+class _ReferenceBuffer:
+    """The reference's `ReplayBuffer` (FQL/SORL `utils/datasets.py`) on numpy: `create_from_initial_dataset`
+    (plain sampling) or `create` (balanced sampling's separate buffer), `add_transition` with its wrapping pointer."""
+
+    def __init__(self, dataset, size, from_dataset):
+        n = len(dataset["rewards"])
+        self.data = {k: np.zeros((size, *np.shape(v)[1:]), np.float32) for k, v in dataset.items()}
+        if from_dataset:
+            for k, v in dataset.items():
+                self.data[k][:n] = np.asarray(v)
+        self.max_size = size
+        self.size = self.pointer = n if from_dataset else 0
+
+    def add_transition(self, transition):
+        for k, v in transition.items():
+            self.data[k][self.pointer] = v
+        self.pointer = (self.pointer + 1) % self.max_size
+        self.size = max(self.pointer, self.size)
+
+
+def _online_transition(j):
+    return {"observations": np.full(3, 100.0 + j), "actions": np.full(2, 0.01 * j), "rewards": 1000.0 + j,
+            "masks": 1.0, "next_observations": np.zeros(3)}  # fmt: skip
+
+
+@pytest.mark.parametrize("balanced", [False, True], ids=["plain", "balanced"])
+def test_buffer_wraps_as_the_reference_pointer_does(balanced):
+    """Dataset of 3 rows, --buffer-size 5, 7 online steps. Plain: the buffer is the dataset, S = max(5, 3 + 1) = 5
+    rows, pointer from 3; balanced: a separate buffer of 5 rows, pointer from 0. Hand-computed pointer positions and
+    sizes (the reference's size stops at S - 1) after each addition, and the rows it samples equal to ours, row for
+    row."""
+    data = _data(3)
+    n_data, buffer_size, online_steps = 3, 5, 7
+    total = replay.virtual_size(n_data, buffer_size, balanced)
+    capacity = replay.ring_capacity(n_data, online_steps, buffer_size, balanced)
+    assert (total, capacity) == (5, 5)
+    expected = [0, 1, 2, 3, 4, 0, 1, 2] if balanced else [3, 4, 0, 1, 2, 3, 4, 0]  # before any addition, then each
+    expected_size = [0, 1, 2, 3, 4, 4, 4, 4] if balanced else [3, 4, 4, 4, 4, 4, 4, 4]
+    reference = _ReferenceBuffer({k: np.asarray(v) for k, v in data.items()}, total, from_dataset=not balanced)
+    buffer = make_buffer(data, capacity)
+    for m in range(online_steps + 1):
+        assert replay.reference_pointer(n_data, m, total, balanced) == (expected[m], expected_size[m])
+        assert (reference.pointer, reference.size) == (expected[m], expected_size[m])
+        view = replay.reference_view(data, buffer, total, balanced)
+        for k in BATCH_KEYS:
+            np.testing.assert_array_equal(view[k], reference.data[k][: reference.size], err_msg=f"{k} after {m}")
+        if m < online_steps:
+            reference.add_transition(_online_transition(m))
+            buffer = add_transition(buffer, _online_transition(m))
+    if not balanced:  # transitions 0-1 went to rows 3-4, 2-4 over dataset rows 0-2, 5-6 over transitions 0-1
+        np.testing.assert_array_equal(reference.data["rewards"], [1002, 1003, 1004, 1005, 1006])
+        np.testing.assert_array_equal(view["rewards"], [1002, 1003, 1004, 1005])  # row 4 (the newest): never drawn
+
+
+def test_sampling_after_the_wrap_draws_only_the_rows_the_reference_holds():
+    """Plain sampling, 10 dataset rows, --buffer-size 12 (S = 12), 5 online transitions: transitions 0 and 1 go to
+    rows 10 and 11, 2-4 overwrite dataset rows 0-2; the reference samples rows [0, 11): every row but 11."""
+    data = _data(10)
+    total = replay.virtual_size(10, 12, False)
+    buffer = make_buffer(data, replay.ring_capacity(10, 5, 12, False))
+    for j in range(5):
+        buffer = add_transition(buffer, _online_transition(j))
+    sample = jax.jit(sample_online_batch, static_argnums=(3, 4, 5))
+    rewards = np.asarray(sample(data, buffer, jax.random.PRNGKey(3), 6000, False, total)["rewards"])
+    held = set(np.asarray(replay.reference_view(data, buffer, total, False)["rewards"]).tolist())
+    assert held == {-4.0, -5.0, -6.0, -7.0, -8.0, -9.0, -10.0, 1000.0, 1002.0, 1003.0, 1004.0}
+    assert set(rewards.tolist()) == held
+    counts = np.array([np.sum(rewards == r) for r in sorted(held)])
+    assert counts.min() > 6000 / 11 * 0.8 and counts.max() < 6000 / 11 * 1.2  # uniform over the 11 rows
+
+
+def test_balanced_sampling_after_its_buffer_wraps_draws_the_newest_online_rows():
+    data = _data(50)
+    # a separate buffer of 4 rows, 9 additions: rows 0-2 hold transitions 8, 5, 6 (row 3, transition 7, is not drawn)
+    buffer = make_buffer(data, replay.ring_capacity(50, 9, 4, True))
+    for j in range(9):
+        buffer = add_transition(buffer, _online_transition(j))
+    batch = sample_online_batch(data, buffer, jax.random.PRNGKey(0), 400, True, replay.virtual_size(50, 4, True))
+    rewards = np.asarray(batch["rewards"])
+    assert np.all(rewards[:200] < 0)  # the dataset half: the whole dataset, never overwritten
+    assert set(rewards[200:].tolist()) == {1005.0, 1006.0, 1008.0}
+
+
 # ------------------------------------------------------------------------------- the online phase
 
 
@@ -106,7 +194,9 @@ def test_online_phase_collects_episodes_fills_the_buffer_and_records_both_phases
     run = tmp_path / "run"
     assert res["status"] == "complete" and res["steps"] == 43 and res["step"] == 43
     on = res["online"]
-    assert on["steps"] == 23 and on["offline_steps"] == 20 and on["K"] == 4 and on["N"] == 1
+    # the acting policy defaults to the released code's sample_actions defaults (K = 1, N = 1), not the largest K
+    assert on["steps"] == 23 and on["offline_steps"] == 20 and on["K"] == 1 and on["N"] == 1
+    assert on["buffer_size"] == 2_000_000 and on["stopped_at"] is None
     assert on["episodes"] == 4 and 0 <= on["success"] <= 1  # TinyEnv's episodes are 5 steps: 4 end in 23
     assert [(c["K"], c["N"]) for c in on["offline_final"]] == [(1, 1), (1, 2), (4, 1), (4, 2)]
     assert on["env_steps_per_s"] > 0
@@ -171,7 +261,7 @@ def test_online_settings_are_checked_recorded_and_printed(tmp_path, stand_in):
     assert s.total_steps == s.steps + 10
     _online(tmp_path, balanced_sampling=True, online_K=2)
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert cfg["online"] == {"steps": 23, "balanced_sampling": True, "K": 2, "N": 1}
+    assert cfg["online"] == {"steps": 23, "balanced_sampling": True, "K": 2, "N": 1, "buffer_size": 2_000_000}
     assert json.loads((tmp_path / "run" / "results.json").read_text())["online"]["K"] == 2
 
 
