@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import sys
 import textwrap
 import types
 import typing
@@ -84,7 +85,10 @@ def agent_rows(agent: str, task: str | None = None) -> list[tuple[str, str, str]
 
 
 def _box(title: str, lines: list[str], width: int) -> list[str]:
+    """A titled box as tyro draws its groups: UTF-8 box lines where stdout takes UTF-8, else a ruled title."""
     inner = width - 4
+    if getattr(sys.stdout, "encoding", None) != "utf-8":
+        return [f" {title}", " " + "-" * (width - 2), *(f"  {line}" for line in lines), ""]
     top = f"╭─ {title} " + "─" * max(0, width - len(title) - 5) + "╮"
     body = [f"│ {line.ljust(inner)} │" for line in lines]
     return [top, *body, "╰" + "─" * (width - 2) + "╯"]

@@ -245,7 +245,7 @@ PlotCommand = (
 )
 
 
-def plot(cmd: tyro.conf.OmitSubcommandPrefixes[PlotCommand]) -> None:
+def plot(cmd: Annotated[PlotCommand, tyro.conf.OmitSubcommandPrefixes, tyro.conf.arg(name="")]) -> None:
     """Plot test-time scaling or training curves from run directories (PNG and PDF)."""
     from experiments import plots
 

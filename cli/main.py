@@ -11,7 +11,7 @@ prints them after tyro's help (`cli.agent_help`).
 
 One spelling per idea across the subcommands: a flag means the same thing wherever it appears, and `sorl eval`
 takes `sorl train`'s evaluation flags (`--eval-K`, `--eval-episodes`, ...). Older spellings stay accepted as
-aliases (`ALIASES`, shown next to the canonical flag in `--help`), and `--progress False` still means
+aliases (`alias`: shown after the canonical flag in `--help`), and `--progress False` still means
 `--no-progress` (`normalize_argv`).
 """
 
@@ -95,7 +95,7 @@ class DataList:
 class DataGenerate:
     """Generate datasets locally with OGBench's oracles (same format as the published files)."""
 
-    tasks: tyro.conf.Positional[tuple[str, ...]]
+    tasks: Annotated[tuple[str, ...], tyro.conf.Positional, tyro.conf.arg(metavar="TASK [TASK ...]")]
     """Tasks or environments, e.g. cube-single-play or cube-single-play-singletask-task2-v0."""
     episodes: Annotated[int | None, alias("--train-episodes")] = None
     """Episodes of the training dataset (default: the published count); validation gets a tenth (at least 1).
@@ -116,7 +116,7 @@ class DataGenerate:
 class DataVerify:
     """Check datasets against the manifest (sha256, size) and the environment's format."""
 
-    tasks: tyro.conf.Positional[tuple[str, ...]] = ()
+    tasks: Annotated[tuple[str, ...], tyro.conf.Positional, tyro.conf.arg(metavar="[TASK ...]")] = ()
     """Tasks or environments to check (default: every dataset present)."""
     data_dir: Path | None = None
     """Data directory (default: $OGBENCH_DATA_DIR or ~/.ogbench/data)."""
@@ -129,7 +129,7 @@ DataCommand = (
 )
 
 
-def data(cmd: tyro.conf.OmitSubcommandPrefixes[DataCommand]) -> None:
+def data(cmd: Annotated[DataCommand, tyro.conf.OmitSubcommandPrefixes, tyro.conf.arg(name="")]) -> None:
     """Inspect, generate and verify OGBench datasets."""
     from envs import datasets
 
@@ -296,7 +296,7 @@ def evaluate(args: Annotated[EvalArgs, tyro.conf.arg(name="")]) -> None:
 
 
 def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
-    """`sorl eval RUN_DIR --K ... --N ...`: evaluate the run's last checkpoint over the grid.
+    """`sorl eval RUN_DIR --eval-K ... --eval-N ...`: evaluate the run's last checkpoint over the grid.
 
     Writes scaling.json and scaling.csv in the run directory and prints the table.
     """
