@@ -85,10 +85,11 @@ class SweepArgs:
 
 def sweep(args: Annotated[SweepArgs, tyro.conf.arg(name="")]) -> None:
     """Run a sweep (tasks x seeds x settings) on this machine, Slurm or Ray; resumes where it stopped."""
-    from experiments.launchers import RayOptions, SlurmOptions
+    from experiments.launchers import RayOptions, SlurmOptions, check_launcher_options
     from experiments.launchers import sweep as run_sweep
     from experiments.spec import load_spec
 
+    check_launcher_options(args.launcher, args)  # a flag another launcher reads is refused, not ignored
     spec = load_spec(args.spec)
     slurm_cfg = dict(spec.launcher.get("slurm", {}))
     ray_cfg = dict(spec.launcher.get("ray", {}))

@@ -32,7 +32,6 @@ import numpy as np
 
 from experiments.aggregate import mean_std
 from runner import runs
-from runner.pixels import run_observations
 from runner.train import load_run
 from sorl.errors import SorlError
 from sorl.validation import check_positive
@@ -86,22 +85,27 @@ def k_probe(
     run_dir: str | Path, *, states: int = 4096, seed: int = 0, data_dir: str | Path | None = None
 ) -> dict[str, Any]:
     """Probe the run's final checkpoint on `states` validation transitions; the record written to k_probe.json."""
-    from envs.datasets import load_task
+    from envs.datasets import dataset_paths, load_task
+    from experiments.verifier import check_probe
 
     check_positive("--states", states)
-    run = runs.RunDir(run_dir)
-    cfg = run.read_config()
-    pixels, frame_stack = run_observations(cfg)
-    if pixels or frame_stack > 1:  # the validation split of a pixel task is in the compact frame layout
-        what = "pixel observations" if pixels else f"{frame_stack} stacked frames"
-        raise SorlError(f"{run.path} was trained on {what}: the K probe handles state observations only")
+    run, cfg = check_probe(run_dir, "K probe", seed=seed, needs_K=True)  # before anything is built or compiled
+    data_dir = data_dir if data_dir is not None else (cfg.get("dataset") or {}).get("data_dir")
+    try:
+        _, val_file = dataset_paths(cfg["task"], data_dir)
+    except SorlError as e:
+        raise SorlError(f"{run.config}: {e}") from None
+    if not val_file.is_file():
+        raise SorlError(
+            f"{val_file} is missing: the K probe measures the policy on the held-out split; give --data-dir where "
+            f"the dataset is, or regenerate it with `sorl data generate {cfg['task']}`"
+        )
     agent, step = load_run(run)
     if getattr(agent, "max_K", None) is None:
         raise SorlError(
             f"{run.path}: agent {runs.agent_name(cfg)!r} samples its action in one step, so K changes nothing; "
             "probe a K-step agent (sorl, flow-bc)"
         )
-    data_dir = data_dir if data_dir is not None else (cfg.get("dataset") or {}).get("data_dir")
     env, _, val = load_task(cfg["task"], data_dir, success_timing=cfg.get("success_timing", "pre"), generate=False)
     if hasattr(env, "close"):
         env.close()

@@ -504,6 +504,53 @@ def launch_ray(
     return outcomes
 
 
+# ------------------------------------------------------------------------------------ launcher options
+
+
+SLURM_ONLY = (
+    "partition", "time", "gpus", "cpus_per_task", "mem_gb", "array_parallelism", "account", "qos", "constraint",
+    "submitit_folder",
+)  # fmt: skip
+"""`sorl sweep` flags that only the slurm launcher reads (besides --submitit-cluster and --no-wait)."""
+RAY_ONLY = ("address", "cpus_per_run", "gpus_per_run")
+"""`sorl sweep` flags that only the ray launcher reads."""
+_AT_LEAST = {  # flag -> its smallest value
+    "time": 1, "gpus": 0, "cpus_per_task": 1, "mem_gb": 0.001, "array_parallelism": 1, "cpus_per_run": 1,
+    "gpus_per_run": 0, "max_parallel": 1,
+}  # fmt: skip
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_launcher_options(launcher: str, options: Any) -> None:
+    """The `sorl sweep` flags given (`options`: the parsed arguments, unset flags None) against the launcher
+    chosen, before the spec is read: an unknown launcher, a flag that only another launcher reads (it would be
+    ignored without a word), or a number out of range is one SorlError saying which option needs which launcher."""
+    if launcher not in LAUNCHERS:
+        valid = ", ".join(LAUNCHERS)
+        raise SorlError(f"unknown launcher {launcher!r}{suggest(launcher, LAUNCHERS)}; use one of: {valid}")
+    given = {name for name in (*SLURM_ONLY, *RAY_ONLY) if getattr(options, name, None) is not None}
+    if getattr(options, "submitit_cluster", "slurm") != "slurm":
+        given.add("submitit_cluster")
+    if getattr(options, "wait", True) is False:
+        given.add("no_wait")
+    for name in sorted(given):
+        needs = "ray" if name in RAY_ONLY else "slurm"
+        if needs != launcher:
+            flag = "--no-wait" if name == "no_wait" else _flag(name)
+            raise SorlError(
+                f"{flag} is an option of the {needs} launcher; with --launcher {launcher} it would be ignored: "
+                f"add --launcher {needs} or drop {flag}"
+            )
+    for name, low in _AT_LEAST.items():
+        value = getattr(options, name, None)
+        if value is not None and (isinstance(value, bool) or value < low):
+            what = "a positive number" if isinstance(low, float) else f"at least {low}"
+            raise SorlError(f"{_flag(name)}={value}: must be {what}")
+
+
 # ---------------------------------------------------------------------------------------------- sweep
 
 
@@ -532,12 +579,36 @@ def _n(n: int, word: str) -> str:
     return f"{n} {word}{'s' * (n != 1)}"
 
 
-def check_datasets(runs: Sequence[RunSpec]) -> list[str]:
-    """Notes on datasets the pending runs need; SorlError if one is missing and cannot be generated here."""
+@dataclasses.dataclass(frozen=True)
+class MissingData:
+    """An environment whose dataset a sweep's pending runs need and the data directory lacks."""
+
+    env: str
+    train_file: Path
+    generatable: bool
+    data_dir: str | None
+
+    def line(self) -> str:
+        """One summary line: where it is missing and whether it can be generated here or must be fetched."""
+        where = f"missing from {self.train_file.parent}"
+        if self.generatable:
+            flag = f" --data-dir {self.data_dir}" if self.data_dir else ""
+            return (
+                f"data: {self.env}: {where}; can be generated here (the first run that needs it does, or "
+                f"`sorl data generate {self.env}{flag}` first)"
+            )
+        return (
+            f"data: {self.env}: {where}; cannot be generated here, must be fetched: place the published "
+            f"{self.train_file.name} and its -val file there"
+        )
+
+
+def missing_datasets(runs: Sequence[RunSpec]) -> list[MissingData]:
+    """One entry per (environment, data directory) whose dataset the runs need and is not there (nothing read)."""
     from envs.datasets import dataset_paths
     from envs.registry import resolve_env
 
-    notes, missing = [], []
+    out: list[MissingData] = []
     seen: set[tuple[str, str | None]] = set()
     for r in runs:
         key = (r.env, r.train.get("data_dir"))
@@ -545,24 +616,27 @@ def check_datasets(runs: Sequence[RunSpec]) -> list[str]:
             continue
         seen.add(key)
         train_file, val_file = dataset_paths(r.env, r.train.get("data_dir"))
-        if train_file.is_file() and val_file.is_file():
-            continue
-        if resolve_env(r.env).generatable:
-            data_flag = f" --data-dir {r.train['data_dir']}" if r.train.get("data_dir") else ""
-            notes.append(
-                f"note: {train_file} is missing; the first run that needs it generates it "
-                f"(or run `sorl data generate {r.env}{data_flag}` first)"
-            )
-        else:
-            missing.append((r.env, train_file))
-    if missing:
-        names = ", ".join(env for env, _ in missing)
+        if not (train_file.is_file() and val_file.is_file()):
+            out.append(MissingData(r.env, train_file, resolve_env(r.env).generatable, r.train.get("data_dir")))
+    return out
+
+
+def check_datasets(runs: Sequence[RunSpec]) -> list[str]:
+    """Notes on datasets the pending runs need; SorlError if one is missing and cannot be generated here."""
+    missing = missing_datasets(runs)
+    fetch = [m for m in missing if not m.generatable]
+    if fetch:
+        names = ", ".join(m.env for m in fetch)
         raise SorlError(
             f"datasets missing and not generatable here: {names}; place the published files in "
-            f"{missing[0][1].parent} (e.g. {missing[0][1].name}), or sweep a spec without them "
-            "(experiments/specs/local.toml); --no-check-data skips this check"
+            f"{fetch[0].train_file.parent} (e.g. {fetch[0].train_file.name}), or sweep a spec without them "
+            "(experiments/specs/local.toml); --no-check-data skips this check; nothing was launched"
         )
-    return notes
+    return [
+        f"note: {m.train_file} is missing; the first run that needs it generates it "
+        f"(or run `sorl data generate {m.env}" + (f" --data-dir {m.data_dir}" if m.data_dir else "") + "` first)"
+        for m in missing
+    ]
 
 
 def sweep(
@@ -619,6 +693,9 @@ def sweep(
         for job in jobs:
             for r in job.runs:
                 print(f"    $ {r.command()}")
+        if check_data:  # what a launch would need: one line per environment whose dataset is missing
+            for m in missing_datasets(pending):
+                print(m.line(), flush=True)
         print("dry run: nothing launched", flush=True)
         return summary
     if not jobs:

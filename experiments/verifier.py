@@ -82,6 +82,62 @@ def _set_physics_state(env: Any, state: dict[str, Any]) -> None:
     u._ik._data.qpos[:] = state["ik_qpos"]
 
 
+def check_probe(
+    run_dir: str | Path,
+    probe: str,
+    *,
+    Ks: Sequence[int] = (),
+    N: int = 1,
+    seed: int = 0,
+    needs_verifier: bool = False,
+    needs_K: bool = False,
+) -> tuple[runs.RunDir, dict[str, Any]]:
+    """A probe's arguments checked against the run before anything is built or compiled: the run directory and
+    its config, state observations, the agent (a Q verifier when `needs_verifier`, a K-step sampler when
+    `needs_K`), every K a power of two the agent takes, N and the seed, and a complete checkpoint. One SorlError
+    naming the argument and the fix; returns (run, config.json)."""
+    import inspect
+
+    from agents import AGENTS
+    from experiments.spec import agent_max_K
+    from runner.checkpoint import latest_step
+    from runner.evaluation import validate_grid
+    from sorl.agent import Agent
+    from sorl.config import config_from_dict
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise SorlError(f"--seed {seed}: a probe seed is a non-negative integer")
+    validate_grid(tuple(Ks), (N,), None)  # powers of two, N >= 1: before the run is read
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise SorlError(f"{path}: no such run directory; give a trained run (a directory holding config.json)")
+    run = runs.RunDir(path)
+    cfg = run.read_config()
+    pixels, frame_stack = run_observations(cfg)
+    if pixels or frame_stack > 1:  # rollouts restart from a physics state; the held-out split is not stacked
+        what = "pixel observations" if pixels else f"{frame_stack} stacked frames"
+        raise SorlError(f"{run.path} was trained on {what}: the {probe} handles state observations only")
+    name = runs.agent_name(cfg)
+    agent_cls = AGENTS.get(name)
+    if agent_cls is None or not isinstance(cfg.get("agent_config"), dict) or "task" not in cfg:
+        raise SorlError(f"{run.config} is corrupt or from an unknown agent ({name!r}); retrain the run")
+    if needs_verifier and not hasattr(agent_cls, "aggregated_q"):
+        raise SorlError(f"{run.path}: agent {name!r} has no Q verifier (best-of-N); probe a SORL run")
+    if needs_K and inspect.getattr_static(agent_cls, "max_K", None) is inspect.getattr_static(Agent, "max_K"):
+        raise SorlError(
+            f"{run.path}: agent {name!r} samples its action in one step, so K changes nothing; "
+            "probe a K-step agent (sorl, flow-bc)"
+        )
+    try:
+        max_K = agent_max_K(name, config_from_dict(agent_cls.Config, cfg["agent_config"]))
+    except SorlError as e:
+        raise SorlError(f"{run.config} is corrupt ({e}); retrain the run") from None
+    validate_grid(tuple(Ks), (N,), max_K)
+    if latest_step(run.checkpoints) is None:
+        raise SorlError(f"{run.path} has no complete checkpoint; train it first (`sorl train ... --run-dir {path}`)")
+    return run, cfg
+
+
 def verifier_quality(
     run_dir: str | Path,
     *,
@@ -98,13 +154,10 @@ def verifier_quality(
 
     from envs.datasets import make_env
     from sorl.inference import make_policy_fn
+    from sorl.validation import check_positive
 
-    run = runs.RunDir(run_dir)
-    cfg = run.read_config()
-    pixels, frame_stack = run_observations(cfg)
-    if pixels or frame_stack > 1:  # the rollouts restart copies from a physics state, which holds no frame history
-        what = "pixel observations" if pixels else f"{frame_stack} stacked frames"
-        raise SorlError(f"{run.path} was trained on {what}: the verifier probe handles state observations only")
+    check_positive("--states", states)
+    run, cfg = check_probe(run_dir, "verifier probe", Ks=(K,), N=N, seed=seed, needs_verifier=True)
     agent, step = load_run(run)
     if not hasattr(agent, "aggregated_q"):
         raise SorlError(f"{run.path}: agent {runs.agent_name(cfg)!r} has no Q verifier (best-of-N); probe a SORL run")
