@@ -5,6 +5,7 @@ with SIGKILL in the online phase and resumed bit for bit."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import signal
 import subprocess
@@ -16,15 +17,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_reliability import ROOT, TINY_SORL, _Background, _env, _log, _rows, _wait_rows, _words, assert_same_run
-from test_train_loop import TASK, _train
+from test_train_loop import TASK, TinyAgent, TinyConfig, TinyEnv, _train
 from test_train_loop import stand_in as _stand_in  # noqa: F401 - a fixture, used through `stand_in` below
 
+from cli import main as cli
 from runner import online as online_lib
 from runner import train as train_lib
 from runner.checkpoint import Checkpointer
 from runner.settings import TrainSettings
 from sorl import replay
 from sorl.data import BATCH_KEYS
+from sorl.errors import SorlError
 from sorl.replay import add_transition, make_buffer, sample_online_batch
 
 
@@ -238,6 +241,148 @@ def test_online_phase_resumes_exactly_from_a_checkpoint_inside_an_episode(tmp_pa
     _online(tmp_path, "split")
     assert_same_run(tmp_path / "whole", tmp_path / "split")
     assert _log(tmp_path / "whole", "online.csv") == _log(tmp_path / "split", "online.csv")
+
+
+@pytest.mark.parametrize(
+    "buffer",
+    [{"buffer_size": 260}, {"buffer_size": 3, "balanced_sampling": True}],
+    ids=["dataset-overwritten", "ring-wrapped"],
+)
+def test_online_phase_resumes_exactly_after_its_buffer_wrapped(tmp_path, stand_in, buffer):
+    """As above with a buffer that wraps: plain sampling with S = max(260, 256 + 1) = 260 (from the 5th online step
+    on, each transition overwrites a dataset row), and balanced sampling with a 3-row buffer (shorter than an
+    episode: the running episode is replayed from the checkpoint's own copy of its actions)."""
+    _online(tmp_path, "whole", **buffer)
+    _online(tmp_path, "split", online_steps=8, **buffer)
+    eval_log = tmp_path / "split" / "eval.csv"
+    lines = eval_log.read_text().splitlines(keepends=True)
+    eval_log.write_text("".join(line for line in lines if not line.startswith("28,")))
+    _online(tmp_path, "split", **buffer)
+    assert_same_run(tmp_path / "whole", tmp_path / "split")
+    assert _log(tmp_path / "whole", "online.csv") == _log(tmp_path / "split", "online.csv")
+    state = _restore_online(tmp_path / "whole", 43)
+    ring = state["online"]["buffer"]
+    assert int(ring["size"]) == 23 and ring["rewards"].shape[0] == (3 if "balanced_sampling" in buffer else 23)
+
+
+def test_a_pure_online_run_trains_from_step_0(tmp_path, stand_in, capsys):
+    """`sorl train --steps 0 --online-steps 12 --balanced-sampling` (the reference's RLPD command): no offline update
+    and no evaluation at step 0; the online phase runs from update 0, and the run is visible while it does."""
+    cli.main([
+        "train", "--task", TASK, "--agent", "tiny", "--run-dir", str(tmp_path / "run"), "--steps", "0",
+        "--online-steps", "12", "--balanced-sampling", "--log-interval", "5", "--eval-interval", "10",
+        "--eval-episodes", "2", "--eval-K", "1", "--eval-workers", "1", "--progress", "False",
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "online phase: updates 0 to 12, acting with K=1, N=1; half of each batch from the dataset" in out
+    assert "online: 12 steps, acting K=1 N=1: 2 episodes, success" in out  # the end-of-run summary
+    run = tmp_path / "run"
+    res = json.loads((run / "results.json").read_text())
+    assert res["status"] == "complete" and res["steps"] == 12
+    assert res["online"]["offline_steps"] == 0 and res["online"]["offline_final"] == []
+    assert [int(r["step"]) for r in _log(run, "eval.csv")] == [10, 12]
+    assert [int(r["step"]) for r in _log(run, "train.csv")] == [5, 10, 12]
+    assert [int(r["step"]) for r in _log(run, "online.csv")] == [5, 10]
+    assert json.loads((run / "config.json").read_text())["train"]["steps"] == 0
+
+
+def test_the_progress_bar_shows_online_success_and_return(tmp_path, stand_in, capsys):
+    seeds = online_lib.OnlineSeeds.__new__(online_lib.OnlineSeeds)
+    seeds.recent = [(1.0, 2.0), (0.0, 4.0)]
+    assert seeds.postfix() == {"online_succ": "50%", "online_ret": "3"}
+    seeds.recent = []
+    assert seeds.postfix() == {}
+    _online(tmp_path, progress=True)
+    err = capsys.readouterr().err
+    assert "online_succ=" in err and "online_ret=" in err
+
+
+@dataclasses.dataclass(frozen=True)
+class _FlakyConfig(TinyConfig):
+    flaky_at: int = -1
+    """The loss is NaN at this update for the seeds whose initial w[0, 0] is positive."""
+
+
+class _FlakyAgent(TinyAgent):
+    flaky: jax.Array
+
+    Config = _FlakyConfig
+
+    @classmethod
+    def create(cls, rng, example_observations, example_actions, config):
+        t = TinyAgent.create(rng, example_observations, example_actions, config)
+        return cls(t.w, t.b, t.rng, t.count, config, jnp.asarray(t.w[0, 0] > 0))
+
+    def update(self, batch):
+        new, info = super().update(batch)
+        bad = self.flaky & (self.count == self.config.flaky_at)
+        return new, {**info, "loss": jnp.where(bad, jnp.nan, info["loss"])}
+
+
+def test_a_failed_seed_stops_acting_in_the_online_phase(tmp_path, stand_in):
+    """Two seeds online; one's update 18 goes NaN (online step 8, in its second episode). It steps its environment
+    no more and writes no online.csv row from there, while the other goes on; its results.json says failed, where."""
+    flaky = [s for s in range(1, 20) if bool(train_lib.initial_state(
+        _FlakyAgent, _FlakyConfig(), s, np.zeros((1, 3)), np.zeros((1, 2)))["agent"].flaky)]  # fmt: skip
+    steady = [s for s in range(1, 20) if s not in flaky]
+    bad, good = flaky[0], steady[0]
+    resets = []
+
+    class Env(TinyEnv):
+        def reset(self, *, seed=None, options=None):
+            resets.append(seed)
+            return super().reset(seed=seed)
+
+    with pytest.raises(SorlError, match=f"seed {bad}: non-finite loss at step 18"):
+        train_lib.train_seeds(
+            TASK, "flaky", seeds=[bad, good], run_dir=tmp_path, agent_cls=_FlakyAgent,
+            agent_overrides={"flaky_at": "17"}, steps=10, online_steps=20, log_interval=5, eval_interval=10,
+            eval_episodes=2, eval_K="1", eval_N="1", eval_workers=1, progress=False, make_env=lambda *a: Env(),
+        )  # fmt: skip
+    runs_of = {s: tmp_path / f"seed{s}" for s in (bad, good)}
+    assert [int(r["step"]) for r in _log(runs_of[good], "online.csv")] == [15, 20, 25, 30]
+    assert [int(r["step"]) for r in _log(runs_of[bad], "online.csv")] == [15]  # none at or after update 18
+    res = json.loads((runs_of[bad] / "results.json").read_text())
+    assert res["status"] == "failed" and "non-finite loss at step 18" in res["error"]
+    assert res["online"]["stopped_at"] == 18 and res["online"]["episodes"] == 1
+    assert json.loads((runs_of[good] / "results.json").read_text())["status"] == "complete"
+    # its environment was reset for its second episode (at update 15), never for a third (update 20)
+    assert online_lib.online_episode_seed(bad, 1) in resets and online_lib.online_episode_seed(bad, 2) not in resets
+    assert online_lib.online_episode_seed(good, 4) in resets
+
+
+def test_online_settings_of_an_environment_apply_only_to_online_runs():
+    """FQL's offline-to-online commands use alpha 100 on humanoidmaze-medium and 30 on antsoccer-arena (offline: 30
+    and 10); the run's agent config takes them only when --online-steps > 0."""
+    from envs.registry import agent_env_settings, online_settings_source
+
+    task = "humanoidmaze-medium-navigate-singletask-task1-v0"
+    assert agent_env_settings("fql", task)["alpha"] == 30.0
+    assert agent_env_settings("fql", task, online=True) == dict(alpha=100.0, discount=0.995, q_agg="mean")
+    assert agent_env_settings("fql", "antsoccer-arena-navigate", online=True)["alpha"] == 30.0
+    assert agent_env_settings("fql", "scene-play", online=True) == agent_env_settings("fql", "scene-play")
+    assert agent_env_settings("sorl", task, online=True) == agent_env_settings("sorl", task)
+    verified, source = online_settings_source("fql", task)
+    assert verified and "Offline-to-online" in source
+    assert online_settings_source("fql", "scene-play") is None
+
+    def trainer(**kw):
+        return train_lib.Trainer(task, "fql", [0], lambda t, s: None, TrainSettings(**kw))
+
+    assert trainer().config.alpha == 30.0 and trainer(steps=10).env_settings["alpha"] == 30.0
+    online = trainer(steps=10, online_steps=5)
+    assert online.config.alpha == 100.0 and online.env_settings["alpha"] == 100.0
+
+
+def test_online_specs_use_the_reference_reward_timing():
+    """The reference pins ogbench 1.1.0 (rewards and success from the next state): any sweep spec with online steps
+    must say success_timing = "post" (none has online steps yet; this keeps the paper path right when one does)."""
+    import tomllib
+
+    for path in sorted((ROOT / "experiments" / "specs").glob("*.toml")):
+        train = tomllib.loads(path.read_text()).get("train", {})
+        if train.get("online_steps"):
+            assert train.get("success_timing") == "post", path.name
 
 
 def test_online_steps_extend_a_finished_offline_run(tmp_path, stand_in):
