@@ -18,8 +18,10 @@ aliases (`alias`: shown after the canonical flag in `--help`), and `--progress F
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 import sys
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -469,6 +471,55 @@ _COMMANDS["results"] = results
 _COMMANDS["bench"] = bench
 
 
+def command_flags() -> dict[str, set[str]]:
+    """Command ('eval', 'data generate', ...) -> the flags it takes, read from its arguments' dataclass (field
+    names, `--no-` forms of booleans, aliases; positionals have no flag)."""
+    positional = typing.get_args(tyro.conf.Positional[int])[1]
+
+    def flags_of(cls: type) -> set[str]:
+        out = set()
+        for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+            if name not in {f.name for f in dataclasses.fields(cls)}:
+                continue
+            base, *meta = typing.get_args(hint) if typing.get_origin(hint) is Annotated else (hint,)
+            if positional in meta:
+                continue
+            flag = f"--{name.replace('_', '-')}"
+            out |= {flag, f"--no-{flag[2:]}"} if base is bool else {flag}
+            out |= {a for m in meta for a in (getattr(m, "aliases", None) or ())}
+        return out
+
+    commands: dict[str, set[str]] = {}
+    for name, fn in _COMMANDS.items():
+        first = next(iter(inspect.signature(fn).parameters))
+        hint = typing.get_type_hints(fn, include_extras=True)[first]
+        base = typing.get_args(hint)[0] if typing.get_origin(hint) is Annotated else hint
+        if dataclasses.is_dataclass(base):
+            commands[name] = flags_of(base)
+            continue
+        for arm in typing.get_args(base):  # a union of subcommands: Annotated[cls, tyro.conf.subcommand(NAME)]
+            cls, *meta = typing.get_args(arm)
+            sub = next(m.name for m in meta if type(m).__name__ == "_SubcommandConfig")
+            commands[f"{name} {sub}"] = flags_of(cls)
+    return commands
+
+
+def explain_unrecognized(line: str, argv: list[str]) -> str:
+    """tyro's 'Unrecognized options: --steps ...' for a flag another command takes: which command takes it."""
+    m = re.search(r"Unrecognized (?:or misplaced )?options: (--[\w-]+)", line)
+    if not m or not argv:
+        return line
+    flag, commands = m.group(1), command_flags()
+    command = " ".join(argv[:2]) if " ".join(argv[:2]) in commands else argv[0]
+    owners = [c for c, flags in commands.items() if flag in flags]
+    if command not in commands or not owners or command in owners:
+        return line
+    return (
+        f"`sorl {command}` does not take {flag}: it is an option of {', '.join(f'`sorl {o}`' for o in owners)} "
+        f"(`sorl {command} --help` lists what `sorl {command}` takes)"
+    )
+
+
 def _option_value(argv: list[str], flag: str) -> str | None:
     """The value of `flag` (`--flag V` or `--flag=V`) in argv, the last one given; None if absent."""
     value = None
@@ -506,21 +557,21 @@ def main(argv: list[str] | None = None) -> None:
         if argv and argv[0] == "bench" and overrides:  # the generic path below cannot pass the overrides
             from experiments.bench import bench_from_cli
 
-            with compact_parse_errors():
+            with compact_parse_errors(lambda line: explain_unrecognized(line, argv)):
                 bench_args = tyro.cli(BenchArgs, args=argv[1:], prog="sorl bench")
             bench_from_cli(bench_args, overrides)
             return
         if argv and argv[0] == "train" and any(a in ("-h", "--help") for a in argv[1:]):
             train_help(argv[1:])
         elif argv and argv[0] == "train":
-            with compact_parse_errors():  # tyro's parse errors as one `error: ...` line
+            with compact_parse_errors(lambda line: explain_unrecognized(line, argv)):  # tyro's as one line
                 args = tyro.cli(TrainArgs, args=argv[1:], prog="sorl train")
             if args.seeds is not None and any(a == "--seed" or a.startswith("--seed=") for a in argv[1:]):
                 raise SorlError("--seed and --seeds are exclusive: one seed with --seed S, several with --seeds 1-8")
             train(args, overrides)
         else:
             commands = {name: after_parsing(fn) for name, fn in _COMMANDS.items()}
-            with compact_parse_errors():
+            with compact_parse_errors(lambda line: explain_unrecognized(line, argv)):
                 tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="sorl")
     except SorlError as e:
         print(f"error: {e}", file=sys.stderr)

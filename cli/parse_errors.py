@@ -131,9 +131,10 @@ def after_parsing(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @contextlib.contextmanager
-def compact_parse_errors() -> Iterator[None]:
+def compact_parse_errors(rewrite: Callable[[str], str] | None = None) -> Iterator[None]:
     """Within: stderr is held until `parsed()`; a tyro parse error (SystemExit with a boxed message) becomes
-    one line `error: ...` on stderr and exit code 2. Help (`--help`, exit 0) is passed through unchanged."""
+    one line `error: ...` on stderr (`rewrite(line)` if given) and exit code 2. Help (`--help`, exit 0) is passed
+    through unchanged."""
     real = sys.stderr
     cap = _StderrCapture(real)
     _active_capture.append(cap)
@@ -144,6 +145,8 @@ def compact_parse_errors() -> Iterator[None]:
         held = cap.buffer_text.getvalue() if cap.capturing else ""
         failed = e.code not in (0, None)
         line = _compact(held) if failed and held else None
+        if line is not None and rewrite is not None:
+            line = rewrite(line)
         if line is not None:
             cap.buffer_text = io.StringIO()
             parsed()

@@ -11,7 +11,7 @@ import pytest
 
 from agents import AGENTS, get_agent
 from agents.sorl import SORLAgent, SORLConfig
-from sorl.config import apply_overrides, config_from_dict, config_to_dict
+from sorl.config import apply_overrides, config_from_dict, config_to_dict, field_docs
 from sorl.errors import SorlError
 
 REFERENCE_KEYS = [
@@ -145,3 +145,30 @@ def test_agent_registry():
     message = str(err.value)
     assert "did you mean: sorl" in message and "valid agents:" in message
     assert all(name in message for name in AGENTS) and "\n" not in message
+
+
+@dataclass(frozen=True)
+class _Parent:
+    a: int = 1
+    """The parent's a,
+    on two lines."""
+    b: float = 2.0
+    c: str = "x"  # a comment is not a meaning
+    """The parent's c."""
+
+
+@dataclass(frozen=True)
+class _Child(_Parent):
+    c: str = "y"
+    """The child's own c."""
+
+
+def test_field_docs_read_the_docstring_under_each_field():
+    assert field_docs(_Parent) == {"a": "The parent's a, on two lines.", "b": "", "c": "The parent's c."}
+    assert field_docs(_Child) == {"a": "The parent's a, on two lines.", "b": "", "c": "The child's own c."}
+    generated = dataclasses.make_dataclass("G", [("k", int, dataclasses.field(default=3, metadata={"doc": "K."}))])
+    assert field_docs(generated) == {"k": "K."}  # a generated dataclass has no source: its metadata speaks
+    for name, agent_cls in AGENTS.items():  # every agent setting means something (sorl train --help shows it)
+        docs = field_docs(agent_cls.Config)
+        assert all(docs.values()), (name, [k for k, v in docs.items() if not v])
+    assert field_docs(get_agent("flow-bc").Config)["alpha"] == field_docs(SORLConfig)["alpha"]

@@ -248,3 +248,14 @@ def test_progress_false_is_no_progress(monkeypatch):
     ):  # fmt: skip
         cli.main(["train", "--task", "cube-single-play", *argv])
         assert seen.pop() is expect, argv
+
+
+def test_quick_preset_sets_only_the_settings_the_agent_has(monkeypatch):
+    """--quick shrinks the networks; Gaussian BC has no critic, so it gets the actor's half only (it used to be
+    refused for the critic's keys)."""
+    seen = []
+    monkeypatch.setattr(cli, "train_from_cli", lambda args, overrides: seen.append((args.steps, overrides)))
+    cli.main(["train", "--task", "cube-single-play", "--quick", "--agent", "bc", "--agent.lr=1e-3"])
+    cli.main(["train", "--task", "cube-single-play", "--quick", "--agent", "fql"])
+    assert seen[0] == (30_000, {"actor_layer_size": "256", "actor_num_layers": "2", "lr": "1e-3"})
+    assert seen[1] == (30_000, cli.QUICK_AGENT_PRESET)
