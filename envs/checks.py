@@ -13,7 +13,9 @@ Pixel-based (visual-*) datasets hold the same keys, with `observations` uint8 `(
 frames; qpos/qvel/button_states are the simulator's state, used to relabel rewards, as OGBench's files).
 
 `check_headers` reads only the .npy headers inside the zip (cheap, used before every load); `check_full` reads
-every array (which also checks the zip's CRCs) and is what `sorl data verify` runs.
+every array (which also checks the zip's CRCs) and is what `sorl data verify` runs; `non_finite` reads only the
+floating-point arrays, one vectorised pass each, and names the first NaN or infinity (what a training run checks once
+per file before using it: `envs.datasets`).
 """
 
 from __future__ import annotations
@@ -138,6 +140,35 @@ def check_headers(spec: EnvSpec, path: Path) -> list[str]:
     return check_layout(spec, read_headers(path))
 
 
+def describe_non_finite(key: str, arr: np.ndarray) -> str | None:
+    """'observations holds 12 NaN values (first at row 3)' for an array with NaNs or infinities, else None."""
+    if arr.dtype.kind not in "fc":
+        return None
+    finite = np.isfinite(arr)
+    if finite.all():
+        return None
+    bad = ~finite
+    n_bad = int(bad.sum())
+    n_nan = int(np.isnan(arr).sum())
+    kinds = [f"{n} {what}" for n, what in ((n_nan, "NaN"), (n_bad - n_nan, "infinite")) if n]
+    row = int(np.argmax(bad.reshape(len(arr), -1).any(axis=1))) if arr.ndim else 0
+    return f"{key} holds {' and '.join(kinds)} value{'s' * (n_bad > 1)} (first at row {row})"
+
+
+def non_finite(path: Path) -> list[str]:
+    """The NaN/infinity problems of an .npz's floating-point arrays (empty: none). Integer arrays (pixel frames,
+    button states) cannot hold either and are not read."""
+    headers = read_headers(path)
+    problems = []
+    with np.load(path, allow_pickle=False) as f:
+        for key, (dtype, _) in headers.items():
+            if dtype.kind in "fc":
+                problem = describe_non_finite(key, f[key])
+                if problem:
+                    problems.append(problem)
+    return problems
+
+
 def check_full(spec: EnvSpec, path: Path) -> list[str]:
     """Header check plus reading every array (zip CRCs) and the episode structure."""
     problems = check_headers(spec, path)
@@ -149,6 +180,8 @@ def check_full(spec: EnvSpec, path: Path) -> list[str]:
             if key == "terminals":
                 if not bool(arr[-1]):
                     problems.append("the last step is not marked terminal (truncated episode)")
-            elif arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                problems.append(f"{key} has non-finite values")
+            else:
+                problem = describe_non_finite(key, arr)
+                if problem:
+                    problems.append(problem)
     return problems

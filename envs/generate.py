@@ -33,7 +33,8 @@ episodes are the same whatever the total count.
 Writing is atomic: arrays go to hidden temporary files in the data directory (fsync'ed), the manifest marks the
 dataset *pending*, the files are `os.replace`d into place, and only then does the manifest record their sha256.
 An interrupted generation therefore leaves either nothing, temporary files no one reads, or files that the
-manifest reports as incomplete.
+manifest reports as incomplete. The arrays are checked for NaN and infinity before anything is written, and the
+manifest entries carry the files' `verified` stamp, so their first load does not hash or scan them again.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ from pathlib import Path
 
 import numpy as np
 
-from envs import manifest
+from envs import checks, manifest
 from envs.registry import EnvSpec
+from sorl.errors import SorlError
 from sorl.machine import available_cores
 
 GENERATOR_VERSION = 1
@@ -422,6 +424,14 @@ def _fsync_dir(directory: Path) -> None:
 def write_dataset(s: GenSettings, train_path: Path, val_path: Path, train: dict, val: dict) -> None:
     """Atomically put both files in place and record them in the manifest (see the module docstring)."""
     directory = train_path.parent
+    for split, arrays in (("training", train), ("validation", val)):
+        for key, arr in arrays.items():
+            problem = checks.describe_non_finite(key, arr)
+            if problem:
+                raise SorlError(
+                    f"the generated {s.dataset_name} {split} data are not finite ({problem}): the simulator "
+                    "diverged; nothing was written. Try another --seed"
+                )
     tmps: list[Path] = []
     try:
         tmps.append(_write_tmp(directory, train_path.name, train))
@@ -441,6 +451,7 @@ def write_dataset(s: GenSettings, train_path: Path, val_path: Path, train: dict,
                 split=split,
                 generator=generator,
                 ogbench_version=manifest.ogbench_version(),
+                verified=manifest.stamp(path),  # written from the arrays just checked
             )
         manifest.update(directory, entries)
     finally:

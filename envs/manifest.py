@@ -5,7 +5,12 @@
          "dataset": "cube-single-play-v0", "split": "train", "status": "complete",
          "provenance": "generated",            # or "published": a file we found there and did not write
          "sha256": "...", "size": 123, "recorded": "2025-01-01T00:00:00+00:00",
-         "ogbench_version": "1.2.2", "generator": {episodes, max_episode_steps, noise, seed, ...} | null}}}
+         "ogbench_version": "1.2.2", "generator": {episodes, max_episode_steps, noise, seed, ...} | null,
+         "verified": {"size": 123, "mtime_ns": ...}}}}
+
+`verified` is the file's size and mtime when its sha256 last matched and its arrays were last found free of NaN
+and infinity (when it was written, or when first loaded): a load whose stat still matches skips both checks
+(`envs.datasets._check_dataset`). A file changed since has another stamp and is checked again.
 
 A file with `"status": "pending"` is being (or was, when interrupted) replaced by `sorl data generate`; it is not
 trusted until the generator records it as complete. Every write is atomic (temporary file, fsync, os.replace)
@@ -140,9 +145,11 @@ def make_entry(
     split: str,
     generator: dict | None = None,
     ogbench_version: str | None = None,
+    verified: dict | None = None,
 ) -> dict:
+    """An entry for `path` (sha256 taken now); `verified`: its stamp (`stamp`) if its arrays were checked."""
     path = Path(path)
-    return {
+    entry = {
         "dataset": dataset,
         "split": split,
         "status": "complete",
@@ -153,6 +160,37 @@ def make_entry(
         "ogbench_version": ogbench_version,
         "generator": generator,
     }
+    if verified is not None:
+        entry["verified"] = verified
+    return entry
+
+
+def stamp(path: Path) -> dict:
+    """{'size', 'mtime_ns'} of a file: what `verified` records."""
+    st = Path(path).stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def record_verified(data_dir: Path, verified: dict[str, tuple[str, dict]], new: dict[str, dict]) -> None:
+    """Under the lock: set `verified` stamps (file name -> (the sha256 that matched, stamp)) on entries that still
+    record that sha256, and add `new` entries for names still unknown (another process's entry wins)."""
+    data_dir = Path(data_dir)
+    with file_lock(data_dir / LOCK_NAME):
+        data = read(data_dir)
+        files = data["files"]
+        changed = False
+        for name, (sha, st) in verified.items():
+            entry = files.get(name)
+            if entry is not None and entry.get("sha256") == sha and entry.get("verified") != st:
+                entry["verified"] = st
+                changed = True
+        for name, entry in new.items():
+            if name not in files:
+                files[name] = entry
+                changed = True
+        if changed:
+            data["version"] = VERSION
+            _write(data_dir, data)
 
 
 def record_published(data_dir: Path, found: dict[str, tuple[str, str]]) -> dict[str, dict]:
