@@ -112,6 +112,8 @@ class DataGenerate:
     """Overwrite an existing dataset."""
     max_episode_steps: int | None = None
     """Steps per episode (default: the published length); small values make quick test datasets."""
+    long: bool = False
+    """Start a generation estimated at more than an hour (e.g. a visual dataset on CPU)."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,7 @@ def data(cmd: Annotated[DataCommand, tyro.conf.OmitSubcommandPrefixes, tyro.conf
             raise SorlError(f"--train-episodes must be at least 1 (got {cmd.episodes}); leave it out for the "
                             "published count")  # fmt: skip
         datasets.cli_generate(
-            cmd.tasks, cmd.episodes, cmd.workers, cmd.seed, cmd.data_dir, cmd.force, cmd.max_episode_steps
+            cmd.tasks, cmd.episodes, cmd.workers, cmd.seed, cmd.data_dir, cmd.force, cmd.max_episode_steps, cmd.long
         )
     else:
         datasets.cli_verify(cmd.tasks, cmd.data_dir)
