@@ -158,7 +158,7 @@ def read_page(path: Path) -> Page:
             command = s[len(START) : -3].strip()
             try:
                 kind, args = _command_words(command)
-                _check_arguments(kind, args, command)
+                _check_arguments(kind, args, command, path.parent)
             except SorlError as e:
                 raise SorlError(f"{where}: {e}") from None
             open_at = i
@@ -252,7 +252,7 @@ _ARGS = {
 }
 
 
-def _check_arguments(kind: str, args: list[str], command: str) -> None:
+def _check_arguments(kind: str, args: list[str], command: str, base: Path) -> None:
     """A table or plot block's arguments parsed and their numbers checked, as the block would be made (so a bad
     block is refused before any page is written or any figure made)."""
     if kind not in _ARGS:
@@ -270,7 +270,7 @@ def _check_arguments(kind: str, args: list[str], command: str) -> None:
 
             check_plot_options(
                 stat=parsed.stat, formats=parsed.formats.split(","), reps=parsed.reps,
-                K=getattr(parsed, "K", None), N=getattr(parsed, "N", None),
+                K=getattr(parsed, "K", None), N=getattr(parsed, "N", None), out=base / parsed.out,
             )  # fmt: skip
     except SorlError as e:
         raise SorlError(f"results block '{command}': {e}") from None

@@ -72,9 +72,17 @@ def _check_formats(formats: Sequence[str]) -> list[str]:
 
 
 def check_plot_options(
-    *, stat: str, formats: Sequence[str], reps: int, K: int | None = None, N: int | None = None
+    *,
+    stat: str,
+    formats: Sequence[str],
+    reps: int,
+    K: int | None = None,
+    N: int | None = None,
+    out: str | Path | None = None,
 ) -> list[str]:
     """Every option of `sorl plot`, checked before any run is read or figure drawn; the formats, normalised."""
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise SorlError(f"--out {out} is a file; give a directory for the figures")
     if stat not in STATS:
         raise SorlError(f"--stat {stat}: use mean or iqm")
     check_table_options(K=K, N=N, reps=reps)
@@ -193,7 +201,7 @@ def plot_scaling(
     title: str | None = None,
 ) -> list[Path]:
     """Success against K (per N) and against N (per K): one figure per method; returns the files written."""
-    formats = check_plot_options(stat=stat, formats=formats, reps=reps)
+    formats = check_plot_options(stat=stat, formats=formats, reps=reps, out=out_dir)
     plt = _pyplot()
     runset = load_runs(paths)
     written: list[Path] = []
@@ -264,7 +272,7 @@ def plot_compute(
     """Success against inference compute (network evaluations per action), every (K, N) cell a point: lines join
     the cells of one N (sequential scaling, K growing) and the dashed line is the frontier, the best success at or
     below each compute. One figure per method, one panel per environment and over all; returns the files."""
-    formats = check_plot_options(stat=stat, formats=formats, reps=reps)
+    formats = check_plot_options(stat=stat, formats=formats, reps=reps, out=out_dir)
     plt = _pyplot()
     runset = load_runs(paths)
     written: list[Path] = []
@@ -343,7 +351,7 @@ def plot_curves(
     name: str = "curves",
 ) -> list[Path]:
     """Success and losses against gradient updates, per environment and overall; returns the files written."""
-    formats = check_plot_options(stat=stat, formats=formats, reps=reps, K=K, N=N)
+    formats = check_plot_options(stat=stat, formats=formats, reps=reps, K=K, N=N, out=out_dir)
     plt = _pyplot()
     runset = load_runs(paths)
     methods = _by_method(runset.records)

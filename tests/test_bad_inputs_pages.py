@@ -68,6 +68,9 @@ CASES: list[Refusal] = [
             _page(GOOD + MIDDLE + "<!-- results: table runs --levle env -->\n<!-- /results -->\n", crlf=True), "page"),
     Refusal("page-block-cannot-be-made", R, "bad.md:11: ",
             _page(GOOD + MIDDLE + "<!-- results: table no-such-runs -->\nkept\n<!-- /results -->\n"), "page"),
+    Refusal("page-block-out-is-a-file", R, "bad.md:11: results block 'plot scaling runs --out README.md': --out",
+            _page(GOOD + MIDDLE + "<!-- results: plot scaling runs --out README.md -->\n<!-- /results -->\n"),
+            "page"),
     # plots: every numeric option up front
     Refusal("plot-scaling-reps-zero", ["plot", "scaling", RUNS, "--out", "{tmp}/p", "--reps", "0"], "--reps 0",
             _runs, "plot"),
@@ -79,6 +82,8 @@ CASES: list[Refusal] = [
     Refusal("plot-curves-N-zero", ["plot", "curves", RUNS, "--out", "{tmp}/p", "--N", "0"], "--N 0", _runs, "plot"),
     Refusal("plot-bad-stat", ["plot", "scaling", RUNS, "--out", "{tmp}/p", "--stat", "median"], "--stat median",
             _runs, "plot"),
+    Refusal("plot-out-is-a-file", ["plot", "curves", RUNS, "--out", "{tmp}/demo/README.md"], "is a file", _runs,
+            "plot"),
     # tables
     Refusal("table-reps-zero", ["table", RUNS, "--reps", "0"], "--reps 0", _runs, "table"),
     Refusal("table-K-not-power-of-two", ["table", RUNS, "--K", "3"], "--K 3", _runs, "table"),
