@@ -567,8 +567,12 @@ def test_second_process_on_the_same_run_dir_is_refused(tmp_path, stand_in, capsy
 
 def test_lock_is_released_when_train_fails_early(tmp_path, stand_in):
     with pytest.raises(SorlError, match="above"):
-        _train(tmp_path, eval_K="8")  # refused (K above the trained maximum) after the directory was locked
-    with reliability.RunLock(tmp_path / "run") as lock:
+        _train(tmp_path, eval_K="8")  # refused (K above the trained maximum) before anything was written
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SorlError, match="non-finite"):
+        _train(tmp_path, "failed", agent_overrides={"nan_at": "0"})  # fails after the directory was locked
+    with reliability.RunLock(tmp_path / "failed") as lock:
         assert lock.held
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".lock").write_text("")
     _train(tmp_path, steps=10, eval_interval=10)  # a directory holding only the lock file is still usable
