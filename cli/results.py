@@ -256,6 +256,9 @@ def _check_arguments(kind: str, args: list[str], command: str, base: Path) -> No
     """A table or plot block's arguments parsed and their numbers checked, as the block would be made (so a bad
     block is refused before any page is written or any figure made)."""
     if kind not in _ARGS:
+        if not args:
+            what = "`sorl bench --json` outputs" if kind == "bench" else "run directories or roots holding them"
+            raise SorlError(f"results block '{command}' names nothing to show; give it {what}")
         return
     from cli import commands
 

@@ -68,6 +68,8 @@ CASES: list[Refusal] = [
             _page(GOOD + MIDDLE + "<!-- results: table runs --levle env -->\n<!-- /results -->\n", crlf=True), "page"),
     Refusal("page-block-cannot-be-made", R, "bad.md:11: ",
             _page(GOOD + MIDDLE + "<!-- results: table no-such-runs -->\nkept\n<!-- /results -->\n"), "page"),
+    Refusal("page-verifier-without-paths", R, "bad.md:5: results block 'verifier' names nothing to show",
+            _page("<!-- results: verifier -->\n<!-- /results -->\n" + MIDDLE + GOOD, crlf=True), "page"),
     Refusal("page-block-out-is-a-file", R, "bad.md:11: results block 'plot scaling runs --out README.md': --out",
             _page(GOOD + MIDDLE + "<!-- results: plot scaling runs --out README.md -->\n<!-- /results -->\n"),
             "page"),
