@@ -481,6 +481,7 @@ def test_online_fine_tuning_learns_what_the_dataset_never_shows(tmp_path):
 # ------------------------------------------------------------------- SORL, real environment, SIGKILL
 
 ONLINE_STEPS = 230  # cube episodes are 200 steps: the second kill lands 10 steps into the second
+BUFFER_SIZE = 150  # about 100 dataset rows: S = 150 rows, so the buffer wraps (dataset rows, then online ones)
 
 
 def _sorl_online_command(run_dir, data):
@@ -489,6 +490,7 @@ def _sorl_online_command(run_dir, data):
         *_words("train --task cube-single-play-task1 --agent sorl --seed 5 --steps 20 --log-interval 5"),
         *_words(f"--online-steps {ONLINE_STEPS} --checkpoint-interval 15 --eval-interval 125 --eval-episodes 1"),
         *_words("--eval-K 1 --eval-N 1 --eval-workers 1 --eval-max-episode-steps 5 --progress False"),
+        *_words(f"--buffer-size {BUFFER_SIZE}"),
         *("--run-dir", str(run_dir), "--data-dir", str(data)),
         *TINY_SORL,
     ]
@@ -496,7 +498,9 @@ def _sorl_online_command(run_dir, data):
 
 def test_sigkill_in_the_online_phase_then_resume_is_exact(tmp_path):
     """SORL in the real cube environment (200-step episodes): killed with SIGKILL twice in the online phase and
-    rerun, it ends bit-identical to an uninterrupted run (parameters, optimiser state, keys, buffer, logs)."""
+    rerun, it ends bit-identical to an uninterrupted run (parameters, optimiser state, keys, buffer, logs). Its
+    replay buffer (--buffer-size 150) has wrapped by then: every dataset row overwritten, then the oldest online
+    transitions, and the running episode is longer than the buffer."""
     from envs.datasets import ensure_dataset
 
     data = tmp_path / "data"
@@ -523,5 +527,9 @@ def test_sigkill_in_the_online_phase_then_resume_is_exact(tmp_path):
         assert _log(ref, "online.csv") == _log(run, "online.csv")
         res = json.loads((run / "results.json").read_text())
         assert res["steps"] == 20 + ONLINE_STEPS and res["online"]["episodes"] == 1
+        cfg = json.loads((run / "config.json").read_text())
+        assert cfg["dataset"]["transitions"] < BUFFER_SIZE - 1 < ONLINE_STEPS  # it wrapped past the dataset
+        ring = _restore_online(run, 20 + ONLINE_STEPS)["online"]["buffer"]
+        assert int(ring["size"]) == ONLINE_STEPS and ring["rewards"].shape[0] == BUFFER_SIZE
     finally:
         reference.close()
