@@ -9,19 +9,26 @@ estimated at more than an hour starts only with `--long`. Every refusal leaves e
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from refusals import Refusal, run_case
+from refusals import Refusal, run_case, snapshot
 from test_train_loop import TASK, _train
 from test_train_loop import stand_in as _stand_in  # noqa: F401 - a fixture, used through `stand_in` below
 
+from cli import main as cli
 from envs import datasets, manifest
+from envs.registry import resolve_env
+from runner import checkpoint
 from runner import train as train_lib
 from runner.checkpoint import CHECKSUMS, Checkpointer
+from sorl.errors import SorlError
 
 
 @pytest.fixture
@@ -222,4 +229,99 @@ def test_refused(request, tmp_path, capsys, monkeypatch, case: Refusal):
     monkeypatch.setenv("OGBENCH_DATA_DIR", str(tmp_path / "default-data"))
     if "{tmp}" in case.expect:
         case = Refusal(**{**case.__dict__, "expect": case.expect.replace("{tmp}", str(tmp_path))})
-    print("\nLINE", run_case(request, tmp_path, capsys, case))
+    run_case(request, tmp_path, capsys, case)
+
+
+# ------------------------------------------------------------------------------------ what still loads
+
+
+def test_good_run_loads_and_a_damaged_step_falls_back_as_the_line_says(tmp_path, stand_in, capsys):
+    """A good run evaluates; with its latest checkpoint damaged, deleting that step as the error says gives eval
+    the earlier checkpoint and a resume that reproduces the undamaged run bit for bit."""
+    _trained(tmp_path)
+    ckdir = tmp_path / "run" / "checkpoints"
+    for step in (10, 20):
+        record = json.loads((ckdir / str(step) / CHECKSUMS).read_text())["files"]
+        files = {p.relative_to(ckdir / str(step)).as_posix() for p in (ckdir / str(step)).rglob("*") if p.is_file()}
+        assert set(record) == files - {CHECKSUMS}
+        assert checkpoint.checksum_problem(ckdir / str(step)) is None
+    good, step = train_lib.load_run(tmp_path / "run")
+    assert step == 20
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in EVAL]
+    cli.main(argv)
+    assert "(step 20)" in capsys.readouterr().out
+    _flip(ckdir / "20")
+    with pytest.raises(SorlError, match=f"delete {ckdir / '20'} to fall back to checkpoint 10"):
+        train_lib.load_run(tmp_path / "run")
+    shutil.rmtree(ckdir / "20")
+    cli.main(argv)
+    assert "(step 10)" in capsys.readouterr().out
+    (tmp_path / "run" / "results.json").unlink()  # as a run killed after checkpoint 10
+    _train(tmp_path, "run", **RUN_SETTINGS)
+    again, step = train_lib.load_run(tmp_path / "run")
+    assert step == 20
+    np.testing.assert_array_equal(again.w, good.w)
+    np.testing.assert_array_equal(jax.random.key_data(again.rng), jax.random.key_data(good.rng))
+
+
+def test_checkpoint_from_before_checksums_still_loads(tmp_path, stand_in, capsys):
+    _trained(tmp_path)
+    good, _ = train_lib.load_run(tmp_path / "run")
+    for record in (tmp_path / "run" / "checkpoints").glob(f"*/{CHECKSUMS}"):
+        record.unlink()
+    old, step = train_lib.load_run(tmp_path / "run")
+    assert step == 20
+    np.testing.assert_array_equal(old.w, good.w)
+    cli.main([a.replace("{tmp}", str(tmp_path)) for a in EVAL])
+    out, err = capsys.readouterr()
+    assert "(step 20)" in out and "error" not in err and "note" not in out + err
+
+
+def test_good_dataset_is_checked_once_then_by_its_stamp(tmp_path, monkeypatch):
+    """A generated dataset is stamped when written; a hand-placed one is hashed and scanned on first use, then
+    stamped. Later loads only stat the files (here: hashing or scanning would fail the test)."""
+    d = _copy_data(tmp_path)
+    train, val = datasets.dataset_paths(DATA_TASK, d)
+    entries = manifest.entries(d)
+    assert entries[train.name]["verified"] == manifest.stamp(train)
+    assert entries[val.name]["verified"] == manifest.stamp(val)
+    monkeypatch.setattr(datasets, "_TRUSTED", set())
+    calls = []
+    real_sha, real_scan = manifest.sha256_file, datasets.checks.non_finite
+    monkeypatch.setattr(manifest, "sha256_file", lambda p: calls.append(("sha", p.name)) or real_sha(p))
+    monkeypatch.setattr(datasets.checks, "non_finite", lambda p: calls.append(("scan", p.name)) or real_scan(p))
+    before = snapshot(tmp_path)
+    assert datasets.ensure_dataset(DATA_TASK, d, generate=False) == (train, val)
+    assert calls == [] and snapshot(tmp_path) == before
+    # published files (no manifest entries): hashed and scanned once, recorded with their stamps
+    (d / manifest.MANIFEST_NAME).unlink()
+    monkeypatch.setattr(datasets, "_TRUSTED", set())  # as a new process
+    datasets.ensure_dataset(DATA_TASK, d, generate=False)
+    assert sorted(calls) == sorted([("scan", train.name), ("scan", val.name), ("sha", train.name), ("sha", val.name)])
+    entries = manifest.entries(d)
+    assert entries[train.name]["provenance"] == "published"
+    assert entries[train.name]["verified"] == manifest.stamp(train)
+    calls.clear()
+    monkeypatch.setattr(datasets, "_TRUSTED", set())  # as a new process
+    datasets.ensure_dataset(DATA_TASK, d, generate=False)
+    assert calls == []
+    # the file changes (new mtime, same bytes): hashed and scanned again, then stamped anew
+    os.utime(train, ns=(train.stat().st_atime_ns, train.stat().st_mtime_ns + 10**9))
+    datasets.ensure_dataset(DATA_TASK, d, generate=False)
+    assert sorted(calls) == [("scan", train.name), ("sha", train.name)]
+    assert manifest.entries(d)[train.name]["verified"] == manifest.stamp(train)
+
+
+def test_long_generation_starts_with_long(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(datasets, "LONG_GENERATION_S", 0.0)  # every generation counts as long
+    kw = dict(episodes=1, workers=1, max_episode_steps=10, data_dir=tmp_path / "data", progress=False)
+    with pytest.raises(SorlError, match="not started. Add --long"):
+        datasets.cli_generate(["pointmaze-medium-navigate"], **kw)
+    with pytest.raises(SorlError, match="--train-episodes 1 --max-episode-steps 10 --long --data-dir"):
+        datasets.ensure_dataset("pointmaze-medium-navigate", tmp_path / "data", episodes=1, max_episode_steps=10)
+    assert not (tmp_path / "data").exists()
+    datasets.cli_generate(["pointmaze-medium-navigate"], long=True, **kw)
+    train, val = datasets.dataset_paths("pointmaze-medium-navigate", tmp_path / "data")
+    spec = resolve_env("pointmaze-medium-navigate")
+    for path, split in ((train, "train"), (val, "val")):
+        assert datasets.verify_file(spec, path, split, manifest.entries(path.parent)[path.name]) == (datasets.OK, "generated")

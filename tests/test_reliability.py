@@ -576,3 +576,40 @@ def test_lock_is_released_when_train_fails_early(tmp_path, stand_in):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / ".lock").write_text("")
     _train(tmp_path, steps=10, eval_interval=10)  # a directory holding only the lock file is still usable
+
+
+# --------------------------------------------------------------------------------- damaged checkpoints
+
+_DAMAGED_LEGACY = """
+import sys
+from pathlib import Path
+import jax.numpy as jnp, numpy as np
+from runner.checkpoint import CHECKSUMS, Checkpointer
+from sorl.errors import SorlError
+d = Path(sys.argv[1])
+state = {"agent": {f"w{i}": jnp.ones((64, 64)) * i for i in range(8)}, "step": np.int64(1)}
+with Checkpointer(d, writer=True) as c:
+    c.save(1, state)
+(d / "1" / CHECKSUMS).unlink()  # as written before checksums: orbax itself meets the truncated files
+for p in (d / "1").rglob("*"):
+    if p.is_file() and p.parent.name == "d":
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+for _ in range(5):
+    try:
+        with Checkpointer(d) as c:
+            c.restore(state)
+    except SorlError as e:
+        print("error:", e)
+"""
+
+
+def test_truncated_checkpoint_without_checksums_leaves_no_event_loop_errors_at_exit(tmp_path):
+    """orbax failing on truncated files leaves tensorstore reads in flight whose callbacks, after its event loop
+    closed, used to print 'RuntimeError: Event loop is closed' tracebacks at exit (about one run in three here)."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-c", _DAMAGED_LEGACY, str(tmp_path / "ck")], env=env, capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("error: checkpoint 1 in") == 5, p.stdout
+    assert "Traceback" not in p.stderr and "Event loop is closed" not in p.stderr, p.stderr
+    assert sorted(q.name for q in (tmp_path / "ck").iterdir()) == ["1"]  # nothing deleted
