@@ -19,12 +19,25 @@ _BOX_EDGE = "╭╰┌└"
 _SIDES = "│┃|"
 
 
+def _unboxed(lines: list[str]) -> list[str] | None:
+    """tyro's error drawn without UTF-8 (stdout in another encoding): ` Title`, a rule ` ----`, then the content
+    indented by two spaces; as the content lines of a box (`│ ...`), or None if `lines` are not such an error."""
+    for i in range(len(lines) - 1):
+        rule = lines[i + 1].strip()
+        if lines[i].startswith(" ") and lines[i].strip() and len(rule) > 3 and set(rule) == {"-"}:
+            return ["│" + line[1:] for line in lines[i + 2 :] if line.startswith("  ")]
+    return None
+
+
 def _compact(text: str) -> str | None:
     """tyro's boxed error as one line, or None if `text` holds no box."""
     text = _ANSI.sub("", text)
     lines = text.splitlines()
-    if not any(line.lstrip()[:1] in _BOX_EDGE for line in lines):
-        return None
+    if not any(line.strip()[:1] in _BOX_EDGE for line in lines if line.strip()):
+        unboxed = _unboxed(lines)
+        if unboxed is None:
+            return None
+        lines = unboxed
     sections: list[list[str]] = [[]]
     help_hint = ""
     for line in lines:

@@ -64,3 +64,35 @@ CASES: list[Refusal] = [
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_refused(request, tmp_path, capsys, case):
     run_case(request, tmp_path, capsys, case)
+
+
+BOXED = """╭─ Unrecognized options ────────────────────────────────╮
+│ Unrecognized options: --stepz, 3                       │
+│ ───────────────────────────────────────────────────── │
+│ Perhaps you meant:                                     │
+│     --steps INT                                        │
+│         Gradient updates. (default: 1000000)           │
+│ ───────────────────────────────────────────────────── │
+│ For full helptext, run sorl train --help               │
+╰────────────────────────────────────────────────────────╯
+"""
+UNBOXED = """ Unrecognized options
+ ------------------------------------------------------
+  Unrecognized options: --stepz, 3
+  ------------------------------------------------------
+  Perhaps you meant:
+      --steps INT
+          Gradient updates. (default: 1000000)
+  ------------------------------------------------------
+  For full helptext, run sorl train --help
+
+"""
+
+
+def test_a_parse_error_is_the_same_line_in_both_drawings():
+    """tyro draws boxes where stdout takes UTF-8, else ruled titles (pipes in some locales, pytest's capture)."""
+    from cli.parse_errors import _compact
+
+    line = "Unrecognized options: --stepz, 3; Perhaps you meant: --steps INT (see `sorl train --help`)"
+    assert _compact(BOXED) == _compact(UNBOXED) == line
+    assert _compact("no error here\n\nat all") is None
