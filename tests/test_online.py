@@ -319,9 +319,11 @@ class _FlakyAgent(TinyAgent):
         return new, {**info, "loss": jnp.where(bad, jnp.nan, info["loss"])}
 
 
-def test_a_failed_seed_stops_acting_in_the_online_phase(tmp_path, stand_in):
+@pytest.mark.parametrize("phase", ["online", "offline"])
+def test_a_failed_seed_stops_acting_in_the_online_phase(tmp_path, stand_in, phase):
     """Two seeds online; one's update 18 goes NaN (online step 8, in its second episode). It steps its environment
-    no more and writes no online.csv row from there, while the other goes on; its results.json says failed, where."""
+    no more and writes no online.csv row from there, while the other goes on; its results.json says failed, where.
+    A seed that failed in the offline phase (update 6) never acts online."""
     flaky = [s for s in range(1, 20) if bool(train_lib.initial_state(
         _FlakyAgent, _FlakyConfig(), s, np.zeros((1, 3)), np.zeros((1, 2)))["agent"].flaky)]  # fmt: skip
     steady = [s for s in range(1, 20) if s not in flaky]
@@ -333,22 +335,27 @@ def test_a_failed_seed_stops_acting_in_the_online_phase(tmp_path, stand_in):
             resets.append(seed)
             return super().reset(seed=seed)
 
-    with pytest.raises(SorlError, match=f"seed {bad}: non-finite loss at step 18"):
+    at = 18 if phase == "online" else 6
+    with pytest.raises(SorlError, match=f"seed {bad}: non-finite loss at step {at}"):
         train_lib.train_seeds(
             TASK, "flaky", seeds=[bad, good], run_dir=tmp_path, agent_cls=_FlakyAgent,
-            agent_overrides={"flaky_at": "17"}, steps=10, online_steps=20, log_interval=5, eval_interval=10,
+            agent_overrides={"flaky_at": str(at - 1)}, steps=10, online_steps=20, log_interval=5, eval_interval=10,
             eval_episodes=2, eval_K="1", eval_N="1", eval_workers=1, progress=False, make_env=lambda *a: Env(),
         )  # fmt: skip
     runs_of = {s: tmp_path / f"seed{s}" for s in (bad, good)}
     assert [int(r["step"]) for r in _log(runs_of[good], "online.csv")] == [15, 20, 25, 30]
-    assert [int(r["step"]) for r in _log(runs_of[bad], "online.csv")] == [15]  # none at or after update 18
+    assert json.loads((runs_of[good] / "results.json").read_text())["status"] == "complete"
+    assert online_lib.online_episode_seed(good, 4) in resets
     res = json.loads((runs_of[bad] / "results.json").read_text())
+    if phase == "offline":
+        assert res["status"] == "failed" and "non-finite loss at step 6" in res["error"] and "online" not in res
+        assert _log(runs_of[bad], "online.csv") == [] and online_lib.online_episode_seed(bad, 0) not in resets
+        return
+    assert [int(r["step"]) for r in _log(runs_of[bad], "online.csv")] == [15]  # none at or after update 18
     assert res["status"] == "failed" and "non-finite loss at step 18" in res["error"]
     assert res["online"]["stopped_at"] == 18 and res["online"]["episodes"] == 1
-    assert json.loads((runs_of[good] / "results.json").read_text())["status"] == "complete"
     # its environment was reset for its second episode (at update 15), never for a third (update 20)
     assert online_lib.online_episode_seed(bad, 1) in resets and online_lib.online_episode_seed(bad, 2) not in resets
-    assert online_lib.online_episode_seed(good, 4) in resets
 
 
 def test_online_settings_of_an_environment_apply_only_to_online_runs():
