@@ -208,7 +208,7 @@ def apply_quick_preset(args: TrainArgs, agent_overrides: dict[str, str]) -> tupl
     return dataclasses.replace(args, **changes), {**QUICK_AGENT_PRESET, **agent_overrides}
 
 
-def train(args: TrainArgs, agent_overrides: dict[str, str] | None = None) -> None:
+def train(args: Annotated[TrainArgs, tyro.conf.arg(name="")], agent_overrides: dict[str, str] | None = None) -> None:
     """Train one agent on one task (offline, then online with --online-steps); writes one run directory per seed."""
     agent_overrides = agent_overrides or {}
     keys = check_agent_keys(args.agent, agent_overrides)
