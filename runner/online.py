@@ -101,9 +101,16 @@ def online_capacity(dataset: Mapping[str, Any], settings: Any) -> int:
     return ring_capacity(n_data, int(settings.online_steps or 0), buffer_size(settings), settings.balanced_sampling)
 
 
-@functools.lru_cache(maxsize=32)
 def agent_max_K(agent_cls: type, config: Any) -> int | None:
     """The largest K an agent of this class and config accepts, from its abstract shape (nothing is initialised)."""
+    try:
+        return _agent_max_K(agent_cls, config)
+    except TypeError:  # an unhashable config: not cached
+        return _agent_max_K.__wrapped__(agent_cls, config)
+
+
+@functools.lru_cache(maxsize=32)
+def _agent_max_K(agent_cls: type, config: Any) -> int | None:
 
     def create():
         zeros = jnp.zeros((1, 1), jnp.float32)

@@ -77,6 +77,11 @@ CASES: list[Refusal] = [
             f"{CHANGED} --buffer-size 2000000 (now 300)", _online_done, "online", stand_in=True),
     Refusal("complete-rerun-offline-steps-moved", [*RUN, "--steps", "12", "--online-steps", "3"],
             f"{CHANGED} --steps 10 (now 12)", _online_done, "online", stand_in=True),
+    Refusal("complete-rerun-without-online", [a for a in RUN if not a.startswith("--online-steps")],
+            "already holds a checkpoint at step 15 > --steps 10", _online_done, "online", stand_in=True),
+    Refusal("complete-rerun-fewer-online-steps", [*RUN, "--online-steps", "3"],
+            "already holds a checkpoint at step 15 > --steps 10 + --online-steps 3", _online_done, "online",
+            stand_in=True),
     # an interrupted online run continued with another acting policy
     Refusal("resume-online-other-N", [*RUN, "--online-N", "2"], f"{CHANGED} --online-N 1 (now 2)",
             _online_interrupted, "online", stand_in=True),
