@@ -19,8 +19,9 @@ The steps, in order (`Trainer.run`): `open_runs` (check every seed's run directo
 run directory, write its config.json, cut its logs back to the checkpoint), then per group of seeds at one starting
 step `train_group`: `run_chunk`, `check_finite` (and `fail`), `log`, `checkpoint`, `evaluate`, `stop_here`, and at
 the end `finish`. Nothing is written before `write`: a refused command (another run's directory, a checkpoint past
---steps, a K above the trained one, for any of the seeds) leaves every run directory as it was. The Trainer is given the agent class, the dataset loader and the environment factory, so
-tests hand it fakes; by default they come from `agents` and `envs`.
+--steps, a K above the trained one, for any of the seeds) leaves every run directory as it was. The Trainer is
+given the agent class, the dataset loader and the environment factory, so tests hand it fakes; by default they
+come from `agents` and `envs`.
 """
 
 from __future__ import annotations
@@ -130,7 +131,10 @@ def load_run(run: runs.RunDir | str | Path, step: int | None = None) -> tuple[An
         name = runs.agent_name(cfg)
         if name != cfg["agent"]:
             print(f"note: {run.path} names agent {cfg['agent']!r} from before Gaussian BC; it loads as {name!r}")
-        agent_cls = get_agent(name)
+        try:
+            agent_cls = get_agent(name)
+        except SorlError as e:  # the name came from the file, not from the user's command line
+            raise SorlError(f"{e} (read from {run.config}: a run of an agent this version does not have)") from None
         config = config_from_dict(agent_cls.Config, cfg["agent_config"])
         obs_dim, action_dim, seed = int(cfg["obs_dim"]), int(cfg["action_dim"]), int(cfg["seed"])
     except KeyError as e:
@@ -691,6 +695,7 @@ class Trainer:
                 g.runner.agent(i), self.task_name, sr.run.path, step=step, K=K, N=N, episodes=s.video_episodes,
                 seed=sr.seed, success_timing=s.success_timing, max_episode_steps=s.eval_max_episode_steps,
                 size=s.video_size, workers=s.eval_workers, pixels=self.pixels, frame_stack=self.sampling.frame_stack,
+                replace=True,  # a continued run films a step again only when it redoes that step's evaluation
             )  # fmt: skip
         except Exception as e:
             if self.stop.requested:  # a signal stopped the rendering workers too: evaluate_or_stop handles it
@@ -699,7 +704,9 @@ class Trainer:
             return
         names = ", ".join(v["path"].name for v in videos)
         where = f"{f'seed {sr.seed} ' if len(self.seeds) > 1 else ''}step {step}"
-        g.say(f"[{where}] videos  {names} in {videos[0]['path'].parent}")
+        replaced = sum(bool(v.get("replaced")) for v in videos)
+        again = f" (replacing {replaced} of the same names)" if replaced else ""
+        g.say(f"[{where}] videos  {names} in {videos[0]['path'].parent}{again}")
 
     def evaluate_or_stop(self, g: Group, step: int) -> None:
         """`evaluate`, unless a signal stopped the evaluation workers too: then stop at a checkpoint."""

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from runner.evaluation import cell_actor, episode_seed, evaluation_key, run_episodes, validate_grid
+from runner.runs import check_writable
 from runner.settings import MACROBLOCK, check_video_size  # noqa: F401 - the video size rules live with the options
 from sorl.errors import SorlError
 
@@ -44,6 +45,26 @@ VIDEO_DIR = "videos"
 def video_name(step: int, K: int, N: int, episode: int) -> str:
     """`step<S>-K<k>-N<n>-ep<i>.mp4`: the checkpoint's step, the filmed cell and the evaluation episode."""
     return f"step{step}-K{K}-N{N}-ep{episode}.mp4"
+
+
+def check_video_files(
+    run_dir: Path | str, *, step: int, K: int, N: int, episodes: int, replace: bool = False
+) -> list[Path]:
+    """Before any filming: the videos directory must be writable, and the files this filming would write must not
+    exist unless `replace` (`sorl eval --replace`); returns those that exist (and will be replaced). Writes
+    nothing."""
+    videos = Path(run_dir) / VIDEO_DIR
+    check_writable(videos, "videos directory")
+    existing = [videos / video_name(step, K, N, i) for i in range(episodes)]
+    existing = [p for p in existing if p.exists()]
+    if existing and not replace:
+        more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+        names = ", ".join(p.name for p in existing[:3]) + more
+        raise SorlError(
+            f"{videos} already holds {names} (K={K}, N={N} at step {step}); move them aside, or give --replace to "
+            "film them again"
+        )
+    return existing
 
 
 def default_video_K(Ks: Sequence[int], max_K: int | None) -> int:
@@ -190,10 +211,13 @@ def record_episodes(
     policy: Callable[..., Any] | None = None,
     pixels: bool = False,
     frame_stack: int = 1,
+    replace: bool = False,
 ) -> list[dict[str, Any]]:
     """Film `episodes` evaluation episodes of cell (K, N) into `run_dir/videos/`; one dict per video:
-    `{path, episode, success, length, frames}`, plus the recording's wall times in each: `startup_s` (the
+    `{path, episode, success, length, frames, replaced}`, plus the recording's wall times in each: `startup_s` (the
     rendering workers and their environments) and `episodes_s` (the episodes: policy, physics, rendering, encoding).
+    A video of the same name (step, cell, episode) is refused before any work (`check_video_files`) unless
+    `replace`; `replaced` says which were.
 
     `pixels` and `frame_stack` are the run's observations (`runner.pixels.run_observations`): the filmed
     environments give the agent what its evaluation gave it.
@@ -208,13 +232,17 @@ def record_episodes(
     if episodes < 1:
         raise SorlError(f"video episodes={episodes}: must be a positive integer")
     gl_backend()  # no renderer: one line now
+    existing = check_video_files(run_dir, step=step, K=K, N=N, episodes=episodes, replace=replace)
     if policy is None:
         from sorl.inference import make_policy_fn
 
         policy = make_policy_fn()
     videos = Path(run_dir) / VIDEO_DIR
-    videos.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".recording-", dir=videos))  # the final names appear only when complete
+    try:
+        videos.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".recording-", dir=videos))  # final names appear only when complete
+    except OSError as e:
+        raise SorlError(f"cannot write videos to {videos}: {e.strerror or e}") from None
     start = time.perf_counter()
     try:
         recorders = RecordingEnvs(str(staging), size, pixels)
@@ -235,19 +263,25 @@ def record_episodes(
             out.append(
                 {
                     "path": path, "episode": i, "success": bool(per["success"][i]), "length": int(per["length"][i]),
-                    "frames": int(per["length"][i]) + 1, **timing,
+                    "frames": int(per["length"][i]) + 1, "replaced": path in existing, **timing,
                 }
             )  # fmt: skip
         return out
     except RuntimeError as e:  # a rendering worker failed: its first line, not the worker's whole traceback
         raise SorlError(f"filming failed ({str(e).splitlines()[0]}); videos written before are kept") from e
+    except OSError as e:  # the disk, while moving the finished videos into place
+        raise SorlError(f"could not write videos to {videos}: {e.strerror or e}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
 def describe(videos: Sequence[dict[str, Any]]) -> list[str]:
     """One line per video, and the rendering rate."""
-    lines = [f"wrote {v['path']} ({'success' if v['success'] else 'failure'}, {v['length']} steps)" for v in videos]
+    lines = [
+        f"{'replaced' if v.get('replaced') else 'wrote'} {v['path']} ({'success' if v['success'] else 'failure'}, "
+        f"{v['length']} steps)"
+        for v in videos
+    ]
     if videos:
         frames = sum(v["frames"] for v in videos)
         v = videos[0]
