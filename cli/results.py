@@ -176,7 +176,7 @@ def read_page(path: Path) -> Page:
     return Page(path, lines, blocks)
 
 
-def render_block(command: str, base: Path, staged: list[tuple[Path, Path]] | None = None) -> str:
+def render_block(command: str, base: Path, staged: list[tuple[Path, Path | None]] | None = None) -> str:
     """The generated text of one block: `table ...`, `plot scaling|compute|curves ...`, `verifier PATHS`,
     `k-probe PATHS` or `bench FILES`, run from `base`. With `staged`, a plot's figures are drawn into a scratch
     directory and (scratch file, destination) pairs appended, for `regenerate` to move into place once every
@@ -212,7 +212,10 @@ def render_block(command: str, base: Path, staged: list[tuple[Path, Path]] | Non
         p = _parse(cls, args, command)
         formats = [f for f in p.formats.split(",") if f.strip()] if "--formats" in args else ["png"]
         paths, final = [str(base / x) for x in p.paths], base / p.out
-        out = Path(tempfile.mkdtemp(prefix="sorl-results-")) if staged is not None else final
+        out = final
+        if staged is not None:  # a scratch directory, listed (with no destination) so that it is removed
+            out = Path(tempfile.mkdtemp(prefix="sorl-results-"))
+            staged.append((out, None))
         if kind == "plot scaling":
             written = plots.plot_scaling(paths, out, stat=p.stat, formats=formats, reps=p.reps, title=p.title)
         elif kind == "plot compute":
@@ -300,7 +303,7 @@ def _relative(text: str, base: Path) -> str:
     return text.replace(str(base.resolve()) + os.sep, "").replace(str(base) + os.sep, "")
 
 
-def render_page(page: Page, staged: list[tuple[Path, Path]] | None = None) -> str:
+def render_page(page: Page, staged: list[tuple[Path, Path | None]] | None = None) -> str:
     """The page's text with every block's generated text made anew (the page itself not written; figures as
     `render_block` says)."""
     base = page.path.parent
@@ -342,7 +345,7 @@ def write_atomically(path: Path, text: str) -> None:
 
 def regenerate_page(path: Path) -> int:
     """Rewrite every results block of one page; returns how many there were."""
-    return regenerate([path])[0][1]
+    return regenerate_pages([Path(path)])[0][1]
 
 
 def default_roots() -> list[Path]:
@@ -361,19 +364,28 @@ def regenerate(roots: Sequence[str | Path] | None = None) -> list[tuple[Path, in
     if not found:
         where = ", ".join(map(str, roots))
         raise SorlError(f"no results page (a .md file with '<!-- results: ... -->' blocks) under {where}")
-    read = [read_page(path) for path in found]
-    staged: list[tuple[Path, Path]] = []
+    return regenerate_pages(found)
+
+
+def regenerate_pages(paths: Sequence[Path]) -> list[tuple[Path, int]]:
+    """Read and check every page, make every block, then move the figures into place and write the pages that
+    changed (atomically): [(page, blocks)]."""
+    read = [read_page(path) for path in paths]
+    staged: list[tuple[Path, Path | None]] = []
     try:
         made = [(page, render_page(page, staged)) for page in read]
         for src, dst in staged:  # every block made: the figures move into place, then the pages are written
+            if dst is None:
+                continue
             try:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(src, dst)
             except OSError as e:
                 raise SorlError(f"could not write {dst}: {e.strerror or e}") from None
     finally:
-        for scratch in {src.parent for src, _ in staged}:
-            shutil.rmtree(scratch, ignore_errors=True)
+        for scratch, dst in staged:
+            if dst is None:
+                shutil.rmtree(scratch, ignore_errors=True)
     for page, text in made:
         if text != "".join(page.lines):
             write_atomically(page.path, text)

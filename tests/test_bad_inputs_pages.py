@@ -15,6 +15,7 @@ import pytest
 from refusals import Refusal, run_case
 
 from cli import results
+from sorl.errors import SorlError
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "results-demo"
 
@@ -125,3 +126,19 @@ def test_inline_markers_in_prose_are_prose(tmp_path):
     page.write_text("Blocks sit between `<!-- results: COMMAND -->` and `<!-- /results -->`.\n\n" + GOOD)
     assert results.regenerate([page]) == [(page, 1)]
     assert page.read_text().startswith("Blocks sit between `<!-- results: COMMAND -->` and `<!-- /results -->`.\n")
+
+
+def test_figures_wait_until_every_block_is_made_and_no_scratch_stays(tmp_path, monkeypatch):
+    """A plot block made before a failing block leaves no figure behind; after success the figures are in place;
+    neither leaves a scratch directory."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    _page(GOOD + MIDDLE + "<!-- results: table no-such-runs -->\n<!-- /results -->\n")(tmp_path)
+    with pytest.raises(SorlError, match="bad.md:11: "):
+        results.regenerate([tmp_path / "demo"])
+    assert not (tmp_path / "demo" / "figures").exists() and not list(scratch.iterdir())
+    (tmp_path / "demo" / "bad.md").unlink()
+    assert results.regenerate([tmp_path / "demo"]) == [(tmp_path / "demo" / "README.md", 2)]
+    assert (tmp_path / "demo" / "figures" / "curves.png").stat().st_size > 5_000
+    assert not list(scratch.iterdir())
