@@ -241,8 +241,8 @@ def _check_dataset(spec: EnvSpec, directory: Path, paths: Sequence[Path]) -> Non
 
     Every load compares size and mtime with the manifest's `verified` stamp (a stat); only a file never checked, or
     whose stamp changed, is hashed and scanned, and then stamped. Measured on a 1M-transition cube-single-play
-    file (267 MB, 2-core VM): sha256 0.4 s, the NaN scan 4.3 s (decompressing the arrays, 0.2 s of it isfinite),
-    against 4 s for numpy just to read it: doing both on every load would make every run start ~2x slower, and a
+    file (267 MB, busy 2-core VM): sha256 0.4-0.6 s, the NaN scan 4-6 s (decompressing the arrays; isfinite itself
+    0.2 s), against 4 s for numpy just to read the file: both on every load would double that, and a
     flipped bit inside a stored array that keeps the stamp is still caught when the data are read (the zip
     members' CRC-32). The stamp is recorded only when both files pass, so a refused load leaves the data directory
     as it was; a read-only directory is checked once per process instead."""

@@ -15,9 +15,10 @@ Checksums: once orbax has committed a step, `sorl_checksums.json` (written atomi
 records the size and sha256 of every file in it. Every read of a checkpoint (`restore`, `saved_layout`: `sorl
 eval`, resume, videos, the probes) first checks them, so a damaged or truncated file is one line naming the file
 and what to do before orbax reads anything (orbax's zstd chunks carry no checksum: a flipped byte in one restores
-silently different weights). A checkpoint written before checksums (no such file) still loads; a restored agent
-with non-finite values (training never saves one) is refused as damaged either way. Hashing costs about 0.4 s per
-270 MB (measured), once per checkpoint read: nothing next to the compile and the evaluation that follow.
+silently different weights). A checkpoint without that file (written before checksums, or by a process killed
+between orbax's commit and the checksums) still loads; a restored agent with non-finite values (training never
+saves one) is refused as damaged either way. Cost, measured: a default SORL checkpoint (17 MB on disk) hashes in
+0.05 s, once per read, against seconds of compiling and evaluating that follow.
 """
 
 from __future__ import annotations
