@@ -144,7 +144,7 @@ def read_page(path: Path) -> Page:
     open_at: int | None = None
     command = ""
     for i, raw in enumerate(lines):
-        s = raw.strip()
+        s = (raw.lstrip("\ufeff") if i == 0 else raw).strip()  # a byte-order mark is kept, not read
         where = f"{path}:{i + 1}"
         if s.startswith(START):
             if open_at is not None:
@@ -153,7 +153,8 @@ def read_page(path: Path) -> Page:
                     f"with {END} first (blocks do not nest)"
                 )
             if not s.endswith("-->") or len(s) < len(START) + 3:
-                raise SorlError(f"{where}: the results block start has no closing '-->' on its line; write it as "
+                why = "has text after its '-->'" if "-->" in s else "has no closing '-->' on its line"
+                raise SorlError(f"{where}: the results block start {why}; write it alone on its line as "
                                 f"{START} COMMAND -->")  # fmt: skip
             command = s[len(START) : -3].strip()
             try:
@@ -374,6 +375,10 @@ def regenerate_pages(paths: Sequence[Path]) -> list[tuple[Path, int]]:
     staged: list[tuple[Path, Path | None]] = []
     try:
         made = [(page, render_page(page, staged)) for page in read]
+        changed = [(page, text) for page, text in made if text != "".join(page.lines)]
+        for page, _ in changed:  # a page that could not be replaced is said before anything is written
+            if not os.access(page.path.parent, os.W_OK | os.X_OK):
+                raise SorlError(f"cannot write {page.path}: its directory is not writable; nothing was changed")
         for src, dst in staged:  # every block made: the figures move into place, then the pages are written
             if dst is None:
                 continue
@@ -386,9 +391,8 @@ def regenerate_pages(paths: Sequence[Path]) -> list[tuple[Path, int]]:
         for scratch, dst in staged:
             if dst is None:
                 shutil.rmtree(scratch, ignore_errors=True)
-    for page, text in made:
-        if text != "".join(page.lines):
-            write_atomically(page.path, text)
+    for page, text in changed:
+        write_atomically(page.path, text)
     return [(page.path, len(page.blocks)) for page in read]
 
 

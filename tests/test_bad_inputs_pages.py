@@ -57,6 +57,8 @@ CASES: list[Refusal] = [
             _page("<!-- results: table runs -->\n" + GOOD + MIDDLE), "page"),
     Refusal("page-unbalanced-quotes", R, "bad.md:11: results block command 'table \"runs --level env' has unbalanced",
             _page(GOOD + MIDDLE + '<!-- results: table "runs --level env -->\nx\n<!-- /results -->\n'), "page"),
+    Refusal("page-text-after-start", R, "bad.md:11: the results block start has text after its '-->'",
+            _page(GOOD + MIDDLE + "<!-- results: table runs --> and more\nx\n<!-- /results -->\n"), "page"),
     Refusal("page-empty-command", R, "bad.md:11: empty results block command",
             _page(GOOD + MIDDLE + "<!-- results:   -->\n<!-- /results -->\n", crlf=True), "page"),
     Refusal("page-unknown-command", R, "bad.md:5: unknown results block 'tabel runs'",
@@ -142,3 +144,13 @@ def test_figures_wait_until_every_block_is_made_and_no_scratch_stays(tmp_path, m
     assert results.regenerate([tmp_path / "demo"]) == [(tmp_path / "demo" / "README.md", 2)]
     assert (tmp_path / "demo" / "figures" / "curves.png").stat().st_size > 5_000
     assert not list(scratch.iterdir())
+
+
+def test_a_page_with_a_byte_order_mark_keeps_it(tmp_path):
+    _runs(tmp_path)
+    page = tmp_path / "demo" / "bom.md"
+    page.write_bytes(b"\xef\xbb\xbf" + GOOD.replace("\n", "\r\n").encode() + b"prose\r\n")
+    assert results.regenerate([page]) == [(page, 1)]
+    data = page.read_bytes()
+    assert data.startswith(b"\xef\xbb\xbf<!-- results: table runs") and data.endswith(b"<!-- /results -->\r\nprose\r\n")
+    assert b"old table" not in data and data.count(b"\n") == data.count(b"\r\n")
