@@ -292,6 +292,9 @@ class EvalArgs:
     """Width and height of the videos in pixels (a multiple of 16)."""
     video_only: bool = False
     """Only film (with --video-episodes): no grid evaluation, scaling.json left as it is."""
+    replace: bool = False
+    """Start scaling.json afresh (by default an earlier grid's cells not evaluated now are kept) and film over videos
+    of the same names (by default refused)."""
 
 
 def evaluate(args: Annotated[EvalArgs, tyro.conf.arg(name="")]) -> None:
@@ -340,9 +343,20 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
         max_steps = cfg.get("eval", {}).get("max_episode_steps")
     envs = args.envs or cfg.get("eval", {}).get("envs")  # a memory cap set in training holds
     timing = cfg.get("success_timing", "pre")
+    # what the command would write, checked before the evaluation: nothing is written if it is refused
+    if args.video_episodes:
+        from runner import video
+
+        video_K = args.video_K or video.default_video_K(Ks, agent.max_K)
+        video.check_video_files(
+            run.path, step=step, K=video_K, N=args.video_N, episodes=args.video_episodes, replace=args.replace
+        )
     if args.video_only:
         film_from_cli(args, cfg, agent, step, Ks, timing, max_steps)
         return []
+    runs.check_writable(run.path, "run directory", files=[run.scaling_json, run.scaling_csv])
+    header = runs.scaling_header(cfg, step, eval_seed=args.seed, episodes=args.episodes, max_episode_steps=max_steps)
+    kept = run.plan_scaling(header, [(K, N) for K in Ks for N in Ns], replace=args.replace)
     print(
         f"evaluating {run.path} (step {step}) on {cfg['task']}: K={list(Ks)} N={list(Ns)}, "
         f"{args.episodes} episodes, success_timing={timing}",
@@ -354,7 +368,9 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
     )  # fmt: skip
     with pool:
         grid = evaluation.evaluate(agent, cfg["task"], Ks, Ns, args.episodes, seed=args.seed, pool=pool, progress=True)
-    run.write_scaling(cfg, step, grid, eval_seed=args.seed, episodes=args.episodes, max_episode_steps=max_steps)
+    run.write_scaling(
+        cfg, step, grid, eval_seed=args.seed, episodes=args.episodes, max_episode_steps=max_steps, kept=kept
+    )
     if tracking:
         sink = tracking.open(run.path, cfg)  # appends: the training run's tracker run continues
         sink.scaling(step, grid)
@@ -362,6 +378,8 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
     title = f"{cfg['task']}  agent={runs.agent_name(cfg)}  seed={cfg['seed']}  step={step}  ({args.episodes} episodes)"
     print(evaluation.format_grid(grid, title))
     print(f"wrote {run.scaling_json} and {run.scaling_csv}")
+    if kept:
+        print(f"kept from the earlier {runs.SCALING_JSON} (not evaluated now): {runs.format_cells(kept)}")
     if args.video_episodes:
         film_from_cli(args, cfg, agent, step, Ks, timing, max_steps)
     return grid
@@ -393,7 +411,7 @@ def film_from_cli(
     videos = video.record_episodes(
         agent, cfg["task"], args.run_dir, step=step, K=K, N=args.video_N, episodes=args.video_episodes,
         seed=args.seed, success_timing=timing, max_episode_steps=max_steps, size=args.video_size, workers=args.workers,
-        pixels=pixels, frame_stack=frame_stack,
+        pixels=pixels, frame_stack=frame_stack, replace=args.replace,
     )  # fmt: skip
     print("\n".join(video.describe(videos)))
 
