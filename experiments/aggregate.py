@@ -731,6 +731,8 @@ def table(
         raise SorlError(f"--format {fmt}: use md, csv or latex")
     if not levels or any(lv not in ("task", "env", "all") for lv in levels):
         raise SorlError(f"--level {','.join(levels)}: use task, env and/or all")
+    if compare:
+        paper.published(compare)  # a missing or unreadable --compare file: said before any run is read
     runset = load_runs(paths)
     rows, notes = table_rows(runset, K=K, N=N, levels=levels, compare=compare, reps=reps)
     if not rows:

@@ -72,7 +72,12 @@ def published(source: str = "paper") -> dict[str, dict[str, tuple[float, float |
     path = Path(source).expanduser()
     if not path.is_file():
         raise SorlError(f"--compare {source}: give 'paper' or a markdown file with a 'Published numbers' table")
-    return parse_published_table(path.read_text(), where=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SorlError(f"--compare {source}: cannot be read as UTF-8 text ({type(e).__name__}); give 'paper' or "
+                        "a markdown file with a 'Published numbers' table") from None  # fmt: skip
+    return parse_published_table(text, where=str(path))
 
 
 _NUM = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(?:±\s*(\d+(?:\.\d+)?))?\s*$")

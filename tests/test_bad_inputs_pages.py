@@ -95,6 +95,9 @@ CASES: list[Refusal] = [
     Refusal("table-N-zero", ["table", RUNS, "--N", "0", "--output", "{tmp}/t.md"], "--N 0", _runs, "table"),
     Refusal("table-last-zero", ["table", RUNS, "--diagnostics", "actor/mse", "--last", "0"], "--last 0", _runs,
             "table"),
+    Refusal("table-compare-missing", ["table", RUNS, "--compare", "{tmp}/nope.md"], "--compare", _runs, "table"),
+    Refusal("table-compare-not-utf8", ["table", RUNS, "--compare", "{tmp}/demo/latin.md"], "cannot be read as UTF-8",
+            lambda tmp: (_runs(tmp), (tmp / "demo" / "latin.md").write_bytes(b"Published numbers \xe9\n")), "table"),
     Refusal("table-bad-format", ["table", RUNS, "--format", "xlsx", "--output", "{tmp}/t.md"], "--format xlsx",
             _runs, "table"),
 ]  # fmt: skip
