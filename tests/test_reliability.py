@@ -613,3 +613,31 @@ def test_truncated_checkpoint_without_checksums_leaves_no_event_loop_errors_at_e
     assert p.stdout.count("error: checkpoint 1 in") == 5, p.stdout
     assert "Traceback" not in p.stderr and "Event loop is closed" not in p.stderr, p.stderr
     assert sorted(q.name for q in (tmp_path / "ck").iterdir()) == ["1"]  # nothing deleted
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated"])
+def test_damaged_checkpoint_in_a_real_eval_process(tiny_sorl_run, tmp_path, damage):
+    """The reviewer's case end to end: `sorl eval` of a real SORL run whose checkpoint lost or changed bytes exits
+    2 with one line naming the file, before any evaluation, and nothing is written or deleted."""
+    src, data_dir, _ = tiny_sorl_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    step_dir = run / "checkpoints" / str(checkpoint.latest_step(run / "checkpoints"))
+    data_files = [p for p in step_dir.rglob("*") if p.is_file() and p.parent.name == "d"]  # orbax's array data
+    target = max(data_files, key=lambda p: p.stat().st_size)
+    raw = bytearray(target.read_bytes())
+    if damage == "flipped":
+        raw[len(raw) // 2] ^= 0xFF
+    else:
+        raw = raw[: len(raw) // 2]
+    target.write_bytes(bytes(raw))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT), "OGBENCH_DATA_DIR": str(data_dir)}
+    p = subprocess.run([sys.executable, "-m", "cli", "eval", str(run), "--K", "1", "--N", "1", "--episodes", "1"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 2, p.stdout + p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: checkpoint {step_dir.name} in "), p.stderr
+    assert f"{target.relative_to(step_dir).as_posix()} " in lines[0] and "retrain" in lines[0]
+    assert "evaluating" not in p.stdout
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
