@@ -102,7 +102,7 @@ def pages(roots: Sequence[str | Path]) -> list[Path]:
 
 
 def _split_lines(text: str) -> list[str]:
-    """The lines of `text`, each with its own ending ("\n" or "\r\n"; the last one may have none)."""
+    """The lines of `text`, each with its own ending (LF or CRLF; the last line may have none)."""
     lines = text.split("\n")
     out = [line + "\n" for line in lines[:-1]]
     return out + ([lines[-1]] if lines[-1] else [])
