@@ -70,7 +70,7 @@ class RunLock:
         a command checks every run directory it would write to before it writes to any (`acquire` follows)."""
         try:
             fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:  # no lock file: nobody has locked the directory
+        except (FileNotFoundError, NotADirectoryError):  # no lock file: nobody has locked the directory
             return
         except OSError as e:
             raise SorlError(f"cannot lock run directory {self.directory}: {e.strerror or e}") from None

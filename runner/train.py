@@ -328,7 +328,6 @@ class Trainer:
         """A seed to train: its directory unlocked and writable, the checkpoint it continues from (`sr.start`)
         within --steps, its logs readable (and what a continuation cuts from them found). Reads only."""
         s, run = self.settings, sr.run
-        safety.check_unlocked(run.path)
         sr.train_log = runs.CsvLog(run.train_log)
         sr.eval_log = runs.CsvLog(run.eval_log, ["step", *RESULT_KEYS, "env_steps", "time_s"])
         sr.validation_log = runs.CsvLog(run.validation_log)
@@ -336,6 +335,7 @@ class Trainer:
         logs = (sr.train_log, sr.eval_log, sr.validation_log, sr.online_log)
         files = [run.config, run.results, *(log.path for log in logs)]
         runs.check_writable(run.path, "run directory", flag="--run-dir", files=files)
+        safety.check_unlocked(run.path)
         for sub in (run.checkpoints, run.path / VIDEO_DIR if s.video_episodes else None):
             if sub is not None and sub.exists():
                 runs.check_writable(sub, "directory", flag="--run-dir")
