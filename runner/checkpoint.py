@@ -282,7 +282,7 @@ class Checkpointer:
             )
         else:
             fix = f"it is the run's only checkpoint: retrain (delete {self.directory.parent} or use another --run-dir)"
-        return SorlError(f"checkpoint {step} in {self.directory} is damaged: {what}; {fix}")
+        return SorlError(f"checkpoint {step} in {self.directory} is corrupt: {what}; {fix}")
 
     def check(self, step: int) -> None:
         """SorlError unless checkpoint `step` is complete and its files match the checksums written with it (read

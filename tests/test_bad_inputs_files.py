@@ -195,7 +195,7 @@ CASES: list[Refusal] = [
     Refusal("ckpt-legacy-decodes-to-nan-eval", EVAL, "agent.w holds non-finite values, which training never saves",
             _legacy_nan, "checkpoint", stand_in=True),
     # checkpoints: a killed run resumed from its only checkpoint (10)
-    Refusal("ckpt-flipped-byte-resume", RESUME, "checkpoint 10 in {tmp}/run/checkpoints is damaged: ",
+    Refusal("ckpt-flipped-byte-resume", RESUME, "checkpoint 10 in {tmp}/run/checkpoints is corrupt: ",
             _damaged(_killed, _flip, 10), "checkpoint", stand_in=True),
     Refusal("ckpt-truncated-resume", RESUME, ONLY, _damaged(_killed, _truncate, 10), "checkpoint", stand_in=True),
     # datasets: values, bytes, sizes; the training run is refused before it compiles anything
@@ -323,5 +323,6 @@ def test_long_generation_starts_with_long(tmp_path, monkeypatch, capsys):
     datasets.cli_generate(["pointmaze-medium-navigate"], long=True, **kw)
     train, val = datasets.dataset_paths("pointmaze-medium-navigate", tmp_path / "data")
     spec = resolve_env("pointmaze-medium-navigate")
+    entries = manifest.entries(tmp_path / "data")
     for path, split in ((train, "train"), (val, "val")):
-        assert datasets.verify_file(spec, path, split, manifest.entries(path.parent)[path.name]) == (datasets.OK, "generated")
+        assert datasets.verify_file(spec, path, split, entries[path.name]) == (datasets.OK, "generated")
