@@ -544,6 +544,9 @@ def check_launcher_options(launcher: str, options: Any) -> None:
                 f"{flag} is an option of the {needs} launcher; with --launcher {launcher} it would be ignored: "
                 f"add --launcher {needs} or drop {flag}"
             )
+    cluster = getattr(options, "submitit_cluster", "slurm")
+    if cluster not in ("slurm", "local", "debug"):
+        raise SorlError(f"--submitit-cluster {cluster!r}: use slurm, local or debug")
     for name, low in _AT_LEAST.items():
         value = getattr(options, name, None)
         if value is not None and (isinstance(value, bool) or value < low):

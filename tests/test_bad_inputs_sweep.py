@@ -82,6 +82,8 @@ CASES: list[Refusal] = [
             "--gpus-per-run is an option of the ray launcher", _spec(GOOD), "launcher"),
     Refusal("launcher-slurm-time-zero", [*SWEEP, "--launcher", "slurm", "--time", "0"], "--time=0: must be at least 1",
             _spec(GOOD), "launcher"),
+    Refusal("launcher-bad-submitit-cluster", [*SWEEP, "--launcher", "slurm", "--submitit-cluster", "kube"],
+            "--submitit-cluster 'kube': use slurm, local or debug", _spec(GOOD), "launcher"),
     Refusal("launcher-max-parallel-zero", [*SWEEP, "--max-parallel", "0"], "--max-parallel=0", _spec(GOOD),
             "launcher"),
     # probes: arguments checked before anything is built or compiled
