@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from types import SimpleNamespace
 
 import pytest
 
@@ -286,3 +287,28 @@ def test_readme_reproduces_the_paper_in_three_commands(tmp_path, capsys):
     assert "sweep paper-sorl: 320 runs" in capsys.readouterr().out
     image = section.split("](", 1)[1].split(")", 1)[0]
     assert image.endswith(".png") and (root / image).stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'tasks = ["visual-cube-single-play-task1"]\n[train]\np_aug = 0.5\nframe_stack = 3',  # pixel options, pixels
+        'tasks = ["cube-single-play-task1"]\n[train]\nframe_stack = 3',  # frame stacking works on state tasks too
+        'tasks = ["cube-single-play-task1"]\n[train]\nonline_steps = 100\nonline_K = 8\n[eval]\nK = [1, 8]',
+        'tasks = ["cube-single-play-task1"]\n[settings]\ndenoise_timesteps = 16\nmax_k_backprop = 16\n[eval]\nK = [16]',
+    ],
+    ids=["pixel-options-on-pixels", "frame-stack-on-state", "online-on-state", "K-within-a-larger-M"],
+)
+def test_what_the_runs_can_do_is_accepted(tmp_path, text):
+    """The parse-time refusals (test_bad_inputs_sweep.py) refuse only what every run would fail on."""
+    spec = load_spec(write(tmp_path, 'agents = ["sorl", "iql"]\n' + text))
+    assert {r.agent for r in spec.runs()} == {"sorl", "iql"}
+
+
+def test_launcher_flags_are_accepted_with_their_own_launcher():
+    ok = SimpleNamespace(partition="gpu", time=60, submitit_cluster="local", wait=False, address=None)
+    launchers.check_launcher_options("slurm", ok)
+    launchers.check_launcher_options("ray", SimpleNamespace(address="auto", cpus_per_run=2, gpus_per_run=0.5))
+    launchers.check_launcher_options("local", SimpleNamespace(max_parallel=2, submitit_cluster="slurm", wait=True))
+    with pytest.raises(SorlError, match="--address is an option of the ray launcher; with --launcher slurm"):
+        launchers.check_launcher_options("slurm", SimpleNamespace(address="auto"))
