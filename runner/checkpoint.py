@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from runner.runs import RESULTS
 from sorl.errors import SorlError
 
 # orbax logs every save/restore through absl, and a failed write with a traceback at ERROR level; keep the
@@ -276,7 +277,13 @@ class Checkpointer:
     def _damaged(self, step: int, what: str) -> SorlError:
         step_dir = self.directory / str(step)
         earlier = [s for s in self.all_steps() if s < step]
-        if earlier:
+        results = self.directory.parent / RESULTS
+        if earlier and results.is_file():  # a finished run: training redoes the rest once its results are gone too
+            fix = (
+                f"delete {step_dir} to fall back to checkpoint {earlier[-1]} (`sorl eval` then uses it; delete "
+                f"{results} too and the same `sorl train` command redoes the rest), or retrain"
+            )
+        elif earlier:
             fix = (
                 f"delete {step_dir} to fall back to checkpoint {earlier[-1]} (eval and resume then use it), or retrain"
             )
