@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import csv
+import json
+
 import gymnasium
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_train_loop import _train
+from test_train_loop import stand_in as _stand_in  # noqa: F401 - a fixture, used through `stand_in` below
 
+from cli import main as cli
 from runner import evaluation
 from runner.evaluation import EnvPool, evaluate, format_grid, parse_int_list, run_episodes
 from sorl.errors import SorlError
@@ -217,3 +223,61 @@ def test_pool_reports_worker_failure(monkeypatch):
     """A worker that cannot make its environment: a SorlError stays one line, anything else is an error."""
     with pytest.raises((SorlError, RuntimeError)):
         EnvPool("no-such-task-singletask-task1-v0", 2, workers=2)
+
+
+# ------------------------------------------------------------------------------ scaling.json: merged, never lost
+
+
+@pytest.fixture
+def stand_in(request):
+    """test_train_loop's stand-in agent ("tiny", K up to 4), synthetic dataset and evaluation env."""
+    return request.getfixturevalue("_stand_in")
+
+
+@pytest.fixture
+def trained(tmp_path, stand_in):
+    """A stand-in run trained for 10 updates."""
+    _train(tmp_path, "run", steps=10, eval_interval=10)
+    return tmp_path / "run"
+
+
+def _eval(run, capsys, *flags: str) -> tuple[dict, str]:
+    cli.main(["eval", str(run), "--workers", "1", "--episodes", "2", *flags])
+    return json.loads((run / "scaling.json").read_text()), capsys.readouterr().out
+
+
+def _eval_grid(run, capsys, K: str, N: str) -> tuple[dict, str, list[dict]]:
+    grid = cli.eval_from_cli(cli.EvalArgs(run, K=K, N=N, episodes=2, workers=1))
+    return json.loads((run / "scaling.json").read_text()), capsys.readouterr().out, json.loads(json.dumps(grid))
+
+
+def _cells(scaling: dict) -> list[tuple[int, int]]:
+    return [(c["K"], c["N"]) for c in scaling["grid"]]
+
+
+def test_eval_keeps_the_cells_it_does_not_redo(trained, capsys):
+    first, _ = _eval(trained, capsys, "--K", "1,2,4", "--N", "1")
+    assert _cells(first) == [(1, 1), (2, 1), (4, 1)]
+    second, out, grid = _eval_grid(trained, capsys, K="1", N="1,3")
+    # the earlier cells not evaluated now are kept as they were; (1, 1), evaluated again, is the new one
+    assert _cells(second) == [(1, 1), (1, 3), (2, 1), (4, 1)]
+    assert second["grid"][2:] == first["grid"][1:] and second["grid"][:2] == grid
+    assert "kept from the earlier scaling.json (not evaluated now): K=2 N=1, K=4 N=1" in out
+    assert {k: second[k] for k in ("step", "episodes", "eval_seed")} == {"step": 10, "episodes": 2, "eval_seed": 0}
+    with (trained / "scaling.csv").open() as f:  # the CSV holds the same merged grid
+        assert [(int(r["K"]), int(r["N"])) for r in csv.DictReader(f)] == _cells(second)
+    # --replace starts afresh
+    third, out = _eval(trained, capsys, "--K", "2", "--N", "1", "--replace")
+    assert _cells(third) == [(2, 1)] and "kept from" not in out
+
+
+def test_eval_of_another_protocol_replaces_a_grid_it_covers_and_refuses_to_drop_cells(trained, capsys):
+    _eval(trained, capsys, "--K", "1", "--N", "1")
+    other, out = _eval(trained, capsys, "--K", "1,2", "--N", "1", "--seed", "3")  # covers (1, 1): replaced
+    assert _cells(other) == [(1, 1), (2, 1)] and other["eval_seed"] == 3 and "kept from" not in out
+    before = (trained / "scaling.json").read_bytes()
+    with pytest.raises(SystemExit):
+        _eval(trained, capsys, "--K", "1", "--N", "1")  # seed 0 again: (2, 1) of seed 3 would be dropped
+    err = capsys.readouterr().err
+    assert "holds cells K=2 N=1 made with eval_seed=3, not eval_seed=0" in err and "--replace" in err
+    assert (trained / "scaling.json").read_bytes() == before

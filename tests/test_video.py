@@ -23,7 +23,7 @@ from runner import runs
 from runner import train as train_lib
 from runner.checkpoint import Checkpointer
 from runner.train import initial_state
-from runner.video import default_video_K, video_name
+from runner.video import check_video_files, default_video_K, video_name
 from sorl.config import config_to_dict
 from sorl.errors import SorlError
 
@@ -100,6 +100,32 @@ def test_eval_films_episodes(sorl_run, capsys):
         assert (motion > 0.1).sum() >= EPISODE_STEPS // 2  # the arm moves in most steps
         first.append(frames[0])
     assert np.abs(first[0].astype(np.int16) - first[1]).mean() > 0.1  # episodes start from their own states
+    # filming the same cell again: refused before any rendering, unless --replace (which says so)
+    argv = ["eval", str(sorl_run.path), "--video-episodes", "2", "--video-only", "--video-N", "2", "--video-size",
+            str(SIZE), "--max-episode-steps", str(EPISODE_STEPS), "--workers", "2"]  # fmt: skip
+    before = {p: p.read_bytes() for p in paths}
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    assert "already holds step10-K2-N2-ep0.mp4, step10-K2-N2-ep1.mp4" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in paths} == before
+    cli.main([*argv, "--replace"])
+    assert f"replaced {paths[0]}" in capsys.readouterr().out
+    assert sorted(p.name for p in (sorl_run.path / "videos").iterdir()) == [p.name for p in paths]
+
+
+def test_videos_of_the_same_names_are_not_filmed_over_without_replace(tmp_path):
+    videos = tmp_path / "run" / "videos"
+    videos.mkdir(parents=True)
+    earlier = videos / video_name(STEP, 2, 1, 1)
+    earlier.write_bytes(b"an earlier video")
+    (videos / video_name(STEP, 4, 1, 0)).write_bytes(b"another cell")
+    cell = dict(step=STEP, K=2, N=1, episodes=3)
+    with pytest.raises(SorlError, match=r"already holds step10-K2-N1-ep1.mp4 \(K=2, N=1 at step 10\).*--replace"):
+        check_video_files(tmp_path / "run", **cell)
+    assert check_video_files(tmp_path / "run", **cell, replace=True) == [earlier]
+    assert check_video_files(tmp_path / "run", **{**cell, "K": 1}) == []  # another cell's files are no concern
+    assert check_video_files(tmp_path / "new-run", **cell) == []  # no videos yet (nothing is created)
+    assert earlier.read_bytes() == b"an earlier video" and not (tmp_path / "new-run").exists()
 
 
 def test_default_video_cell():
