@@ -251,8 +251,9 @@ def test_good_run_loads_and_a_damaged_step_falls_back_as_the_line_says(tmp_path,
     cli.main(argv)
     assert "(step 20)" in capsys.readouterr().out
     _flip(ckdir / "20")
-    with pytest.raises(SorlError, match=f"delete {ckdir / '20'} to fall back to checkpoint 10"):
+    with pytest.raises(SorlError, match=f"delete {ckdir / '20'} to fall back to checkpoint 10") as e:
         train_lib.load_run(tmp_path / "run")
+    assert f"delete {tmp_path / 'run' / 'results.json'} too and the same `sorl train` command" in str(e.value)
     shutil.rmtree(ckdir / "20")
     cli.main(argv)
     assert "(step 10)" in capsys.readouterr().out
