@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import math
+import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -431,9 +432,12 @@ class Trainer:
 
     def validation_data(self, val_data: Mapping[str, np.ndarray] | None) -> Mapping[str, jax.Array]:
         if val_data is None or not len(val_data.get("observations", ())):
+            data_dir = self.settings.data_dir  # a suggested command keeps the user's --data-dir
+            flag = f" --data-dir {shlex.quote(str(data_dir))}" if data_dir is not None else ""
             raise SorlError(
                 f"--validation-interval: {self.task_name} has no validation dataset (-val.npz) in the data "
-                "directory; regenerate it with `sorl data generate` or train without --validation-interval"
+                f"directory; regenerate it with `sorl data generate {self.env_name} --force{flag}` or train without "
+                "--validation-interval"
             )
         return self.agent_cls.prepare_dataset(to_device(val_data, frame_stack=self.sampling.frame_stack))
 

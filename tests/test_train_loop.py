@@ -355,14 +355,19 @@ def test_validation_loss_is_the_training_loss_on_validation_batches(tmp_path, st
 
 
 def test_validation_needs_a_validation_dataset(tmp_path):
-    settings = TrainSettings(steps=10, log_interval=10, eval_interval=10, validation_interval=10, progress=False)
+    settings = TrainSettings(
+        steps=10, log_interval=10, eval_interval=10, validation_interval=10, progress=False,
+        data_dir=tmp_path / "my data",
+    )  # fmt: skip
     trainer = train_lib.Trainer(
         TASK, "tiny", [0], lambda task, seed: tmp_path / "run", settings, agent_cls=TinyAgent,
         load_task=lambda *a, **k: (TinyEnv(), _dataset(), None), make_env=lambda *a: TinyEnv(),
     )  # fmt: skip
-    with pytest.raises(SorlError, match="no validation dataset"):
+    with pytest.raises(SorlError, match="no validation dataset") as e:
         trainer.run()
-    assert not (tmp_path / "run" / "results.json").exists()
+    # the suggested command regenerates the user's data directory, not the default one
+    assert f"`sorl data generate cube-single-play --force --data-dir '{tmp_path / 'my data'}'`" in str(e.value)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_train_writes_run_directory(tmp_path, stand_in):
