@@ -111,7 +111,11 @@ class _FlowBCConfigBase:
 FlowBCConfig = dataclasses.make_dataclass(
     "FlowBCConfig",
     [
-        (f.name, f.type, dataclasses.field(default=f.default, metadata={"doc": field_docs(SORLConfig)[f.name]}))
+        (
+            f.name,
+            f.type,
+            dataclasses.field(default=f.default, metadata={**f.metadata, "doc": field_docs(SORLConfig)[f.name]}),
+        )
         for f in dataclasses.fields(SORLConfig)
         if f.name in POLICY_KEYS
     ],

@@ -31,6 +31,7 @@ from sorl import shortcut
 from sorl.agent import Agent
 from sorl.inference import sample_best_of_n, validate_K_N
 from sorl.networks import MLP, ShortcutVelocityNet, encode, encoder_module
+from sorl.validation import POSITIVE_INTEGER, setting
 
 Array = jax.Array
 Params = Any
@@ -224,7 +225,7 @@ class FQLConfig(B.BaselineConfig):
     """How the critics combine in the critic target and the best-of-N verifier (the Q term always averages)."""
     alpha: float = 10.0
     """Distillation coefficient: weight of the one-step policy's distance to the flow policy (tuned per task)."""
-    flow_steps: int = 10
+    flow_steps: int = setting(10, check=POSITIVE_INTEGER)
     """Euler steps of the flow BC policy (the distillation target)."""
     normalize_q_loss: bool = False
     """Divide the one-step policy's Q term by the batch's mean |Q| (no gradient through it)."""

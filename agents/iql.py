@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from sorl import baselines as B
 from sorl.agent import Agent
 from sorl.inference import validate_K_N
+from sorl.validation import OPEN_UNIT, setting
 
 Array = jax.Array
 Params = Any
@@ -162,7 +163,7 @@ class IQLConfig(B.BaselineConfig):
 
     q_agg: Literal["mean", "min"] = "min"
     """How the critics combine in the value target, the advantage and the best-of-N verifier (reference: min)."""
-    expectile: float = 0.9
+    expectile: float = setting(0.9, check=OPEN_UNIT)
     """Expectile of the value regression on Q (an upper expectile of Q over the dataset's actions)."""
     alpha: float = 10.0
     """AWR inverse temperature of the actor's advantage weights (tuned per environment)."""

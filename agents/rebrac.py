@@ -34,6 +34,7 @@ from sorl import baselines as B
 from sorl.agent import Agent
 from sorl.errors import SorlError
 from sorl.inference import validate_K_N
+from sorl.validation import BOOL, NON_NEGATIVE, POSITIVE_INTEGER, setting
 
 Array = jax.Array
 Params = Any
@@ -222,19 +223,19 @@ class ReBRACConfig(B.BaselineConfig):
 
     q_agg: Literal["mean", "min"] = "min"
     """How the critics combine in the critic target, the actor's Q and the best-of-N verifier (reference: min)."""
-    alpha_actor: float = 0.0
+    alpha_actor: float = setting(0.0, check=NON_NEGATIVE)
     """Actor BC coefficient: weight of the squared distance to the dataset action (tuned per environment)."""
-    alpha_critic: float = 0.0
+    alpha_critic: float = setting(0.0, check=NON_NEGATIVE)
     """Critic BC coefficient: penalty on the next action's distance to the dataset's (tuned per environment)."""
-    actor_freq: int = 2
+    actor_freq: int = setting(2, check=POSITIVE_INTEGER)
     """The actor and the targets update every actor_freq-th update (the critic every update)."""
-    actor_noise: float = 0.2
+    actor_noise: float = setting(0.2, check=NON_NEGATIVE)
     """Std of the target policy smoothing noise (also the best-of-N candidates' perturbation)."""
-    actor_noise_clip: float = 0.5
+    actor_noise_clip: float = setting(0.5, check=NON_NEGATIVE)
     """The smoothing noise is clipped to plus or minus this."""
     actor_fc_scale: float = 0.01
     """Initialisation scale of the actor's last layer."""
-    shared_adam: bool = True
+    shared_adam: bool = setting(True, check=BOOL)
     """One Adam over actor and critic stepped every update, as the reference; false gives each network its own."""
 
     LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"shared_adam": False}

@@ -27,7 +27,15 @@ from sorl.errors import SorlError
 from sorl.inference import aggregate, sample_best_of_n, validate_K_N
 from sorl.networks import CriticEnsemble, ShortcutVelocityNet, encode
 from sorl.optim import ModuleOptimizer, ema_targets, prefixed
-from sorl.validation import check_config, invalid
+from sorl.validation import (
+    BOOL,
+    HALF_OPEN_UNIT,
+    NON_NEGATIVE,
+    POWER_OF_TWO,
+    check_config,
+    invalid,
+    setting,
+)
 
 Array = jax.Array
 Params = Any
@@ -391,9 +399,9 @@ class SORLConfig:
     """Adam learning rate of every network."""
     grad_clip_norm: float = 1.0
     """Global-norm gradient clip of each Adam step (0 disables clipping)."""
-    optimizer_beta1: float = 0.9
+    optimizer_beta1: float = setting(0.9, check=HALF_OPEN_UNIT)
     """Adam's first-moment decay (beta1)."""
-    optimizer_beta2: float = 0.999
+    optimizer_beta2: float = setting(0.999, check=HALF_OPEN_UNIT)
     """Adam's second-moment decay (beta2)."""
     batch_size: int = 256
     """Dataset transitions per gradient update."""
@@ -417,21 +425,21 @@ class SORLConfig:
     """How the critic ensemble's values combine in the critic target and the best-of-N verifier: mean or min."""
     alpha: float = 10.0
     """Weight of the self-consistency loss in the actor loss."""
-    bc_flow_loss_coef: float = 10.0
+    bc_flow_loss_coef: float = setting(10.0, check=NON_NEGATIVE)
     """Weight of the flow-matching (behaviour cloning) loss in the actor loss."""
-    q_loss_coef: float = 100.0
+    q_loss_coef: float = setting(100.0, check=NON_NEGATIVE)
     """Weight of the Q term (policy improvement) in the actor loss; the released default, tuned per environment."""
     normalize_q_loss: bool = True
     """Divide the Q term by the batch's mean |Q| (no gradient through it), so q_loss_coef is scale-free."""
-    t_epsilon: float = 1e-5
+    t_epsilon: float = setting(1e-5, check=HALF_OPEN_UNIT)
     """Epsilon of the flow interpolant a_t = (1 - (1 - epsilon) t) a0 + t a1."""
-    denoise_timesteps: int = 8
+    denoise_timesteps: int = setting(8, check=POWER_OF_TWO)
     """M: the finest discretisation the policy is trained at, and the largest sampling steps K at test time."""
-    max_k_backprop: int = 8
+    max_k_backprop: int = setting(8, check=POWER_OF_TWO)
     """Largest K the Q term and the critic target sample with (K drawn from 1, 2, 4, ... up to it)."""
     num_critics: int = 2
     """Critics in the ensemble (C)."""
-    released_update: bool = False
+    released_update: bool = setting(False, check=BOOL)
     """Reproduce the released code's update instead of the paper's (docs/method.md, "Update modes")."""
     encoder: str | None = None
     """Image encoder of pixel tasks (impala_small in the released commands); none feeds states to the MLPs."""
