@@ -41,6 +41,12 @@ def _trained(tmp: Path) -> None:
     _train(tmp, "run", steps=10, eval_interval=10)
 
 
+def _online_trained(tmp: Path) -> None:
+    """10 offline updates, then 5 online steps: its config.json has an online section, its last checkpoint (15) a
+    replay buffer."""
+    _train(tmp, "run", steps=10, online_steps=5, log_interval=5, eval_interval=5)
+
+
 def _file(tmp: Path) -> None:
     (tmp / "file").write_text("not a run directory")
 
@@ -133,6 +139,27 @@ VIDEO = ["--video-episodes", "1", "--video-size", "64"]
 CASES: list[Refusal] = [
     # reruns of a trained run that must not touch it
     Refusal("rerun-steps-below-checkpoint", [*RUN, "--steps", "5"], "> --steps 5", _trained, stand_in=True),
+    Refusal(  # the issue's case: this rerun used to rewrite config.json without its online section first
+        "rerun-online-run-below-its-checkpoint",
+        [*RUN, "--steps", "10"],
+        "checkpoint at step 15 > --steps 10",
+        _online_trained,
+        stand_in=True,
+    ),  # fmt: skip
+    Refusal(
+        "rerun-online-run-other-offline-steps",
+        [*RUN, "--steps", "5", "--online-steps", "20"],
+        "online phase was set up with --steps 10 (now 5)",
+        _online_trained,
+        stand_in=True,
+    ),  # fmt: skip
+    Refusal(
+        "rerun-offline-checkpoint-past-online-start",
+        [*RUN, "--steps", "5", "--online-steps", "10"],
+        "holds an offline checkpoint at step 10 > --steps 5",
+        _trained,
+        stand_in=True,
+    ),  # fmt: skip
     Refusal("rerun-other-seed", [*RUN, "--seed", "7"], "seed=1, not 7", _trained, stand_in=True),
     Refusal("rerun-other-config", [*RUN, "--agent.lr=0.5"], "different agent config", _trained, stand_in=True),
     Refusal(
