@@ -145,21 +145,21 @@ CASES: list[Refusal] = [
         "checkpoint at step 15 > --steps 10",
         _online_trained,
         stand_in=True,
-    ),  # fmt: skip
+    ),
     Refusal(
         "rerun-online-run-other-offline-steps",
         [*RUN, "--steps", "5", "--online-steps", "20"],
         "online phase was set up with --steps 10 (now 5)",
         _online_trained,
         stand_in=True,
-    ),  # fmt: skip
+    ),
     Refusal(
         "rerun-offline-checkpoint-past-online-start",
         [*RUN, "--steps", "5", "--online-steps", "10"],
         "holds an offline checkpoint at step 10 > --steps 5",
         _trained,
         stand_in=True,
-    ),  # fmt: skip
+    ),
     Refusal("rerun-other-seed", [*RUN, "--seed", "7"], "seed=1, not 7", _trained, stand_in=True),
     Refusal("rerun-other-config", [*RUN, "--agent.lr=0.5"], "different agent config", _trained, stand_in=True),
     Refusal(
@@ -168,7 +168,7 @@ CASES: list[Refusal] = [
         "success_timing='pre'",
         _trained,
         stand_in=True,
-    ),  # fmt: skip
+    ),
     Refusal("rerun-other-task", [*RUN, "--task", "cube-single-play-task2"], "task=", _trained, stand_in=True),
     Refusal("rerun-K-above-trained", [*RUN, "--steps", "20", "--eval-K", "8"], "above", _trained, stand_in=True),
     Refusal(
@@ -177,7 +177,7 @@ CASES: list[Refusal] = [
         "K=8 is above",
         _trained,
         stand_in=True,
-    ),  # fmt: skip
+    ),
     Refusal(
         "rerun-unreadable-log", [*RUN, "--steps", "20"], "train.csv is unreadable", _binary_train_log, stand_in=True
     ),
@@ -188,7 +188,7 @@ CASES: list[Refusal] = [
         "cannot write to run directory",
         _read_only_run,
         stand_in=True,
-    ),  # fmt: skip
+    ),
     # several seeds: one seed's refusal stops them all before any is written (seed 1's directory is not made)
     Refusal(
         "seeds-one-past-steps",
@@ -196,7 +196,7 @@ CASES: list[Refusal] = [
         "seed2 already holds a checkpoint at step 10 > --steps 5",
         _seed2_trained,
         stand_in=True,
-    ),  # fmt: skip
+    ),
     # new run directories: refused without leaving a directory (or a lock file) behind
     Refusal("new-run-K-above-trained", [*TINY, "--eval-K", "8"], "above", None, stand_in=True),
     Refusal("run-dir-is-a-file", [*TINY, "--run-dir", "{tmp}/file"], "is a file", _file, stand_in=True),
@@ -209,7 +209,7 @@ CASES: list[Refusal] = [
         "config.json is a directory",
         _run_dir_in_the_way,
         stand_in=True,
-    ),  # fmt: skip
+    ),
     Refusal("eval-unknown-agent-in-config", ["eval", "{tmp}/run", *EVAL], "(read from", _alien_agent, stand_in=True),
     Refusal(
         "eval-read-only-run-dir",
@@ -217,35 +217,35 @@ CASES: list[Refusal] = [
         "cannot write to run directory",
         _read_only_run,
         stand_in=True,
-    ),  # fmt: skip
+    ),
     Refusal(
         "eval-read-only-run-dir-with-videos",
         ["eval", "{tmp}/run", *EVAL, *VIDEO, "--video-only"],
         "cannot write to videos directory",
         _read_only_run,
         stand_in=True,
-    ),  # fmt: skip
+    ),
     Refusal(
         "eval-video-exists",
         ["eval", "{tmp}/run", *EVAL, *VIDEO],
         "step10-K1-N1-ep0.mp4",
         _earlier_video,
         stand_in=True,
-    ),  # fmt: skip
+    ),
     Refusal(
         "eval-would-drop-cells-of-another-grid",
         ["eval", "{tmp}/run", *EVAL],
         "K=2 N=1, K=4 N=1 made with",
         _other_scaling_grid,
         stand_in=True,
-    ),  # fmt: skip
+    ),
     Refusal(
         "eval-corrupt-scaling-json",
         ["eval", "{tmp}/run", *EVAL],
         "not a scaling grid",
         _corrupt_scaling,
         stand_in=True,
-    ),  # fmt: skip
+    ),
 ]
 
 
