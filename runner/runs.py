@@ -9,8 +9,8 @@
       checkpoints/    orbax checkpoints (agent state, data rng, step), the last few kept
       results.json    written when the run ends: the final evaluation and `status`, "complete" or "failed" with
                       `error` (one line: what went wrong, at which step); a run killed or interrupted writes none
-      scaling.json    written by `sorl eval`: the (K, N) grid of the last checkpoint
-      scaling.csv
+      scaling.json    written by `sorl eval`: the (K, N) grid of the last checkpoint; a later evaluation adds its
+      scaling.csv     cells and keeps the earlier ones it did not redo (`RunDir.plan_scaling`; --replace starts afresh)
       .lock           held (flock) by the process training the run; see `runner.safety`
       tracking.json   with `--logger wandb`: the wandb run id, so a continued run logs into the same run
       tensorboard/    with `--logger tensorboard`: event files (`runner.tracking`)
@@ -20,6 +20,10 @@ Default location: runs/<env>-task<k>/<agent>/seed<S>, e.g. runs/cube-single-play
 
 A run killed at any moment continues exactly when the same command is run again: training restarts from the last
 complete checkpoint, and the logs are cut back to it (`CsvLog.truncate_after`), so no row is lost or repeated.
+
+Every file here is written whole and atomically (`write_text_atomic`: a temporary file, then a rename), except the
+logs' appended rows. Commands check before they write (`check_run_dir`, `check_writable`, `CsvLog.kept_after`,
+`plan_scaling` read only): a refused command leaves the directory byte-identical.
 """
 
 from __future__ import annotations

@@ -17,7 +17,9 @@ the quality the dataset was, enlarged by a whole factor to the video size (a mul
 change the observations themselves, which are that same render. A frame-stacked run's environments stack frames
 as in its evaluation (`runner.pixels.FrameStack`, outside the recorder: one video frame per environment step).
 Files are written under a temporary name and moved into place only once every episode is complete: a failure or a
-kill never leaves a truncated video under a final name, nor replaces an earlier one.
+kill never leaves a truncated video under a final name, nor replaces an earlier one. A video of the same name
+(step, cell, episode) is refused before any work unless `replace` (`sorl eval --replace`; a continued training run
+films a step again only when it redoes that step's evaluation, and says so).
 """
 
 from __future__ import annotations
