@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runner.evaluation import parse_int_list, validate_grid
-from runner.online import recorded_online
 from runner.tracking import check_wandb_mode, parse_loggers
 from sorl.errors import SorlError
 from sorl.validation import check_positive
@@ -266,6 +265,8 @@ class TrainSettings:
             elif isinstance(value, Path):
                 value = str(value)
             elif section == "online":
+                from runner.online import recorded_online  # imports jax: not on every `sorl` command's path
+
                 value = recorded_online(self)[key]  # the acting (K, N) and the buffer size used, defaults resolved
             out.setdefault(section, {})[key] = value
         return out
