@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -128,3 +130,11 @@ def test_core_modules_import_nothing_above_them():
     for name, deps in graph.items():
         if name.startswith(("agents", "envs")):
             assert all(d.startswith(("agents", "envs")) or d in core for d in deps), (name, deps)
+
+
+def test_the_command_line_starts_without_jax():
+    # `sorl --help`, a refused flag or a sweep's dry run should answer in well under a second; importing jax
+    # (as a module-level import of runner.online once did) takes seconds on a loaded machine.
+    code = "import sys, cli.main; print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'optax')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stdout
