@@ -48,6 +48,12 @@ class BCAgent(Agent):
     }
     """Test-time axes that do not change this agent's action, and why (see `runner.evaluation.grid_note`)."""
 
+    # Nothing is tuned per environment (no ENV_SETTINGS).
+    PUBLISHED_COLUMN = "BC"
+    PUBLISHED_AS = (
+        "bc: Gaussian BC (agents/bc.py), 4x512 MLP, maximum likelihood with std 1, the mean action at test time"
+    )
+
     def policy(self, actor_params: Params, observations: Array) -> tuple[Array, Array]:
         """`(mean, log_std)` of the Gaussian policy."""
         return B.actor_head(self.config, self.action_dim).apply({"params": actor_params}, observations)

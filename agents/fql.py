@@ -31,6 +31,7 @@ from sorl import shortcut
 from sorl.agent import Agent
 from sorl.inference import sample_best_of_n, validate_K_N
 from sorl.networks import MLP, ShortcutVelocityNet, encode, encoder_module
+from sorl.sources import FQL_ONLINE, FQL_PIXELS, FQL_README, verified
 from sorl.validation import POSITIVE_INTEGER, setting
 
 Array = jax.Array
@@ -65,6 +66,33 @@ class FQLAgent(Agent):
 
     GRID_NOTES: ClassVar[dict[str, str]] = {"K": "its one-step policy has no step count"}
     """Test-time axes that do not change the action (`runner.evaluation.grid_note`)."""
+
+    ENV_SETTINGS = {
+        "antmaze-large-navigate": verified(FQL_README, alpha=10.0, discount=0.99, q_agg="min"),
+        "antmaze-giant-navigate": verified(FQL_README, alpha=10.0, discount=0.995, q_agg="min"),
+        "humanoidmaze-medium-navigate": verified(FQL_README, alpha=30.0, discount=0.995, q_agg="mean"),
+        "humanoidmaze-large-navigate": verified(FQL_README, alpha=30.0, discount=0.995, q_agg="mean"),
+        "antsoccer-arena-navigate": verified(FQL_README, alpha=10.0, discount=0.995, q_agg="mean"),
+        "cube-single-play": verified(FQL_README, alpha=300.0, discount=0.99, q_agg="mean"),
+        "cube-double-play": verified(FQL_README, alpha=300.0, discount=0.99, q_agg="mean"),
+        "scene-play": verified(FQL_README, alpha=300.0, discount=0.99, q_agg="mean"),
+        "puzzle-3x3-play": verified(FQL_README, alpha=1000.0, discount=0.99, q_agg="mean"),
+        "puzzle-4x4-play": verified(FQL_README, alpha=1000.0, discount=0.99, q_agg="mean"),
+        # The released pixel-task commands, where they differ from the state twin's values.
+        "visual-cube-single-play": verified(FQL_PIXELS, alpha=300.0),
+        "visual-cube-double-play": verified(FQL_PIXELS, alpha=100.0),
+        "visual-scene-play": verified(FQL_PIXELS, alpha=100.0),
+        "visual-puzzle-3x3-play": verified(FQL_PIXELS, alpha=300.0),
+        "visual-puzzle-4x4-play": verified(FQL_PIXELS, alpha=300.0),
+    }
+    ONLINE_ENV_SETTINGS = {
+        # Where the README's offline-to-online commands differ from its offline ones. The same README gives
+        # cube-double, scene and puzzle-4x4 online with their offline alpha (300, 300, 1000): no entry needed.
+        "humanoidmaze-medium-navigate": verified(FQL_ONLINE, alpha=100.0),  # offline: 30
+        "antsoccer-arena-navigate": verified(FQL_ONLINE, alpha=30.0),  # offline: 10
+    }
+    PUBLISHED_COLUMN = "FQL"
+    PUBLISHED_AS = "fql: the FQL reference's update, one Adam step of the summed losses per update"
 
     # ------------------------------------------------------------------------------------------- networks
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from sorl import baselines as B
 from sorl.agent import Agent
 from sorl.inference import validate_K_N
+from sorl.sources import FQL_PIXEL_EXAMPLE, FQL_README, RECALLED, THIRD_PARTY_IQL, VISUAL, unverified, verified
 from sorl.validation import OPEN_UNIT, setting
 
 Array = jax.Array
@@ -46,6 +47,32 @@ class IQLAgent(Agent):
     config: IQLConfig = flax.struct.field(pytree_node=False)
 
     GRID_NOTES: ClassVar[dict[str, str]] = {"K": "its Gaussian policy has no step count"}
+
+    # q_agg is always min in the reference (our default); discount 0.995 on antmaze-giant, humanoidmaze and
+    # antsoccer, as in FQL's commands for every agent.
+    ENV_SETTINGS = {
+        "antmaze-large-navigate": unverified(RECALLED + THIRD_PARTY_IQL, alpha=10.0, discount=0.99),
+        "antmaze-giant-navigate": unverified(RECALLED + THIRD_PARTY_IQL, alpha=10.0, discount=0.995),
+        "humanoidmaze-medium-navigate": verified(FQL_README + " (its IQL example)", alpha=10.0, discount=0.995),
+        "humanoidmaze-large-navigate": unverified(RECALLED + THIRD_PARTY_IQL, alpha=10.0, discount=0.995),
+        "antsoccer-arena-navigate": unverified(RECALLED + THIRD_PARTY_IQL, alpha=1.0, discount=0.995),
+        "cube-single-play": unverified(
+            RECALLED + THIRD_PARTY_IQL + VISUAL + " (visual-cube-single: 1)", alpha=1.0, discount=0.99
+        ),
+        "cube-double-play": unverified(
+            RECALLED + THIRD_PARTY_IQL + VISUAL + " (visual-cube-double: 0.3)", alpha=0.3, discount=0.99
+        ),
+        "scene-play": unverified(
+            RECALLED + THIRD_PARTY_IQL + VISUAL + " (visual-scene: 10)", alpha=10.0, discount=0.99
+        ),
+        "puzzle-3x3-play": unverified(
+            RECALLED + THIRD_PARTY_IQL + VISUAL + " (visual-puzzle-3x3: 10)", alpha=10.0, discount=0.99
+        ),
+        "puzzle-4x4-play": unverified(RECALLED + THIRD_PARTY_IQL, alpha=3.0, discount=0.99),
+        "visual-cube-single-play": verified(FQL_PIXEL_EXAMPLE, alpha=1.0),
+    }
+    PUBLISHED_COLUMN = "IQL"
+    PUBLISHED_AS = "iql: the FQL reference's IQL (AWR actor), one Adam step of the summed losses per update"
     """Test-time axes that do not change the action (`runner.evaluation.grid_note`)."""
 
     # ------------------------------------------------------------------------------------------- networks

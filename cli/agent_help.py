@@ -2,8 +2,9 @@
 
 One box per agent (`agents.AGENTS`, in registry order), one row per setting of its config: the flag, the kind of
 value, the meaning (the config field's docstring, `sorl.config.field_docs`) and the default. The default is the
-agent's own; a setting that `envs.registry` replaces on some tasks is marked, and with `--task` the rows show the
-defaults that apply to that task. Agent settings are parsed outside tyro (their valid set depends on `--agent`),
+agent's own; a setting that the agent's per-environment settings (its `ENV_SETTINGS`, resolved by
+`envs.registry.agent_env_settings`) replace on some tasks is marked, and with `--task` the rows show the defaults
+that apply to that task. Agent settings are parsed outside tyro (their valid set depends on `--agent`),
 so this section is printed after tyro's own help.
 """
 
@@ -46,13 +47,14 @@ def show(value: Any) -> str:
 
 
 def per_task_keys(agent: str) -> set[str]:
-    """The settings `envs.registry` replaces for `agent` on at least one task (state or pixel)."""
-    from envs.registry import AGENT_ENV_SETTINGS, PIXEL_AGENT_ENV_SETTINGS
+    """The settings that `agent`'s per-environment settings replace on at least one task (state or pixel)."""
+    from agents import get_agent
+    from envs.registry import ENVIRONMENTS, agent_env_settings
 
+    agent_cls = get_agent(agent)
     keys: set[str] = set()
-    for table in (AGENT_ENV_SETTINGS, PIXEL_AGENT_ENV_SETTINGS):
-        for overrides in table.get(agent, {}).values():
-            keys.update(overrides)
+    for name in ENVIRONMENTS:
+        keys.update(agent_env_settings(agent_cls, name))
     return keys
 
 
@@ -70,7 +72,7 @@ def agent_rows(agent: str, task: str | None = None) -> list[tuple[str, str, str]
     if task is not None:
         from envs.registry import agent_env_settings
 
-        on_task = agent_env_settings(agent, task)
+        on_task = agent_env_settings(get_agent(agent), task)
     rows = []
     for f in dataclasses.fields(config_cls):
         own = show(getattr(defaults, f.name))

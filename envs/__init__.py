@@ -6,7 +6,6 @@ generation with OGBench's oracles, and the manifest/verification of the files in
 
 from envs.datasets import data_dir, dataset_paths, ensure_dataset, load_task, make_env
 from envs.registry import (
-    AGENT_ENV_SETTINGS,
     ENVIRONMENTS,
     EnvSpec,
     Task,
@@ -17,7 +16,6 @@ from envs.registry import (
 )
 
 __all__ = [
-    "AGENT_ENV_SETTINGS",
     "ENVIRONMENTS",
     "EnvSpec",
     "Task",

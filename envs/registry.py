@@ -1,4 +1,5 @@
-"""The OGBench singletask environments, state-based and pixel-based: names, tasks, dataset facts, per-agent settings.
+"""The OGBench singletask environments, state-based and pixel-based: names, tasks, dataset facts, and the resolution
+of an agent's per-environment settings (which each agent declares in its own file).
 
 Naming (OGBench's own):
 
@@ -22,16 +23,20 @@ Pixel-based tasks: every manipulation environment has a `visual-` twin (`visual-
 simulator made by ogbench with `ob_type='pixels'` (64x64x3 uint8 observations from the 'front_pixels' camera; the
 gym ids are `visual-cube-single-v0` etc.). Its dataset is collected with the same oracle recipe as its state twin
 (OGBench's `generate_manipspace.py`), with its twin's episode count and length, which are also the ones OGBench's
-commands file gives each visual-*-play dataset (checked in tests/test_envs_registry.py). Per-agent settings of pixel
-tasks are in `PIXEL_AGENT_ENV_SETTINGS`.
+commands file gives each visual-*-play dataset (checked in tests/test_envs_registry.py). An agent's settings on a
+pixel task are its state twin's, its own pixel-task entry and the released encoder (`agent_env_settings`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sorl.errors import SorlError, suggest
+from sorl.sources import Tuned
 
 # Families whose data need trained expert locomotion policies (not shipped with ogbench): not generatable.
 EXPERT_FAMILIES = ("antmaze", "humanoidmaze", "antsoccer")
@@ -240,138 +245,6 @@ def expand_environment(name: str) -> list[Task]:
     return spec.tasks if task_id is None else [Task(spec, task_id)]
 
 
-# ------------------------------------------------------------------------------ per-environment settings
-
-AGENT_ENV_SETTINGS: dict[str, dict[str, dict]] = {
-    # agent -> environment -> hyperparameter overrides (the agent's config names). Environments not listed use
-    # the agent's defaults. Where each value comes from, and whether it is verified, is in SETTING_SOURCES below.
-    "sorl": {
-        "antmaze-large-navigate": dict(q_loss_coef=500, discount=0.99, q_agg="min"),
-        "antmaze-giant-navigate": dict(q_loss_coef=500, discount=0.995, q_agg="min"),
-        "humanoidmaze-medium-navigate": dict(q_loss_coef=100, discount=0.995, q_agg="mean"),
-        "humanoidmaze-large-navigate": dict(q_loss_coef=500, discount=0.995, q_agg="mean"),
-        # The released README's all-tasks list gives antsoccer discount=0.995 (tasks 1-5, the default task4
-        # included); its default-task line gives no discount (i.e. 0.99). We keep 0.995: the all-tasks list is
-        # the complete one, and the README says discount follows FQL's, which is 0.995 on antsoccer.
-        "antsoccer-arena-navigate": dict(q_loss_coef=500, discount=0.995, q_agg="mean"),
-        "cube-single-play": dict(q_loss_coef=10, discount=0.99, q_agg="mean"),
-        "cube-double-play": dict(q_loss_coef=50, discount=0.99, q_agg="mean"),
-        "scene-play": dict(q_loss_coef=100, discount=0.99, q_agg="mean"),
-    },
-    "fql": {
-        "antmaze-large-navigate": dict(alpha=10.0, discount=0.99, q_agg="min"),
-        "antmaze-giant-navigate": dict(alpha=10.0, discount=0.995, q_agg="min"),
-        "humanoidmaze-medium-navigate": dict(alpha=30.0, discount=0.995, q_agg="mean"),
-        "humanoidmaze-large-navigate": dict(alpha=30.0, discount=0.995, q_agg="mean"),
-        "antsoccer-arena-navigate": dict(alpha=10.0, discount=0.995, q_agg="mean"),
-        "cube-single-play": dict(alpha=300.0, discount=0.99, q_agg="mean"),
-        "cube-double-play": dict(alpha=300.0, discount=0.99, q_agg="mean"),
-        "scene-play": dict(alpha=300.0, discount=0.99, q_agg="mean"),
-        "puzzle-3x3-play": dict(alpha=1000.0, discount=0.99, q_agg="mean"),
-        "puzzle-4x4-play": dict(alpha=1000.0, discount=0.99, q_agg="mean"),
-    },
-    # ReBRAC and IQL always use q_agg=min in the reference (our config default). gamma = 0.995 on antmaze-giant,
-    # humanoidmaze and antsoccer for every agent, as in FQL's commands.
-    "rebrac": {
-        "antmaze-large-navigate": dict(alpha_actor=0.003, alpha_critic=0.002, discount=0.99),
-        "antmaze-giant-navigate": dict(alpha_actor=0.003, alpha_critic=0.001, discount=0.995),
-        "humanoidmaze-medium-navigate": dict(alpha_actor=0.01, alpha_critic=0.01, discount=0.995),
-        "humanoidmaze-large-navigate": dict(alpha_actor=0.01, alpha_critic=0.01, discount=0.995),
-        "antsoccer-arena-navigate": dict(alpha_actor=0.01, alpha_critic=0.01, discount=0.995),
-        "cube-single-play": dict(alpha_actor=1.0, alpha_critic=0.0, discount=0.99),
-        "cube-double-play": dict(alpha_actor=0.1, alpha_critic=0.0, discount=0.99),
-        "scene-play": dict(alpha_actor=0.1, alpha_critic=0.01, discount=0.99),
-        "puzzle-3x3-play": dict(alpha_actor=0.3, alpha_critic=0.01, discount=0.99),
-        "puzzle-4x4-play": dict(alpha_actor=0.3, alpha_critic=0.01, discount=0.99),
-    },
-    "iql": {
-        "antmaze-large-navigate": dict(alpha=10.0, discount=0.99),
-        "antmaze-giant-navigate": dict(alpha=10.0, discount=0.995),
-        "humanoidmaze-medium-navigate": dict(alpha=10.0, discount=0.995),
-        "humanoidmaze-large-navigate": dict(alpha=10.0, discount=0.995),
-        "antsoccer-arena-navigate": dict(alpha=1.0, discount=0.995),
-        "cube-single-play": dict(alpha=1.0, discount=0.99),
-        "cube-double-play": dict(alpha=0.3, discount=0.99),
-        "scene-play": dict(alpha=10.0, discount=0.99),
-        "puzzle-3x3-play": dict(alpha=10.0, discount=0.99),
-        "puzzle-4x4-play": dict(alpha=3.0, discount=0.99),
-    },
-    "bc": {},  # Gaussian BC: nothing is tuned per environment
-    "flow-bc": {},
-}
-
-_SORL_README = "SORL's released README, all-tasks command list"
-_FQL_README = "FQL reference README, 'Reproducing the main results' command list"
-_RECALLED = "the FQL paper's appendix tables as recalled; the appendix could not be read here"
-_VISUAL = "; the same values appear in FQL's/Value Flows' commands for this environment's visual version"
-_THIRD_PARTY_IQL = "; matches a third-party rerun's table of FQL's settings (Xyu-Chern/DOAL, utils/hps.py)"
-
-SETTING_SOURCES: dict[str, dict[str, tuple[bool, str]]] = {
-    # agent -> environment -> (verified, source) for every AGENT_ENV_SETTINGS entry. Verified = read in the
-    # reference authors' own published commands. Unverified entries are footnoted by `sorl table --compare`.
-    "sorl": {env: (True, _SORL_README) for env in AGENT_ENV_SETTINGS["sorl"]},
-    "fql": {env: (True, _FQL_README) for env in AGENT_ENV_SETTINGS["fql"]},
-    "rebrac": {
-        # A third-party table lists exactly these two pairs for ReBRAC on D4RL antmaze-umaze(-diverse): the
-        # recalled antmaze values may be D4RL's, not OGBench's. The least certain entries here.
-        "antmaze-large-navigate": (False, _RECALLED + "; possibly D4RL antmaze-umaze's values"),
-        "antmaze-giant-navigate": (False, _RECALLED + "; possibly D4RL antmaze-umaze-diverse's values"),
-        "humanoidmaze-medium-navigate": (True, _FQL_README + " (its ReBRAC example)"),
-        "humanoidmaze-large-navigate": (False, _RECALLED),
-        "antsoccer-arena-navigate": (False, _RECALLED),
-        "cube-single-play": (False, _RECALLED + _VISUAL + " (visual-cube-single: 1, 0)"),
-        "cube-double-play": (False, _RECALLED + _VISUAL + " (visual-cube-double: 0.1, 0)"),
-        "scene-play": (False, _RECALLED + _VISUAL + " (visual-scene: 0.1, 0.01)"),
-        "puzzle-3x3-play": (False, _RECALLED + _VISUAL + " (visual-puzzle-3x3: 0.3, 0.01)"),
-        "puzzle-4x4-play": (False, _RECALLED),
-    },
-    "iql": {
-        "antmaze-large-navigate": (False, _RECALLED + _THIRD_PARTY_IQL),
-        "antmaze-giant-navigate": (False, _RECALLED + _THIRD_PARTY_IQL),
-        "humanoidmaze-medium-navigate": (True, _FQL_README + " (its IQL example)"),
-        "humanoidmaze-large-navigate": (False, _RECALLED + _THIRD_PARTY_IQL),
-        "antsoccer-arena-navigate": (False, _RECALLED + _THIRD_PARTY_IQL),
-        "cube-single-play": (False, _RECALLED + _THIRD_PARTY_IQL + _VISUAL + " (visual-cube-single: 1)"),
-        "cube-double-play": (False, _RECALLED + _THIRD_PARTY_IQL + _VISUAL + " (visual-cube-double: 0.3)"),
-        "scene-play": (False, _RECALLED + _THIRD_PARTY_IQL + _VISUAL + " (visual-scene: 10)"),
-        "puzzle-3x3-play": (False, _RECALLED + _THIRD_PARTY_IQL + _VISUAL + " (visual-puzzle-3x3: 10)"),
-        "puzzle-4x4-play": (False, _RECALLED + _THIRD_PARTY_IQL),
-    },
-    "bc": {},
-    "flow-bc": {},
-}
-
-
-# ------------------------------------------------------------------------------ offline-to-online settings
-
-_FQL_ONLINE = "FQL reference README, 'Offline-to-online RL' command list"
-
-ONLINE_AGENT_ENV_SETTINGS: dict[str, dict[str, dict]] = {
-    # agent -> environment -> overrides of a run with --online-steps > 0 (its offline phase included: the
-    # reference's online commands train the whole run with them), on top of AGENT_ENV_SETTINGS. Only where the
-    # reference's offline-to-online command differs from its offline one; sources in ONLINE_SETTING_SOURCES. The
-    # same README gives cube-double, scene and puzzle-4x4 (FQL: alpha 300, 300, 1000) and humanoidmaze-medium (IQL:
-    # alpha 10; ReBRAC: 0.01, 0.01) online with their offline values, so they need no entry. SORL's released README
-    # gives no offline-to-online command: SORL runs online with its offline settings.
-    "fql": {
-        "humanoidmaze-medium-navigate": dict(alpha=100.0),  # offline: 30
-        "antsoccer-arena-navigate": dict(alpha=30.0),  # offline: 10
-    },
-}
-
-ONLINE_SETTING_SOURCES: dict[str, dict[str, tuple[bool, str]]] = {
-    # agent -> environment -> (verified, source) for every ONLINE_AGENT_ENV_SETTINGS entry (verified: read in the
-    # reference authors' own published commands, as SETTING_SOURCES).
-    "fql": {env: (True, _FQL_ONLINE) for env in ONLINE_AGENT_ENV_SETTINGS["fql"]},
-}
-
-
-def online_settings_source(agent: str, env_name: str) -> tuple[bool, str] | None:
-    """(verified, source) of `agent`'s offline-to-online settings on `env_name`; None where it has none (the
-    offline settings apply)."""
-    return ONLINE_SETTING_SOURCES.get(agent, {}).get(resolve_env(env_name).name)
-
-
 # ------------------------------------------------------------------------------ pixel-based environments
 
 PIXEL_ENCODER = "impala_small"
@@ -384,71 +257,58 @@ PIXEL_STEPS = 500_000
 """`--offline_steps=500000` in the released pixel-task commands (ours default to 1M for every task: pass
 `--steps 500000` to match them)."""
 
-_FQL_PIXELS = "FQL reference README, 'FQL on pixel-based OGBench' command list"
-_FQL_PIXEL_EXAMPLE = "FQL reference README, its pixel-based example command for this agent"
 _NO_COMMAND = "no released command for this agent on this pixel task: the state twin's values, unverified"
 _DEFAULTS_ONLY = "no released command for this pixel task: the agent's defaults with the released encoder"
 
-_PIXEL_TUNED: dict[str, dict[str, dict]] = {
-    # Values the released pixel-task commands give where they differ from the state twin's (FQL README).
-    "fql": {
-        "visual-cube-single-play": dict(alpha=300.0),
-        "visual-cube-double-play": dict(alpha=100.0),
-        "visual-scene-play": dict(alpha=100.0),
-        "visual-puzzle-3x3-play": dict(alpha=300.0),
-        "visual-puzzle-4x4-play": dict(alpha=300.0),
-    },
-    "rebrac": {"visual-cube-single-play": dict(alpha_actor=1.0, alpha_critic=0.0)},
-    "iql": {"visual-cube-single-play": dict(alpha=1.0)},
-}
-
-PIXEL_AGENT_ENV_SETTINGS: dict[str, dict[str, dict]] = {
-    # agent -> visual environment -> overrides, for every agent on every pixel task (at least the encoder): the
-    # released pixel command's values where there is one, else the state twin's. Sources: PIXEL_SETTING_SOURCES.
-    # The training-loop settings (frame stack, augmentation) are the PIXEL_* constants, applied by the Trainer.
-    agent: {
-        spec.name: {
-            **AGENT_ENV_SETTINGS[agent].get(spec.state_twin, {}),
-            **_PIXEL_TUNED.get(agent, {}).get(spec.name, {}),
-            "encoder": PIXEL_ENCODER,
-        }
-        for spec in ENVIRONMENTS.values()
-        if spec.pixels
-    }
-    for agent in AGENT_ENV_SETTINGS
-}
+# ------------------------------------------------------------------------------ per-environment settings
+#
+# Each agent declares its own, in its file (`ENV_SETTINGS`, `ONLINE_ENV_SETTINGS`: environment name ->
+# `sorl.sources.Tuned`, the values with their source and verified mark); this module only resolves them for a
+# task, from the agent class it is given, and names no agent. On a pixel task every agent starts from its state
+# twin's values, then its own entry for the pixel environment (a released pixel command's values), then the
+# released encoder; the training-loop settings (frame stack, augmentation) are the PIXEL_* constants above,
+# applied by the Trainer.
 
 
-def _pixel_source(agent: str, name: str) -> tuple[bool, str]:
-    twin = name.removeprefix(VISUAL_PREFIX)
-    if agent == "fql" and name in _PIXEL_TUNED["fql"]:
-        return True, _FQL_PIXELS
-    if name in _PIXEL_TUNED.get(agent, {}):
-        return True, _FQL_PIXEL_EXAMPLE
-    if twin in AGENT_ENV_SETTINGS[agent]:
-        return False, _NO_COMMAND
-    return False, _DEFAULTS_ONLY
+def _entry(table: Mapping[str, Tuned], name: str) -> dict[str, Any]:
+    entry = table.get(name)
+    return dict(entry.values) if entry is not None else {}
 
 
-PIXEL_SETTING_SOURCES: dict[str, dict[str, tuple[bool, str]]] = {
-    agent: {name: _pixel_source(agent, name) for name in table} for agent, table in PIXEL_AGENT_ENV_SETTINGS.items()
-}
-"""(verified, source) of every PIXEL_AGENT_ENV_SETTINGS entry: verified only where a released command gives it."""
+def agent_env_settings(agent: type, env_name: str, online: bool = False) -> dict[str, Any]:
+    """Overrides of the agent class `agent`'s config on the environment of `env_name` (any accepted spelling);
+    {} = the agent's defaults.
 
-
-def settings_source(agent: str, env_name: str) -> tuple[bool, str] | None:
-    """(verified, source) of `agent`'s per-environment settings on `env_name`; None where it has none."""
-    name = resolve_env(env_name).name
-    return SETTING_SOURCES.get(agent, {}).get(name) or PIXEL_SETTING_SOURCES.get(agent, {}).get(name)
-
-
-def agent_env_settings(agent: str, env_name: str, online: bool = False) -> dict:
-    """Overrides for `agent` on the environment of `env_name` (any accepted spelling); {} = agent defaults.
-
-    `online` (a run with --online-steps > 0): the offline-to-online settings (`ONLINE_AGENT_ENV_SETTINGS`) on top."""
+    `online` (a run with --online-steps > 0): its `ONLINE_ENV_SETTINGS` entry on top."""
     spec = resolve_env(env_name)
-    table = PIXEL_AGENT_ENV_SETTINGS if spec.pixels else AGENT_ENV_SETTINGS
-    out = dict(table.get(agent, {}).get(spec.name, {}))
+    table = getattr(agent, "ENV_SETTINGS", {})
+    if spec.pixels:
+        out = {**_entry(table, spec.state_twin), **_entry(table, spec.name)}
+        config = getattr(agent, "Config", None)
+        if config is not None and "encoder" in {f.name for f in dataclasses.fields(config)}:
+            out["encoder"] = PIXEL_ENCODER  # every agent with an image encoder setting (all of agents.AGENTS)
+    else:
+        out = _entry(table, spec.name)
     if online:
-        out.update(ONLINE_AGENT_ENV_SETTINGS.get(agent, {}).get(spec.name, {}))
+        out.update(_entry(getattr(agent, "ONLINE_ENV_SETTINGS", {}), spec.name))
     return out
+
+
+def settings_source(agent: type, env_name: str) -> tuple[bool, str] | None:
+    """(verified, source) of the agent class `agent`'s per-environment settings on `env_name`; None where it has
+    none. A pixel task always has some (at least the encoder): verified only where a released command gives them."""
+    spec = resolve_env(env_name)
+    table = getattr(agent, "ENV_SETTINGS", {})
+    entry = table.get(spec.name)
+    if entry is not None:
+        return entry.verified, entry.source
+    if not spec.pixels:
+        return None
+    return (False, _NO_COMMAND) if spec.state_twin in table else (False, _DEFAULTS_ONLY)
+
+
+def online_settings_source(agent: type, env_name: str) -> tuple[bool, str] | None:
+    """(verified, source) of the agent class `agent`'s offline-to-online settings on `env_name`; None where it has
+    none (the offline settings apply)."""
+    entry = getattr(agent, "ONLINE_ENV_SETTINGS", {}).get(resolve_env(env_name).name)
+    return None if entry is None else (entry.verified, entry.source)

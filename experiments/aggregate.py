@@ -530,10 +530,11 @@ def _comparison_caveats(recs: Sequence[RunRecord], env: str, agent: str, notes: 
     """The footnote mark of one compared row, adding its note once: '†' where our per-environment settings of
     `agent` on `env` are unverified. A SORL row trained with our default update (not the released one that made
     the published numbers) gets a note too."""
+    from agents import AGENTS
     from envs.registry import settings_source
 
     mark = ""
-    source = settings_source(agent, env)
+    source = settings_source(AGENTS[agent], env) if agent in AGENTS else None
     if source is not None and not source[0]:
         mark = "†"
         note = f"† {agent} on {env}: our per-environment settings are unverified ({source[1]}; envs/registry.py)"

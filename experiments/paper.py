@@ -14,22 +14,36 @@ from pathlib import Path
 from sorl.errors import SorlError
 
 COLUMNS = ("BC", "IQL", "ReBRAC", "IDQL", "FQL", "SORL")
-"""Columns of the published table; IDQL has no agent here."""
+"""Columns of the published table; IDQL has no agent here. Each agent names its own column (`PUBLISHED_COLUMN`)."""
 
-AGENT_COLUMN = {"bc": "BC", "iql": "IQL", "rebrac": "ReBRAC", "fql": "FQL", "sorl": "SORL"}
-"""Our agent behind each published column. `flow-bc` (shortcut-policy BC) has no published column: the published BC
-is Gaussian behaviour cloning, our `bc`."""
 
-OUR_SIDE: dict[str, str] = {
-    # published column -> the agent and update that produce our side of `sorl table --compare paper`
-    "BC": "bc: Gaussian BC (agents/bc.py), 4x512 MLP, maximum likelihood with std 1, the mean action at test time",
-    "IQL": "iql: the FQL reference's IQL (AWR actor), one Adam step of the summed losses per update",
-    "ReBRAC": "rebrac with shared_adam=True (default): the FQL reference's single Adam over actor and critic",
-    "IDQL": "no agent here",
-    "FQL": "fql: the FQL reference's update, one Adam step of the summed losses per update",
-    "SORL": "sorl with released_update=True (paper-sorl spec): the released code's update, which produced the "
-    "published numbers; released_update=False (paper-sorl-clean) is our default, the paper text's update",
-}
+def agent_columns() -> dict[str, str]:
+    """Our agent behind each published column it is compared with: registry name -> column, from each agent's
+    `PUBLISHED_COLUMN`. `flow-bc` (shortcut-policy BC) has none: the published BC is Gaussian behaviour cloning,
+    our `bc`."""
+    from agents import AGENTS
+
+    return {name: cls.PUBLISHED_COLUMN for name, cls in AGENTS.items() if cls.PUBLISHED_COLUMN is not None}
+
+
+def our_side() -> dict[str, str]:
+    """Published column -> the agent and update that produce our side of `sorl table --compare paper` (each
+    agent's `PUBLISHED_AS`; "no agent here" for a column no registered agent claims)."""
+    from agents import AGENTS
+
+    claimed = {cls.PUBLISHED_COLUMN: cls.PUBLISHED_AS for cls in AGENTS.values() if cls.PUBLISHED_COLUMN}
+    return {column: claimed.get(column, "no agent here") for column in COLUMNS}
+
+
+def __getattr__(name: str):
+    # The registry-derived tables under their former constant names (docs cite `OUR_SIDE`), built on first use
+    # so that importing this module does not import the agents.
+    if name == "AGENT_COLUMN":
+        return agent_columns()
+    if name == "OUR_SIDE":
+        return our_side()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 PUBLISHED_CELL = "N = 1"
 """What the published numbers are, in our (K, N) terms: no best-of-N. The one-step baselines have no K; for SORL,
@@ -126,7 +140,7 @@ def published_value(
     table: dict[str, dict[str, tuple[float, float | None]]], env_name: str, agent: str
 ) -> tuple[float, float | None] | None:
     """The published (mean, std) for `agent` on `env_name`, or None."""
-    column = AGENT_COLUMN.get(agent)
+    column = agent_columns().get(agent)
     row = table.get(env_short_name(env_name)) or table.get(env_name)
     if column is None or row is None:
         return None

@@ -99,7 +99,7 @@ def resolve_agent_config(
         agent_cls = get_agent(agent_name)  # checks the class itself
     else:
         check_own_config(agent_cls)
-    settings = dict(agent_env_settings(agent_name, env_name, online=online) or {})
+    settings = agent_env_settings(agent_cls, env_name, online=online)
     config = dataclasses.replace(agent_cls.Config(), **settings)
     if overrides:
         config = apply_overrides(config, dict(overrides))

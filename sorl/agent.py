@@ -29,8 +29,17 @@ and may override these hooks, whose defaults suit most agents:
   (default `sample_actions`, already stochastic for the flow policies; the Gaussian and deterministic policies
   add their exploration noise, as the reference's `temperature=1`).
 
-A new agent is one file in `agents/` defining the agent class (with `Config` set) and one line in
-`agents.AGENTS`; the sweeps, tables, plots, checkpoints and `sorl train --agent NAME` pick it up from there.
+and may declare, as class attributes, what the rest of the suite reads about it:
+
+- `ENV_SETTINGS`, `ONLINE_ENV_SETTINGS`: its per-environment settings, offline and for online runs, each with its
+  source and verified mark (`sorl.sources`; resolved for a task by `envs.registry.agent_env_settings`);
+- `PUBLISHED_COLUMN`, `PUBLISHED_AS`: the published table's column it is compared with (`sorl table --compare
+  paper`), and what produces our side of it.
+
+Its `Config` declares each setting's check next to the field (`sorl.validation.setting`; shared names such as `lr`
+have one in `sorl.validation.SHARED`). A new agent is one file in `agents/` defining all of this and one line in
+`agents.AGENTS`; the CLI, its help, the sweeps, tables, plots, bench, checkpoints and `sorl train --agent NAME`
+pick it up from there (tests/test_agent_contract.py checks the contract for every registered agent).
 
 A variant made by subclassing an agent (say, SORL with another `update`) needs a `Config` class of its own, even an
 empty subclass of the parent's: jaxlib's PyTreeDef equality compares a dataclass node's fields and static data but
@@ -47,6 +56,7 @@ import flax
 import jax
 
 from sorl.errors import SorlError
+from sorl.sources import Tuned
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -58,6 +68,16 @@ class Agent(flax.struct.PyTreeNode):
     Config: ClassVar[type]
     GRID_NOTES: ClassVar[dict[str, str]] = {}
     """Test-time axes that do not change the action, and why (`runner.evaluation.grid_note`)."""
+    ENV_SETTINGS: ClassVar[Mapping[str, Tuned]] = {}
+    """Environment name -> its settings (config fields), their source and verified mark (`sorl.sources`); a
+    `visual-` environment's entry goes on top of its state twin's. Environments not listed use the defaults."""
+    ONLINE_ENV_SETTINGS: ClassVar[Mapping[str, Tuned]] = {}
+    """Environment name -> settings of a run with --online-steps > 0 (its offline phase too), on top of
+    `ENV_SETTINGS`: only where the reference's offline-to-online command differs from its offline one."""
+    PUBLISHED_COLUMN: ClassVar[str | None] = None
+    """The column of the published table (`experiments.paper.PUBLISHED`) this agent is compared with; None: none."""
+    PUBLISHED_AS: ClassVar[str] = ""
+    """What produces our side of that column (the agent and its update), for `experiments.paper.our_side`."""
 
     @classmethod
     def create(cls, rng: Array | int, example_observations: Array, example_actions: Array, config: Any = None):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from agents import AGENTS, get_agent
-from envs.registry import AGENT_ENV_SETTINGS, agent_env_settings, resolve_env
+from envs.registry import agent_env_settings, resolve_env, settings_source
 from runner.evaluation import validate_grid
 from runner.train import resolve_agent_config
 from sorl.baselines import aggregate, expectile_loss, gaussian_log_prob, with_next_actions
@@ -143,38 +143,41 @@ TABLE_ENVS = [
 
 def test_per_environment_settings_cover_the_table():
     for name in ("fql", "rebrac", "iql"):
-        assert sorted(AGENT_ENV_SETTINGS[name]) == sorted(TABLE_ENVS)
-        for env_name, settings in AGENT_ENV_SETTINGS[name].items():
+        state = {
+            env: tuned.values for env, tuned in get_agent(name).ENV_SETTINGS.items() if not env.startswith("visual")
+        }
+        assert sorted(state) == sorted(TABLE_ENVS)
+        for env_name, settings in state.items():
             assert resolve_env(env_name).name == env_name
             apply_overrides(get_agent(name).Config(), {k: str(v) for k, v in settings.items()})  # all valid keys
             giant_or_humanoid = env_name.startswith(("antmaze-giant", "humanoidmaze", "antsoccer"))
             assert settings["discount"] == (0.995 if giant_or_humanoid else 0.99)
     # The FQL reference's README commands.
-    assert agent_env_settings("fql", "antmaze-large-navigate-singletask-task3-v0") == dict(
+    fql, iql, rebrac = get_agent("fql"), get_agent("iql"), get_agent("rebrac")
+    assert agent_env_settings(fql, "antmaze-large-navigate-singletask-task3-v0") == dict(
         alpha=10.0, discount=0.99, q_agg="min"
     )
-    assert agent_env_settings("fql", "humanoidmaze-medium-navigate")["alpha"] == 30.0
-    assert agent_env_settings("fql", "puzzle-4x4-play-task4")["alpha"] == 1000.0
-    assert agent_env_settings("iql", "humanoidmaze-medium-navigate") == dict(alpha=10.0, discount=0.995)
-    assert agent_env_settings("rebrac", "humanoidmaze-medium-navigate") == dict(
+    assert agent_env_settings(fql, "humanoidmaze-medium-navigate")["alpha"] == 30.0
+    assert agent_env_settings(fql, "puzzle-4x4-play-task4")["alpha"] == 1000.0
+    assert agent_env_settings(iql, "humanoidmaze-medium-navigate") == dict(alpha=10.0, discount=0.995)
+    assert agent_env_settings(rebrac, "humanoidmaze-medium-navigate") == dict(
         alpha_actor=0.01, alpha_critic=0.01, discount=0.995
     )
-    assert agent_env_settings("bc", "scene-play") == {}
+    assert agent_env_settings(get_agent("bc"), "scene-play") == {}
 
 
 def test_every_per_environment_setting_names_its_source():
-    from envs.registry import SETTING_SOURCES, settings_source
-
-    for agent, table in AGENT_ENV_SETTINGS.items():
-        assert set(SETTING_SOURCES[agent]) == set(table), agent
-        assert all(isinstance(v, bool) and source for v, source in SETTING_SOURCES[agent].values())
+    for name, cls in AGENTS.items():
+        for env, tuned in cls.ENV_SETTINGS.items():
+            assert settings_source(cls, env) == (tuned.verified, tuned.source) and tuned.source, (name, env)
     # Read in the authors' own commands: SORL's and FQL's per-environment lists, the README's humanoidmaze examples.
-    assert all(settings_source("sorl", env)[0] for env in AGENT_ENV_SETTINGS["sorl"])
-    assert all(settings_source("fql", env)[0] for env in AGENT_ENV_SETTINGS["fql"])
-    assert settings_source("rebrac", "humanoidmaze-medium-navigate-task2")[0]
-    assert settings_source("iql", "humanoidmaze-medium-navigate")[0]
-    assert not settings_source("rebrac", "cube-single-play")[0] and not settings_source("iql", "scene-play")[0]
-    assert settings_source("bc", "cube-single-play") is None
+    sorl, fql, iql, rebrac = (get_agent(n) for n in ("sorl", "fql", "iql", "rebrac"))
+    assert all(settings_source(sorl, env)[0] for env in sorl.ENV_SETTINGS)
+    assert all(settings_source(fql, env)[0] for env in fql.ENV_SETTINGS)
+    assert settings_source(rebrac, "humanoidmaze-medium-navigate-task2")[0]
+    assert settings_source(iql, "humanoidmaze-medium-navigate")[0]
+    assert not settings_source(rebrac, "cube-single-play")[0] and not settings_source(iql, "scene-play")[0]
+    assert settings_source(get_agent("bc"), "cube-single-play") is None
 
 
 def test_task_picks_the_settings_and_overrides_win():

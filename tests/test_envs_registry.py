@@ -7,8 +7,8 @@ import warnings
 import gymnasium
 import pytest
 
+from agents import AGENTS
 from envs.registry import (
-    AGENT_ENV_SETTINGS,
     ENVIRONMENTS,
     agent_env_settings,
     expand_environment,
@@ -111,14 +111,15 @@ def test_expand_environment():
 
 def test_agent_env_settings_from_method_table():
     # The released README's SORL per-environment table (docs/method.md, "Defaults").
-    assert agent_env_settings("sorl", "antmaze-giant-navigate-singletask-task2-v0") == dict(
+    sorl = AGENTS["sorl"]
+    assert agent_env_settings(sorl, "antmaze-giant-navigate-singletask-task2-v0") == dict(
         q_loss_coef=500, discount=0.995, q_agg="min"
     )
-    assert agent_env_settings("sorl", "cube-single-play") == dict(q_loss_coef=10, discount=0.99, q_agg="mean")
-    assert agent_env_settings("sorl", "puzzle-3x3-play") == {}  # not in the table: agent defaults
-    assert agent_env_settings("no-such-agent", "cube-single-play") == {}
-    for rows in AGENT_ENV_SETTINGS.values():
-        for env_name in rows:
+    assert agent_env_settings(sorl, "cube-single-play") == dict(q_loss_coef=10, discount=0.99, q_agg="mean")
+    assert agent_env_settings(sorl, "puzzle-3x3-play") == {}  # not in the table: agent defaults
+    assert agent_env_settings(object, "cube-single-play") == {}  # a class that declares none: the defaults
+    for cls in AGENTS.values():
+        for env_name in {**cls.ENV_SETTINGS, **cls.ONLINE_ENV_SETTINGS}:
             assert resolve_env(env_name).name == env_name
     with pytest.raises(SorlError):
-        agent_env_settings("sorl", "no-such-env")
+        agent_env_settings(sorl, "no-such-env")

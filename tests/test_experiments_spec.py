@@ -10,8 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from agents import AGENTS
 from cli import main as cli
-from envs.registry import AGENT_ENV_SETTINGS, ENVIRONMENTS
+from envs.registry import ENVIRONMENTS
 from experiments import launchers
 from experiments.spec import SPECS_DIR, load_spec, parse_seeds
 from sorl.errors import SorlError
@@ -251,7 +252,7 @@ def test_paper_specs_share_one_budget_and_the_published_settings():
         for env, settings in raw.get("settings", {}).items():
             if env == agent:  # the agent's own scope ([settings.sorl]: the update), not an environment
                 continue
-            assert env in ENVIRONMENTS and settings == AGENT_ENV_SETTINGS[agent][env], (agent, env)
+            assert env in ENVIRONMENTS and settings == AGENTS[agent].ENV_SETTINGS[env].values, (agent, env)
         if agent == "sorl":  # the released README: antmaze-giant has q_loss_coef 500, discount 0.995, q_agg min
             assert raw["settings"]["antmaze-giant-navigate"] == {"q_loss_coef": 500, "discount": 0.995, "q_agg": "min"}
     assert budgets == {(1_000_000, 100_000, 50, "post")}

@@ -186,7 +186,7 @@ def test_train_help_of_one_agent_on_one_task(capsys):
     text = help_text(capsys, "train", "--agent", "fql", "--task", "cube-single-play")
     section = agent_section(text)
     assert list(section) == ["fql"]
-    tuned = agent_env_settings("fql", "cube-single-play")
+    tuned = agent_env_settings(AGENTS["fql"], "cube-single-play")
     assert tuned["alpha"] == 300.0
     assert "(default on this task: 300.0; the agent's: 10.0)" in section["fql"]["alpha"][1]
     assert "(default: 10)" in section["fql"]["flow_steps"][1]

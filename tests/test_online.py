@@ -361,17 +361,19 @@ def test_a_failed_seed_stops_acting_in_the_online_phase(tmp_path, stand_in, phas
 def test_online_settings_of_an_environment_apply_only_to_online_runs():
     """FQL's offline-to-online commands use alpha 100 on humanoidmaze-medium and 30 on antsoccer-arena (offline: 30
     and 10); the run's agent config takes them only when --online-steps > 0."""
+    from agents import AGENTS
     from envs.registry import agent_env_settings, online_settings_source
 
+    fql, sorl = AGENTS["fql"], AGENTS["sorl"]
     task = "humanoidmaze-medium-navigate-singletask-task1-v0"
-    assert agent_env_settings("fql", task)["alpha"] == 30.0
-    assert agent_env_settings("fql", task, online=True) == dict(alpha=100.0, discount=0.995, q_agg="mean")
-    assert agent_env_settings("fql", "antsoccer-arena-navigate", online=True)["alpha"] == 30.0
-    assert agent_env_settings("fql", "scene-play", online=True) == agent_env_settings("fql", "scene-play")
-    assert agent_env_settings("sorl", task, online=True) == agent_env_settings("sorl", task)
-    verified, source = online_settings_source("fql", task)
+    assert agent_env_settings(fql, task)["alpha"] == 30.0
+    assert agent_env_settings(fql, task, online=True) == dict(alpha=100.0, discount=0.995, q_agg="mean")
+    assert agent_env_settings(fql, "antsoccer-arena-navigate", online=True)["alpha"] == 30.0
+    assert agent_env_settings(fql, "scene-play", online=True) == agent_env_settings(fql, "scene-play")
+    assert agent_env_settings(sorl, task, online=True) == agent_env_settings(sorl, task)
+    verified, source = online_settings_source(fql, task)
     assert verified and "Offline-to-online" in source
-    assert online_settings_source("fql", "scene-play") is None
+    assert online_settings_source(fql, "scene-play") is None
 
     def trainer(**kw):
         return train_lib.Trainer(task, "fql", [0], lambda t, s: None, TrainSettings(**kw))

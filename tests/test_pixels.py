@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from agents import AGENTS
 from cli import main as cli
 from envs import checks, datasets, manifest
 from envs.registry import (
     ENVIRONMENTS,
-    PIXEL_AGENT_ENV_SETTINGS,
     agent_env_settings,
     resolve_env,
     resolve_task,
@@ -86,17 +86,18 @@ def test_every_manipulation_environment_has_a_visual_twin():
 
 def test_pixel_settings_name_their_source():
     # The FQL README's pixel commands: verified; everything else is marked unverified.
-    assert agent_env_settings("fql", "visual-cube-double-play")["alpha"] == 100.0
-    assert settings_source("fql", "visual-cube-double-play")[0]
-    assert agent_env_settings("rebrac", ENV) == dict(
+    fql, rebrac, iql, sorl = (AGENTS[n] for n in ("fql", "rebrac", "iql", "sorl"))
+    assert agent_env_settings(fql, "visual-cube-double-play")["alpha"] == 100.0
+    assert settings_source(fql, "visual-cube-double-play")[0]
+    assert agent_env_settings(rebrac, ENV) == dict(
         alpha_actor=1.0, alpha_critic=0.0, discount=0.99, encoder="impala_small"
     )
-    assert settings_source("iql", ENV)[0] and not settings_source("iql", "visual-scene-play")[0]
-    assert agent_env_settings("sorl", ENV)["q_loss_coef"] == 10 and not settings_source("sorl", ENV)[0]
-    for table in PIXEL_AGENT_ENV_SETTINGS.values():
-        assert set(table) == {s.name for s in ENVIRONMENTS.values() if s.pixels}
-        assert all(v["encoder"] == "impala_small" for v in table.values())
-    assert "encoder" not in agent_env_settings("sorl", "cube-single-play")  # state tasks unchanged
+    assert settings_source(iql, ENV)[0] and not settings_source(iql, "visual-scene-play")[0]
+    assert agent_env_settings(sorl, ENV)["q_loss_coef"] == 10 and not settings_source(sorl, ENV)[0]
+    for cls in AGENTS.values():
+        pixel_envs = [s.name for s in ENVIRONMENTS.values() if s.pixels]
+        assert all(agent_env_settings(cls, name)["encoder"] == "impala_small" for name in pixel_envs)
+    assert "encoder" not in agent_env_settings(sorl, "cube-single-play")  # state tasks unchanged
 
 
 def test_pipeline_defaults_and_refusals():
