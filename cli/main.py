@@ -189,7 +189,7 @@ class TrainArgs(TrainSettings):
     task: str
     """OGBench singletask name or environment (its default task), e.g. cube-single-play."""
     agent: str = "sorl"
-    """Agent: sorl, fql, rebrac, iql, bc or flow-bc; its settings (--agent.KEY=VALUE) are listed below."""
+    """Agent: a name in the registry (agents.AGENTS); each one and its settings (--agent.KEY=VALUE) are listed below."""
     seed: int = 0
     """Seed of the run (the default run directory is runs/TASK/AGENT/seedS)."""
     seeds: str | None = None

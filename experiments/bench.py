@@ -81,7 +81,7 @@ class BenchArgs:
     """Measure training, inference, evaluation, multi-seed and memory performance on this machine."""
 
     agent: str = "sorl"
-    """Agent: sorl, fql, rebrac, iql, bc (cube-single's settings; --agent.KEY=VALUE overrides apply)."""
+    """Agent: a name in the registry, agents.AGENTS (cube-single's settings; --agent.KEY=VALUE overrides apply)."""
     size: Literal["paper", "small"] = "paper"
     """paper: 4x512 networks, batch 256, 1M-transition memory test; small: a quick run of the same code."""
     json: bool = False

@@ -349,7 +349,7 @@ def test_impala_small_encoder_shapes_and_scaling():
     np.testing.assert_allclose(tiny.apply(p, x), tiny.apply(p, x.astype(jnp.float32)), rtol=1e-6)  # /255 inside
 
 
-@pytest.mark.parametrize("name", ["sorl", "fql", "rebrac", "iql", "bc", "flow-bc"])
+@pytest.mark.parametrize("name", list(AGENTS))
 def test_every_agent_gives_each_network_its_own_encoder(name):
     import dataclasses
 
