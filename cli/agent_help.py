@@ -86,6 +86,30 @@ def agent_rows(agent: str, task: str | None = None) -> list[tuple[str, str, str]
     return rows
 
 
+def with_agent_names(args_cls: type) -> type:
+    """`args_cls` (a frozen dataclass with an `agent: str` field, `cli.main.TrainArgs`) whose `--agent` help names
+    every registered agent, in registry order, so that no list of agents is written by hand."""
+    import tyro
+
+    from agents import AGENTS
+
+    agent = next(f for f in dataclasses.fields(args_cls) if f.name == "agent")
+    names = list(AGENTS)
+    text = f"Agent: {', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else f"Agent: {names[0]}"
+    text += "; its settings (--agent.KEY=VALUE) are listed below."
+    annotated = typing.Annotated[str, tyro.conf.arg(help=text)]
+    named = dataclasses.make_dataclass(
+        args_cls.__name__,
+        [("agent", annotated, dataclasses.field(default=agent.default))],
+        bases=(args_cls,),
+        frozen=True,
+        kw_only=True,
+    )
+    named.__doc__ = args_cls.__doc__
+    named.__module__ = args_cls.__module__
+    return named
+
+
 def _box(title: str, lines: list[str], width: int) -> list[str]:
     """A titled box as tyro draws its groups: UTF-8 box lines where stdout takes UTF-8, else a ruled title."""
     inner = width - 4

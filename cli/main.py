@@ -189,7 +189,8 @@ class TrainArgs(TrainSettings):
     task: str
     """OGBench singletask name or environment (its default task), e.g. cube-single-play."""
     agent: str = "sorl"
-    """Agent: a name in the registry (agents.AGENTS); each one and its settings (--agent.KEY=VALUE) are listed below."""
+    """Agent: one of the registry's (agents.AGENTS, named in `sorl train --help`); its settings (--agent.KEY=VALUE)
+    are listed below."""
     seed: int = 0
     """Seed of the run (the default run directory is runs/TASK/AGENT/seedS)."""
     seeds: str | None = None
@@ -559,7 +560,7 @@ def train_help(argv: list[str]) -> None:
     section = agent_help.render(_option_value(argv, "--agent"), _option_value(argv, "--task"))  # errors first
     try:
         with compact_parse_errors():
-            tyro.cli(TrainArgs, args=["--help"], prog="sorl train")
+            tyro.cli(agent_help.with_agent_names(TrainArgs), args=["--help"], prog="sorl train")
     except SystemExit as e:
         if e.code not in (0, None):
             raise
