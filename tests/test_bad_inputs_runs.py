@@ -122,6 +122,13 @@ def _binary_train_log(tmp: Path) -> None:
     (tmp / "run" / "train.csv").write_bytes(b"\xff\xfe\x00garbage\n")
 
 
+def _corrupt_checkpoint(tmp: Path) -> None:
+    _trained(tmp)
+    for f in (tmp / "run" / "checkpoints" / "10").rglob("*"):
+        if f.is_file() and f.name not in ("commit_success.txt", "_CHECKPOINT_METADATA"):
+            f.write_bytes(b"\x00garbage")
+
+
 def _run_dir_in_the_way(tmp: Path) -> None:
     _trained(tmp)
     (tmp / "run" / "config.json").unlink()
@@ -180,6 +187,9 @@ CASES: list[Refusal] = [
     ),
     Refusal(
         "rerun-unreadable-log", [*RUN, "--steps", "20"], "train.csv is unreadable", _binary_train_log, stand_in=True
+    ),
+    Refusal(  # refused while restoring (after the data load): the checkpoint is read, never cleaned up or rewritten
+        "rerun-corrupt-checkpoint", [*RUN, "--steps", "20"], "checkpoint 10 in", _corrupt_checkpoint, stand_in=True
     ),
     Refusal("rerun-in-use", [*RUN, "--steps", "20"], "in use by process", _locked, stand_in=True),
     Refusal(
