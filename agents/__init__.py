@@ -1,4 +1,9 @@
-"""Agents by name: each is an immutable pytree class with `Config`, `create`, `update` and `sample_actions`."""
+"""Agents by name: each is an immutable pytree class with `Config`, `create`, `update` and `sample_actions`.
+
+Everything about an agent is in its own file (`sorl.agent`: its settings' checks, per-environment settings,
+published column, hooks); its line in `AGENTS` is the only other change a new agent needs. Every list of agents
+(CLI help and `--agent` values, `sorl table --compare paper`, sweeps, bench, contract tests) is this one.
+"""
 
 from __future__ import annotations
 

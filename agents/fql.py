@@ -247,7 +247,7 @@ def _onestep_def(config: FQLConfig, action_dim: int) -> OneStepPolicy:
 
 @dataclass(frozen=True)
 class FQLConfig(B.BaselineConfig):
-    """The reference's `agents/fql.py` keys and defaults; per-environment values in envs/registry.py."""
+    """The reference's `agents/fql.py` keys and defaults; per-environment values: `FQLAgent.ENV_SETTINGS`."""
 
     q_agg: Literal["mean", "min"] = "mean"
     """How the critics combine in the critic target and the best-of-N verifier (the Q term always averages)."""

@@ -186,7 +186,7 @@ class IQLAgent(Agent):
 
 @dataclass(frozen=True)
 class IQLConfig(B.BaselineConfig):
-    """The reference's `agents/iql.py` keys and defaults (AWR actor); per-environment values in envs/registry.py."""
+    """The reference's `agents/iql.py` keys and defaults (AWR actor); per-env values: `IQLAgent.ENV_SETTINGS`."""
 
     q_agg: Literal["mean", "min"] = "min"
     """How the critics combine in the value target, the advantage and the best-of-N verifier (reference: min)."""

@@ -257,7 +257,7 @@ def _floats(info: dict[str, Array], **extra: Array | float) -> dict[str, Array]:
 
 @dataclass(frozen=True)
 class ReBRACConfig(B.BaselineConfig):
-    """The reference's `agents/rebrac.py` keys and defaults; per-environment values in envs/registry.py."""
+    """The reference's `agents/rebrac.py` keys and defaults; per-environment values: `ReBRACAgent.ENV_SETTINGS`."""
 
     q_agg: Literal["mean", "min"] = "min"
     """How the critics combine in the critic target, the actor's Q and the best-of-N verifier (reference: min)."""

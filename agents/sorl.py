@@ -415,7 +415,7 @@ def _critic_def(config: SORLConfig) -> CriticEnsemble:
 
 @dataclass(frozen=True)
 class SORLConfig:
-    """The released code's keys and defaults (docs/method.md, "Defaults"); per-environment values: the caller."""
+    """The released code's keys and defaults (docs/method.md, "Defaults"); per-env values: `SORLAgent.ENV_SETTINGS`."""
 
     lr: float = 1e-4
     """Adam learning rate of every network."""
