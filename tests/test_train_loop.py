@@ -503,6 +503,33 @@ def test_run_dir_refusals(tmp_path, stand_in):
         _train(tmp_path, steps=5)
 
 
+def test_run_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    config = tmp_path / "config.json"
+    runs.write_json(config, {"task": "before"})
+    log = runs.CsvLog(tmp_path / "train.csv")
+    for step in (10, 20, 30):
+        log.write({"step": step, "loss": 1.0})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert log.kept_after(20) is not None and {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+    def disk_full(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(SorlError, match=r"could not write .*config.json: No space left on device"):
+        runs.write_json(config, {"task": "after"})
+    with pytest.raises(SorlError, match="could not write .*train.csv"):
+        log.truncate_after(20)
+    # the old files as they were, and no temporary file left beside them
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    monkeypatch.undo()
+    log.truncate_after(20)
+    assert [int(r["step"]) for r in log.rows()] == [10, 20]
+
+
 def test_default_run_dir():
     assert str(runs.default_run_dir(TASK, "sorl", 3)) == "runs/cube-single-play-task1/sorl/seed3"
     assert runs.short_task_name("scene-play-singletask-task4-v0") == "scene-play-task4"
