@@ -68,6 +68,8 @@ class SweepArgs:
     """Slurm quality of service."""
     constraint: str | None = None
     """Slurm node constraint (e.g. a GPU model)."""
+    sbatch: tuple[str, ...] | None = None
+    """Extra sbatch options KEY=VALUE, each an `#SBATCH --KEY=VALUE` line (adds to [launcher.slurm.additional])."""
     submitit_folder: Path | None = None
     """submitit's folder for job pickles and logs (default: OUT/submitit)."""
     submitit_cluster: str = "slurm"
@@ -85,7 +87,7 @@ class SweepArgs:
 
 def sweep(args: Annotated[SweepArgs, tyro.conf.arg(name="")]) -> None:
     """Run a sweep (tasks x seeds x settings) on this machine, Slurm or Ray; resumes where it stopped."""
-    from experiments.launchers import RayOptions, SlurmOptions, check_launcher_options
+    from experiments.launchers import RayOptions, SlurmOptions, check_launcher_options, parse_sbatch
     from experiments.launchers import sweep as run_sweep
     from experiments.spec import load_spec
 
@@ -108,7 +110,8 @@ def sweep(args: Annotated[SweepArgs, tyro.conf.arg(name="")]) -> None:
         account=pick(args.account, "account", slurm_cfg, None),
         qos=pick(args.qos, "qos", slurm_cfg, None),
         constraint=pick(args.constraint, "constraint", slurm_cfg, None),
-        additional=dict(slurm_cfg.get("additional", {})),
+        additional={**slurm_cfg.get("additional", {}), **parse_sbatch(args.sbatch)},
+        setup=list(slurm_cfg.get("setup", [])),
         folder=str(args.submitit_folder) if args.submitit_folder else slurm_cfg.get("folder"),
         wait=args.wait,
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import queue
@@ -322,6 +323,24 @@ def run_job_remote(
     return execute_job(runs, log=True, compile_cache=compile_cache)
 
 
+class SlurmJobFunction:
+    """`run_job_remote` as submitit's job function, with submitit's `checkpoint` hook: on Slurm's warning signal
+    (USR2, `--signal` before the time limit or a preemption) submitit requeues the same call instead of failing a
+    timed-out job. Nothing needs saving here: the runs resume from their own last checkpoint (the Trainer's), and
+    a plain `scontrol requeue` (SIGTERM: the Trainer checkpoints at its next logged step) restarts the call the
+    same way."""
+
+    def __call__(
+        self, runs: list[RunSpec], workers: int | None = None, compile_cache: str | None = None
+    ) -> list[dict[str, Any]]:
+        return run_job_remote(runs, workers, compile_cache)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
 @dataclasses.dataclass
 class SlurmOptions:
     cluster: str = "slurm"
@@ -337,9 +356,137 @@ class SlurmOptions:
     qos: str | None = None
     constraint: str | None = None
     additional: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Extra `#SBATCH --KEY=VALUE` lines (a value of true: `#SBATCH --KEY`)."""
+    setup: list[str] = dataclasses.field(default_factory=list)
+    """Shell lines the job script runs before the job (`module load ...`, `source ...`)."""
     folder: str | None = None
     """submitit's job folder (pickles and its own logs); default OUT/submitit."""
     wait: bool = True
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+"""The checkout whose code the jobs run (put on the job's PYTHONPATH, so submitit can unpickle the job function)."""
+ENDED = ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL",
+         "DEADLINE", "SPECIAL_EXIT")  # fmt: skip
+"""Slurm job states after which a job runs no more (REQUEUED, PENDING, RUNNING, ... are not among them)."""
+
+
+def slurm_parallelism(options: SlurmOptions, max_parallel: int | None, n_jobs: int) -> int:
+    return int(options.array_parallelism or max_parallel or n_jobs)
+
+
+def slurm_parameters(options: SlurmOptions, name: str, n_jobs: int, max_parallel: int | None) -> dict[str, Any]:
+    """submitit's `update_parameters` for the sweep's job array."""
+    params: dict[str, Any] = {
+        "name": f"sorl-{name}",
+        "timeout_min": int(options.time),
+        "cpus_per_task": int(options.cpus_per_task),
+        "slurm_array_parallelism": slurm_parallelism(options, max_parallel, n_jobs),
+        "slurm_setup": job_setup(options),
+    }
+    if options.gpus:
+        params["gpus_per_node"] = int(options.gpus)
+    if options.mem_gb:
+        params["mem_gb"] = float(options.mem_gb)
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(options, key):
+            params[f"slurm_{key}"] = getattr(options, key)
+    if options.additional:
+        params["slurm_additional_parameters"] = dict(options.additional)
+    return params
+
+
+def job_setup(options: SlurmOptions) -> list[str]:
+    """The job script's lines before the job: the spec's `setup`, then this checkout on PYTHONPATH and the data
+    directory the sweep sees (sbatch exports the submitting environment by default, but a cluster may not)."""
+    import shlex
+
+    lines = list(options.setup)
+    lines.append(f"export PYTHONPATH={shlex.quote(str(REPO_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}")
+    if os.environ.get("OGBENCH_DATA_DIR"):
+        lines.append(f"export OGBENCH_DATA_DIR={shlex.quote(os.environ['OGBENCH_DATA_DIR'])}")
+    return lines
+
+
+def sbatch_lines(options: SlurmOptions, n_jobs: int, max_parallel: int | None) -> list[str]:
+    """The `#SBATCH` lines the sweep's job array is submitted with (what `--dry-run` shows; submitit writes the
+    same lines, plus its own --output/--error/--signal, into the script it submits)."""
+    import shlex
+
+    flags: dict[str, Any] = {
+        "array": f"0-{n_jobs - 1}%{min(n_jobs, slurm_parallelism(options, max_parallel, n_jobs))}",
+        "time": int(options.time),
+        "cpus_per_task": int(options.cpus_per_task),
+    }
+    if options.gpus:
+        flags["gpus_per_node"] = int(options.gpus)
+    if options.mem_gb:
+        flags["mem"] = f"{int(float(options.mem_gb) * 1024)}MB"
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(options, key):
+            flags[key] = getattr(options, key)
+    flags.update(options.additional)
+    out = []
+    for key in sorted(flags):
+        value = flags[key]
+        flag = "--" + key.replace("_", "-")
+        out.append(f"#SBATCH {flag}" if value is True else f"#SBATCH {flag}={shlex.quote(str(value))}")
+    return out
+
+
+def parse_sbatch(items: Sequence[str] | None) -> dict[str, Any]:
+    """`--sbatch KEY=VALUE` / `--sbatch KEY` (as in `#SBATCH --KEY=VALUE`) to a dict of extra sbatch options."""
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, eq, value = str(item).lstrip("-").partition("=")
+        if not key or " " in key:
+            raise SorlError(f"--sbatch {item!r}: write KEY=VALUE (e.g. --sbatch mail-type=END) or KEY")
+        out[key] = value if eq else True
+    return out
+
+
+def slurm_states(array_ids: Sequence[str]) -> dict[str, str] | None:
+    """{"ARRAY_TASK": state} of the array jobs from squeue (ended jobs too, while slurmctld remembers them:
+    MinJobAge); None when squeue cannot tell. This works without Slurm's accounting database, which submitit's
+    own check (sacct) needs."""
+    if not array_ids:
+        return {}
+    cmd = ["squeue", "-h", "-r", "--states=all", "-o", "%i|%T", "-j", ",".join(sorted(set(array_ids)))]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    states = {}
+    for line in out.stdout.splitlines():
+        job_id, _, state = line.strip().partition("|")
+        if job_id and state:
+            states[job_id] = state.strip().upper()
+    return states
+
+
+def _sbatch_refusal(error: BaseException) -> str:
+    """The line of sbatch's refusal that says why (`sbatch: error: invalid partition specified: gpu`)."""
+    lines = [line.strip() for line in str(error).splitlines() if "error:" in line]
+    line = lines[0] if lines else _first_line(str(error))
+    return line[line.index("error:") + len("error:") :].strip() if "error:" in line else line
+
+
+def _ended_without_result(sjob: Any, state: str) -> str:
+    """What to tell the user about an array task that ended with no result from submitit."""
+    if state == "CANCELLED":
+        why = "was cancelled (scancel, or preempted without requeue)"
+    elif state == "TIMEOUT":
+        why = "ran out of time (raise --time, or --checkpoint-interval so a requeue loses less)"
+    elif state in ("OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "PREEMPTED", "DEADLINE"):
+        why = f"ended {state}"
+    else:
+        why = f"ended {state} without a result (see {sjob.paths.stderr})"
+    return (
+        f"Slurm job {sjob.job_id} {why}; its runs keep their last checkpoint: rerun the same `sorl sweep` "
+        "command to resubmit them (complete runs are skipped)"
+    )
 
 
 def launch_slurm(
@@ -351,6 +498,7 @@ def launch_slurm(
     max_parallel: int | None,
     on_outcome: Callable[[dict[str, Any]], None],
     compile_cache: str | None = None,
+    poll_s: float = 5.0,
 ) -> list[dict[str, Any]]:
     try:
         import submitit
@@ -363,20 +511,9 @@ def launch_slurm(
         executor = submitit.AutoExecutor(folder=str(folder), cluster=options.cluster)
     except (RuntimeError, ValueError, OSError) as e:
         raise SorlError(f"slurm launcher: {_first_line(str(e))}; {hint}") from None
-    params: dict[str, Any] = {
-        "name": f"sorl-{name}",
-        "timeout_min": int(options.time),
-        "cpus_per_task": int(options.cpus_per_task),
-        "gpus_per_node": int(options.gpus),
-        "slurm_array_parallelism": options.array_parallelism or max_parallel or len(jobs),
-    }
-    if options.mem_gb:
-        params["mem_gb"] = float(options.mem_gb)
-    for key in ("partition", "account", "qos", "constraint"):
-        if getattr(options, key):
-            params[f"slurm_{key}"] = getattr(options, key)
-    if options.additional:
-        params["slurm_additional_parameters"] = dict(options.additional)
+    params = slurm_parameters(options, name, len(jobs), max_parallel)
+    if options.cluster != "slurm":
+        params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
     try:
         executor.update_parameters(**params)
     except (NameError, AssertionError, ValueError) as e:
@@ -396,23 +533,49 @@ def launch_slurm(
 
     try:
         if options.cluster == "slurm":
-            submitted = executor.map_array(
-                run_job_remote, [j.runs for j in jobs], [workers] * len(jobs), [compile_cache] * len(jobs)
-            )
-            print(f"submitted {len(jobs)} jobs as Slurm array {submitted[0].job_id.split('_')[0]}", flush=True)
+            try:  # submitit prints sbatch's refusal to stderr before raising it: keep that to the one line below
+                with contextlib.redirect_stderr(io.StringIO()):
+                    submitted = executor.map_array(
+                        SlurmJobFunction(), [j.runs for j in jobs], [workers] * len(jobs), [compile_cache] * len(jobs)
+                    )
+            except FileNotFoundError:
+                raise
+            except Exception as e:  # noqa: BLE001 - sbatch refused the script (submitit: FailedJobError)
+                raise SorlError(f"sbatch refused the job array: {_sbatch_refusal(e)}; nothing was submitted") from None
+            array_id = submitted[0].job_id.split("_")[0]
+            print(f"submitted {len(jobs)} jobs as Slurm array {array_id}", flush=True)
             if not options.wait:
                 return []
             pending = list(zip(submitted, jobs, strict=True))
+            gone: dict[str, int] = {}  # job id -> polls it has been ended (or unknown to squeue) with no result
             while pending:
+                states = slurm_states([array_id])
                 still = []
                 for sjob, job in pending:
-                    if sjob.done():
+                    if sjob.paths.result_pickle.exists():
                         collect(sjob, job)
+                        continue
+                    if states is None:  # squeue cannot tell: submitit's own check (sacct)
+                        if sjob.done():
+                            collect(sjob, job)
+                        else:
+                            still.append((sjob, job))
+                        continue
+                    state = states.get(sjob.job_id, "UNKNOWN").split()[0]
+                    if state in ENDED or state == "UNKNOWN":
+                        gone[sjob.job_id] = gone.get(sjob.job_id, 0) + 1
+                        if gone[sjob.job_id] >= 3:  # the result file would be there by now
+                            state = "ENDED" if state == "UNKNOWN" else state
+                            for o in _failed_job(job, _ended_without_result(sjob, state), str(sjob.paths.stderr)):
+                                outcomes.append(o)
+                                on_outcome(o)
+                            continue
                     else:
-                        still.append((sjob, job))
+                        gone.pop(sjob.job_id, None)
+                    still.append((sjob, job))
                 pending = still
                 if pending:
-                    time.sleep(5)
+                    time.sleep(poll_s)
         else:  # local / debug: submit within a window of max_parallel jobs
             window = max(1, max_parallel or len(jobs))
             todo = list(jobs)
@@ -509,7 +672,7 @@ def launch_ray(
 
 SLURM_ONLY = (
     "partition", "time", "gpus", "cpus_per_task", "mem_gb", "array_parallelism", "account", "qos", "constraint",
-    "submitit_folder",
+    "submitit_folder", "sbatch",
 )  # fmt: skip
 """`sorl sweep` flags that only the slurm launcher reads (besides --submitit-cluster and --no-wait)."""
 RAY_ONLY = ("address", "cpus_per_run", "gpus_per_run")
@@ -696,6 +859,13 @@ def sweep(
         for job in jobs:
             for r in job.runs:
                 print(f"    $ {r.command()}")
+        if launcher == "slurm" and jobs:  # the job array's sbatch options, as they will be submitted
+            options = slurm or SlurmOptions()
+            print(f"  slurm: {_n(len(jobs), 'job')} as one array, submitted with:")
+            for line in sbatch_lines(options, len(jobs), max_parallel):
+                print(f"    {line}")
+            for line in options.setup:
+                print(f"    {line}  (setup)")
         if check_data:  # what a launch would need: one line per environment whose dataset is missing
             for m in missing_datasets(pending):
                 print(m.line(), flush=True)

@@ -50,11 +50,18 @@
     [launcher]                                # defaults for `sorl sweep` flags (the flags win)
     max_parallel = 4
     group_seeds = false
-    [launcher.slurm]
+    [launcher.slurm]                          # each also a `sorl sweep` flag (--partition, ...; --sbatch K=V)
     partition = "gpu"
-    time = 1440                               # minutes
-    gpus = 1
+    account = "my-lab"                        # optional: --account
+    qos = "normal"                            # optional: --qos
+    time = 1440                               # minutes per array task
+    gpus = 1                                  # per array task (--gpus-per-node)
     cpus_per_task = 8
+    mem_gb = 32                               # optional (default: the partition's)
+    array_parallelism = 16                    # array tasks running at once
+    setup = ["module load cuda"]              # optional: shell lines before each job
+    [launcher.slurm.additional]               # optional: extra #SBATCH --KEY=VALUE lines
+    mail-type = "END"
     [launcher.ray]
     address = "auto"
     cpus_per_run = 4
@@ -122,6 +129,7 @@ SLURM_KEYS = (
     "constraint",
     "folder",
     "additional",
+    "setup",
 )
 RAY_KEYS = ("address", "cpus_per_run", "gpus_per_run")
 
@@ -506,6 +514,7 @@ def parse_spec(raw: Mapping[str, Any], path: Path | None = None) -> Spec:
         raise fail("launcher.group_seeds must be true or false")
     for sub, keys in (("slurm", SLURM_KEYS), ("ray", RAY_KEYS)):
         _check_keys(_table(launcher.get(sub, {}), f"[launcher.{sub}]", fail), keys, f"key in [launcher.{sub}]", fail)
+    _check_slurm(_table(launcher.get("slurm", {}), "[launcher.slurm]", fail), fail)
 
     spec = Spec(
         name=name,
@@ -660,6 +669,29 @@ def _str_list(value: Any, what: str, fail) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise fail(f"{what} must be a list of names")
     return list(value)
+
+
+def _check_slurm(slurm: Mapping[str, Any], fail) -> None:
+    """[launcher.slurm] values: names are strings, counts whole numbers, `additional` a table of extra
+    `#SBATCH --KEY=VALUE` lines, `setup` shell lines (what sbatch itself accepts is its own check, at submission)."""
+    for key in ("partition", "account", "qos", "constraint", "folder"):
+        if key in slurm and (not isinstance(slurm[key], str) or not slurm[key].strip()):
+            raise fail(f"launcher.slurm.{key}={slurm[key]!r} must be a non-empty string")
+    for key in ("time", "cpus_per_task", "array_parallelism"):
+        if key in slurm:
+            _positive_int(slurm[key], f"launcher.slurm.{key}", fail)
+    if "gpus" in slurm and (isinstance(slurm["gpus"], bool) or not isinstance(slurm["gpus"], int) or slurm["gpus"] < 0):
+        raise fail(f"launcher.slurm.gpus={slurm['gpus']!r} must be a whole number, 0 or more")
+    mem = slurm.get("mem_gb", 1)
+    if isinstance(mem, bool) or not isinstance(mem, int | float) or mem <= 0:
+        raise fail(f"launcher.slurm.mem_gb={mem!r} must be a positive number")
+    extra = _table(slurm.get("additional", {}), "[launcher.slurm.additional]", fail)
+    for key, value in extra.items():
+        if not isinstance(value, str | int | float | bool) or value is False or " " in key:
+            raise fail(f"launcher.slurm.additional.{key}={value!r}: write KEY = VALUE (#SBATCH --KEY=VALUE) or true")
+    setup = slurm.get("setup", [])
+    if not isinstance(setup, list) or not all(isinstance(line, str) for line in setup):
+        raise fail("launcher.slurm.setup must be a list of shell lines")
 
 
 def _positive_int(value: Any, what: str, fail) -> int:
