@@ -1,5 +1,5 @@
 """The bad-input catalogue for run directories: `sorl train` reruns, `sorl eval` and videos that are refused must
-write nothing. Each case runs through `tests.refusals.assert_refused`: one `error:` line, no traceback, every file
+write nothing. Each case runs through `refusals.assert_refused`: one `error:` line, no traceback, every file
 under the test's directory byte-identical (config.json, the logs, the checkpoints, scaling.json, the videos, the
 lock file) and nothing created (a refused new run leaves no directory behind).
 
@@ -16,13 +16,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from refusals import Refusal, run_case
 from test_train_loop import TASK, _train
 from test_train_loop import stand_in as _stand_in  # noqa: F401 - a fixture, used through `stand_in` below
 
 from envs import rendering
 from runner import runs
 from runner import safety as reliability
-from tests.refusals import Refusal, run_case
 
 
 @pytest.fixture
