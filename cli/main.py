@@ -1,6 +1,6 @@
 """The `sorl` command: one entry point, one subcommand per job.
 
-    sorl data list | generate TASK... | verify [TASK...]
+    sorl data list | generate TASK... | download TASK... | verify [TASK...]
     sorl train --task TASK --agent AGENT [--agent.KEY=VALUE ...]
     sorl eval RUN_DIR --eval-K 1,2,4,8 --eval-N 1,4,16
     sorl sweep SPEC [--launcher local|slurm|ray] | table RUNS... | plot scaling|curves RUNS...   (experiments/)
@@ -126,15 +126,34 @@ class DataVerify:
     """Data directory (default: $OGBENCH_DATA_DIR or ~/.ogbench/data)."""
 
 
+@dataclass(frozen=True)
+class DataDownload:
+    """Download OGBench's published dataset files (checked, then recorded in the manifest)."""
+
+    tasks: Annotated[tuple[str, ...], tyro.conf.Positional, tyro.conf.arg(metavar="TASK [TASK ...]")]
+    """Tasks, environments or any of OGBench's 85 published datasets, e.g. antmaze-large-navigate."""
+    mirror: Annotated[tuple[str, ...], tyro.conf.UseAppendAction, tyro.conf.arg(metavar="URL")] = ()
+    """A base URL serving NAME.npz and NAME-val.npz, tried in the order given instead of OGBench's host (repeat
+    the flag, or comma-separate, for several; default: $SORL_MIRRORS, else OGBench's host). A Hugging Face dataset
+    page such as https://huggingface.co/datasets/zhouzypaul/ogbench_datasets works as it is."""
+    data_dir: Path | None = None
+    """Data directory to write to (default: $OGBENCH_DATA_DIR or ~/.ogbench/data)."""
+    force: bool = False
+    """Download again files that are already there (replacing them)."""
+    progress: bool = True
+    """Progress bar of each transfer."""
+
+
 DataCommand = (
     Annotated[DataList, tyro.conf.subcommand("list")]
     | Annotated[DataGenerate, tyro.conf.subcommand("generate")]
+    | Annotated[DataDownload, tyro.conf.subcommand("download")]
     | Annotated[DataVerify, tyro.conf.subcommand("verify")]
 )
 
 
 def data(cmd: Annotated[DataCommand, tyro.conf.OmitSubcommandPrefixes, tyro.conf.arg(name="")]) -> None:
-    """Inspect, generate and verify OGBench datasets."""
+    """Inspect, generate, download and verify OGBench datasets."""
     from envs import datasets
 
     if isinstance(cmd, DataList):
@@ -147,6 +166,8 @@ def data(cmd: Annotated[DataCommand, tyro.conf.OmitSubcommandPrefixes, tyro.conf
         datasets.cli_generate(
             cmd.tasks, cmd.episodes, cmd.workers, cmd.seed, cmd.data_dir, cmd.force, cmd.max_episode_steps, cmd.long
         )
+    elif isinstance(cmd, DataDownload):
+        datasets.cli_download(cmd.tasks, cmd.data_dir, cmd.mirror, cmd.force, cmd.progress)
     else:
         datasets.cli_verify(cmd.tasks, cmd.data_dir)
 

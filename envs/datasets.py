@@ -13,7 +13,11 @@ twin's (the same simulator and task, relabelling without rendering here), and `m
 environment for a process whose MUJOCO_GL is set (`envs.rendering`).
 
 The data directory is `--data-dir`, else `$OGBENCH_DATA_DIR`, else `~/.ogbench/data` (ogbench's default), so
-published OGBench files placed there are used as they are. Nothing here ever touches the network.
+published OGBench files placed there are used as they are. A missing dataset that cannot be generated here (ant and
+humanoid mazes, antsoccer: OGBench's expert policies made them) is downloaded on first use (`envs.download`: the
+published host or $SORL_MIRRORS, checked before it is kept) unless `download=False` or $SORL_NO_DOWNLOAD=1;
+generatable ones are generated, and downloaded only when asked (`sorl data download`). Nothing else touches the
+network.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from envs import checks, manifest
+from envs import download as download_mod
 from envs.registry import ENVIRONMENTS, EnvSpec, Task, resolve_env, resolve_task
 from sorl.errors import SorlError
 
@@ -81,18 +86,32 @@ def _dir_flag(directory: Path | None) -> str:
     return f" --data-dir {shlex.quote(str(directory))}"
 
 
+def _downloaded(spec: EnvSpec, directory: Path | None) -> bool:
+    """Whether the manifest says one of the dataset's files was downloaded (its fix is then a re-fetch)."""
+    if directory is None or not Path(directory).is_dir():
+        return False
+    with contextlib.suppress(SorlError):
+        known = manifest.entries(directory)
+        return any(known.get(p.name, {}).get("provenance") == "downloaded" for p in dataset_paths(spec, directory))
+    return False
+
+
 def _fix_hint(spec: EnvSpec, directory: Path | None = None) -> str:
-    if spec.generatable:
+    if spec.generatable and not _downloaded(spec, directory):
         return f"regenerate it with `sorl data generate {spec.name} --force{_dir_flag(directory)}`"
-    return "replace it with the published OGBench file"
+    return f"fetch it again with `sorl data download {spec.name} --force{_dir_flag(directory)}`"
 
 
-def _placement_message(spec: EnvSpec, train: Path, val: Path) -> str:
+def _placement_message(spec: EnvSpec, train: Path, val: Path, why: str = "") -> str:
     return (
         f"{spec.name} cannot be generated locally (its data come from OGBench's trained expert locomotion "
         f"policies): put the published files at {train} and {val} "
-        f"(or point --data-dir / ${DATA_DIR_ENV} at a directory holding them)"
+        f"(or point --data-dir / ${DATA_DIR_ENV} at a directory holding them){why}"
     )
+
+
+def _download_command(spec: EnvSpec, directory: Path | None) -> str:
+    return f"`sorl data download {spec.name}{_dir_flag(directory)}`"
 
 
 def _check_writable(directory: Path) -> None:
@@ -128,8 +147,8 @@ def _validate(episodes: int | None, workers: int | None, seed: int, max_episode_
 
 
 def _dataset_lock(directory: Path, spec: EnvSpec):
-    """Serialises generation of one dataset between processes sharing the data directory."""
-    return manifest.file_lock(directory / f".{spec.dataset_name}.lock")
+    """Serialises generation (and download) of one dataset between processes sharing the data directory."""
+    return manifest.dataset_lock(directory, spec.dataset_name)
 
 
 def _state(spec: EnvSpec, directory: Path, known: dict) -> str:
@@ -298,19 +317,26 @@ def ensure_dataset(
     progress: bool = True,
     max_episode_steps: int | None = None,
     long: bool = False,
+    download: bool | None = None,
+    mirrors: Sequence[str] = (),
 ) -> tuple[Path, Path]:
-    """(train, val) paths of the task's dataset, generating it first if it is missing and generatable. Present
+    """(train, val) paths of the task's dataset, generating it first if it is missing and generatable, downloading
+    it (`envs.download`, from `mirrors` or $SORL_MIRRORS or OGBench's host) if it is missing and not. Present
     files are checked (keys, dtypes, shapes from the .npy headers on every call; sha256 against the manifest and
     NaN/inf once per file, `_check_dataset`) and, if new to the manifest, recorded there.
 
-    Missing and not generatable (ant/humanoid mazes, antsoccer): SorlError naming exactly where the published
-    files go. Half present or left pending by an interrupted generation: SorlError saying how to repair. A
-    generation estimated at more than `LONG_GENERATION_S` needs `long=True` (`sorl data generate ... --long`).
+    Missing and not generatable (ant/humanoid mazes, antsoccer) with downloads off (`download=False`, else
+    $SORL_NO_DOWNLOAD=1): SorlError naming exactly where the published files go. Half present (a missing one of a
+    downloadable dataset is downloaded) or left pending by an interrupted generation: SorlError saying how to
+    repair. A generation estimated at more than `LONG_GENERATION_S` needs `long=True` (`sorl data generate ... --long`).
     """
     spec = _as_spec(task)
     _validate(episodes, workers, seed, max_episode_steps)
     directory = _resolve_dir(data_dir)
     train, val = dataset_paths(spec, directory)
+    fetch = not spec.generatable and download is not False and download_mod.downloads_allowed()
+    if fetch:
+        download_mod.base_urls(mirrors)  # a bad $SORL_MIRRORS is one line before anything is read
 
     def ready() -> bool:
         known = manifest.entries(directory) if directory.is_dir() else {}
@@ -324,6 +350,8 @@ def ensure_dataset(
                 f"running); {_fix_hint(spec, directory)}"
             )
         if state == "partial":
+            if fetch:
+                return False  # the missing one is downloaded
             have, lack = (train, val) if train.is_file() else (val, train)
             raise SorlError(
                 f"{lack} is missing but {have.name} is there; "
@@ -337,8 +365,23 @@ def ensure_dataset(
 
     if ready():
         return train, val
+    if not spec.generatable and not fetch:
+        off = "--no-download" if download is False else f"${download_mod.NO_DOWNLOAD_ENV}"
+        raise SorlError(
+            _placement_message(
+                spec, train, val, f"; downloads are off ({off}): {_download_command(spec, directory)} fetches them"
+            )
+        )
     if not spec.generatable:
-        raise SorlError(_placement_message(spec, train, val))
+        plan = download_mod.locate(download_mod.Published(spec.dataset_name, spec), directory, mirrors=mirrors)
+        _check_writable(directory)
+        with _dataset_lock(directory, spec):
+            if not ready():  # else another process downloaded it while we waited for the lock
+                why = f"{spec.dataset_name} is missing and cannot be generated here ({download_mod.NO_DOWNLOAD_ENV}=1 "
+                why += "turns downloads off): "
+                download_mod.fetch(plan, progress=progress, why=why)
+                ready()
+        return train, val
     if not generate:
         raise SorlError(f"{train} is missing; generate it with `sorl data generate {spec.name}{_dir_flag(directory)}`")
     s, n_workers, eta = generation_estimate(spec, episodes, max_episode_steps, seed, workers)
@@ -486,7 +529,10 @@ def verify_file(spec: EnvSpec, path: Path, split: str, entry: dict | None) -> tu
         return INCOMPLETE, f"left by an interrupted generation; {_fix_hint(spec, path.parent)}"
     if not path.is_file():
         if not spec.generatable:
-            return MISSING, f"put the published file at {path}"
+            return (
+                MISSING,
+                f"fetch it with {_download_command(spec, path.parent)} (or put the published file at {path})",
+            )
         return MISSING, f"generate it with `sorl data generate {spec.name}{_dir_flag(path.parent)}`"
     try:
         problems = checks.check_full(spec, path)
@@ -636,7 +682,8 @@ def cli_generate(
             )
         if not spec.generatable:
             train, val = dataset_paths(spec, directory)
-            raise SorlError(_placement_message(spec, train, val))
+            how = f"; {_download_command(spec, directory)} fetches them"
+            raise SorlError(_placement_message(spec, train, val, how))
         todo.append((spec, True))
     if not long:  # a generation of hours (a visual dataset on CPU) starts only when asked for
         for spec, run in todo:
@@ -699,6 +746,48 @@ def cli_verify(tasks: Sequence[str] = (), data_dir: str | Path | None = None) ->
         if names:
             fixes.append(f"regenerate with `sorl data generate {' '.join(names)} --force{_dir_flag(directory)}`")
         if others:
-            fixes.append(f"put the published files for {', '.join(others)} in {directory}")
+            fixes.append(
+                f"fetch the published files with `sorl data download {' '.join(others)} --force{_dir_flag(directory)}`"
+            )
         raise SorlError(f"{len(bad)} of {len(rows)} dataset files failed verification; {' and '.join(fixes)}")
     print(f"all {len(rows)} files OK")
+
+
+def cli_download(
+    tasks: Sequence[str],
+    data_dir: str | Path | None = None,
+    mirrors: Sequence[str] = (),
+    force: bool = False,
+    progress: bool = True,
+) -> None:
+    """`sorl data download TASK_OR_DATASET... [--mirror URL ...] [--force]`: OGBench's published files, generatable
+    datasets included (their exact bytes), checked and recorded in the manifest (`envs.download`)."""
+    if not tasks:
+        raise SorlError(
+            "name at least one task, environment or dataset, e.g. `sorl data download antmaze-large-navigate`"
+        )
+    pubs = list({p.name: p for p in map(download_mod.resolve, tasks)}.values())
+    download_mod.base_urls(mirrors)  # a bad --mirror or $SORL_MIRRORS: one line before anything is touched
+    if not download_mod.downloads_allowed():
+        raise SorlError(
+            f"downloads are off (${download_mod.NO_DOWNLOAD_ENV}=1, for machines that must not reach the network); "
+            f"unset it to download, or put the published files in {_resolve_dir(data_dir)} by hand"
+        )
+    directory = _resolve_dir(data_dir)
+    todo = []
+    for pub in pubs:
+        paths = pub.paths(directory)
+        if not force and all(p.is_file() for p in paths):
+            print(f"{pub.name}: already in {directory} (use --force to download it again)")
+        else:
+            todo.append(pub)
+    if not todo:
+        return
+    # Every file found on some host before anything is written (a host down or a file missing: one line, no trace).
+    plans = [download_mod.locate(pub, directory, mirrors=mirrors, force=force) for pub in todo]
+    _check_writable(directory)
+    for pub, plan in zip(todo, plans, strict=True):
+        with manifest.dataset_lock(directory, pub.name):
+            download_mod.fetch(plan, force=force, progress=progress)
+            if pub.spec is not None:
+                _check_dataset(pub.spec, directory, pub.paths(directory))  # records the stamps; cheap when fresh

@@ -3,7 +3,8 @@
     {"version": 1,
      "files": {"cube-single-play-v0.npz": {
          "dataset": "cube-single-play-v0", "split": "train", "status": "complete",
-         "provenance": "generated",            # or "published": a file we found there and did not write
+         "provenance": "generated",            # or "downloaded" (then "source": its URL), or "published": a
+                                               # file we found there and did not write
          "sha256": "...", "size": 123, "recorded": "2025-01-01T00:00:00+00:00",
          "ogbench_version": "1.2.2", "generator": {episodes, max_episode_steps, noise, seed, ...} | null,
          "verified": {"size": 123, "mtime_ns": ...}}}}
@@ -11,6 +12,9 @@
 `verified` is the file's size and mtime when its sha256 last matched and its arrays were last found free of NaN
 and infinity (when it was written, or when first loaded): a load whose stat still matches skips both checks
 (`envs.datasets._check_dataset`). A file changed since has another stamp and is checked again.
+
+A downloaded file (`envs.download`) is recorded when it is moved into place, after its transfer, format and (for
+a re-fetch of a file the manifest knew) sha256 were checked: its size and sha256 are what later loads compare.
 
 A file with `"status": "pending"` is being (or was, when interrupted) replaced by `sorl data generate`; it is not
 trusted until the generator records it as complete. Every write is atomic (temporary file, fsync, os.replace)
@@ -64,6 +68,11 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 def file_lock(path: Path) -> FileLock:
     """Exclusive advisory lock on `path` (created if needed), blocking: `with file_lock(p): ...`."""
     return FileLock(path)
+
+
+def dataset_lock(data_dir: Path, dataset: str) -> FileLock:
+    """The lock that serialises writing one dataset's files (generation or download) between processes."""
+    return file_lock(Path(data_dir) / f".{dataset}.lock")
 
 
 def read(data_dir: Path) -> dict:
@@ -146,15 +155,17 @@ def make_entry(
     generator: dict | None = None,
     ogbench_version: str | None = None,
     verified: dict | None = None,
+    sha256: str | None = None,
 ) -> dict:
-    """An entry for `path` (sha256 taken now); `verified`: its stamp (`stamp`) if its arrays were checked."""
+    """An entry for `path` (sha256 taken now unless given); `verified`: its stamp (`stamp`) if its arrays were
+    checked."""
     path = Path(path)
     entry = {
         "dataset": dataset,
         "split": split,
         "status": "complete",
         "provenance": provenance,
-        "sha256": sha256_file(path),
+        "sha256": sha256 or sha256_file(path),
         "size": path.stat().st_size,
         "recorded": now(),
         "ogbench_version": ogbench_version,
