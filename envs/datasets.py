@@ -373,8 +373,8 @@ def ensure_dataset(
             )
         )
     if not spec.generatable:
-        plan = download_mod.locate(download_mod.Published(spec.dataset_name, spec), directory, mirrors=mirrors)
         _check_writable(directory)
+        plan = download_mod.locate(download_mod.Published(spec.dataset_name, spec), directory, mirrors=mirrors)
         with _dataset_lock(directory, spec):
             if not ready():  # else another process downloaded it while we waited for the lock
                 why = f"{spec.dataset_name} is missing and cannot be generated here ({download_mod.NO_DOWNLOAD_ENV}=1 "
@@ -783,9 +783,9 @@ def cli_download(
             todo.append(pub)
     if not todo:
         return
+    _check_writable(directory)
     # Every file found on some host before anything is written (a host down or a file missing: one line, no trace).
     plans = [download_mod.locate(pub, directory, mirrors=mirrors, force=force) for pub in todo]
-    _check_writable(directory)
     for pub, plan in zip(todo, plans, strict=True):
         with manifest.dataset_lock(directory, pub.name):
             download_mod.fetch(plan, force=force, progress=progress)
