@@ -471,8 +471,11 @@ def load_task(
     progress: bool = True,
     max_episode_steps: int | None = None,
     long: bool = False,
+    download: bool | None = None,
 ):
-    """(env, train, val) for a task; see the module docstring. Every problem with the files is a SorlError."""
+    """(env, train, val) for a task; see the module docstring. Every problem with the files is a SorlError.
+    `download=False` (`sorl train --no-download`) never fetches a missing expert dataset; None: unless
+    $SORL_NO_DOWNLOAD=1."""
     import ogbench
 
     task = task_name if isinstance(task_name, Task) else resolve_task(task_name)
@@ -488,6 +491,7 @@ def load_task(
         progress=progress,
         max_episode_steps=max_episode_steps,
         long=long,
+        download=download,
     )
     # Relabelling resets the environment, which renders a pixel one: use its state twin (same simulator and tasks).
     relabel_task = resolve_task(f"{spec.state_twin}-task{task.task_id}") if spec.pixels else task

@@ -69,6 +69,9 @@ class TrainSettings:
     """Gradient updates (offline; 0 with --online-steps: a pure-online run, the reference's RLPD command)."""
     data_dir: Path | None = option(None, record=("dataset", "data_dir"))
     """Data directory (default: $OGBENCH_DATA_DIR or ~/.ogbench/data)."""
+    download: bool = option(True, check="bool", spec=("train", "download"), command="if-changed")
+    """Download a missing dataset that cannot be generated here (ant/humanoid mazes, antsoccer) from OGBench's host
+    or $SORL_MIRRORS; --no-download (or SORL_NO_DOWNLOAD=1) refuses and says where to put the files."""
     success_timing: Literal["pre", "post"] = option(
         "pre", check="timing", spec=("train", "success_timing"), record=("", "success_timing")
     )

@@ -418,8 +418,9 @@ class Trainer:
         if load_task is None:
             from envs.datasets import load_task
         s = self.settings
+        no_download = {} if s.download else {"download": False}  # --no-download (stand-in loaders need not take it)
         env, train_data, val_data = load_task(
-            self.task_name, s.data_dir, success_timing=s.success_timing, episodes=s.train_episodes
+            self.task_name, s.data_dir, success_timing=s.success_timing, episodes=s.train_episodes, **no_download
         )
         self.val_dataset = self.validation_data(val_data) if s.validation_interval else None
         del val_data

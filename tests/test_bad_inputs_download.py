@@ -34,6 +34,7 @@ ENVIRONMENT: dict[str, dict[str, str | None]] = {
     "download-data-dir-is-a-file": {download.NO_DOWNLOAD_ENV: None},
     "train-download-host-unreachable": {download.NO_DOWNLOAD_ENV: None, download.MIRRORS_ENV: DEAD},
     "train-no-download-bad-value": {download.NO_DOWNLOAD_ENV: "maybe"},
+    "train-no-download-flag": {download.NO_DOWNLOAD_ENV: None, download.MIRRORS_ENV: DEAD},
     "train-mirrors-env-not-a-url": {download.NO_DOWNLOAD_ENV: "0", download.MIRRORS_ENV: f"{DEAD},ftp://x/y"},
 }
 
@@ -65,6 +66,8 @@ CASES: list[Refusal] = [
     Refusal("download-while-off", DL, "downloads are off ($SORL_NO_DOWNLOAD=1", None, "dataset"),
     Refusal("train-no-download", TRAIN, f"downloads are off ($SORL_NO_DOWNLOAD): `sorl data download {ENV} --data-dir",
             None, "dataset"),
+    Refusal("train-no-download-flag", [*TRAIN, "--no-download"], "downloads are off (--no-download)", None,
+            "dataset"),
     Refusal("train-no-download-bad-value", TRAIN, "$SORL_NO_DOWNLOAD='maybe': set it to 1", None, "dataset"),
     Refusal("train-mirrors-env-not-a-url", TRAIN, "$SORL_MIRRORS entry 'ftp://x/y' is not an http(s) URL", None,
             "dataset"),
