@@ -377,9 +377,9 @@ def ensure_dataset(
         plan = download_mod.locate(download_mod.Published(spec.dataset_name, spec), directory, mirrors=mirrors)
         with _dataset_lock(directory, spec):
             if not ready():  # else another process downloaded it while we waited for the lock
-                why = f"{spec.dataset_name} is missing and cannot be generated here ({download_mod.NO_DOWNLOAD_ENV}=1 "
-                why += "turns downloads off): "
-                download_mod.fetch(plan, progress=progress, why=why)
+                why = f"{spec.dataset_name} is missing and cannot be generated here (--no-download or "
+                why += f"{download_mod.NO_DOWNLOAD_ENV}=1 would refuse): "
+                download_mod.fetch(plan, progress=progress, why=why, each=False)
                 ready()
         return train, val
     if not generate:

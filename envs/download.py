@@ -238,6 +238,8 @@ def _head(url: str) -> int | None:
         return None
     if r.status_code >= 400:
         raise _HostFailed(f"HTTP {r.status_code} {r.reason or ''}".rstrip())
+    if r.headers.get("Content-Encoding", "identity").lower() != "identity":
+        return None  # the announced length is of the encoded stream, not of the file
     size = r.headers.get("X-Linked-Size") or r.headers.get("Content-Length")  # Hugging Face: X-Linked-Size
     return int(size) if size and size.isdigit() else None
 
@@ -335,10 +337,11 @@ def locate(pub: Published, directory: Path, *, mirrors: Sequence[str] = (), forc
 
 
 def fetch(plan: Plan, *, force: bool = False, progress: bool = True, announce: Callable[[str], None] = print,
-          why: str = "") -> list[Path]:  # fmt: skip
+          why: str = "", each: bool = True) -> list[Path]:  # fmt: skip
     """Download the files `locate` found, trying their hosts in order. The caller has checked that the directory is
-    writable and holds the dataset's lock. Returns the files written. SorlError (one line) when a file cannot be
-    had from any host: nothing is left under a name that loads, and files already in place stay."""
+    writable and holds the dataset's lock. Announces the transfer in one line (and, with `each`, a line per file
+    written). Returns the files written. SorlError (one line) when a file cannot be had from any host: nothing is
+    left under a name that loads, and files already in place stay."""
     pub, directory = plan.pub, plan.directory
     todo = [(p, s, h) for p, s, h in plan.files if force or not p.is_file()]  # another process may have fetched it
     if not todo:
@@ -382,7 +385,8 @@ def fetch(plan: Plan, *, force: bool = False, progress: bool = True, announce: C
                 )
                 new["source"] = url
                 manifest.update(directory, {path.name: new})
-                announce(f"wrote {path} ({_size(stamp['size'])}, sha256 {digest[:12]}..., from {url})")
+                if each:
+                    announce(f"wrote {path} ({_size(stamp['size'])}, sha256 {digest[:12]}..., from {url})")
                 written.append(path)
                 break
             else:
