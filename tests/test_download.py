@@ -350,3 +350,30 @@ def test_the_85_published_datasets_resolve():
     for name in ("humanoidmaze-giant-navigate-100m-v0", "cube-double-play-100m"):
         with pytest.raises(SorlError, match="100M"):
             download.resolve(name)
+
+
+def test_a_generatable_dataset_downloaded_on_request_is_refetched_not_regenerated(server, tmp_path, capsys):
+    """`sorl data download cube-single-play`: the published bytes instead of a local generation; training then uses
+    them as they are, and a damaged copy's line says to fetch it again."""
+    spec = resolve_env("cube-single-play")
+    src, data = tmp_path / "src", tmp_path / "data"
+    src.mkdir()
+    for i, (name, episodes) in enumerate(((f"{spec.dataset_name}.npz", 2), (f"{spec.dataset_name}-val.npz", 1))):
+        rng = np.random.default_rng(i)
+        rows = episodes * 30
+        arrays = {k: rng.uniform(-1, 1, (rows, *shape)).astype(np.float32)
+                  for k, (kinds, shape) in checks.expected_layout(spec).items() if k != "terminals"}  # fmt: skip
+        arrays["terminals"] = np.tile(np.arange(30) == 29, episodes)
+        np.savez_compressed(src / name, **arrays)
+        server.files[f"/ogbench/{name}"] = (src / name).read_bytes()
+    code, _, err = run(capsys, "data", "download", "cube-single-play", "--data-dir", str(data), "--mirror",
+                       server.base(), "--no-progress")  # fmt: skip
+    assert code == 0, err
+    train, _ = datasets.dataset_paths(spec, data)
+    datasets.ensure_dataset("cube-single-play", data)  # present: neither generated nor fetched again
+    assert manifest.entries(data)[train.name]["provenance"] == "downloaded"
+    damaged = bytearray(train.read_bytes())
+    damaged[-50] ^= 0xFF
+    train.write_bytes(bytes(damaged))
+    with pytest.raises(SorlError, match="sorl data download cube-single-play --force"):
+        datasets.ensure_dataset("cube-single-play", data)
