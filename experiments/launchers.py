@@ -146,6 +146,9 @@ def execute_run(run: RunSpec, *, log: bool = True) -> dict[str, Any]:
         except SorlError as e:
             error = str(e)
             print(f"error: {e}", flush=True)
+        except KeyboardInterrupt as e:  # SIGTERM/SIGINT (runner.safety.Interrupted): said in the run's log, re-raised
+            print(f"=== {run.id}: interrupted: {e}", flush=True)
+            raise
         except Exception as e:  # noqa: BLE001 - a crash of one run must not stop the sweep
             traceback.print_exc()
             error = f"{type(e).__name__}: {_first_line(str(e)) or 'see the log'}"
@@ -333,7 +336,11 @@ class SlurmJobFunction:
     def __call__(
         self, runs: list[RunSpec], workers: int | None = None, compile_cache: str | None = None
     ) -> list[dict[str, Any]]:
-        return run_job_remote(runs, workers, compile_cache)
+        try:
+            return run_job_remote(runs, workers, compile_cache)
+        except KeyboardInterrupt as e:  # stopped at a checkpoint (requeue, preemption, scancel): no result, no trace
+            print(f"interrupted: {_first_line(str(e))}", file=sys.stderr, flush=True)
+            raise SystemExit(getattr(e, "exit_code", 130)) from None
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         import submitit
@@ -489,6 +496,25 @@ def _ended_without_result(sjob: Any, state: str) -> str:
     )
 
 
+def _import_submitit() -> Any:
+    """submitit, imported without its logging set-up (`logging.config.dictConfig` at import closes every handler
+    already installed, absl's included, whose stream may be a stream this process still writes to); its warnings
+    still reach stderr through logging's last-resort handler. Its jobs configure their own logging as usual."""
+    if "submitit" not in sys.modules:
+        saved = os.environ.get("SUBMITIT_LOG_LEVEL")
+        os.environ["SUBMITIT_LOG_LEVEL"] = "NOCONFIG"
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            raise SorlError("the slurm launcher needs submitit: pip install submitit") from None
+        finally:
+            if saved is None:
+                os.environ.pop("SUBMITIT_LOG_LEVEL", None)
+            else:
+                os.environ["SUBMITIT_LOG_LEVEL"] = saved
+    return sys.modules["submitit"]
+
+
 def launch_slurm(
     jobs: Sequence[Job],
     *,
@@ -500,10 +526,7 @@ def launch_slurm(
     compile_cache: str | None = None,
     poll_s: float = 5.0,
 ) -> list[dict[str, Any]]:
-    try:
-        import submitit
-    except ImportError:
-        raise SorlError("the slurm launcher needs submitit: pip install submitit") from None
+    submitit = _import_submitit()
     if options.cluster not in ("slurm", "local", "debug"):
         raise SorlError(f"--submitit-cluster {options.cluster!r}: use slurm, local or debug")
     hint = "run on a Slurm login node, or use --launcher local (--submitit-cluster local tests this path here)"

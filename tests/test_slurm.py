@@ -91,8 +91,7 @@ batch_size = 16
 [settings.sorl]
 denoise_timesteps = 2
 max_k_backprop = 2
-[settings.fql]
-flow_steps = 2
+{fql}
 [launcher.slurm]
 partition = "debug"
 time = 15
@@ -103,6 +102,7 @@ array_parallelism = 2
 
 def write_spec(root: Path, data: Path, name: str, **kw) -> Path:
     values = dict(agents='["sorl", "fql"]', seeds="[1, 2]", variants="", steps=20, log_interval=10)
+    values["fql"] = "[settings.fql]\nflow_steps = 2" if "fql" in kw.get("agents", "fql") else ""
     values.update(kw)
     values.setdefault("checkpoint_interval", values["steps"])
     path = root / f"{name}.toml"
@@ -139,13 +139,17 @@ def in_background(fn, *args, **kwargs):
             raise box["error"]
         return box["value"]
 
+    join.thread = thread
     return join
 
 
-def wait_for(predicate, timeout: float = 300, what: str = "") -> None:
+def wait_for(predicate, background, timeout: float = 300, what: str = "") -> None:
+    """Wait until `predicate()`; fail if it takes too long or the background sweep ends first."""
     t0 = time.time()
     while not predicate():
         assert time.time() - t0 < timeout, f"timed out waiting for {what}"
+        if not background.thread.is_alive():
+            pytest.fail(f"the sweep ended before {what}: {background(0)}")
         time.sleep(0.5)
 
 
@@ -231,12 +235,14 @@ def test_sweep_as_a_job_array_then_rerun_resubmits_only_missing_and_cancelled(sl
     # two runs lost: a rerun submits only those two (one array of 2); one of them is cancelled (scancel)
     for agent in ("sorl", "fql"):
         shutil.rmtree(runs / "cube-single-play-task1" / agent / "seed2")
+    before = {j for j, _ in squeue("array")}
     join = in_background(launchers.sweep, spec, launcher="slurm", slurm=options(array_parallelism=1), progress=False)
-    wait_for(lambda: len(squeue("array")) >= 3, what="the second array")  # the first array's 4 + the new one
-    first_array = summary.done[0]  # noqa: F841
-    new = sorted(j for j, s in squeue("array") if s in ("PENDING", "RUNNING") and j.endswith("_1"))
-    assert new, squeue("array")
-    subprocess.run(["scancel", new[-1]], check=True)  # the second task (fql seed 2, pending behind --%1)
+
+    def second_task() -> list[str]:
+        return [j for j, state in squeue("array") if j not in before and j.endswith("_1") and state == "PENDING"]
+
+    wait_for(second_task, join, what="the second array")
+    subprocess.run(["scancel", second_task()[0]], check=True)  # fql seed 2, pending behind the first (%1)
     again = join()
     out = capsys.readouterr().out
     assert len(again.skipped) == 2 and len(again.done) == 1 and len(again.failed) == 1, out
@@ -254,7 +260,7 @@ def test_sweep_as_a_job_array_then_rerun_resubmits_only_missing_and_cancelled(sl
 
 # -------------------------------------------------------------------------------------------- requeue
 
-REQUEUE_STEPS = 3000
+REQUEUE_STEPS = 20_000
 
 
 def test_requeued_task_resumes_from_its_checkpoint_and_ends_identical(slurm, tmp_path, data_dir):  # noqa: F811
@@ -264,7 +270,7 @@ def test_requeued_task_resumes_from_its_checkpoint_and_ends_identical(slurm, tmp
     variants = '[[variants]]\nname = "a"\n[[variants]]\nname = "b"\n'
     spec = write_spec(
         tmp_path, data_dir, "requeue", agents='["sorl"]', seeds="[1]", variants=variants, steps=REQUEUE_STEPS,
-        log_interval=50, checkpoint_interval=1000,
+        log_interval=500, checkpoint_interval=4000,
     )  # fmt: skip
     runs = tmp_path / "requeue"
     run_a = runs / "a" / "cube-single-play-task1" / "sorl" / "seed1"
@@ -277,19 +283,24 @@ def test_requeued_task_resumes_from_its_checkpoint_and_ends_identical(slurm, tmp
         except FileNotFoundError:
             return 0
 
-    wait_for(lambda: rows() >= 2, what="variant a to train")
-    task = next(j for j, s in squeue("requeue") if j.endswith("_0"))
+    wait_for(lambda: rows() >= 2, join, what="variant a to train")  # its first checkpoint is written
+    running = [j for j, state in squeue("requeue") if j.endswith("_0") and state == "RUNNING"]
+    task = max(running, key=lambda j: int(j.split("_")[0]))  # this sweep's array, not an earlier one
     subprocess.run(["scontrol", "requeue", task], check=True)
     requeued_at = rows()
+    assert not (run_a / "results.json").exists(), "the requeue came after training had finished"
     # a requeued job waits (BeginTime, about two minutes); let it start again at once
-    wait_for(lambda: dict(squeue("requeue")).get(task) == "PENDING", what="the task to be pending again")
+    wait_for(lambda: dict(squeue("requeue")).get(task) == "PENDING", join, what="the task to be pending again")
     subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], check=True)
     summary = join()
     assert len(summary.done) == 2 and not summary.failed, summary
     log = (runs / "logs" / "a__cube-single-play-task1__sorl__seed1.log").read_text()
-    assert "SIGTERM" in log, log[-2000:]
-    assert log.count("=== a/cube-single-play-task1/sorl/seed1\n") == 2  # started twice
-    assert requeued_at < REQUEUE_STEPS // 50, "the requeue came after training had finished"
+    # started twice: the first stopped by SIGTERM at a checkpoint, the second continued from it
+    assert log.count("=== a/cube-single-play-task1/sorl/seed1\n") == 2, log
+    assert "=== a/cube-single-play-task1/sorl/seed1: interrupted: SIGTERM at step " in log, log
+    stopped = int(log.split("interrupted: SIGTERM at step ")[1].split()[0])
+    assert f"from its checkpoint at step {stopped}" in log
+    assert requeued_at < REQUEUE_STEPS // 500
     restart = subprocess.run(["scontrol", "show", "job", task], capture_output=True, text=True).stdout
     assert "Restarts=1" in restart
     assert_same_run(run_a, run_b, optimizer=True)
