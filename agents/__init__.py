@@ -8,6 +8,7 @@ published column, hooks); its line in `AGENTS` is the only other change a new ag
 from __future__ import annotations
 
 from agents.bc import BCAgent
+from agents.fawac import FAWACAgent
 from agents.flow_bc import FlowBCAgent
 from agents.fql import FQLAgent
 from agents.iql import IQLAgent
@@ -23,6 +24,7 @@ AGENTS: dict[str, type] = {
     "iql": IQLAgent,
     "bc": BCAgent,  # Gaussian BC, the published table's BC column
     "flow-bc": FlowBCAgent,  # shortcut-policy BC (named "bc" before Gaussian BC existed)
+    "fawac": FAWACAgent,  # flow policy, advantage-weighted flow matching (FQL's AWR-for-flows baseline)
 }
 
 
