@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from agents.bc import BCAgent
 from agents.fawac import FAWACAgent
+from agents.fbrac import FBRACAgent
 from agents.flow_bc import FlowBCAgent
 from agents.fql import FQLAgent
 from agents.iql import IQLAgent
@@ -25,6 +26,7 @@ AGENTS: dict[str, type] = {
     "bc": BCAgent,  # Gaussian BC, the published table's BC column
     "flow-bc": FlowBCAgent,  # shortcut-policy BC (named "bc" before Gaussian BC existed)
     "fawac": FAWACAgent,  # flow policy, advantage-weighted flow matching (FQL's AWR-for-flows baseline)
+    "fbrac": FBRACAgent,  # flow policy, Q term backpropagated through its Euler ODE (FQL's BPTT baseline)
 }
 
 
