@@ -484,6 +484,8 @@ def _ended_without_result(sjob: Any, state: str) -> str:
     """What to tell the user about an array task that ended with no result from submitit."""
     if state == "CANCELLED":
         why = "was cancelled (scancel, or preempted without requeue)"
+    elif state == "GONE":  # a pending array task cancelled before it ran leaves no record
+        why = "left Slurm's queue without a result (cancelled before it started, or forgotten by slurmctld)"
     elif state == "TIMEOUT":
         why = "ran out of time (raise --time, or --checkpoint-interval so a requeue loses less)"
     elif state in ("OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "PREEMPTED", "DEADLINE"):
@@ -588,7 +590,7 @@ def launch_slurm(
                     if state in ENDED or state == "UNKNOWN":
                         gone[sjob.job_id] = gone.get(sjob.job_id, 0) + 1
                         if gone[sjob.job_id] >= 3:  # the result file would be there by now
-                            state = "ENDED" if state == "UNKNOWN" else state
+                            state = "GONE" if state == "UNKNOWN" else state
                             for o in _failed_job(job, _ended_without_result(sjob, state), str(sjob.paths.stderr)):
                                 outcomes.append(o)
                                 on_outcome(o)

@@ -232,28 +232,28 @@ def test_sweep_as_a_job_array_then_rerun_resubmits_only_missing_and_cancelled(sl
     assert "| cube-single-play | cube-single-play-task1 | sorl |" in table
     assert "| cube-single-play | cube-single-play-task1 | fql |" in table
 
-    # two runs lost: a rerun submits only those two (one array of 2); one of them is cancelled (scancel)
+    # two runs lost: a rerun submits only those two (one array of 2); the running one is cancelled (scancel)
     for agent in ("sorl", "fql"):
         shutil.rmtree(runs / "cube-single-play-task1" / agent / "seed2")
     before = {j for j, _ in squeue("array")}
     join = in_background(launchers.sweep, spec, launcher="slurm", slurm=options(array_parallelism=1), progress=False)
 
-    def second_task() -> list[str]:
-        return [j for j, state in squeue("array") if j not in before and j.endswith("_1") and state == "PENDING"]
+    def first_task() -> list[str]:
+        return [j for j, state in squeue("array") if j not in before and j.endswith("_0") and state == "RUNNING"]
 
-    wait_for(second_task, join, what="the second array")
-    subprocess.run(["scancel", second_task()[0]], check=True)  # fql seed 2, pending behind the first (%1)
+    wait_for(first_task, join, what="the second array to run")
+    subprocess.run(["scancel", first_task()[0]], check=True)  # sorl seed 2, running (fql seed 2 waits: %1)
     again = join()
     out = capsys.readouterr().out
     assert len(again.skipped) == 2 and len(again.done) == 1 and len(again.failed) == 1, out
     assert "submitted 2 jobs as Slurm array " in out
     failed = again.failed[0]
-    assert failed["id"] == "cube-single-play-task1/fql/seed2"
+    assert failed["id"] == "cube-single-play-task1/sorl/seed2"
     assert "was cancelled (scancel, or preempted without requeue)" in failed["error"]
     assert "rerun the same `sorl sweep` command to resubmit them" in failed["error"]
     # and rerunning it resubmits only the cancelled run
     last = launchers.sweep(spec, launcher="slurm", slurm=options(), progress=False)
-    assert len(last.skipped) == 3 and [o["id"] for o in last.done] == ["cube-single-play-task1/fql/seed2"]
+    assert len(last.skipped) == 3 and [o["id"] for o in last.done] == ["cube-single-play-task1/sorl/seed2"]
     assert "submitted 1 jobs as Slurm array " in capsys.readouterr().out
     check_complete(runs)
 
