@@ -344,7 +344,7 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
     if args.video_episodes or args.video_only:
         check_videos(args)
     max_steps = args.max_episode_steps
-    evaluation.validate_grid(Ks, Ns, None)  # powers of two, N >= 1; the trained maximum once the agent is loaded
+    evaluation.check_grid_values(Ks, Ns)  # positive integers; which K the agent takes once it is loaded
     tracking = Tracking.of(args)  # a bad --logger is refused before the evaluation, not after it
     run = runs.RunDir(args.run_dir)
     cfg = run.read_config()
@@ -354,10 +354,11 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
 
         check_video_size(args.video_size, pixels=pixels)  # a pixel task's size: now, not after the grid
     agent, step = load_run(run)
-    if args.video_episodes and args.video_K:  # a K above the trained one: said now, not after the grid
-        evaluation.validate_grid((args.video_K,), (args.video_N,), agent.max_K)
+    name = runs.agent_name(cfg)
+    if args.video_episodes and args.video_K:  # a K the agent does not take: said now, not after the grid
+        evaluation.validate_grid((args.video_K,), (args.video_N,), agent.max_K, agent, name)
     if not args.video_only:
-        evaluation.validate_grid(Ks, Ns, agent.max_K)
+        evaluation.validate_grid(Ks, Ns, agent.max_K, agent, name)
         note = evaluation.grid_note(agent, runs.agent_name(cfg), Ks, Ns)
         if note:
             print(note, flush=True)
@@ -410,12 +411,12 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
 def check_videos(args: EvalArgs) -> None:
     """The video flags, and a headless renderer (`envs.rendering`): one error line before any evaluation."""
     from envs.rendering import gl_backend
-    from runner.evaluation import validate_grid
+    from runner.evaluation import check_grid_values
     from runner.video import check_video_size
 
     if args.video_only and not args.video_episodes:
         raise SorlError("--video-only films --video-episodes episodes: give --video-episodes N")
-    validate_grid((args.video_K or 1,), (args.video_N,), None)
+    check_grid_values((args.video_K or 1,), (args.video_N,))  # which K the agent takes: once it is loaded
     check_video_size(args.video_size)
     gl_backend()
 
@@ -471,10 +472,10 @@ class VerifierArgs:
 def verifier(args: Annotated[VerifierArgs, tyro.conf.arg(name="")]) -> None:
     """Probe a SORL run's Q verifier against best-of-N candidates' actual returns; writes verifier.json."""
     from experiments import verifier as v
-    from runner.evaluation import validate_grid
+    from runner.evaluation import check_grid_values
 
     check_positive("--states", args.states)
-    validate_grid((args.K,), (args.N,), None)
+    check_grid_values((args.K,), (args.N,))  # which K the run's agent takes: `check_probe`, once it is read
     record = v.verifier_quality(args.run_dir, K=args.K, N=args.N, states=args.states, seed=args.seed)
     path = v.write_verifier(args.run_dir, record)
     print(v.format_verifier([args.run_dir]), end="")

@@ -699,15 +699,34 @@ def check_table_options(
     *, K: int | None = None, N: int | None = None, reps: int = BOOTSTRAP_REPS, last: int = 1
 ) -> None:
     """The numeric options of `sorl table` (and the plots' shared ones), checked before any run is read: one
-    SorlError naming the flag and what it takes."""
+    SorlError naming the flag and what it takes. Which K the runs' agents take is asked once they are read
+    (`check_cell_K`)."""
     for flag, value in (("--K", K), ("--N", N)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise SorlError(f"{flag} {value}: a cell's {flag[2:]} is at least 1")
-    if K is not None and K & (K - 1):
-        raise SorlError(f"--K {K}: sampling steps are a power of two (1, 2, 4, 8, ...)")
     check_reps(reps)
     if isinstance(last, bool) or not isinstance(last, int) or last < 1:
         raise SorlError(f"--last {last}: average at least 1 logged row")
+
+
+def check_cell_K(records: Sequence[RunRecord], K: int | None) -> None:
+    """`--K` against the agents of the runs read: one SorlError when none of them takes K sampling steps, naming
+    each agent and what it takes (`sorl.agent.Agent.check_K`; an agent no longer registered: the contract's
+    default rule). A K some agent takes selects that cell; the others' rows are left out with a note."""
+    if K is None or not records:
+        return
+    from agents import AGENTS
+    from sorl.agent import K_rule
+
+    names = sorted({r.agent for r in records})
+    rules = {name: K_rule(AGENTS.get(name, object())) for name in names}
+    if any(rule.takes_K(K) for rule in rules.values()):
+        return
+    try:
+        rules[names[0]].check_K(K, name=names[0])
+    except SorlError as e:
+        others = "; ".join(f"{n} takes {rules[n].K_accepted()}" for n in names[1:])
+        raise SorlError(f"--K {K}: no agent of these runs takes it: {e}" + (f"; {others}" if others else "")) from None
 
 
 def check_reps(reps: int) -> None:
@@ -735,6 +754,7 @@ def table(
     if compare:
         paper.published(compare)  # a missing or unreadable --compare file: said before any run is read
     runset = load_runs(paths)
+    check_cell_K(runset.records, K)
     rows, notes = table_rows(runset, K=K, N=N, levels=levels, compare=compare, reps=reps)
     if not rows:
         raise SorlError("no run has the requested (K, N) cell; `sorl table --help` shows how to pick one")
@@ -763,6 +783,7 @@ def diagnostics(
     if not keys:
         raise SorlError("--diagnostics: name train.csv columns, e.g. actor/mse,critic/q_max")
     runset = load_runs(paths)
+    check_cell_K(runset.records, K)
     from envs.registry import ENVIRONMENTS
 
     env_order = {name: i for i, name in enumerate(ENVIRONMENTS)}

@@ -25,6 +25,7 @@ import numpy as np
 from experiments.aggregate import (
     STATS,
     RunRecord,
+    check_cell_K,
     check_table_options,
     default_cell,
     load_runs,
@@ -354,6 +355,7 @@ def plot_curves(
     formats = check_plot_options(stat=stat, formats=formats, reps=reps, K=K, N=N, out=out_dir)
     plt = _pyplot()
     runset = load_runs(paths)
+    check_cell_K(runset.records, K)
     methods = _by_method(runset.records)
     evals = {id(r): read_csv(r.path / "eval.csv") for r in runset.records}
     trains = {id(r): read_csv(r.path / "train.csv") for r in runset.records}

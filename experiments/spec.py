@@ -566,8 +566,8 @@ def check_run_settings(
     where: str, agent: str, task: Any, config: Any, train: Mapping[str, Any], ev: Mapping[str, Any], eval_scope: str
 ) -> None:
     """What `runner.pixels.pipeline` and the Trainer would refuse in every run of (agent, task), said now with the
-    spec key: p_aug on a state task, online steps on a pixel task or with frame stacking, a K above the agent's
-    largest (evaluation grid, online acting policy, filmed cell)."""
+    spec key: p_aug on a state task, online steps on a pixel task or with frame stacking, a K the agent does not take
+    or above its largest (evaluation grid, online acting policy, filmed cell)."""
     name, pixels = task.name, bool(task.env.pixels)
     p_aug, frame_stack, online = train.get("p_aug"), train.get("frame_stack"), train.get("online_steps")
     if p_aug and not pixels:
@@ -585,13 +585,23 @@ def check_run_settings(
             f"{where}: [train] online_steps = {online} with frame_stack = {frame_stack} on {name}: the online "
             "phase does not stack frames yet; drop one of them"
         )
+    from agents import get_agent
+    from sorl.agent import K_rule
+
     max_K = agent_max_K(agent, config)
+    candidates = [(f"[{eval_scope}] K", k) for k in ev.get("K") or ()]
+    if online and train.get("online_K") is not None:
+        candidates.append(("[train] online_K", train["online_K"]))
+    if ev.get("video_episodes") and ev.get("video_K") is not None:
+        candidates.append(("[eval] video_K", ev["video_K"]))
+    rule = K_rule(get_agent(agent))
+    for key, K in candidates:  # the agent's own rule (`Agent.check_K`): a power of two for the shortcut agents
+        if not rule.takes_K(K):
+            try:
+                rule.check_K(K, max_K, name=agent)
+            except SorlError as e:
+                raise SorlError(f"{where}: {key} = {K} on {name}: {e}") from None
     if max_K is not None:
-        candidates = [(f"[{eval_scope}] K", k) for k in ev.get("K") or ()]
-        if online and train.get("online_K") is not None:
-            candidates.append(("[train] online_K", train["online_K"]))
-        if ev.get("video_episodes") and ev.get("video_K") is not None:
-            candidates.append(("[eval] video_K", ev["video_K"]))
         too_big = [(key, k) for key, k in candidates if k > max_K]
         if too_big:
             key, K = too_big[0]

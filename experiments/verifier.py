@@ -94,20 +94,20 @@ def check_probe(
 ) -> tuple[runs.RunDir, dict[str, Any]]:
     """A probe's arguments checked against the run before anything is built or compiled: the run directory and
     its config, state observations, the agent (a Q verifier when `needs_verifier`, a K-step sampler when
-    `needs_K`), every K a power of two the agent takes, N and the seed, and a complete checkpoint. One SorlError
+    `needs_K`), every K one the agent takes (`Agent.check_K`), N and the seed, and a complete checkpoint. One SorlError
     naming the argument and the fix; returns (run, config.json)."""
     import inspect
 
     from agents import AGENTS
     from experiments.spec import agent_max_K
     from runner.checkpoint import latest_step
-    from runner.evaluation import validate_grid
+    from runner.evaluation import check_grid_values, validate_grid
     from sorl.agent import Agent
     from sorl.config import config_from_dict
 
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise SorlError(f"--seed {seed}: a probe seed is a non-negative integer")
-    validate_grid(tuple(Ks), (N,), None)  # powers of two, N >= 1: before the run is read
+    check_grid_values(tuple(Ks), (N,))  # positive integers: before the run is read
     path = Path(run_dir)
     if not path.is_dir():
         raise SorlError(f"{path}: no such run directory; give a trained run (a directory holding config.json)")
@@ -132,7 +132,7 @@ def check_probe(
         max_K = agent_max_K(name, config_from_dict(agent_cls.Config, cfg["agent_config"]))
     except SorlError as e:
         raise SorlError(f"{run.config} is corrupt ({e}); retrain the run") from None
-    validate_grid(tuple(Ks), (N,), max_K)
+    validate_grid(tuple(Ks), (N,), max_K, agent_cls, name)
     if latest_step(run.checkpoints) is None:
         raise SorlError(f"{run.path} has no complete checkpoint; train it first (`sorl train ... --run-dir {path}`)")
     return run, cfg

@@ -67,14 +67,29 @@ def parse_int_list(text: str | Sequence[int] | int, name: str) -> tuple[int, ...
     return tuple(out)
 
 
-def validate_grid(Ks: Sequence[int], Ns: Sequence[int], max_K: int | None) -> None:
-    """Every K a power of two <= max_K and every N >= 1, else SorlError (via `sorl.inference.validate_K_N`)."""
+def validate_grid(
+    Ks: Sequence[int], Ns: Sequence[int], max_K: int | None, agent: Any = None, name: str | None = None
+) -> None:
+    """Every K one `agent` takes up to max_K (its `check_K`; no agent: the contract's default rule, a power of two)
+    and every N >= 1, else SorlError (via `sorl.inference.validate_K_N`). `name`: the agent's registry name."""
     from sorl.inference import validate_K_N
 
     for K in Ks:
-        validate_K_N(K, 1, max_K)
+        validate_K_N(K, 1, max_K, agent, name)
     for N in Ns:
-        validate_K_N(1, N, max_K)
+        validate_K_N(1, N, max_K, agent, name)
+
+
+def check_grid_values(Ks: Sequence[int], Ns: Sequence[int]) -> None:
+    """The grid's check where no agent is known yet (a settings field, a spec value, a flag before the run is read):
+    every K and N a positive integer. Which K an agent takes is its own rule (`sorl.agent.Agent.check_K`), asked by
+    `validate_grid` once the agent is known. Imports no JAX (the command line's settings run it)."""
+    for K in Ks:
+        if isinstance(K, bool) or not isinstance(K, int | np.integer) or K < 1:
+            raise SorlError(f"K={K}: the number of sampling steps must be a positive integer")
+    for N in Ns:
+        if isinstance(N, bool) or not isinstance(N, int | np.integer) or N < 1:
+            raise SorlError(f"N={N}: the number of best-of-N candidates must be an integer >= 1")
 
 
 def grid_note(agent: Any, name: str, Ks: Sequence[int], Ns: Sequence[int]) -> str | None:
@@ -433,7 +448,7 @@ def evaluate(
     Ks = parse_int_list(Ks, "K")
     Ns = parse_int_list(Ns, "N")
     check_positive("episodes", episodes)
-    validate_grid(Ks, Ns, getattr(agent, "max_K", None))
+    validate_grid(Ks, Ns, getattr(agent, "max_K", None), agent)
     check_positive("envs", envs, allow_none=True)
     if policy is None:
         from sorl.inference import make_policy_fn

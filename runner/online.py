@@ -36,6 +36,7 @@ import numpy as np
 
 from runner import evaluation, safety
 from runner.evaluation import MakeEnv, episode_seed
+from sorl.agent import K_rule
 from sorl.chunk import distinct_buffers
 from sorl.errors import SorlError
 from sorl.inference import validate_K_N
@@ -122,15 +123,23 @@ def _agent_max_K(agent_cls: type, config: Any) -> int | None:
         return None
 
 
-def check_online_settings(settings: Any, agent_cls: type, config: Any) -> None:
-    """The online phase's settings that need the agent, checked before anything is loaded or written: the acting K
-    (a power of two within the agent's largest) and N. The settings' own checks (`TrainSettings.validate`) come first.
+def check_online_settings(settings: Any, agent_cls: type, config: Any, name: str | None = None) -> None:
+    """The settings that need the agent, checked before anything is loaded or written: every K of the evaluation grid
+    and of the filmed cell against the agent's rule (`Agent.check_K`; its largest K is checked once the agent is
+    built, `Trainer.resume`), and the online phase's acting K and N, within its largest K too. The settings' own checks
+    (`TrainSettings.validate`) come first. `name`: the agent's registry name.
     """
+    evaluation.validate_grid(settings.Ks, settings.Ns, None, agent_cls, name)
+    if settings.video_episodes:
+        evaluation.validate_grid(settings.video_cell[:1], settings.video_cell[1:], None, agent_cls, name)
     if not settings.online_steps:
         return
     K, N = acting_policy(settings)
+    max_K = agent_max_K(agent_cls, config)
+    if not K_rule(agent_cls).takes_K(K):  # the rule itself, as the flag spells it
+        K_rule(agent_cls).check_K(K, max_K, name=name, what=f"--online-K {K}: the acting policy's sampling steps")
     try:
-        validate_K_N(K, N, agent_max_K(agent_cls, config))
+        validate_K_N(K, N, max_K, agent_cls, name)
     except SorlError as e:
         raise SorlError(f"--online-K {K} --online-N {N}: {e}") from None
 

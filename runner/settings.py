@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from runner.evaluation import parse_int_list, validate_grid
+from runner.evaluation import check_grid_values, parse_int_list
 from runner.tracking import check_wandb_mode, parse_loggers
 from sorl.errors import SorlError
 from sorl.validation import check_positive
@@ -87,7 +87,8 @@ class TrainSettings:
     eval_episodes: int = option(50, check="positive", spec=("eval", "episodes"), record=("eval", "episodes"))
     """Evaluation episodes per (K, N) cell."""
     eval_K: str = option("1,2,4,8", check="int-list", spec=("eval", "K"), record=("eval", "K"))
-    """Sampling steps evaluated during and after training (comma-separated powers of two)."""
+    """Sampling steps evaluated during and after training (comma-separated; those the agent takes: powers of two
+    for the shortcut policies)."""
     eval_N: str = option("1", check="int-list", spec=("eval", "N"), record=("eval", "N"))
     """Best-of-N candidate counts evaluated (comma-separated)."""
     checkpoint_interval: int | None = option(
@@ -221,17 +222,13 @@ class TrainSettings:
     """Settings of the online phase: an error without --online-steps."""
 
     def check_online(self) -> None:
-        """The online settings against each other (the acting K against the agent: `runner.online`)."""
+        """The online settings against each other (the acting K against the agent's rule: `runner.online`)."""
         if not self.online_steps:
             for name in self.ONLINE_ONLY:
                 if getattr(self, name) not in (None, False):
                     flag = f"--{name.replace('_', '-')}"
                     raise SorlError(f"{flag} sets the online phase, which this run does not have: add --online-steps N "
                                     f"or drop {flag}")  # fmt: skip
-        if self.online_K is not None and self.online_K & (self.online_K - 1):
-            raise SorlError(
-                f"--online-K {self.online_K}: the acting policy's sampling steps must be a power of two (1, 2, 4, ...)"
-            )
 
     @classmethod
     def of(cls, **options: Any) -> TrainSettings:
@@ -357,8 +354,8 @@ def check_value(f: dataclasses.Field, value: Any, name: str) -> None:
         check_wandb_mode(value, name)
     elif check == "int-list":
         values = parse_int_list(value, name)
-        # K a power of two, N >= 1; the trained maximum of K is checked once the agent exists
-        validate_grid(values, (), None) if f.name == "eval_K" else validate_grid((), values, None)
+        # positive integers; which K the agent takes (and up to which maximum) is asked once it is known
+        check_grid_values(values, ()) if f.name == "eval_K" else check_grid_values((), values)
 
 
 def _spec_form(f: dataclasses.Field, value: Any) -> Any:

@@ -247,7 +247,8 @@ class Trainer:
         self.agent_cls, self.config, self.env_settings = resolve_agent_config(
             agent, self.env_name, self.agent_overrides, agent_cls, online=bool(self.settings.online_steps)
         )
-        check_online_settings(self.settings, self.agent_cls, self.config)  # the acting K, before anything is read
+        # the evaluated and acting K against the agent's rule, before anything is read
+        check_online_settings(self.settings, self.agent_cls, self.config, agent)
         self.seeds, self.run_dir_of, self.strategy = list(seeds), run_dir_of, strategy
         self.load_task, self.make_env = load_task, make_env
         # Frame stacking and augmentation happen on the device (runner.pixels); evaluation stacks frames too, and
@@ -447,9 +448,9 @@ class Trainer:
         against its agent and its config.json made. Reads only: `write` writes, once every seed is checked."""
         s = self.settings
         sr.state = initial_state(self.agent_cls, self.config, sr.seed, self.example_obs, self.example_act)
-        validate_grid(s.Ks, s.Ns, sr.state["agent"].max_K)
+        validate_grid(s.Ks, s.Ns, sr.state["agent"].max_K, self.agent_cls, self.agent)
         if s.video_episodes:
-            validate_grid(s.video_cell[:1], s.video_cell[1:], sr.state["agent"].max_K)
+            validate_grid(s.video_cell[:1], s.video_cell[1:], sr.state["agent"].max_K, self.agent_cls, self.agent)
         note = grid_note(sr.state["agent"], self.agent, s.Ks, s.Ns)
         if note and first:
             print(note, flush=True)

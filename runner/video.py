@@ -229,7 +229,7 @@ def record_episodes(
     from envs.rendering import gl_backend
     from runner.pixels import eval_pool
 
-    validate_grid((K,), (N,), getattr(agent, "max_K", None))
+    validate_grid((K,), (N,), getattr(agent, "max_K", None), agent)
     check_video_size(size, pixels=pixels)
     if episodes < 1:
         raise SorlError(f"video episodes={episodes}: must be a positive integer")

@@ -18,7 +18,14 @@ Every agent implements:
 
 and may override these hooks, whose defaults suit most agents:
 
-- `max_K`: the largest K it was trained for (None: K does not apply, every power of two is accepted);
+- `max_K`: the largest K it was trained for (None: no maximum, or K does not apply);
+- `check_K(K, max_K)` (a classmethod) and `K_POWERS_OF_TWO`: which sampling step counts it takes, refusing any other
+  in one line that names the agent and what it takes. The default is the shortcut sampler's rule, a power of two up
+  to `max_K`; an agent whose sampler has no step-size input (a plain flow field's Euler steps) sets
+  `K_POWERS_OF_TWO = False` and takes any K >= 1 up to `max_K`. Every place that checks a K against a known agent
+  asks it (`sorl.inference.validate_K_N`, the evaluation grid, the online acting policy, videos, sweep specs, the
+  probes); where the agent is not known yet a K need only be a positive integer
+  (`runner.evaluation.check_grid_values`);
 - `GRID_NOTES`: the test-time axes ("K", "N") that cannot change its action, and why (printed once per
   evaluation grid, `runner.evaluation.grid_note`);
 - `train_update(batch)`: the update as the training loop runs it (default `update`; SORL draws its step counts
@@ -49,13 +56,16 @@ in about one trace in ten, in a probe). `check_own_config` refuses such a class 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import flax
 import jax
+import numpy as np
 
 from sorl.errors import SorlError
+from sorl.shortcut import is_power_of_two
 from sorl.sources import Tuned
 
 Array = jax.Array
@@ -78,6 +88,9 @@ class Agent(flax.struct.PyTreeNode):
     """The column of the published table (`experiments.paper.PUBLISHED`) this agent is compared with; None: none."""
     PUBLISHED_AS: ClassVar[str] = ""
     """What produces our side of that column (the agent and its update), for `experiments.paper.our_side`."""
+    K_POWERS_OF_TWO: ClassVar[bool] = True
+    """The sampling step counts it takes (`check_K`): powers of two (the shortcut sampler's step codes d = log2 K),
+    or, False, any K >= 1 (a sampler without a step-size input); either up to `max_K` where it has one."""
 
     @classmethod
     def create(cls, rng: Array | int, example_observations: Array, example_actions: Array, config: Any = None):
@@ -91,8 +104,43 @@ class Agent(flax.struct.PyTreeNode):
 
     @property
     def max_K(self) -> int | None:
-        """The largest sampling step count this agent was trained for; None where K does not apply."""
+        """The largest sampling step count this agent was trained for; None: no maximum (or K does not apply)."""
         return None
+
+    @classmethod
+    def takes_K(cls, K: int, max_K: int | None = None) -> bool:
+        """Whether this agent samples with `K` steps (`K_POWERS_OF_TWO`, at most `max_K`)."""
+        if not is_positive_int(K) or (max_K is not None and max_K < K):
+            return False
+        return is_power_of_two(K) or not cls.K_POWERS_OF_TWO
+
+    @classmethod
+    def K_accepted(cls, max_K: int | None = None) -> str:
+        """What `takes_K` accepts, in words, for the refusals: 'K = 1, 2, 4 or 8', 'any K >= 1', ..."""
+        if max_K is None:
+            return "any power of two K (1, 2, 4, 8, ...)" if cls.K_POWERS_OF_TWO else "any K >= 1"
+        if not cls.K_POWERS_OF_TWO:
+            return f"K = 1 to {max_K}" if max_K > 1 else "K = 1"
+        Ks = [str(2**i) for i in range(max(max_K, 1).bit_length())]
+        return "K = " + (f"{', '.join(Ks[:-1])} or {Ks[-1]}" if len(Ks) > 1 else Ks[0])
+
+    @classmethod
+    def check_K(cls, K: int, max_K: int | None = None, *, name: str | None = None, what: str | None = None) -> None:
+        """Raise a one-line SorlError unless this agent takes `K` sampling steps; the line ends naming the agent
+        (`name`, default its registry name) and what it takes. `what` replaces the line's opening ('K=3: the number of
+        sampling steps', the online phase's '--online-K 3: the acting policy's sampling steps')."""
+        takes = f"{name or agent_name(cls)} takes {cls.K_accepted(max_K)}"
+        what = what or f"K={K}: the number of sampling steps"
+        if not is_positive_int(K):
+            must = "a power of two (1, 2, 4, 8, ...)" if cls.K_POWERS_OF_TWO else "a positive integer"
+            raise SorlError(f"{what} must be {must}; {takes}")
+        if cls.K_POWERS_OF_TWO and not is_power_of_two(K):
+            raise SorlError(f"{what} must be a power of two (1, 2, 4, 8, ...); {takes}")
+        if max_K is not None and max_K < K:
+            raise SorlError(
+                f"K={K} is above the largest step count this agent was trained for ({max_K}, its denoise_timesteps); "
+                f"use K <= {max_K} or train with --agent.denoise_timesteps={K}; {takes}"
+            )
 
     def train_update(self, batch: Batch) -> tuple[Agent, dict[str, Array]]:
         """The update as the training loop runs it."""
@@ -106,6 +154,29 @@ class Agent(flax.struct.PyTreeNode):
     def prepare_dataset(dataset: Mapping[str, Array]) -> Mapping[str, Array]:
         """The training dataset with any keys this agent's batches need beyond the standard ones."""
         return dataset
+
+
+def is_positive_int(n: Any) -> bool:
+    return isinstance(n, int | np.integer) and not isinstance(n, bool) and n >= 1
+
+
+def K_rule(agent: Any) -> type:
+    """The class whose `check_K` decides for `agent` (an agent, an agent class, or anything with a `max_K`): its
+    own class where it follows the contract, else `Agent` (the default rule)."""
+    cls = agent if isinstance(agent, type) else type(agent)
+    return cls if issubclass(cls, Agent) else Agent
+
+
+def agent_name(agent_cls: type) -> str:
+    """The name `agent_cls` is registered under in `agents.AGENTS` (where that registry is loaded), else its class
+    name ('this agent' for the contract itself). Read from the loaded module: the core does not import the agents."""
+    if agent_cls is Agent:
+        return "this agent"
+    registry = getattr(sys.modules.get("agents"), "AGENTS", None) or {}
+    for name, cls in registry.items():
+        if cls is agent_cls:
+            return name
+    return agent_cls.__name__
 
 
 def check_own_config(agent_cls: type) -> None:

@@ -14,23 +14,19 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from sorl.agent import K_rule
 from sorl.errors import SorlError
-from sorl.shortcut import is_power_of_two
 
 Array = jax.Array
 SampleFn = Callable[[Array, Array], Array]  # (observations [B, O], rng) -> actions [B, A]
 ScoreFn = Callable[[Array, Array], Array]  # (observations [B, O], actions [B, A]) -> scores [B]
 
 
-def validate_K_N(K: int, N: int, max_K: int | None = None) -> None:
-    """Raise a one-line `SorlError` unless K is a power of two within the trained maximum and N >= 1."""
-    if not is_power_of_two(K):
-        raise SorlError(f"K={K}: the number of sampling steps must be a power of two (1, 2, 4, 8, ...)")
-    if max_K is not None and max_K < K:
-        raise SorlError(
-            f"K={K} is above the largest step count this agent was trained for ({max_K}, its denoise_timesteps); "
-            f"use K <= {max_K} or train with --agent.denoise_timesteps={K}"
-        )
+def validate_K_N(K: int, N: int, max_K: int | None = None, agent: Any = None, name: str | None = None) -> None:
+    """Raise a one-line `SorlError` unless `agent` takes K sampling steps within the trained maximum
+    (`sorl.agent.Agent.check_K`; no agent: the contract's default, a power of two) and N >= 1. `agent` is an agent
+    or its class; `name` its registry name for the message (default: looked up)."""
+    K_rule(agent if agent is not None else object()).check_K(K, max_K, name=name)
     if isinstance(N, bool) or not isinstance(N, int) or N < 1:
         raise SorlError(f"N={N}: the number of best-of-N candidates must be an integer >= 1")
 
@@ -75,7 +71,7 @@ def make_policy_fn() -> Callable[[Any, Array, Array, int, int], Array]:
     """
 
     def policy(agent: Any, observations: Array, rng: Array, K: int, N: int) -> Array:
-        validate_K_N(K, N, getattr(agent, "max_K", None))
+        validate_K_N(K, N, getattr(agent, "max_K", None), agent)
         observations = jnp.asarray(observations)
         if observations.ndim == 1:
             return _policy(agent, observations[None], rng, K=K, N=N)[0]
