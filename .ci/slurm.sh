@@ -17,6 +17,7 @@ set -uo pipefail
 
 DIR="${SORL_SLURM_DIR:-/var/tmp/sorl-slurm}"
 CONF="$DIR/slurm.conf"
+MUNGE_PID=/run/munge/sorl-munged.pid # where munged (running as user munge) can write it
 export SLURM_CONF="$CONF"
 PACKAGES=(slurmctld slurmd slurm-client munge)
 
@@ -82,8 +83,8 @@ write_conf() {
   fi
   mem=$((mem * 9 / 10)) # leave the rest to the system
   def_mem=$((mem / cpus / 2))
-  mkdir -p "$DIR/state" "$DIR/spool" "$DIR/log"
-  cat >"$CONF" <<EOF
+  mkdir -p "$DIR/state" "$DIR/spool" "$DIR/log" 2>/dev/null || return 1
+  cat >"$CONF" 2>/dev/null <<EOF || return 1
 # written by .ci/slurm.sh for tests/test_slurm.py: one node, partition debug, no cgroups, no accounting
 ClusterName=sorl-ci
 SlurmctldHost=$host(127.0.0.1)
@@ -119,6 +120,7 @@ EOF
   if [ ! -e /etc/slurm/slurm.conf ] && [ -d /etc/slurm ] && [ -w /etc/slurm ]; then
     ln -s "$CONF" /etc/slurm/slurm.conf
   fi
+  return 0
 }
 
 start_munge() {
@@ -141,9 +143,9 @@ start_munge() {
   mkdir -p /run/munge /var/lib/munge /var/log/munge
   if id munge >/dev/null 2>&1; then
     chown munge:munge /run/munge /var/lib/munge /var/log/munge
-    runuser -u munge -- munged --pid-file="$DIR/munged.pid" || return 1
+    runuser -u munge -- munged --pid-file="$MUNGE_PID" || return 1
   else
-    munged --force --pid-file="$DIR/munged.pid" || return 1
+    munged --force --pid-file="$MUNGE_PID" || return 1
   fi
   for _ in $(seq 20); do
     timeout 5 munge -n </dev/null 2>/dev/null | timeout 5 unmunge >/dev/null 2>&1 && return 0
@@ -183,10 +185,12 @@ do_start() {
 }
 
 do_stop() {
-  local name pid
+  local name pid file
   for name in slurmd slurmctld munged; do
-    if alive "$DIR/$name.pid"; then
-      pid=$(cat "$DIR/$name.pid")
+    file="$DIR/$name.pid"
+    [ "$name" = munged ] && file="$MUNGE_PID"
+    if alive "$file"; then
+      pid=$(cat "$file")
       kill "$pid" 2>/dev/null
       for _ in $(seq 40); do
         kill -0 "$pid" 2>/dev/null || break
@@ -194,7 +198,7 @@ do_stop() {
       done
       kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
     fi
-    rm -f "$DIR/$name.pid"
+    rm -f "$file"
   done
   echo "slurm: stopped"
 }
