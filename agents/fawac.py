@@ -15,8 +15,8 @@ flow-matching error instead. Three networks, one Adam step of the summed losses 
 
 (K, N): K is the number of Euler steps of the flow policy at test time (the reference samples with `flow_steps`
 = 10 for training and evaluation alike); N > 1 draws N noises and keeps the action the critic scores highest
-(`agg_j Q_j(x, a)`, the project's verifier `sorl.inference.sample_best_of_n`). The published cell is (K, N) =
-(`flow_steps`, 1).
+(`agg_j Q_j(x, a)`, the project's verifier `sorl.inference.sample_best_of_n`). K is any step count >= 1
+(`K_POWERS_OF_TWO = False`); the published cell is (K, N) = (`flow_steps`, 1) = (10, 1).
 
 Parameter convention (as agents/fql.py): each loss receives the dict of online parameters it may move, and every
 other network it reads is wrapped in an explicit `stop_gradient`; targets are read from `self`.
@@ -25,7 +25,7 @@ other network it reads is wrapped in an explicit `stop_gradient`; targets are re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import flax
 import jax
@@ -64,6 +64,9 @@ class FAWACAgent(Agent):
     opt_state: dict[str, Any]
     action_dim: int = flax.struct.field(pytree_node=False)
     config: FAWACConfig = flax.struct.field(pytree_node=False)
+
+    K_POWERS_OF_TWO: ClassVar[bool] = False
+    """Its K is any number of Euler steps >= 1 (a plain flow field has no step-size input): the reference's 10 too."""
 
     # The FQL paper tunes FAWAC's inverse temperature per environment; its appendix table could not be read here,
     # so every entry is unverified. discount follows FQL's commands for every agent.
@@ -184,7 +187,7 @@ class FAWACAgent(Agent):
     def sample_actions(self, observations: Array, rng: Array, K: int = 1, N: int = 1) -> Array:
         """`[B, A]` actions of the flow policy with K Euler steps; N > 1 keeps the best of N noises by
         `agg_j Q_j(x, a)` (N = 1 never asks the critic)."""
-        validate_K_N(K, N, self.max_K)
+        validate_K_N(K, N, self.max_K, self)
         actor = self.params["actor"]
 
         def sample_fn(obs: Array, key: Array) -> Array:
