@@ -12,12 +12,12 @@ Two networks are trained together, one Adam step of the summed losses per update
 - `critic`, a Q ensemble on the flow policy's next actions (`flow_steps` steps, no gradient), EMA target.
 
 (K, N) at test time: K is the number of Euler steps of the same ODE (`sorl.shortcut.euler`, the integrator every
-flow policy here uses; FBRAC's field is a plain flow field, so no step code is passed). The flow-matching loss
-trains the field at every t in [0, 1), so any K integrates the ODE it learned; the Q term shaped it at
-`flow_steps` steps (the reference's 10). `max_K` is therefore None: every power of two that
-`sorl.inference.validate_K_N` accepts is a valid K (the evaluation grid's default 1, 2, 4, 8; K = 8 is the
-nearest cell to the training-time 10). N > 1 draws N noises and keeps the action its critic scores highest
-(`agg_j Q_j(x, a)` with `q_agg`; `sorl.inference.sample_best_of_n`). Default cell: K = 8, N = 1.
+flow policy here uses; FBRAC's field is a plain flow field with no step-size input, so no step code is passed and
+any K >= 1 is taken: `K_POWERS_OF_TWO = False`). The flow-matching loss trains the field at every t in [0, 1), so
+any K integrates the ODE it learned; the Q term shaped it at `flow_steps` steps (the reference's 10). `max_K` is
+therefore None (no trained maximum). N > 1 draws N noises and keeps the action its critic scores highest
+(`agg_j Q_j(x, a)` with `q_agg`; `sorl.inference.sample_best_of_n`). Default cell, the reference's and its published
+one: (K, N) = (`flow_steps`, 1) = (10, 1).
 
 Parameter convention (as agents/fql.py): each loss receives the dict of online parameters it may move, and every
 other network it reads is wrapped in an explicit `stop_gradient`; targets are read from `self`.
@@ -26,7 +26,7 @@ other network it reads is wrapped in an explicit `stop_gradient`; targets are re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import flax
 import jax
@@ -60,6 +60,8 @@ class FBRACAgent(Agent):
     action_dim: int = flax.struct.field(pytree_node=False)
     config: FBRACConfig = flax.struct.field(pytree_node=False)
 
+    K_POWERS_OF_TWO: ClassVar[bool] = False
+    """Euler steps of a plain flow field: any K >= 1 (`sorl.agent.Agent.check_K`)."""
     ENV_SETTINGS = {
         # Value Flows runs FBRAC itself only where FQL's paper has no number (it reuses FQL's for the rest).
         "cube-triple-play": verified(VALUE_FLOWS_README, alpha=100.0, discount=0.995),
@@ -165,7 +167,7 @@ class FBRACAgent(Agent):
     def sample_actions(self, observations: Array, rng: Array, K: int = 1, N: int = 1) -> Array:
         """`[B, A]` actions of the flow policy with K Euler steps; N > 1 keeps the best of N noises by
         `agg_j Q_j(x, a)` (the project's best-of-N verifier)."""
-        validate_K_N(K, N, self.max_K)
+        validate_K_N(K, N, self.max_K, self)
         flow = self.params["actor_flow"]
 
         def sample_fn(obs: Array, key: Array) -> Array:

@@ -184,19 +184,20 @@ def test_q_term_gradient_flows_through_every_euler_step():
 def test_sample_actions_K_N():
     agent = make_agent("fbrac", flow_steps=3)
     obs = BATCH_DATA["observations"]
-    assert agent.max_K is None  # the flow field is trained at every t: every power-of-two K integrates it
-    for K in (1, 2, 8):
+    # The flow field is trained at every t and has no step-size input: any K >= 1 integrates it, no maximum.
+    assert agent.max_K is None and not FBRACAgent.K_POWERS_OF_TWO
+    for K in (1, 3, 10):
         for N in (1, 3):
             a = agent.sample_actions(obs, RNG, K=K, N=N)
             assert a.shape == (obs.shape[0], ACT) and bool(jnp.all(jnp.abs(a) <= 1))
     # K changes the action (Euler steps of one ODE); N = 1 is the verifier's first-key sample.
     assert not np.allclose(agent.sample_actions(obs, RNG, K=1), agent.sample_actions(obs, RNG, K=8))
     np.testing.assert_allclose(
-        agent.sample_actions(obs, RNG, K=4),
-        agent.flow_actions(agent.params["actor_flow"], obs, agent._noise(RNG, obs), 4),
+        agent.sample_actions(obs, RNG, K=10),
+        agent.flow_actions(agent.params["actor_flow"], obs, agent._noise(RNG, obs), 10),
     )
-    with pytest.raises(SorlError, match="power of two"):
-        agent.sample_actions(obs, RNG, K=3)
+    with pytest.raises(SorlError, match="positive integer; fbrac takes any K >= 1"):
+        agent.sample_actions(obs, RNG, K=0)
     with pytest.raises(SorlError, match="N=0"):
         agent.sample_actions(obs, RNG, K=1, N=0)
     assert AGENTS["fbrac"] is FBRACAgent and FBRACAgent.GRID_NOTES == {}
@@ -234,7 +235,7 @@ def test_sorl_train_eval_and_table(data_dir, tmp_path, capsys):  # noqa: F811
     run = tmp_path / "runs" / "fbrac"
     argv = ["train", "--task", "cube-single-play-task1", "--agent", "fbrac", "--steps", "20", "--seed", "2"]
     argv += ["--run-dir", str(run), "--data-dir", str(data_dir), "--log-interval", "10", "--eval-interval", "20"]
-    argv += ["--eval-episodes", "2", "--eval-K", "1,2", "--eval-N", "1,2", "--eval-workers", "1"]
+    argv += ["--eval-episodes", "2", "--eval-K", "1,3", "--eval-N", "1,2", "--eval-workers", "1"]
     argv += ["--eval-max-episode-steps", "8", "--progress", "False", "--agent.actor_layer_size=16"]
     argv += ["--agent.actor_num_layers=2", "--agent.batch_size=16", "--agent.value_layer_size=16"]
     argv += ["--agent.value_num_layers=2", "--agent.flow_steps=3"]
@@ -243,16 +244,16 @@ def test_sorl_train_eval_and_table(data_dir, tmp_path, capsys):  # noqa: F811
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["agent"] == "fbrac" and cfg["agent_config"]["flow_steps"] == 3
     res = json.loads((run / "results.json").read_text())
-    assert res["status"] == "complete" and [(r["K"], r["N"]) for r in res["final"]] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert res["status"] == "complete" and [(r["K"], r["N"]) for r in res["final"]] == [(1, 1), (1, 2), (3, 1), (3, 2)]
     assert all(0.0 <= r["success"] <= 1.0 for r in res["final"])
 
-    # `sorl eval RUN --eval-K .. --eval-N ..` at a K the run was not evaluated at (8: any power of two works).
-    cli.main(["eval", str(run), "--eval-K", "8", "--eval-N", "1,2", "--episodes", "1", "--workers", "1"])
+    # `sorl eval RUN --eval-K .. --eval-N ..` at the reference's K = 10, which the run was not evaluated at.
+    cli.main(["eval", str(run), "--eval-K", "10", "--eval-N", "1,2", "--episodes", "1", "--workers", "1"])
     scaling = json.loads((run / "scaling.json").read_text())
     assert "N=2" in capsys.readouterr().out and scaling["step"] == 20
-    assert [(c["K"], c["N"]) for c in scaling["grid"]] == [(8, 1), (8, 2)]
+    assert [(c["K"], c["N"]) for c in scaling["grid"]] == [(10, 1), (10, 2)]
 
-    cli.main(["table", str(tmp_path / "runs"), "--K", "2", "--N", "1"])
+    cli.main(["table", str(tmp_path / "runs"), "--K", "3", "--N", "1"])
     out = capsys.readouterr().out
     assert "fbrac" in out
 
