@@ -225,6 +225,7 @@ def test_sweep_as_a_job_array_then_rerun_resubmits_only_missing_and_cancelled(sl
     submission = next((runs / "submitit").glob("*_submission.sh")).read_text()
     assert "#SBATCH --array=0-3%2" in submission and "#SBATCH --partition=debug" in submission
     assert f"export PYTHONPATH={ROOT}" in submission  # the job sees this checkout
+    assert f"{sys.executable} -u -m submitit.core._submit" in submission  # with this Python (the venv's)
     assert "$ sorl train" in Path(summary.done[0]["log"]).read_text()
 
     cli.main(["table", str(runs)])
