@@ -6,8 +6,10 @@ outcome per run; a failed run is reported with its log and does not stop the oth
 - `local`: a pool of P worker slots on this machine; each job runs in its own process
   (`python -m experiments.worker`), pinned to its slot's share of the cores (cores // P, also its evaluation
   workers), stdout/stderr to the run's log. With P > 1 and a GPU, each process gets 0.9/P of its memory.
-- `slurm`: `submitit` (an array job on Slurm; `--submitit-cluster local` runs the same jobs as local processes
-  through submitit's LocalExecutor, which is how it is tested).
+- `slurm`: `submitit` (one job array on Slurm, followed with `squeue`, so no accounting database is needed; a task
+  requeued or preempted resumes its runs from their checkpoints, one cancelled or ended without a result is
+  reported failed; tests/test_slurm.py runs it on a real single-node Slurm, `--submitit-cluster local` runs the
+  same jobs as local processes through submitit's LocalExecutor).
 - `ray`: Ray tasks on an existing cluster (`--address`), or on a local Ray instance started (and stopped) here.
 
 `--group-seeds` makes one job of all pending seeds of one (agent, variant, task), trained together in that job's
