@@ -71,7 +71,7 @@ class TrainSettings:
     """Data directory (default: $OGBENCH_DATA_DIR or ~/.ogbench/data)."""
     download: bool = option(True, check="bool", spec=("train", "download"), command="if-changed")
     """Download a missing dataset that cannot be generated here (ant/humanoid mazes, antsoccer) from OGBench's host
-    or $SORL_MIRRORS; --no-download (or SORL_NO_DOWNLOAD=1) refuses and says where to put the files."""
+    or $SORL_MIRRORS; --no-download (or $SORL_NO_DOWNLOAD=1) refuses and says where to put the files."""
     success_timing: Literal["pre", "post"] = option(
         "pre", check="timing", spec=("train", "success_timing"), record=("", "success_timing")
     )
