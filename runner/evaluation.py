@@ -93,19 +93,28 @@ def check_grid_values(Ks: Sequence[int], Ns: Sequence[int]) -> None:
 
 
 def grid_note(agent: Any, name: str, Ks: Sequence[int], Ns: Sequence[int]) -> str | None:
-    """One line naming the axes of the (K, N) grid that cannot change `agent`'s action, or None.
+    """One line naming the axes of the (K, N) grid that cannot change `agent`'s action, and the cell its published
+    numbers are where that is one particular cell (its `PUBLISHED_CELL`); or None.
 
-    An agent declares them in its class's `GRID_NOTES` ({"K" or "N": why}); a grid that asks for more than K = 1
-    (or N = 1) along such an axis measures the same policy in every cell of it, and the user is told so once.
+    An agent declares the axes in its class's `GRID_NOTES` ({"K" or "N": why}); a grid that asks for more than K = 1
+    (or N = 1) along such an axis measures the same policy in every cell of it, and the user is told so once. An
+    agent whose `PUBLISHED_CELL` is set (IFQL: 10 flow steps, 32 candidates) has it named, and how to evaluate it
+    where the grid leaves it out.
     """
     asked = {"K": Ks, "N": Ns}
     ignored = [f"{axis} ({why})" for axis, why in getattr(agent, "GRID_NOTES", {}).items() if set(asked[axis]) - {1}]
-    if not ignored:
-        return None
-    return (
-        f"note: {name} ignores {' and '.join(ignored)}: every cell along "
-        f"{'those axes' if len(ignored) > 1 else 'that axis'} evaluates the same policy"
-    )
+    notes = []
+    if ignored:
+        notes.append(
+            f"{name} ignores {' and '.join(ignored)}: every cell along "
+            f"{'those axes' if len(ignored) > 1 else 'that axis'} evaluates the same policy"
+        )
+    cell = getattr(agent, "PUBLISHED_CELL", None)
+    if cell is not None:
+        K, N = cell
+        missing = "" if K in Ks and N in Ns else f", not in this grid (add it with --eval-K {K} --eval-N {N})"
+        notes.append(f"{name}'s published numbers are its cell K={K}, N={N}{missing}")
+    return "note: " + "; ".join(notes) if notes else None
 
 
 def default_workers() -> int:

@@ -28,6 +28,9 @@ and may override these hooks, whose defaults suit most agents:
   (`runner.evaluation.check_grid_values`);
 - `GRID_NOTES`: the test-time axes ("K", "N") that cannot change its action, and why (printed once per
   evaluation grid, `runner.evaluation.grid_note`);
+- `PUBLISHED_CELL`: the (K, N) cell its published numbers are, where its policy is one particular cell rather
+  than the published table's N = 1 (`experiments.paper.PUBLISHED_CELL`): IFQL's is (10, 32), 32 candidates of 10
+  flow steps (said in the same grid note);
 - `train_update(batch)`: the update as the training loop runs it (default `update`; SORL draws its step counts
   from a schedule shared by vmapped seeds);
 - `prepare_dataset(dataset)`: derive extra dataset keys once before training (default: none; ReBRAC adds the
@@ -88,6 +91,9 @@ class Agent(flax.struct.PyTreeNode):
     """The column of the published table (`experiments.paper.PUBLISHED`) this agent is compared with; None: none."""
     PUBLISHED_AS: ClassVar[str] = ""
     """What produces our side of that column (the agent and its update), for `experiments.paper.our_side`."""
+    PUBLISHED_CELL: ClassVar[tuple[int, int] | None] = None
+    """(K, N) of its published numbers where its policy is one particular cell (`runner.evaluation.grid_note` says
+    it); None: the published table's N = 1 (`experiments.paper.PUBLISHED_CELL`)."""
     K_POWERS_OF_TWO: ClassVar[bool] = True
     """The sampling step counts it takes (`check_K`): powers of two (the shortcut sampler's step codes d = log2 K),
     or, False, any K >= 1 (a sampler without a step-size input); either up to `max_K` where it has one."""
