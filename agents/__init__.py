@@ -12,6 +12,7 @@ from agents.fawac import FAWACAgent
 from agents.fbrac import FBRACAgent
 from agents.flow_bc import FlowBCAgent
 from agents.fql import FQLAgent
+from agents.ifql import IFQLAgent
 from agents.iql import IQLAgent
 from agents.rebrac import ReBRACAgent
 from agents.sorl import SORLAgent
@@ -25,6 +26,7 @@ AGENTS: dict[str, type] = {
     "iql": IQLAgent,
     "bc": BCAgent,  # Gaussian BC, the published table's BC column
     "flow-bc": FlowBCAgent,  # shortcut-policy BC (named "bc" before Gaussian BC existed)
+    "ifql": IFQLAgent,  # flow BC policy, the best of N flow samples by an IQL critic (FQL's IDQL-for-flows baseline)
     "fawac": FAWACAgent,  # flow policy, advantage-weighted flow matching (FQL's AWR-for-flows baseline)
     "fbrac": FBRACAgent,  # flow policy, Q term backpropagated through its Euler ODE (FQL's BPTT baseline)
 }
