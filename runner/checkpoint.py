@@ -135,6 +135,20 @@ def _ignore_orbax_late_callbacks() -> None:
 
     hook._sorl_quiet = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
+    # The same late reads can also end as asyncio tasks whose failure nobody awaited: asyncio logs them at garbage
+    # collection ("Task exception was never retrieved", with a traceback). Those of a damaged checkpoint's reads go.
+    logging.getLogger("asyncio").addFilter(_drop_unretrieved_read_failures)
+
+
+def _drop_unretrieved_read_failures(record: logging.LogRecord) -> bool:
+    if not str(record.msg).startswith("Task exception was never retrieved"):
+        return True
+    e = record.exc_info[1] if record.exc_info else None
+    if e is None:
+        ctx = getattr(record, "args", None)
+        e = ctx.get("exception") if isinstance(ctx, dict) else None
+    text = str(e) if e is not None else str(record.getMessage())
+    return not any(m in text for m in ("OCDBT", "zarr", "tensorstore", "Event loop is closed"))
 
 
 def is_complete(step_dir: Path) -> bool:
