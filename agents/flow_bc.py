@@ -43,8 +43,9 @@ class FlowBCAgent(ShortcutPolicy):
         """`bc_flow_loss_coef * L_FM + alpha * L_SC`: SORL's actor loss without its Q term."""
         cfg = self.config
         fm_rng, sc_rng, _ = jax.random.split(rng, 3)  # SORL's split (its third key draws the Q term's K)
-        fm_loss = self.flow_matching_loss(batch, actor_params, fm_rng)
-        sc_loss = self.self_consistency_loss(batch, actor_params, sc_rng)
+        features = self.encode(actor_params, batch["observations"])  # once for both terms
+        fm_loss = self.flow_matching_loss(batch, actor_params, fm_rng, features)
+        sc_loss = self.self_consistency_loss(batch, actor_params, sc_rng, features)
         loss = cfg.bc_flow_loss_coef * fm_loss + cfg.alpha * sc_loss
         return loss, {"actor_loss": loss, "bc_flow_loss": fm_loss, "consistency_loss": sc_loss}
 

@@ -78,17 +78,23 @@ class ShortcutPolicy(Agent):
 
         return velocity
 
-    def flow_matching_loss(self, batch: Batch, actor_params: Params, rng: Array) -> Array:
-        """L_FM: velocity at the finest step (d = log2 M) regressed on a1 - (1 - eps) a0."""
+    def flow_matching_loss(
+        self, batch: Batch, actor_params: Params, rng: Array, features: Array | None = None
+    ) -> Array:
+        """L_FM: velocity at the finest step (d = log2 M) regressed on a1 - (1 - eps) a0. `features`: the batch's
+        observations already encoded with `actor_params` (`encode`), else encoded here."""
         a1 = batch["actions"]
         fm = shortcut.flow_matching_batch(rng, a1, self.config.denoise_timesteps, self.config.t_epsilon)
         target = shortcut.flow_matching_target(fm.a0, a1, self.config.t_epsilon)
-        features = self.encode(actor_params, batch["observations"])
+        features = self.encode(actor_params, batch["observations"]) if features is None else features
         pred = self.velocity_fn(actor_params)(features, fm.a_t, fm.t, fm.d)
         return jnp.mean((pred - target) ** 2)
 
-    def self_consistency_loss(self, batch: Batch, actor_params: Params, rng: Array) -> Array:
-        """L_SC: one step of size h matches two half steps of the target policy, for every coarser h."""
+    def self_consistency_loss(
+        self, batch: Batch, actor_params: Params, rng: Array, features: Array | None = None
+    ) -> Array:
+        """L_SC: one step of size h matches two half steps of the target policy, for every coarser h (`features`: as
+        in `flow_matching_loss`)."""
         M = self.config.denoise_timesteps
         if M == 1:  # no coarser level than the finest: nothing to distil
             return jnp.zeros((), jnp.float32)
@@ -99,7 +105,8 @@ class ShortcutPolicy(Agent):
         target = shortcut.self_consistency_target(
             self.velocity_fn(target_params), target_features, sc.a_t, sc.t, sc.d, sc.h
         )
-        pred = self.velocity_fn(actor_params)(self.encode(actor_params, batch["observations"]), sc.a_t, sc.t, sc.d)
+        features = self.encode(actor_params, batch["observations"]) if features is None else features
+        pred = self.velocity_fn(actor_params)(features, sc.a_t, sc.t, sc.d)
         return jnp.mean((pred - target) ** 2)
 
 
@@ -155,7 +162,12 @@ class SORLAgent(ShortcutPolicy):
         return jax.random.randint(rng, (), 0, len(self.K_choices))
 
     def sample_with_random_K(
-        self, actor_params: Params, observations: Array, rng: Array, K_index: Array | int | None = None
+        self,
+        actor_params: Params,
+        observations: Array,
+        rng: Array,
+        K_index: Array | int | None = None,
+        features: Array | None = None,
     ) -> tuple[Array, Array]:
         """Actions from the policy with one K drawn uniformly from {1, 2, ..., max_k_backprop}; returns (a, K).
 
@@ -164,13 +176,15 @@ class SORLAgent(ShortcutPolicy):
         batched: under `vmap` over seeds a per-seed index makes every branch run (1 + 2 + ... +
         max_k_backprop network calls), which is why the training loop draws K from a key shared by the seeds
         (`train_update`). A Python int `K_index` traces the one branch alone (XLA cost analysis per K).
-        Gradients reach `actor_params` through every Euler step unless the caller stops them.
+        Gradients reach `actor_params` through every Euler step unless the caller stops them. `features`: the
+        observations already encoded with `actor_params`, else encoded here.
         """
         K_values = self.K_choices
         idx_rng, noise_rng = jax.random.split(rng)
         idx = self.draw_K_index(idx_rng) if K_index is None else K_index
         noise = jax.random.normal(noise_rng, (*observations.shape[:-1], self.action_dim))
-        features = self.encode(actor_params, observations)  # once, outside the branches and the Euler steps
+        if features is None:  # once, outside the branches and the Euler steps
+            features = self.encode(actor_params, observations)
 
         def branch(K: int):
             return lambda p, feats, z: shortcut.sample_euler(self.velocity_fn(p), feats, z, K)
@@ -183,11 +197,16 @@ class SORLAgent(ShortcutPolicy):
     # --------------------------------------------------------------------------------------------- losses
 
     def q_loss(
-        self, batch: Batch, actor_params: Params, rng: Array, K_index: Array | int | None = None
+        self,
+        batch: Batch,
+        actor_params: Params,
+        rng: Array,
+        K_index: Array | int | None = None,
+        features: Array | None = None,
     ) -> tuple[Array, dict[str, Array]]:
         """L_Q = -mean Q(x, a^pi, K) over batch and ensemble; a^pi sampled with gradients, critic frozen."""
         observations = batch["observations"]
-        actions, K = self.sample_with_random_K(actor_params, observations, rng, K_index)
+        actions, K = self.sample_with_random_K(actor_params, observations, rng, K_index, features)
         # Policy improvement must not move the critic.
         critic_params = jax.lax.stop_gradient(self.params["critic"])
         q = self.q_values(critic_params, observations, actions, K).mean(axis=0)
@@ -204,10 +223,12 @@ class SORLAgent(ShortcutPolicy):
         """c_FM * L_FM + alpha * L_SC + c_Q * L_Q (`K_index`: the Q term's K, else drawn from `rng`)."""
         cfg = self.config
         fm_rng, sc_rng, q_rng = jax.random.split(rng, 3)
-        fm_loss = self.flow_matching_loss(batch, actor_params, fm_rng)
-        sc_loss = self.self_consistency_loss(batch, actor_params, sc_rng)
+        # The policy's encoder runs once for its three terms (one backward pass through it, not three).
+        features = self.encode(actor_params, batch["observations"])
+        fm_loss = self.flow_matching_loss(batch, actor_params, fm_rng, features)
+        sc_loss = self.self_consistency_loss(batch, actor_params, sc_rng, features)
         if cfg.q_loss_coef != 0:
-            q_loss, info = self.q_loss(batch, actor_params, q_rng, K_index)
+            q_loss, info = self.q_loss(batch, actor_params, q_rng, K_index, features)
         else:  # the "Q term off" ablation skips the K-step sampler entirely
             q_loss, info = jnp.zeros((), jnp.float32), {}
         loss = cfg.bc_flow_loss_coef * fm_loss + cfg.alpha * sc_loss + cfg.q_loss_coef * q_loss

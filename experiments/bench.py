@@ -321,6 +321,49 @@ def bench_training(
     }
 
 
+def bench_encoder(name: str, observations: Any, reps: int = 3) -> dict[str, Any]:
+    """A pixel task's encoder alone on one batch of (stacked, uint8) observations: seconds, XLA's FLOPs and GFLOP/s of
+    its forward pass, of forward + backward (a gradient step on its parameters), of that step run twice inside a
+    `lax.scan` (as the training chunk runs it: XLA's CPU compiler once ran convolution gradients 10-30x slower in a
+    loop body, jax-ml/jax#12868), and of its first convolution alone (this machine's convolution throughput)."""
+    import jax
+    import jax.numpy as jnp
+
+    from sorl.networks import ENCODERS, IMAGE_SHAPE
+
+    enc = ENCODERS[name]()
+    params = jax.jit(enc.init)(jax.random.PRNGKey(0), observations)
+
+    def step(p):
+        grads = jax.grad(lambda p: jnp.mean(enc.apply(p, observations) ** 2))(p)
+        return jax.tree.map(lambda a, g: a - 1e-6 * g, p, grads)
+
+    H, W, C = IMAGE_SHAPE
+    x = jax.random.normal(jax.random.PRNGKey(1), (observations.shape[0], H, W, observations.shape[-1] // (H * W)))
+    kernel = jax.random.normal(jax.random.PRNGKey(2), (3, 3, x.shape[-1], enc.stack_sizes[0] * enc.width))
+
+    def two_steps(p):
+        return jax.lax.scan(lambda c, _: (step(c), None), p, None, length=2)[0]
+
+    def first_conv(k):
+        return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    programs = {  # name: (function, its argument, steps per call)
+        "forward": (lambda p: enc.apply(p, observations), params, 1),
+        "forward_backward": (step, params, 1),
+        "forward_backward_in_scan": (two_steps, params, 2),
+        "first_conv": (first_conv, kernel, 1),
+    }
+    out: dict[str, Any] = {"encoder": name, "batch": int(observations.shape[0]), "first_conv_shape": list(x.shape)}
+    for key, (fn, arg, n) in programs.items():
+        compiled = jax.jit(fn).lower(arg).compile()
+        jax.block_until_ready(compiled(arg))
+        secs = statistics.median(_timed(lambda c=compiled, a=arg: jax.block_until_ready(c(a)), reps)) / n
+        flops = out["forward_backward"]["flops"] if n > 1 else _flops(compiled)  # a loop body is counted once
+        out[key] = {"s": secs, "flops": flops, "gflops": flops / secs / 1e9}
+    return out
+
+
 # ----------------------------------------------------------------------------------------- inference
 
 
@@ -783,7 +826,7 @@ def run_bench(args: BenchArgs, agent_overrides: Mapping[str, str] | None = None,
     import jax
 
     from agents import get_agent
-    from sorl.data import to_device
+    from sorl.data import sample_batch, to_device
 
     get_agent(args.agent)  # one clear line for an unknown agent
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -831,6 +874,10 @@ def run_bench(args: BenchArgs, agent_overrides: Mapping[str, str] | None = None,
         peak["peak_gflops_before_after"] = [peak["peak_gflops"], again]
         t["peak_gflops"] = peak["peak_gflops"] = max(peak["peak_gflops"], again)
         t["fraction_of_peak"] = t["achieved_gflops"] / t["peak_gflops"]
+        if sampling is not None:
+            log("measuring the encoder alone ...")
+            batch = sample_batch(dataset, jax.random.PRNGKey(1), t["batch_size"], sampling)
+            t["encoder_alone"] = bench_encoder(t["encoder"], batch["observations"])
     if "inference" in sections:
         log("measuring inference latency ...")
         out["inference"] = bench_inference(args.agent, size, overrides)
@@ -913,6 +960,11 @@ def format_report(r: Mapping[str, Any]) -> str:
         row("achieved_gflops", f"{t['achieved_gflops']:.1f}")
         row("peak_gflops (2048^2 matmul)", f"{t['peak_gflops']:.1f}  (best of before/after training)")
         row("fraction_of_peak", f"{100 * t['fraction_of_peak']:.0f} %")
+        if "encoder_alone" in t:
+            e = t["encoder_alone"]
+            for key in ("forward", "forward_backward", "forward_backward_in_scan", "first_conv"):
+                v = e[key]
+                row(f"  encoder {key}", f"{_gf(v['flops'])}, {1e3 * v['s']:.0f} ms, {v['gflops']:.1f} GFLOP/s")
     if "inference" in r:
         lines.append("inference latency, ms (median)")
         for b in sorted({c["batch"] for c in r["inference"]["grid"]}):

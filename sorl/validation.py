@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 from sorl.errors import SorlError
 
-ENCODER_NAMES = ("impala", "impala_small", "impala_debug")
+ENCODER_NAMES = ("impala", "impala_debug", "impala_small", "impala_large")
 """Image encoders `--agent.encoder` accepts (`sorl.networks.ENCODERS`); None feeds observations to the MLPs as is."""
 
 

@@ -82,9 +82,15 @@ def test_bench_trains_a_pixel_task_on_compact_frames(tiny, capsys):
         ["bench", "--size", "small", "--json", "--sections", "training", "--task", "visual-cube-single-play",
          "--agent.encoder=impala_debug", "--agent.denoise_timesteps=2", "--agent.max_k_backprop=2"]
     )  # fmt: skip
-    t = json.loads(capsys.readouterr().out)["training"]
+    r = json.loads(capsys.readouterr().out)
+    t = r["training"]
     assert (t["encoder"], t["frame_stack"], t["p_aug"]) == ("impala_debug", 3, 0.5)
     assert t["updates_per_s"] > 0
+    e = t["encoder_alone"]  # the encoder alone: forward, forward + backward, that in a scan, its first convolution
+    assert e["encoder"] == "impala_debug" and e["first_conv_shape"] == [t["batch_size"], 64, 64, 9]
+    assert all(e[k]["s"] > 0 and e[k]["flops"] > 0 for k in ("forward", "forward_backward", "first_conv"))
+    assert e["forward_backward_in_scan"]["flops"] == e["forward_backward"]["flops"] > 2 * e["forward"]["flops"]
+    assert "encoder forward_backward_in_scan" in bench.format_report(r)
     # the training layout: every frame once (50 transitions in one episode of 51 frames), not twice
     data = bench.synthetic_pixel_dataset(50)
     assert len(data["observations"]) == 51 and len(data["frame_rows"]) == 50 and "next_observations" not in data

@@ -336,12 +336,13 @@ def test_unflatten_frames_stacks_frames_on_the_channel_axis_as_the_reference():
 
 
 def test_impala_small_encoder_shapes_and_scaling():
+    # The reference's definitions, parameter counts and gradients: tests/test_encoders.py.
     x = jnp.asarray(np.random.default_rng(2).integers(0, 256, (2, 3 * 64 * 64 * 3), dtype=np.uint8))
     enc = ENCODERS["impala_small"]()
     params = jax.eval_shape(enc.init, jax.random.PRNGKey(0), x)["params"]  # shapes only: nothing compiled
-    assert sorted(params) == ["MLP_0", "ResnetStack_0", "ResnetStack_1", "ResnetStack_2"]
-    assert params["ResnetStack_0"]["Conv_0"]["kernel"].shape == (3, 3, 9, 16)  # 3 frames x RGB
-    assert sorted(params["ResnetStack_0"]) == ["Conv_0"]  # small: no residual blocks
+    assert sorted(params) == ["MLP_0", "stack_blocks_0", "stack_blocks_1", "stack_blocks_2"]
+    assert params["stack_blocks_0"]["Conv_0"]["kernel"].shape == (3, 3, 9, 16)  # 3 frames x RGB
+    assert sorted(params["stack_blocks_0"]) == ["Conv_0", "Conv_1", "Conv_2"]  # small: one residual block per stack
     assert params["MLP_0"]["Dense_0"]["kernel"].shape == (8 * 8 * 32, 512)  # three 2x poolings of 64x64
     assert jax.eval_shape(enc.apply, {"params": params}, x).shape == (2, 512)
     tiny = ENCODERS["impala_debug"]()
