@@ -206,7 +206,8 @@ def _generate(
         raise SorlError(f"could not write {spec.dataset_name} to {directory}: {e.strerror or e}") from None
     extra = f", {result.retries} scene episodes redone" if result.retries else ""
     print(
-        f"wrote {train} ({_size(train.stat().st_size)}) and {val.name} ({_size(val.stat().st_size)}): "
+        f"wrote {train} ({manifest.human_size(train.stat().st_size)}) and {val.name} "
+        f"({manifest.human_size(val.stat().st_size)}): "
         f"{result.steps} steps in {result.seconds:.1f} s "
         f"({_rate(result.steps_per_second, spec.pixels, result.workers)}{extra})",
         flush=True,
@@ -558,14 +559,6 @@ def verify_file(spec: EnvSpec, path: Path, split: str, entry: dict | None) -> tu
 # ------------------------------------------------------------------------------------------ CLI helpers
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
-
-
 def _rate(steps_per_second: float, pixels: bool, workers: int) -> str:
     """Generation speed; for pixel datasets in rendered frames/s, per worker too (rendering is the cost)."""
     if not pixels:
@@ -639,7 +632,7 @@ def cli_list(data_dir: str | Path | None = None) -> None:
                 f"task{spec.default_task}",
                 state,
                 source,
-                _size(size) if size else "-",
+                manifest.human_size(size) if size else "-",
                 episodes or "-",
                 "yes" if spec.generatable else "no (expert data)",
             ]

@@ -351,15 +351,15 @@ def fetch(plan: Plan, *, force: bool = False, progress: bool = True, announce: C
     shutil.rmtree(staging, ignore_errors=True)  # what a killed attempt left: it starts over
     try:
         sizes = [hosts[0][1] for _, _, hosts in todo]
-        total = " + ".join("size unknown" if s is None else _size(s) for s in sizes)
+        total = " + ".join("size unknown" if s is None else manifest.human_size(s) for s in sizes)
         first = todo[0][2][0][0].rsplit("/", 1)[0]
         announce(f"{why}downloading {' and '.join(p.name for p, _, _ in todo)} ({total}) from {first}/ to {directory}")
         free = shutil.disk_usage(directory).free
         need = sum(s or 0 for s in sizes)
         if need > free:
             raise SorlError(
-                f"{directory} has {_size(free)} free, {pub.name} needs {_size(need)}; free some space or pass "
-                "--data-dir (or set $OGBENCH_DATA_DIR) to a larger disk"
+                f"{directory} has {manifest.human_size(free)} free, {pub.name} needs {manifest.human_size(need)}; "
+                "free some space or pass --data-dir (or set $OGBENCH_DATA_DIR) to a larger disk"
             )
         written = []
         for path, split, hosts in todo:
@@ -386,7 +386,8 @@ def fetch(plan: Plan, *, force: bool = False, progress: bool = True, announce: C
                 new["source"] = url
                 manifest.update(directory, {path.name: new})
                 if each:
-                    announce(f"wrote {path} ({_size(stamp['size'])}, sha256 {digest[:12]}..., from {url})")
+                    size = manifest.human_size(stamp["size"])
+                    announce(f"wrote {path} ({size}, sha256 {digest[:12]}..., from {url})")
                 written.append(path)
                 break
             else:
@@ -402,11 +403,3 @@ def fetch(plan: Plan, *, force: bool = False, progress: bool = True, announce: C
         shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):
             (directory / STAGING).rmdir()  # only when empty: another dataset may be downloading beside it
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"

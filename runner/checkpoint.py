@@ -24,7 +24,6 @@ saves one) is refused as damaged either way. Cost, measured: a default SORL chec
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from envs.manifest import sha256_file
 from runner.runs import RESULTS
 from sorl.errors import SorlError
 
@@ -53,14 +53,6 @@ CHECKSUMS = "sorl_checksums.json"
 _CHECKSUMS_VERSION = 1
 
 
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _step_files(step_dir: Path) -> list[Path]:
     return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != CHECKSUMS and not p.name.endswith(".tmp"))
 
@@ -70,7 +62,7 @@ def write_checksums(step_dir: Path) -> None:
     rename): a reader sees the complete record or none."""
     files = {}
     for p in _step_files(step_dir):
-        files[p.relative_to(step_dir).as_posix()] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+        files[p.relative_to(step_dir).as_posix()] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
     fd, tmp = tempfile.mkstemp(prefix=f".{CHECKSUMS}.", suffix=".tmp", dir=step_dir)
     try:
         with os.fdopen(fd, "w") as f:
@@ -111,7 +103,7 @@ def checksum_problem(step_dir: Path) -> str | None:
         if size != want.get("size"):
             return f"{name} has {size} bytes, {want.get('size')} when written (truncated or overwritten)"
         try:
-            digest = _sha256(path)
+            digest = sha256_file(path)
         except OSError as e:
             return f"{name} is unreadable ({_one_line(e)})"
         if digest != want.get("sha256"):
