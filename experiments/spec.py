@@ -729,5 +729,12 @@ def _grid_values(value: Any, what: str, fail) -> list[Any]:
 
 
 def _section_values(section: str, table: Mapping[str, Any], scope: str, fail) -> dict[str, Any]:
-    """A [train] / [eval] table's values, each checked by its TrainSettings field (`scope.key=...: ...`)."""
-    return {key: TrainSettings.spec_value(section, key, v, f"{scope}.{key}", fail) for key, v in table.items()}
+    """A [train] / [eval] table's values, each checked by its TrainSettings field (`scope.key=...: ...`); `steps = 0`
+    beside `online_steps` is a pure-online run, as `sorl train --steps 0 --online-steps N` is."""
+    pure_online = section == "train" and type(table.get("steps")) is int and table["steps"] == 0 and table.get(
+        "online_steps"
+    )
+    return {
+        key: 0 if pure_online and key == "steps" else TrainSettings.spec_value(section, key, v, f"{scope}.{key}", fail)
+        for key, v in table.items()
+    }

@@ -297,13 +297,16 @@ def test_readme_reproduces_the_paper_in_three_commands(tmp_path, capsys):
         'tasks = ["cube-single-play-task1"]\n[train]\nframe_stack = 3',  # frame stacking works on state tasks too
         'tasks = ["cube-single-play-task1"]\n[train]\nonline_steps = 100\nonline_K = 8\n[eval]\nK = [1, 8]',
         'tasks = ["cube-single-play-task1"]\n[settings]\ndenoise_timesteps = 16\nmax_k_backprop = 16\n[eval]\nK = [16]',
+        'tasks = ["cube-single-play-task1"]\n[train]\nsteps = 0\nonline_steps = 100\nbalanced_sampling = true',
     ],
-    ids=["pixel-options-on-pixels", "frame-stack-on-state", "online-on-state", "K-within-a-larger-M"],
+    ids=["pixel-options-on-pixels", "frame-stack-on-state", "online-on-state", "K-within-a-larger-M", "pure-online"],
 )
 def test_what_the_runs_can_do_is_accepted(tmp_path, text):
     """The parse-time refusals (test_bad_inputs_sweep.py) refuse only what every run would fail on."""
     spec = load_spec(write(tmp_path, 'agents = ["sorl", "iql"]\n' + text))
     assert {r.agent for r in spec.runs()} == {"sorl", "iql"}
+    if "steps = 0" in text:  # the printed command is the CLI's pure-online run
+        assert all(" --steps 0 " in r.command() and " --online-steps 100 " in r.command() for r in spec.runs())
 
 
 def test_launcher_flags_are_accepted_with_their_own_launcher():
