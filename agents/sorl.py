@@ -27,6 +27,7 @@ from sorl.errors import SorlError
 from sorl.inference import aggregate, sample_best_of_n, validate_K_N
 from sorl.networks import CriticEnsemble, ShortcutVelocityNet, encode
 from sorl.optim import ModuleOptimizer, ema_targets, prefixed
+from sorl.seeds import K_SCHEDULE_SEED
 from sorl.sources import SORL_README, verified
 from sorl.validation import (
     BOOL,
@@ -377,10 +378,6 @@ class SORLAgent(ShortcutPolicy):
         observations = jnp.asarray(example_observations, jnp.float32)
         actions = jnp.asarray(example_actions, jnp.float32)
         return _init_agent(cls, config, rng, observations[:1], actions[:1])
-
-
-K_SCHEDULE_SEED = 0x4B5343
-"""Root of the K schedule the training loop shares across seeds (`SORLAgent.train_update`)."""
 
 
 def K_schedule_rng(step: Array | int) -> Array:

@@ -49,9 +49,7 @@ from sorl.replay import (
     ring_capacity,
     virtual_size,
 )
-
-ONLINE_EPISODE_OFFSET = 2**31
-"""Online episodes draw their reset seeds from indices above this, apart from the evaluation episodes'."""
+from sorl.seeds import ONLINE_ACTION_STREAM, ONLINE_EPISODE_OFFSET
 
 ACTING_K = 1
 """The acting policy's sampling steps by default: the released SORL `sample_actions`' `inference_timesteps=1`."""
@@ -72,7 +70,7 @@ def online_episode_seed(seed: int, episode: int) -> int:
 
 def action_key(seed: int, step: int) -> jax.Array:
     """The exploration key of the action taken before update `step + 1` (a function of the seed and the step)."""
-    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 0x0411E), step)
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), ONLINE_ACTION_STREAM), step)
 
 
 def _explore(agent: Any, observation: jax.Array, rng: jax.Array, K: int, N: int) -> jax.Array:

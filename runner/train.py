@@ -65,6 +65,7 @@ from sorl.chunk import compile_chunk, distinct_buffers, train_chunk, train_chunk
 from sorl.config import apply_overrides, config_from_dict, config_to_dict
 from sorl.data import dataset_nbytes, dataset_size, to_device
 from sorl.errors import SorlError
+from sorl.seeds import VALIDATION_STREAM
 
 LoadTask = Callable[..., tuple[Any, Mapping[str, np.ndarray], Any]]
 """(task name, data_dir, *, success_timing, episodes) -> (env, train dataset, validation dataset)."""
@@ -836,7 +837,7 @@ def online_summary(sr: SeedRun, s: TrainSettings, runner: Any) -> dict[str, Any]
 
 def validation_key(seed: int, step: int) -> jax.Array:
     """The key of the validation batches at `step` (a function of the seed and the step, kept nowhere)."""
-    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 0x7A11D), step)
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), VALIDATION_STREAM), step)
 
 
 def _plain(d: Any) -> Any:
