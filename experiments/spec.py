@@ -75,66 +75,47 @@ when the spec is loaded, so a bad value fails before anything runs.
 
 Run directories: OUT/[VARIANT/]ENV-taskK/AGENT/seedS (VARIANT only when the agent has more than one variant or a
 named one); logs: OUT/logs/<the same path with / replaced by __>.log.
+
+Checks, in order: the file's shape (its keys and their types) is `SpecFile`, a pydantic model whose first error is
+said as one line (`refusal`); then what the project's registries decide: agent and task names, [train]/[eval]
+values (each by its `TrainSettings` field), and the settings scopes against the agents' configs (`Scopes`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+)
+from pydantic_core import ErrorDetails
 
 from runner import multiseed, runs
 from runner.settings import TrainSettings
 from sorl.errors import SorlError, suggest
-from sorl.validation import check_positive
 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
 """The specs shipped with the project (`sorl sweep paper-sorl` finds experiments/specs/paper-sorl.toml)."""
 
-TOP_KEYS = (
-    "name",
-    "description",
-    "agents",
-    "environments",
-    "tasks",
-    "seeds",
-    "out",
-    "data_dir",
-    "train",
-    "eval",
-    "settings",
-    "grid",
-    "variants",
-    "launcher",
-)
-# [train] and [eval] keys are fields of runner.settings.TrainSettings (their spec key, default and check live there)
-TRAIN_KEYS = TrainSettings.spec_keys("train")
-EVAL_KEYS = TrainSettings.spec_keys("eval")
-LAUNCHER_KEYS = ("max_parallel", "group_seeds", "slurm", "ray")
-SLURM_KEYS = (
-    "partition",
-    "time",
-    "gpus",
-    "cpus_per_task",
-    "mem_gb",
-    "array_parallelism",
-    "account",
-    "qos",
-    "constraint",
-    "folder",
-    "additional",
-    "setup",
-)
-RAY_KEYS = ("address", "cpus_per_run", "gpus_per_run")
-
 TRAIN_DEFAULTS: dict[str, Any] = TrainSettings.spec_defaults("train")
 EVAL_DEFAULTS: dict[str, Any] = TrainSettings.spec_defaults("eval")
+
+Fail = Callable[[str], SorlError]
+"""Makes the one-line error of a spec from what is wrong (`spec PATH: ` prefixed)."""
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -164,12 +145,7 @@ class RunSpec:
         return (self.agent, self.variant, self.task)
 
     def train_kwargs(self) -> dict[str, Any]:
-        return {
-            **self.train,
-            "seed": self.seed,
-            "run_dir": self.run_dir,
-            "agent_overrides": dict(self.overrides),
-        }
+        return {**self.train, "seed": self.seed, "run_dir": self.run_dir, "agent_overrides": dict(self.overrides)}
 
     def settings(self) -> TrainSettings:
         return TrainSettings(**self.train)
@@ -181,13 +157,6 @@ class RunSpec:
         parts += [f"--seed {self.seed}", f"--run-dir {self.run_dir}", *flags[1:]]
         parts += [f"--agent.{k}={v}" for k, v in self.overrides.items()]
         return " ".join(parts)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> RunSpec:
-        return cls(**json.loads(text))
 
 
 # ------------------------------------------------------------------------------------------------ spec
@@ -214,6 +183,7 @@ class Spec:
     """agent or None -> key -> values."""
     variants: list[dict[str, Any]]
     launcher: dict[str, Any]
+    """[launcher] as written (the keys given only): `sorl sweep`'s flags fall back to it."""
 
     def where(self) -> str:
         return f"spec {self.path}" if self.path else f"spec {self.name!r}"
@@ -223,24 +193,18 @@ class Spec:
     def agent_variants(self, agent: str) -> list[tuple[str, dict[str, Any]]]:
         """[(label, settings)] of one agent: the product of the grid (keys it has) and the explicit variants."""
         fields = agent_fields(agent)
-        dims: dict[str, list[Any]] = {}
-        for key, values in self.grid.get(None, {}).items():
-            if key in fields:
-                dims[key] = values
+        dims = {key: values for key, values in self.grid.get(None, {}).items() if key in fields}
         dims.update(self.grid.get(agent, {}))
         combos: list[tuple[str, dict[str, Any]]] = [("", {})]
         if dims:
-            combos = []
-            for values in itertools.product(*dims.values()):
-                chosen = dict(zip(dims, values, strict=True))
-                combos.append((",".join(f"{k}={format_value(v)}" for k, v in chosen.items()), chosen))
+            chosen = [dict(zip(dims, values, strict=True)) for values in itertools.product(*dims.values())]
+            combos = [(_label(c), c) for c in chosen]
         if not self.variants:
             return combos
         out: dict[str, dict[str, Any]] = {}
         for variant in self.variants:
-            name = variant.get("name")
             settings = {k: v for k, v in variant.items() if k != "name" and k in fields}
-            label = name or ",".join(f"{k}={format_value(v)}" for k, v in settings.items()) or "default"
+            label = variant.get("name") or _label(settings) or "default"
             for glabel, gsettings in combos:
                 # unnamed variants that mean the same for this agent (keys it lacks dropped) collapse into one
                 out.setdefault(f"{label},{glabel}" if glabel else label, {**settings, **gsettings})
@@ -251,9 +215,7 @@ class Spec:
         fields = agent_fields(agent)
         merged: dict[str, Any] = {}
         for scope in ((None, None), (None, agent), (env, None), (env, agent)):
-            for key, value in self.settings.get(scope, {}).items():
-                if key in fields:
-                    merged[key] = value
+            merged.update({k: v for k, v in self.settings.get(scope, {}).items() if k in fields})
         merged.update(variant_settings)
         return {k: format_value(v) for k, v in merged.items()}
 
@@ -278,47 +240,189 @@ class Spec:
             _, config, _ = resolve_agent_config(agent, task.env.name, overrides)
         except SorlError as e:
             raise SorlError(f"{self.where()}: {where}: {e}") from None
-        check_run_settings(self.where(), agent, task, config, self.train, ev, "eval" + (
-            f".{agent}" if "K" in self.eval_by_agent.get(agent, {}) else ""))  # fmt: skip
+        eval_scope = "eval" + (f".{agent}" if "K" in self.eval_by_agent.get(agent, {}) else "")
+        check_run_settings(self.where(), agent, task, config, self.train, ev, eval_scope)
         return config
 
     def runs(self, out: str | Path | None = None, data_dir: str | Path | None = None) -> list[RunSpec]:
         """Every run of the sweep, validated, in a stable order (agent, variant, task, seed)."""
-        root = Path(out) if out is not None else self.out
-        root = root.expanduser().absolute()
+        root = (Path(out) if out is not None else self.out).expanduser().absolute()
         data = data_dir if data_dir is not None else (self.data_dir or os.environ.get("OGBENCH_DATA_DIR") or None)
         data = str(Path(data).expanduser().absolute()) if data else None
         result: list[RunSpec] = []
         for agent in self.agents:
-            variants = self.agent_variants(agent)
             ev = self.eval_for(agent)
-            for label, vsettings in variants:
+            train = TrainSettings.from_spec(self.train, ev, data_dir=data, progress=False).to_dict()
+            for label, vsettings in self.agent_variants(agent):
                 for task in self.tasks:
                     overrides = self.overrides(agent, task.env.name, vsettings)
                     self._checked(agent, label, task, overrides, ev)
                     for seed in self.seeds:
-                        rel = runs.run_path(task.name, agent, seed, safe_name(label) if label else None)
-                        run_id = rel.as_posix()
-                        settings = TrainSettings.from_spec(self.train, ev, data_dir=data, progress=False)
+                        run_id = runs.run_path(task.name, agent, seed, safe_name(label) if label else None).as_posix()
+                        log = root / "logs" / (run_id.replace("/", "__") + ".log")
                         result.append(
-                            RunSpec(
-                                id=run_id,
-                                task=task.name,
-                                env=task.env.name,
-                                agent=agent,
-                                seed=seed,
-                                variant=label,
-                                run_dir=str(root / rel),
-                                log=str(root / "logs" / (run_id.replace("/", "__") + ".log")),
-                                overrides=overrides,
-                                train=settings.to_dict(),
-                            )
-                        )
+                            RunSpec(id=run_id, task=task.name, env=task.env.name, agent=agent, seed=seed,
+                                    variant=label, run_dir=str(root / run_id), log=str(log),
+                                    overrides=overrides, train=dict(train))
+                        )  # fmt: skip
         if not result:
             raise SorlError(
                 f"{self.where()} expands to no runs (agents, tasks/environments and seeds must be non-empty)"
             )
         return result
+
+
+# ------------------------------------------------------------------------------------------ the file
+
+
+def _must(ok: Callable[[Any], Any], why: str) -> AfterValidator:
+    """A check of this module's own, which pydantic reports as a value_error carrying `why`."""
+
+    def check(value: Any) -> Any:
+        if not ok(value):
+            raise ValueError(why)
+        return value
+
+    return AfterValidator(check)
+
+
+DirName = Annotated[str, _must(lambda v: v.strip() and "/" not in v, "must be a non-empty string without '/'")]
+NonBlank = Annotated[str, _must(str.strip, "must be a non-empty string")]
+NonEmpty = Annotated[str, Field(min_length=1)]
+Names = Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)]  # "sorl": one name
+SBATCH = "write KEY = VALUE (#SBATCH --KEY=VALUE) or true"
+SbatchName = Annotated[str, _must(lambda key: key and " " not in key, SBATCH)]
+SbatchValue = Annotated[Any, _must(lambda v: isinstance(v, str | int | float) and v is not False, SBATCH)]
+PositiveInt = Annotated[int, Field(gt=0)]
+Scalar = bool | int | float | str
+Setting = Scalar | list[Scalar]
+
+
+class Table(BaseModel):
+    """A table of the spec: strict types (TOML's, no coercion) and unknown keys refused by name."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# [train] and [eval] keys are fields of runner.settings.TrainSettings: the key's value is checked by its field there
+TrainTable = create_model("TrainTable", __base__=Table, **{k: (Any, None) for k in TrainSettings.spec_keys("train")})
+EvalValues = create_model("EvalValues", __base__=Table, **{k: (Any, None) for k in TrainSettings.spec_keys("eval")})
+
+
+class EvalTable(EvalValues):
+    """[eval], whose other keys are [eval.AGENT] tables of the same keys (`eval_by_agent`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class SlurmTable(Table):
+    """[launcher.slurm]: what sbatch itself accepts is its own check, at submission."""
+
+    partition: NonBlank | None = None
+    time: PositiveInt | None = None
+    gpus: Annotated[int, Field(ge=0)] | None = None
+    cpus_per_task: PositiveInt | None = None
+    mem_gb: Annotated[float, Field(gt=0)] | None = None
+    array_parallelism: PositiveInt | None = None
+    account: NonBlank | None = None
+    qos: NonBlank | None = None
+    constraint: NonBlank | None = None
+    folder: NonBlank | None = None
+    additional: dict[SbatchName, SbatchValue] = {}
+    """Extra `#SBATCH --KEY=VALUE` lines (true: `#SBATCH --KEY`)."""
+    setup: list[str] = []
+    """Shell lines before each job."""
+
+
+class RayTable(Table):
+    address: NonBlank | None = None
+    cpus_per_run: PositiveInt | None = None
+    gpus_per_run: Annotated[float, Field(ge=0)] | None = None
+
+
+class LauncherTable(Table):
+    max_parallel: PositiveInt | None = None
+    group_seeds: bool | None = None
+    slurm: SlurmTable = SlurmTable()
+    ray: RayTable = RayTable()
+
+
+class Variant(Table):
+    """One [[variants]] table: an optional name, and settings (checked against the agents' configs: `Scopes`)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: DirName | None = None
+
+
+class SpecFile(Table):
+    """A spec file as written (the keys, their types and meaning: the module docstring)."""
+
+    name: DirName | None = None
+    description: str = ""
+    agents: Names = []
+    environments: Names = []
+    tasks: Names = []
+    seeds: Any = [0]
+    """[1, 2, 3], 3, "1-8" or "1-4,7": `parse_seeds`."""
+    out: NonEmpty | None = None
+    data_dir: NonEmpty | None = None
+    train: TrainTable = TrainTable()
+    eval: EvalTable = EvalTable()
+    settings: dict[str, Any] = {}
+    """Settings scopes ([settings], [settings.AGENT], [settings.ENV], [settings.ENV.AGENT]): `Scopes`."""
+    grid: dict[str, Any] = {}
+    variants: list[Variant] = []
+    launcher: LauncherTable = LauncherTable()
+
+
+_WHY = {  # pydantic's error types, said as the rest of the project says them
+    "string_type": "must be a string",
+    "string_too_short": "must not be empty",
+    "int_type": "must be a whole number",
+    "float_type": "must be a number",
+    "bool_type": "must be true or false",
+    "list_type": "must be a list",
+    "dict_type": "must be a table",
+    "model_type": "must be a table",
+    "greater_than": "must be greater than {gt:g}",
+    "greater_than_equal": "must be {ge:g} or more",
+}
+
+
+def refusal(error: ErrorDetails, within: tuple[str, ...] = ()) -> str:
+    """One line from pydantic's first error of a spec (its `loc`, `type`, `input` and `ctx` fields): the unknown key
+    and the valid ones, or the key, its value and what it must be. `within`: the table validated (loc's prefix)."""
+    loc = (*within, *error["loc"])
+    if error["type"] == "extra_forbidden":
+        return unknown_key(loc[:-1], str(loc[-1]))
+    ctx, kind = error.get("ctx") or {}, error["type"]
+    why = _WHY[kind].format(**ctx) if kind in _WHY else error["msg"]
+    if kind == "value_error":  # raised by one of this module's validators: its own words
+        why = str(ctx["error"])
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc if p != "[key]").lstrip(".")
+    return f"{where}={error['input']!r}: {why}"
+
+
+def unknown_key(table: tuple[str | int, ...], key: str) -> str:
+    model: type[BaseModel] = SpecFile
+    for part in table:
+        field = model.model_fields.get(str(part))
+        model = field.annotation if field is not None else EvalValues  # the one table named by the user: [eval.AGENT]
+    valid = list(model.model_fields)
+    what = f"key in [{'.'.join(map(str, table))}]" if table else "top-level key"
+    return f"unknown {what} {key!r}{suggest(key, valid)}; valid: {', '.join(valid)}"
+
+
+def validated(model: type[BaseModel], raw: Any, fail: Fail, within: tuple[str, ...] = ()) -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise fail(refusal(e.errors()[0], within)) from None
+
+
+def given(table: BaseModel) -> dict[str, Any]:
+    """The keys of a table that the file sets (its fields only, not an [eval]'s agent tables)."""
+    return {k: getattr(table, k) for k in type(table).model_fields if k in table.model_fields_set}
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -354,9 +458,8 @@ def load_spec(name: str | Path) -> Spec:
 
 
 def parse_spec(raw: Mapping[str, Any], path: Path | None = None) -> Spec:
-    """Validate a spec given as a dict (what the TOML file parses to)."""
-    from envs.registry import expand_environment, resolve_env, resolve_task
-
+    """Validate a spec given as a dict (what the TOML file parses to): its shape, then what the registries decide,
+    then every combination as its runs would be (`Spec.check`: a spec whose runs would all fail is refused now)."""
     where = f"spec {path}" if path else "spec"
 
     def fail(msg: str) -> SorlError:
@@ -364,177 +467,181 @@ def parse_spec(raw: Mapping[str, Any], path: Path | None = None) -> Spec:
 
     if not isinstance(raw, Mapping):
         raise fail("must be a table of keys")
-    _check_keys(raw, TOP_KEYS, "top-level key", fail)
-
-    name = raw.get("name", path.stem if path else "sweep")
-    if not isinstance(name, str) or not name.strip() or "/" in name:
-        raise fail(f"name={name!r} must be a non-empty string without '/'")
-    description = raw.get("description", "")
-    if not isinstance(description, str):
-        raise fail("description must be a string")
-
-    agents = _str_list(raw.get("agents", []), "agents", fail)
-    from agents import AGENTS
-
-    for agent in agents:
-        if agent not in AGENTS:
-            valid = sorted(AGENTS)
-            raise fail(f"unknown agent {agent!r}{suggest(agent, valid)}; valid agents: {', '.join(valid)}")
-    agents = list(dict.fromkeys(agents))
-
-    tasks: list[Any] = []
-    try:
-        for env in _str_list(raw.get("environments", []), "environments", fail):
-            tasks += expand_environment(env)
-        for task in _str_list(raw.get("tasks", []), "tasks", fail):
-            tasks.append(resolve_task(task))
-    except SorlError as e:
-        raise fail(str(e)) from None
-    tasks = list(dict.fromkeys(tasks))  # Task is a frozen dataclass: duplicates collapse, order kept
-
-    seeds = parse_seeds(raw.get("seeds", [0]), fail)
-
-    out = raw.get("out", f"runs/{name}")
-    if not isinstance(out, str) or not out:
-        raise fail("out must be a directory path (a string)")
-    data_dir = raw.get("data_dir")
-    if data_dir is not None and (not isinstance(data_dir, str) or not data_dir):
-        raise fail("data_dir must be a directory path (a string)")
-
-    # budget
-    train_raw = _table(raw.get("train", {}), "[train]", fail)
-    _check_keys(train_raw, TRAIN_KEYS, "key in [train]", fail)
-    train = {**TRAIN_DEFAULTS, **_section_values("train", train_raw, "train", fail)}
-
-    eval_raw = _table(raw.get("eval", {}), "[eval]", fail)
-    eval_by_agent: dict[str, dict[str, Any]] = {}
-    eval_common: dict[str, Any] = {}
-    for key, value in eval_raw.items():
-        if isinstance(value, Mapping):
-            if key not in AGENTS:
-                raise fail(f"[eval.{key}]: unknown agent{suggest(key, list(AGENTS))}")
-            _check_keys(value, EVAL_KEYS, f"key in [eval.{key}]", fail)
-            eval_by_agent[key] = _section_values("eval", value, f"eval.{key}", fail)
-        else:
-            eval_common[key] = value
-    _check_keys(eval_common, EVAL_KEYS, "key in [eval]", fail)
-    evaluation = {**EVAL_DEFAULTS, **_section_values("eval", eval_common, "eval", fail)}
-
-    # settings
-    fields = {a: agent_fields(a) for a in agents}
-    all_fields = sorted(set().union(*fields.values())) if fields else []
-
-    def check_common(table: Mapping[str, Any], scope: str) -> None:
-        for key, value in table.items():
-            if not any(key in f for f in fields.values()):
-                raise fail(
-                    f"unknown setting {key!r} in {scope}{suggest(key, all_fields)}: no agent of the spec "
-                    f"({', '.join(agents) or 'none'}) has it"
-                )
-            _scalar(value, f"{scope} {key}", fail)
-
-    def check_agent(agent: str, table: Mapping[str, Any], scope: str, is_grid: bool = False) -> None:
-        for key, value in table.items():
-            if key not in fields[agent]:
-                valid = sorted(fields[agent])
-                raise fail(f"unknown setting {key!r} for {agent} in {scope}{suggest(key, valid)}")
-            if is_grid:
-                _grid_values(value, f"{scope} {key}", fail)
-            else:
-                _scalar(value, f"{scope} {key}", fail)
-
-    def scope_agent(key: str, scope: str) -> str:
-        if key in AGENTS:
-            if key not in agents:
-                raise fail(f"[{scope}.{key}]: agent {key} is not in the spec's agents ({', '.join(agents)})")
-            return key
-        raise fail(f"[{scope}.{key}]: not an agent of the spec{suggest(key, agents)}")
-
-    settings: dict[tuple[str | None, str | None], dict[str, Any]] = {}
-    settings_raw = _table(raw.get("settings", {}), "[settings]", fail)
-    common = {k: v for k, v in settings_raw.items() if not isinstance(v, Mapping)}
-    check_common(common, "[settings]")
-    settings[(None, None)] = common
-    for key, sub in settings_raw.items():
-        if not isinstance(sub, Mapping):
-            continue
-        if key in AGENTS:
-            agent = scope_agent(key, "settings")
-            check_agent(agent, sub, f"[settings.{agent}]")
-            settings[(None, agent)] = dict(sub)
-            continue
-        try:
-            env = resolve_env(key).name
-        except SorlError:
-            names = sorted(AGENTS) + _env_names()
-            raise fail(f"[settings.{key}]: neither an agent nor an environment{suggest(key, names)}") from None
-        env_common = {k: v for k, v in sub.items() if not isinstance(v, Mapping)}
-        check_common(env_common, f"[settings.{key}]")
-        settings[(env, None)] = {**settings.get((env, None), {}), **env_common}
-        for akey, asub in sub.items():
-            if isinstance(asub, Mapping):
-                agent = scope_agent(akey, f"settings.{key}")
-                check_agent(agent, asub, f"[settings.{key}.{agent}]")
-                settings[(env, agent)] = {**settings.get((env, agent), {}), **asub}
-
-    grid: dict[str | None, dict[str, list[Any]]] = {}
-    grid_raw = _table(raw.get("grid", {}), "[grid]", fail)
-    common_grid = {k: v for k, v in grid_raw.items() if not isinstance(v, Mapping)}
-    for key, value in common_grid.items():
-        if not any(key in f for f in fields.values()):
-            raise fail(f"unknown setting {key!r} in [grid]{suggest(key, all_fields)}: no agent of the spec has it")
-        common_grid[key] = _grid_values(value, f"[grid] {key}", fail)
-    grid[None] = common_grid
-    for key, sub in grid_raw.items():
-        if isinstance(sub, Mapping):
-            agent = scope_agent(key, "grid")
-            check_agent(agent, sub, f"[grid.{agent}]", is_grid=True)
-            grid[agent] = {k: _grid_values(v, f"[grid.{agent}] {k}", fail) for k, v in sub.items()}
-
-    variants_raw = raw.get("variants", [])
-    if not isinstance(variants_raw, list) or not all(isinstance(v, Mapping) for v in variants_raw):
-        raise fail("variants must be an array of tables ([[variants]])")
-    variants = []
-    names_seen: set[str] = set()
-    for i, v in enumerate(variants_raw):
-        vname = v.get("name")
-        if vname is not None and (not isinstance(vname, str) or not vname or "/" in vname):
-            raise fail(f"variants[{i}].name={vname!r} must be a non-empty string without '/'")
-        if vname in names_seen:
-            raise fail(f"two variants are named {vname!r}")
-        names_seen.add(vname)
-        check_common({k: x for k, x in v.items() if k != "name"}, f"[[variants]] #{i + 1}")
-        variants.append(dict(v))
-
-    launcher = _table(raw.get("launcher", {}), "[launcher]", fail)
-    _check_keys(launcher, LAUNCHER_KEYS, "key in [launcher]", fail)
-    if "max_parallel" in launcher:
-        _positive_int(launcher["max_parallel"], "launcher.max_parallel", fail)
-    if "group_seeds" in launcher and not isinstance(launcher["group_seeds"], bool):
-        raise fail("launcher.group_seeds must be true or false")
-    for sub, keys in (("slurm", SLURM_KEYS), ("ray", RAY_KEYS)):
-        _check_keys(_table(launcher.get(sub, {}), f"[launcher.{sub}]", fail), keys, f"key in [launcher.{sub}]", fail)
-    _check_slurm(_table(launcher.get("slurm", {}), "[launcher.slurm]", fail), fail)
-
+    file: SpecFile = validated(SpecFile, raw, fail)
+    name = file.name or (path.stem if path else "sweep")
+    agents = spec_agents(file.agents, fail)
+    scopes = Scopes(agents, fail)
     spec = Spec(
         name=name,
         path=path,
-        description=description,
+        description=file.description,
         agents=agents,
-        tasks=tasks,
-        seeds=seeds,
-        out=Path(out),
-        data_dir=data_dir,
-        train=train,
-        eval=evaluation,
-        eval_by_agent=eval_by_agent,
-        settings=settings,
-        grid=grid,
-        variants=variants,
-        launcher=launcher,
+        tasks=spec_tasks(file.environments, file.tasks, fail),
+        seeds=parse_seeds(file.seeds, fail),
+        out=Path(file.out or f"runs/{name}"),
+        data_dir=file.data_dir,
+        train={**TRAIN_DEFAULTS, **section_values("train", given(file.train), "train", fail)},
+        eval={**EVAL_DEFAULTS, **section_values("eval", given(file.eval), "eval", fail)},
+        eval_by_agent=eval_by_agent(file.eval.model_extra or {}, fail),
+        settings=scopes.settings(file.settings),
+        grid=scopes.grid(file.grid),
+        variants=scopes.variants(file.variants),
+        launcher=file.launcher.model_dump(exclude_unset=True),
     )
-    spec.check()  # every combination, now: a spec whose runs would all fail is refused before anything runs
+    spec.check()
     return spec
+
+
+def spec_agents(names: list[str], fail: Fail) -> list[str]:
+    from agents import AGENTS
+
+    for agent in names:
+        if agent not in AGENTS:
+            valid = sorted(AGENTS)
+            raise fail(f"unknown agent {agent!r}{suggest(agent, valid)}; valid agents: {', '.join(valid)}")
+    return list(dict.fromkeys(names))
+
+
+def spec_tasks(environments: list[str], tasks: list[str], fail: Fail) -> list[Any]:
+    """The environments' tasks, then the single tasks; a task named twice is run once (Task is a frozen dataclass)."""
+    from envs.registry import expand_environment, resolve_task
+
+    try:
+        found = [task for env in environments for task in expand_environment(env)]
+        found += [resolve_task(task) for task in tasks]
+    except SorlError as e:
+        raise fail(str(e)) from None
+    return list(dict.fromkeys(found))
+
+
+def section_values(section: str, table: Mapping[str, Any], scope: str, fail: Fail) -> dict[str, Any]:
+    """A [train] / [eval] table's values, each checked by its TrainSettings field (`scope.key=...: ...`); `steps = 0`
+    beside `online_steps` is a pure-online run, as `sorl train --steps 0 --online-steps N` is."""
+    steps = table.get("steps")
+    pure_online = section == "train" and type(steps) is int and steps == 0 and table.get("online_steps")
+    return {
+        key: 0 if pure_online and key == "steps" else TrainSettings.spec_value(section, key, v, f"{scope}.{key}", fail)
+        for key, v in table.items()
+    }
+
+
+def eval_by_agent(tables: Mapping[str, Any], fail: Fail) -> dict[str, dict[str, Any]]:
+    """[eval.AGENT] tables (the [eval] keys that are not its fields): one agent's own [eval] values."""
+    from agents import AGENTS
+
+    out = {}
+    for key, table in tables.items():
+        if not isinstance(table, Mapping):
+            raise fail(unknown_key(("eval",), key))
+        if key not in AGENTS:
+            raise fail(f"[eval.{key}]: unknown agent{suggest(key, list(AGENTS))}")
+        values = given(validated(EvalValues, table, fail, ("eval", key)))
+        out[key] = section_values("eval", values, f"eval.{key}", fail)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- settings scopes
+
+
+SETTING = TypeAdapter(Setting, config=ConfigDict(strict=True))
+GRID = TypeAdapter(Annotated[list[Setting], Field(min_length=1)], config=ConfigDict(strict=True))
+
+
+class Scopes:
+    """The settings scopes of a spec ([settings], [settings.AGENT], [settings.ENV], [settings.ENV.AGENT], [grid],
+    [grid.AGENT], [[variants]]) checked against the configs of the spec's agents (the registry): a key in an
+    all-agents scope must be a setting of one of them, a key in an agent's scope a setting of that agent."""
+
+    def __init__(self, agents: list[str], fail: Fail):
+        from agents import AGENTS
+
+        self.agents, self.fail, self.registered = agents, fail, set(AGENTS)
+        self.fields = {a: agent_fields(a) for a in agents}
+        self.all_fields = sorted(set().union(*self.fields.values()))
+
+    def settings(self, table: Mapping[str, Any]) -> dict[tuple[str | None, str | None], dict[str, Any]]:
+        """(environment or None, agent or None) -> settings; spellings of one environment merge."""
+        out = {(None, None): self.common(_values(table), "[settings]")}
+        for key, sub in _tables(table).items():
+            if key in self.registered:
+                agent = self.agent(key, "settings")
+                out[(None, agent)] = self.of_agent(agent, sub, f"[settings.{agent}]")
+                continue
+            env = self.environment(key)
+            out[(env, None)] = {**out.get((env, None), {}), **self.common(_values(sub), f"[settings.{key}]")}
+            for akey, asub in _tables(sub).items():
+                agent = self.agent(akey, f"settings.{key}")
+                scoped = self.of_agent(agent, asub, f"[settings.{key}.{agent}]")
+                out[(env, agent)] = {**out.get((env, agent), {}), **scoped}
+        return out
+
+    def grid(self, table: Mapping[str, Any]) -> dict[str | None, dict[str, list[Any]]]:
+        """agent or None -> key -> values."""
+        out: dict[str | None, dict[str, list[Any]]] = {None: self.common(_values(table), "[grid]", GRID)}
+        for key, sub in _tables(table).items():
+            agent = self.agent(key, "grid")
+            out[agent] = self.of_agent(agent, sub, f"[grid.{agent}]", GRID)
+        return out
+
+    def variants(self, variants: list[Variant]) -> list[dict[str, Any]]:
+        names: set[str | None] = set()
+        for i, variant in enumerate(variants):
+            if variant.name in names:
+                raise self.fail(f"two variants are named {variant.name!r}")
+            names.add(variant.name)
+            self.common(variant.model_extra or {}, f"[[variants]] #{i + 1}")
+        return [variant.model_dump(exclude_unset=True) for variant in variants]
+
+    def common(self, table: Mapping[str, Any], scope: str, adapter: TypeAdapter = SETTING) -> dict[str, Any]:
+        for key, value in table.items():
+            if not any(key in fields for fields in self.fields.values()):
+                raise self.fail(
+                    f"unknown setting {key!r} in {scope}{suggest(key, self.all_fields)}: no agent of the spec "
+                    f"({', '.join(self.agents) or 'none'}) has it"
+                )
+            self.value(value, f"{scope} {key}", adapter)
+        return dict(table)
+
+    def of_agent(self, agent: str, table: Mapping[str, Any], scope: str, adapter: TypeAdapter = SETTING) -> dict:
+        for key, value in table.items():
+            if key not in self.fields[agent]:
+                raise self.fail(f"unknown setting {key!r} for {agent} in {scope}{suggest(key, self.fields[agent])}")
+            self.value(value, f"{scope} {key}", adapter)
+        return dict(table)
+
+    def value(self, value: Any, what: str, adapter: TypeAdapter) -> None:
+        try:
+            adapter.validate_python(value)
+        except ValidationError:
+            why = "a setting must be a number, string, boolean or list of them"
+            if adapter is GRID:
+                why = "a grid setting must be a non-empty list of values, each a number, string, boolean or list"
+            raise self.fail(f"{what}: {why}") from None
+
+    def agent(self, key: str, scope: str) -> str:
+        """An agent's scope ([settings.AGENT], [grid.AGENT], ...): the agent must be one of the spec's."""
+        if key not in self.registered:
+            raise self.fail(f"[{scope}.{key}]: not an agent of the spec{suggest(key, self.agents)}")
+        if key not in self.agents:
+            raise self.fail(f"[{scope}.{key}]: agent {key} is not in the spec's agents ({', '.join(self.agents)})")
+        return key
+
+    def environment(self, key: str) -> str:
+        from envs.registry import ENVIRONMENTS, resolve_env
+
+        try:
+            return resolve_env(key).name
+        except SorlError:
+            names = sorted(self.registered) + list(ENVIRONMENTS)
+            raise self.fail(f"[settings.{key}]: neither an agent nor an environment{suggest(key, names)}") from None
+
+
+def _values(table: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in table.items() if not isinstance(v, Mapping)}
+
+
+def _tables(table: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {k: v for k, v in table.items() if isinstance(v, Mapping)}
 
 
 # ------------------------------------------------------------------------------------------- run checks
@@ -568,6 +675,17 @@ def check_run_settings(
     """What `runner.pixels.pipeline` and the Trainer would refuse in every run of (agent, task), said now with the
     spec key: p_aug on a state task, online steps on a pixel task or with frame stacking, a K the agent does not take
     or above its largest (evaluation grid, online acting policy, filmed cell)."""
+    from runner.pixels import pipeline
+
+    _check_observations(where, task, train)
+    _check_K(where, agent, task, config, _K_keys(train, ev, eval_scope))
+    try:  # anything else the run's pipeline refuses (e.g. a pixel task whose encoder was set to none)
+        pipeline(task.env, TrainSettings.from_spec(train, ev), config)
+    except SorlError as e:
+        raise SorlError(f"{where}: {agent} on {task.name}: {e}") from None
+
+
+def _check_observations(where: str, task: Any, train: Mapping[str, Any]) -> None:
     name, pixels = task.name, bool(task.env.pixels)
     p_aug, frame_stack, online = train.get("p_aug"), train.get("frame_stack"), train.get("online_steps")
     if p_aug and not pixels:
@@ -585,38 +703,39 @@ def check_run_settings(
             f"{where}: [train] online_steps = {online} with frame_stack = {frame_stack} on {name}: the online "
             "phase does not stack frames yet; drop one of them"
         )
+
+
+def _K_keys(train: Mapping[str, Any], ev: Mapping[str, Any], eval_scope: str) -> list[tuple[str, int]]:
+    """(spec key, K) of every K the runs will sample with: the evaluation grid, the online acting policy, the filmed
+    cell."""
+    keys = [(f"[{eval_scope}] K", k) for k in ev.get("K") or ()]
+    if train.get("online_steps") and train.get("online_K") is not None:
+        keys.append(("[train] online_K", train["online_K"]))
+    if ev.get("video_episodes") and ev.get("video_K") is not None:
+        keys.append(("[eval] video_K", ev["video_K"]))
+    return keys
+
+
+def _check_K(where: str, agent: str, task: Any, config: Any, keys: list[tuple[str, int]]) -> None:
     from agents import get_agent
     from sorl.agent import K_rule
 
     max_K = agent_max_K(agent, config)
-    candidates = [(f"[{eval_scope}] K", k) for k in ev.get("K") or ()]
-    if online and train.get("online_K") is not None:
-        candidates.append(("[train] online_K", train["online_K"]))
-    if ev.get("video_episodes") and ev.get("video_K") is not None:
-        candidates.append(("[eval] video_K", ev["video_K"]))
     rule = K_rule(get_agent(agent))
-    for key, K in candidates:  # the agent's own rule (`Agent.check_K`): a power of two for the shortcut agents
+    for key, K in keys:  # the agent's own rule (`Agent.check_K`): a power of two for the shortcut agents
         if not rule.takes_K(K):
             try:
                 rule.check_K(K, max_K, name=agent)
             except SorlError as e:
-                raise SorlError(f"{where}: {key} = {K} on {name}: {e}") from None
-    if max_K is not None:
-        too_big = [(key, k) for key, k in candidates if k > max_K]
-        if too_big:
-            key, K = too_big[0]
-            trained = "denoise_timesteps" if hasattr(config, "denoise_timesteps") else "the K it trains"
-            raise SorlError(
-                f"{where}: {key} = {K} on {name}: {agent} takes K up to {max_K} ({trained}); lower "
-                f"{key.split()[-1]} or raise {trained}"
-            )
-    from runner.pixels import pipeline
-    from runner.settings import TrainSettings
-
-    try:  # anything else the run's pipeline refuses (e.g. a pixel task whose encoder was set to none)
-        pipeline(task.env, TrainSettings.from_spec(train, ev), config)
-    except SorlError as e:
-        raise SorlError(f"{where}: {agent} on {name}: {e}") from None
+                raise SorlError(f"{where}: {key} = {K} on {task.name}: {e}") from None
+    too_big = [(key, k) for key, k in keys if max_K is not None and k > max_K]
+    if too_big:
+        key, K = too_big[0]
+        trained = "denoise_timesteps" if hasattr(config, "denoise_timesteps") else "the K it trains"
+        raise SorlError(
+            f"{where}: {key} = {K} on {task.name}: {agent} takes K up to {max_K} ({trained}); lower "
+            f"{key.split()[-1]} or raise {trained}"
+        )
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -626,12 +745,6 @@ def agent_fields(agent: str) -> set[str]:
     from agents import get_agent
 
     return {f.name for f in dataclasses.fields(get_agent(agent).Config)}
-
-
-def _env_names() -> list[str]:
-    from envs.registry import ENVIRONMENTS
-
-    return list(ENVIRONMENTS)
 
 
 def format_value(value: Any) -> str:
@@ -645,12 +758,17 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def _label(settings: Mapping[str, Any]) -> str:
+    """A variant's label from its settings: 'alpha=1.0,max_k_backprop=4'."""
+    return ",".join(f"{k}={format_value(v)}" for k, v in settings.items())
+
+
 def safe_name(label: str) -> str:
     """A variant label usable as one directory name."""
     return re.sub(r"[^A-Za-z0-9=,._+-]", "_", label)
 
 
-def parse_seeds(value: Any, fail=None) -> list[int]:
+def parse_seeds(value: Any, fail: Fail | None = None) -> list[int]:
     """[1, 2, 3], 3, "1-8" or "1-4,7" -> a list of distinct non-negative seeds, in order (`runner.multiseed`'s
     parser, whose message the spec prefixes)."""
     if isinstance(value, list) and not value:
@@ -659,82 +777,3 @@ def parse_seeds(value: Any, fail=None) -> list[int]:
         return list(multiseed.parse_seeds(value))
     except SorlError as e:
         raise (fail or SorlError)(str(e).replace("--seeds", "seeds", 1)) from None
-
-
-def _check_keys(table: Mapping[str, Any], valid: Sequence[str], what: str, fail) -> None:
-    for key in table:
-        if key not in valid:
-            raise fail(f"unknown {what} {key!r}{suggest(key, valid)}; valid: {', '.join(valid)}")
-
-
-def _table(value: Any, what: str, fail) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise fail(f"{what} must be a table")
-    return dict(value)
-
-
-def _str_list(value: Any, what: str, fail) -> list[str]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise fail(f"{what} must be a list of names")
-    return list(value)
-
-
-def _check_slurm(slurm: Mapping[str, Any], fail) -> None:
-    """[launcher.slurm] values: names are strings, counts whole numbers, `additional` a table of extra
-    `#SBATCH --KEY=VALUE` lines, `setup` shell lines (what sbatch itself accepts is its own check, at submission)."""
-    for key in ("partition", "account", "qos", "constraint", "folder"):
-        if key in slurm and (not isinstance(slurm[key], str) or not slurm[key].strip()):
-            raise fail(f"launcher.slurm.{key}={slurm[key]!r} must be a non-empty string")
-    for key in ("time", "cpus_per_task", "array_parallelism"):
-        if key in slurm:
-            _positive_int(slurm[key], f"launcher.slurm.{key}", fail)
-    if "gpus" in slurm and (isinstance(slurm["gpus"], bool) or not isinstance(slurm["gpus"], int) or slurm["gpus"] < 0):
-        raise fail(f"launcher.slurm.gpus={slurm['gpus']!r} must be a whole number, 0 or more")
-    mem = slurm.get("mem_gb", 1)
-    if isinstance(mem, bool) or not isinstance(mem, int | float) or mem <= 0:
-        raise fail(f"launcher.slurm.mem_gb={mem!r} must be a positive number")
-    extra = _table(slurm.get("additional", {}), "[launcher.slurm.additional]", fail)
-    for key, value in extra.items():
-        if not isinstance(value, str | int | float | bool) or value is False or " " in key:
-            raise fail(f"launcher.slurm.additional.{key}={value!r}: write KEY = VALUE (#SBATCH --KEY=VALUE) or true")
-    setup = slurm.get("setup", [])
-    if not isinstance(setup, list) or not all(isinstance(line, str) for line in setup):
-        raise fail("launcher.slurm.setup must be a list of shell lines")
-
-
-def _positive_int(value: Any, what: str, fail) -> int:
-    try:
-        check_positive(what, value)
-    except SorlError as e:
-        raise fail(str(e)) from None
-    return value
-
-
-def _scalar(value: Any, what: str, fail) -> None:
-    ok = isinstance(value, bool | int | float | str) or (
-        isinstance(value, list) and all(isinstance(v, bool | int | float | str) for v in value)
-    )
-    if not ok:
-        raise fail(f"{what}: a setting must be a number, string, boolean or list of them")
-
-
-def _grid_values(value: Any, what: str, fail) -> list[Any]:
-    if not isinstance(value, list) or not value:
-        raise fail(f"{what}: a grid setting must be a non-empty list of values")
-    for v in value:
-        _scalar(v, what, fail)
-    return list(value)
-
-
-def _section_values(section: str, table: Mapping[str, Any], scope: str, fail) -> dict[str, Any]:
-    """A [train] / [eval] table's values, each checked by its TrainSettings field (`scope.key=...: ...`); `steps = 0`
-    beside `online_steps` is a pure-online run, as `sorl train --steps 0 --online-steps N` is."""
-    pure_online = section == "train" and type(table.get("steps")) is int and table["steps"] == 0 and table.get(
-        "online_steps"
-    )
-    return {
-        key: 0 if pure_online and key == "steps" else TrainSettings.spec_value(section, key, v, f"{scope}.{key}", fail)
-        for key, v in table.items()
-    }
