@@ -198,7 +198,8 @@ def _quick_help() -> str:
     flags = [f"--{k.replace('_', '-')} {v}" for k, v in QUICK_PRESET.items()]
     agent = [f"--agent.{k}={v}" for k, v in QUICK_AGENT_PRESET.items()]
     return (
-        "Small-budget preset for a ~10-minute CPU run: " + ", ".join(flags + agent)
+        "Small-budget preset for a ~10-minute CPU run: "
+        + ", ".join(flags + agent)
         + " (agent settings the agent has); flags you give explicitly win."
     )
 
@@ -487,7 +488,7 @@ class KProbeArgs:
     """Probe how a K-step policy's actions change with K, on held-out dataset transitions."""
 
     run_dir: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
-    """Run directory of a trained run whose policy samples with K steps (SORL, flow BC)."""
+    """Run directory of a trained run whose policy's action K changes (any agent without K in its GRID_NOTES)."""
     states: int = 4096
     """Validation-dataset transitions to probe (drawn without replacement)."""
     seed: int = 0

@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from runner.evaluation import policy_cell
 from sorl.errors import SorlError
 
 SECTIONS = ("training", "inference", "evaluation", "seeds", "memory")
@@ -367,6 +368,20 @@ def bench_encoder(name: str, observations: Any, reps: int = 3) -> dict[str, Any]
 # ----------------------------------------------------------------------------------------- inference
 
 
+def inference_cells(agent: Any, size: Size) -> list[tuple[int, int]]:
+    """The (K, N) cells whose latency is measured: the size's grid along the axes that change `agent`'s action (K up
+    to its `max_K`, by its own K rule; K = 1 only where its `GRID_NOTES` name K), and its own policy's cell
+    (`runner.evaluation.policy_cell`: IFQL's (10, 32)), so that the figure includes the policy it acts with."""
+    from sorl.agent import K_rule
+
+    max_K = None if isinstance(agent, type) else agent.max_K
+    rule = K_rule(agent)
+    Ks = [1] if "K" in agent.GRID_NOTES else [K for K in size.Ks if rule.takes_K(K, max_K)]
+    cells = [(K, N) for K in Ks for N in size.Ns]
+    own = policy_cell(agent)
+    return cells if own in cells else [*cells, own]
+
+
 def bench_inference(agent_name: str, size: Size, overrides) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
@@ -376,30 +391,34 @@ def bench_inference(agent_name: str, size: Size, overrides) -> dict[str, Any]:
     agent_cls, config = agent_setup(agent_name, size, overrides)
     agent = _initial(agent_cls, config, 0)["agent"]
     policy = make_policy_fn()
-    max_K = agent.max_K
-    Ks = [K for K in size.Ks if max_K >= K] if max_K is not None else [1]  # None: the policy has no K
+    own = policy_cell(agent)
     out = []
     key = jax.random.PRNGKey(0)
     for batch in (1, 50):
         obs = jnp.zeros((batch, OBS_DIM), jnp.float32)
-        for K in Ks:
-            for N in size.Ns:
-                t = _now()
-                jax.block_until_ready(policy(agent, obs, key, K, N))
-                compile_s = _now() - t
-                secs = _timed(
-                    lambda K=K, N=N, obs=obs: jax.block_until_ready(policy(agent, obs, key, K, N)), size.latency_reps
-                )
-                out.append(
-                    {
-                        "batch": batch,
-                        "K": K,
-                        "N": N,
-                        "latency_ms": 1e3 * statistics.median(secs),
-                        "first_call_s": compile_s,
-                    }
-                )
-    return {"grid": out, "note": "median of repeated jitted policy calls; first_call_s includes compilation"}
+        for K, N in inference_cells(agent, size):
+            t = _now()
+            jax.block_until_ready(policy(agent, obs, key, K, N))
+            compile_s = _now() - t
+            secs = _timed(
+                lambda K=K, N=N, obs=obs: jax.block_until_ready(policy(agent, obs, key, K, N)), size.latency_reps
+            )
+            out.append(
+                {
+                    "batch": batch,
+                    "K": K,
+                    "N": N,
+                    "policy": own == (K, N),
+                    "latency_ms": 1e3 * statistics.median(secs),
+                    "first_call_s": compile_s,
+                }
+            )
+    return {
+        "grid": out,
+        "policy_cell": list(own),
+        "note": "median of repeated jitted policy calls; first_call_s includes compilation; policy: the agent's own "
+        "(K, N), the cell it acts with when asked for none",
+    }
 
 
 # ---------------------------------------------------------------------------------------- evaluation
@@ -969,7 +988,12 @@ def format_report(r: Mapping[str, Any]) -> str:
         lines.append("inference latency, ms (median)")
         for b in sorted({c["batch"] for c in r["inference"]["grid"]}):
             cells = [c for c in r["inference"]["grid"] if c["batch"] == b]
-            row(f"batch {b}", "  ".join(f"K={c['K']},N={c['N']}: {c['latency_ms']:.2f}" for c in cells))
+            row(
+                f"batch {b}",
+                "  ".join(f"K={c['K']},N={c['N']}{'*' * c.get('policy', False)}: {c['latency_ms']:.2f}" for c in cells),
+            )
+        if any(c.get("policy") for c in r["inference"]["grid"]):
+            row("", "* the agent's own policy (the (K, N) it acts with when asked for none)")
     if "evaluation" in r:
         e = r["evaluation"]
         lines.append(
@@ -1022,19 +1046,15 @@ def format_report(r: Mapping[str, Any]) -> str:
 
 def bench_from_cli(args: BenchArgs, agent_overrides: Mapping[str, str] | None = None) -> dict[str, Any]:
     """`sorl bench ...`: run, then print the table (or JSON)."""
+    from runner.runs import jsonable
+
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (lambda msg: print(msg, flush=True))
     result = run_bench(args, agent_overrides, log=log)
     if args.json:
-        print(json.dumps(result, indent=2, default=_jsonable))
+        print(json.dumps(jsonable(result), indent=2, default=str))
     else:
         print(format_report(result))
     return result
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    return str(x)
 
 
 def main(argv: list[str] | None = None) -> None:

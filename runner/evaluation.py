@@ -117,6 +117,39 @@ def grid_note(agent: Any, name: str, Ks: Sequence[int], Ns: Sequence[int]) -> st
     return "note: " + "; ".join(notes) if notes else None
 
 
+def policy_cell(agent: Any) -> tuple[int, int]:
+    """The (K, N) `agent` (an agent or its class) acts with when asked for none: its `PUBLISHED_CELL` where it has
+    one (IFQL: 10 flow steps, 32 candidates), else the integer defaults of its `sample_actions` (the contract's:
+    K = 1, N = 1, SORL's and the released SORL code's). A default of None is resolved by the agent from its config,
+    which only a `PUBLISHED_CELL` names to the rest of the suite: without one, that axis counts as 1 (the contract's
+    default, what every agent acted with before this rule)."""
+    import inspect
+
+    from sorl.agent import Agent
+
+    cls = agent if isinstance(agent, type) else type(agent)
+    cell = getattr(cls, "PUBLISHED_CELL", None)
+    if cell is not None:
+        return int(cell[0]), int(cell[1])
+    params = inspect.signature(getattr(cls, "sample_actions", Agent.sample_actions)).parameters
+    defaults = [params[axis].default if axis in params else None for axis in ("K", "N")]
+    K, N = (int(d) if isinstance(d, int) and not isinstance(d, bool) else 1 for d in defaults)
+    return K, N
+
+
+def network_evaluations(agent: Any, K: int, N: int) -> int:
+    """Network calls to choose one action at (K, N), per the agent's contract (its class's `GRID_NOTES`): K policy
+    steps for each of N candidates (one step where K cannot change its action: a one-step policy), plus one critic
+    call per candidate where N > 1 ranks them; an agent whose N cannot change its action draws one candidate and asks
+    no critic. An ensemble critic is one call (its members run as one batched network). `agent`: an agent, its class,
+    or None (the contract's defaults: every axis counts)."""
+    notes = getattr(agent, "GRID_NOTES", {}) or {}
+    steps = 1 if "K" in notes else int(K)
+    if "N" in notes or N == 1:
+        return steps
+    return steps * int(N) + int(N)
+
+
 def default_workers() -> int:
     """Cores available to this process."""
     return max(1, len(available_cores()))

@@ -3,8 +3,9 @@
 After the `steps` offline updates (none with `--steps 0`: a pure-online run, the reference's RLPD command) the
 agent acts in the task's environment, one environment step at a time, as the reference's `online_steps` loop:
 it picks an action with its acting policy (`Agent.exploration_actions` at (K, N) = (`--online-K`, `--online-N`),
-default (1, 1): the reference calls `agent.sample_actions(observations=ob, temperature=1, seed=key)`, whose defaults
-are SORL's `inference_timesteps=1, n=1`), steps the environment, adds the transition to the replay buffer
+default the agent's own policy, `runner.evaluation.policy_cell`: the reference calls `agent.sample_actions(
+observations=ob, temperature=1, seed=key)` with the agent's own defaults, SORL's `inference_timesteps=1, n=1` and
+IFQL's 10 flow steps and 32 candidates), steps the environment, adds the transition to the replay buffer
 (`sorl.replay`: the reference's buffer of `max(--buffer-size, dataset + 1)` rows, or with `--balanced-sampling`
 a separate one of `--buffer-size` rows), and makes one update on a batch drawn from it: add, then update. The
 phase runs through the same Trainer as offline training (`OnlineSeeds` is a `runner.multiseed.SeedRunner`), so
@@ -35,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from runner import evaluation, safety
-from runner.evaluation import MakeEnv, episode_seed
-from sorl.agent import K_rule
+from runner.evaluation import MakeEnv, episode_seed, policy_cell
+from sorl.agent import Agent, K_rule
 from sorl.chunk import distinct_buffers
 from sorl.errors import SorlError
 from sorl.inference import validate_K_N
@@ -50,11 +51,6 @@ from sorl.replay import (
     virtual_size,
 )
 from sorl.seeds import ONLINE_ACTION_STREAM, ONLINE_EPISODE_OFFSET
-
-ACTING_K = 1
-"""The acting policy's sampling steps by default: the released SORL `sample_actions`' `inference_timesteps=1`."""
-ACTING_N = 1
-"""The acting policy's best-of-N by default: the released SORL `sample_actions`' `n=1`."""
 
 POSTFIX_EPISODES = 10
 """The progress bar shows the mean success and return of this many latest online episodes (all seeds)."""
@@ -84,9 +80,12 @@ explore_jit = jax.jit(_explore, static_argnames=("K", "N"))
 # ------------------------------------------------------------------------------------ settings
 
 
-def acting_policy(settings: Any) -> tuple[int, int]:
-    """The online phase's acting (K, N): `--online-K` / `--online-N`, else the reference's (1, 1)."""
-    return int(settings.online_K or ACTING_K), int(settings.online_N or ACTING_N)
+def acting_policy(settings: Any, agent_cls: type = Agent) -> tuple[int, int]:
+    """The online phase's acting (K, N): `--online-K` / `--online-N`, else the agent's own policy
+    (`runner.evaluation.policy_cell`: IFQL's (10, 32), SORL's (1, 1) as the released code's). `agent_cls` defaults
+    to the contract's own defaults, (1, 1)."""
+    K, N = policy_cell(agent_cls)
+    return int(settings.online_K or K), int(settings.online_N or N)
 
 
 def buffer_size(settings: Any) -> int:
@@ -132,7 +131,7 @@ def check_online_settings(settings: Any, agent_cls: type, config: Any, name: str
         evaluation.validate_grid(settings.video_cell[:1], settings.video_cell[1:], None, agent_cls, name)
     if not settings.online_steps:
         return
-    K, N = acting_policy(settings)
+    K, N = acting_policy(settings, agent_cls)
     max_K = agent_max_K(agent_cls, config)
     if not K_rule(agent_cls).takes_K(K):  # the rule itself, as the flag spells it
         K_rule(agent_cls).check_K(K, max_K, name=name, what=f"--online-K {K}: the acting policy's sampling steps")
@@ -142,9 +141,10 @@ def check_online_settings(settings: Any, agent_cls: type, config: Any, name: str
         raise SorlError(f"--online-K {K} --online-N {N}: {e}") from None
 
 
-def recorded_online(settings: Any) -> dict[str, Any]:
-    """config.json's `online` section: the phase's length, sampling, buffer and acting (K, N), as used."""
-    K, N = acting_policy(settings)
+def recorded_online(settings: Any, agent_cls: type = Agent) -> dict[str, Any]:
+    """config.json's `online` section: the phase's length, sampling, buffer and acting (K, N), as used by an agent
+    of `agent_cls` (`acting_policy`)."""
+    K, N = acting_policy(settings, agent_cls)
     return {
         "steps": settings.online_steps,
         "balanced_sampling": settings.balanced_sampling,
@@ -154,15 +154,16 @@ def recorded_online(settings: Any) -> dict[str, Any]:
     }
 
 
-def check_same_online(where: Any, previous: Mapping[str, Any], settings: Any) -> None:
+def check_same_online(where: Any, previous: Mapping[str, Any], settings: Any, agent_cls: type = Agent) -> None:
     """Refuse to continue (or call complete) a run whose recorded online phase differs from `settings`' in anything
-    but its length: the acting (K, N), the sampling, the buffer size, or the offline steps it began after.
+    but its length: the acting (K, N) (the flags' or `agent_cls`'s own policy, as recorded), the sampling, the
+    buffer size, or the offline steps it began after.
 
     A run without a recorded online phase may be continued with `--online-steps` (its offline phase is the same)."""
     before = previous.get("online")
     if not before or not settings.online_steps:
         return
-    now = recorded_online(settings)
+    now = recorded_online(settings, agent_cls)
     flags = {
         "K": "--online-K",
         "N": "--online-N",
@@ -304,9 +305,10 @@ class OnlineSeeds:
 
     `states` are the seeds' training states at update `step` (>= the offline `steps`); a state without an
     `online` part starts the phase (empty buffer, episode 0). `online_steps`, `buffer_size` and `balanced` size the
-    buffer (`sorl.replay`); `K`, `N` are the acting policy's (None: the reference's 1, 1); `on_episode(i, row)`
-    receives each finished episode's online.csv row. `live[i]` False (a seed that failed before the phase) makes
-    seed `i` hold its state without an environment and never act; `say` prints the line that opens the phase.
+    buffer (`sorl.replay`); `K`, `N` are the acting policy's (`acting_policy`; None: the contract's 1, 1);
+    `on_episode(i, row)` receives each finished episode's online.csv row. `live[i]` False (a seed that failed
+    before the phase) makes seed `i` hold its state without an environment and never act; `say` prints the line
+    that opens the phase.
     """
 
     def __init__(
@@ -330,7 +332,8 @@ class OnlineSeeds:
     ):
         make_env = make_env or evaluation._make_env  # looked up now: the evaluation's default environments
         self.step, self.balanced, self.on_episode = int(step), balanced, on_episode
-        self.K, self.N = int(K or ACTING_K), int(N or ACTING_N)
+        default_K, default_N = policy_cell(Agent)
+        self.K, self.N = int(K or default_K), int(N or default_N)
         n_data = int(dataset["rewards"].shape[0])
         size = int(buffer_size or REFERENCE_BUFFER_SIZE)
         self.capacity = ring_capacity(n_data, online_steps, size, balanced)

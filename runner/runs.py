@@ -391,11 +391,14 @@ def _why_not_writable(path: Path) -> str:
 # ----------------------------------------------------------------------------------------------- files
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
+    """`x` with what JSON cannot hold made plain: mappings' keys as strings, tuples as lists, paths as strings,
+    numpy and JAX scalars as Python numbers, and non-finite floats as null (strict JSON has no NaN). Anything else
+    is left for `json.dumps` to take or refuse."""
     if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, Path):
         return str(x)
     if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 1) == 0:
@@ -421,7 +424,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json(path: Path, obj: Mapping[str, Any]) -> None:
     """Write JSON atomically (`write_text_atomic`): a reader never sees half a file."""
-    write_text_atomic(path, json.dumps(_jsonable(obj), indent=2) + "\n")
+    write_text_atomic(path, json.dumps(jsonable(obj), indent=2) + "\n")
 
 
 def read_json(path: Path, *, what: str = "file", missing: str | None = None) -> dict[str, Any]:

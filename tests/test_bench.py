@@ -125,3 +125,30 @@ def test_memory_probe_loads_ogbench_files_the_way_training_does(tmp_path):
     # The process held the dataset at its peak, on top of what JAX itself needs.
     assert r["peak_rss_bytes"] >= r["baseline_rss_bytes"] + r["dataset_bytes"]
     assert r["within_limit"] == (r["peak_rss_bytes"] <= 1.5 * r["dataset_bytes"] + 1.5 * bench.GiB)
+
+
+def test_inference_includes_the_agents_own_policy_cell(tiny, capsys):
+    """IFQL has no max_K; its latency is measured along the size's K grid and at its own policy, (10, 32) (it was
+    K = 1 only before), marked as such; a one-step agent (its GRID_NOTES name K) only at K = 1."""
+    cli.main(["bench", "--agent", "ifql", "--size", "small", "--json", "--sections", "inference"])
+    r = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    grid = r["inference"]["grid"]
+    assert {(c["batch"], c["K"], c["N"]) for c in grid} == {(b, K, N) for b in (1, 50) for K, N in
+                                                            ((1, 1), (1, 2), (10, 32))}  # fmt: skip
+    assert {(c["K"], c["N"]) for c in grid if c["policy"]} == {(10, 32)} and r["inference"]["policy_cell"] == [10, 32]
+    assert "K=10,N=32*" in bench.format_report(r)
+    from agents import get_agent
+
+    assert bench.inference_cells(get_agent("fql"), tiny) == [(1, 1), (1, 2)]
+
+
+def test_bench_json_is_strict_json_from_the_one_jsonable():
+    """The bench's JSON goes through `runner.runs.jsonable` (one helper for results.json and the bench): numpy
+    scalars as numbers, NaN as null, anything else as its text."""
+    import numpy as np
+
+    from runner.runs import jsonable
+
+    out = json.dumps(jsonable({"a": np.float32(1.5), "b": float("nan"), (1, 2): (np.int64(3),)}), default=str)
+    assert json.loads(out) == {"a": 1.5, "b": None, "(1, 2)": [3]}
+    assert not hasattr(bench, "_jsonable")

@@ -115,3 +115,37 @@ def test_probe_of_a_tiny_run_and_the_one_step_agents_refused(tiny_sorl_run, monk
     with pytest.raises(SorlError, match="samples its action in one step"):
         k_probe.k_probe(run, states=32, data_dir=data_dir)
     assert not path.exists()
+
+
+def test_the_probed_Ks_follow_each_agents_K_rule():
+    """Powers of two up to the trained maximum (SORL); without one, up to the agent's own policy's K (IFQL's 10, its
+    published cell) or the default grid's largest; an agent whose K changes nothing is refused by its GRID_NOTES."""
+    assert k_probe.probe_Ks(tiny_agent("sorl", denoise_timesteps=8, max_k_backprop=8)) == [1, 2, 4, 8]
+    assert k_probe.probe_Ks(get_agent("ifql")) == [1, 2, 4, 8, 10]
+    assert k_probe.probe_Ks(tiny_agent("ifql")) == [1, 2, 4, 8, 10]
+    with pytest.raises(SorlError, match="'fql' samples its action in one step .*sorl.*ifql"):
+        k_probe.check_K_applies(get_agent("fql"), "fql", "run")
+    k_probe.check_K_applies(get_agent("ifql"), "ifql", "run")
+
+
+def test_an_ifql_run_is_probed_at_its_own_K_and_the_powers_of_two_below(tiny_sorl_run, tmp_path, monkeypatch):
+    """IFQL has no trained maximum K and takes any K: its probe runs K = 1, 2, 4, 8 and its policy's 10, every K from
+    the same noise (to_finest 0 at K = 10). Refused before as 'one step' (its max_K is None)."""
+    import shutil
+
+    from sorl.config import config_to_dict
+
+    sorl_run, data_dir, task = tiny_sorl_run
+    run = tmp_path / "ifql-run"
+    shutil.copytree(sorl_run, run, ignore=shutil.ignore_patterns("*.json", "*.csv"))
+    shutil.copy(sorl_run / "config.json", run / "config.json")
+    cfg = json.loads((run / "config.json").read_text())
+    config = tiny_agent("ifql").config
+    agent = get_agent("ifql").create(0, jnp.zeros((1, cfg["obs_dim"])), jnp.zeros((1, cfg["action_dim"])), config)
+    cfg.update(agent="ifql", agent_config=config_to_dict(config))
+    (run / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.setattr(k_probe, "load_run", lambda r: (agent, 20))
+    record = k_probe.k_probe(run, states=16, data_dir=data_dir)
+    assert record["agent"] == "ifql" and [r["K"] for r in record["K"]] == [1, 2, 4, 8, 10]
+    assert record["K"][-1]["to_finest"] == 0.0 and record["K"][0]["to_finest"] > 0.0
+    assert all(r["q"] is None for r in record["K"])  # IFQL's critic does not read K

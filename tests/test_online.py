@@ -542,3 +542,23 @@ def test_sigkill_in_the_online_phase_then_resume_is_exact(tmp_path):
         assert int(ring["size"]) == ONLINE_STEPS and ring["rewards"].shape[0] == BUFFER_SIZE
     finally:
         reference.close()
+
+
+def test_the_acting_policy_is_the_agents_own_unless_the_flags_set_it():
+    """Without --online-K/--online-N an agent acts with its own policy (`runner.evaluation.policy_cell`): IFQL's
+    published cell (10, 32), SORL's (1, 1) as the released code; the flags win, each on its own axis. What is
+    recorded and what a resume is checked against are that same cell (before, IFQL acted with (1, 1))."""
+    from agents import get_agent
+
+    ifql, sorl = get_agent("ifql"), get_agent("sorl")
+    s = TrainSettings.of(online_steps=10)
+    assert online_lib.acting_policy(s, ifql) == (10, 32) and online_lib.acting_policy(s, sorl) == (1, 1)
+    assert online_lib.acting_policy(TrainSettings.of(online_steps=10, online_K=4), ifql) == (4, 32)
+    assert online_lib.acting_policy(TrainSettings.of(online_steps=10, online_N=1), ifql) == (10, 1)
+    assert online_lib.acting_policy(s) == (1, 1)  # no agent: the contract's defaults
+    recorded = online_lib.recorded_online(s, ifql)
+    assert (recorded["K"], recorded["N"]) == (10, 32)
+    online_lib.check_online_settings(s, ifql, ifql.Config(), "ifql")  # its own cell is one it takes
+    online_lib.check_same_online("run", {"online": recorded, "train": {"steps": s.steps}}, s, ifql)
+    with pytest.raises(SorlError, match=r"--online-K 10 \(now 1\), --online-N 32 \(now 1\)"):
+        online_lib.check_same_online("run", {"online": recorded, "train": {"steps": s.steps}}, s, sorl)
