@@ -15,9 +15,11 @@ Methods are the agents, split by the settings (resolved agent config, offline bu
 between runs of one agent on one environment (the grid of a sweep): e.g. "sorl alpha=1.0" and "sorl alpha=10.0".
 A run fine-tuned online (config.json's `online` section) is its own method, "sorl +online 500000" (its online steps,
 and the online settings that differ between such runs), never averaged with offline-only runs. Each
-row says which (K, N) cell it reports; the default is the largest K with N = 1 that the method's runs evaluated
-(`--K`/`--N` pick another). Partial sweeps are aggregated with the number of tasks and seeds shown; runs that are
-not complete are left out and counted.
+row says which (K, N) cell it reports; the default is the agent's published cell where it has one (its
+`PUBLISHED_CELL`: IFQL's 10 flow steps and 32 candidates) and the runs evaluated it, else the largest K with N = 1
+that the method's runs evaluated (`--K`/`--N` pick another); a note says which, for an agent with a published cell.
+Partial sweeps are aggregated with the number of tasks and seeds shown; runs that are not complete are left out and
+counted.
 """
 
 from __future__ import annotations
@@ -369,14 +371,43 @@ class Row:
         return text
 
 
+def published_cell(agent: str) -> tuple[int, int] | None:
+    """The (K, N) cell an agent's published numbers are (its class's `PUBLISHED_CELL`: IFQL's (10, 32)), or None
+    (the published table's N = 1; an agent no longer registered)."""
+    from agents import AGENTS
+
+    cell = getattr(AGENTS.get(agent), "PUBLISHED_CELL", None)
+    return None if cell is None else (int(cell[0]), int(cell[1]))
+
+
 def default_cell(records: Sequence[RunRecord]) -> tuple[int, int]:
-    """The largest K with N = 1 evaluated by every run (else by most runs; N = smallest if no N = 1)."""
+    """The cell a method's rows report when --K/--N do not say: its agent's published cell (`published_cell`) where
+    every run evaluated it (else most runs: the union), otherwise the largest K with N = 1 evaluated by every run
+    (else by most runs; N = smallest if no N = 1)."""
     common = set.intersection(*(set(r.final) for r in records)) if records else set()
     cells = common or set().union(*(set(r.final) for r in records))
     if not cells:
         raise SorlError(f"runs of {records[0].label} have no final evaluation in results.json")
+    own = published_cell(records[0].agent)
+    if own in cells:
+        return own
     n = 1 if any(c[1] == 1 for c in cells) else min(c[1] for c in cells)
     return max(c[0] for c in cells if c[1] == n), n
+
+
+def default_cell_note(method: str, agent: str, cell: tuple[int, int]) -> str | None:
+    """The table's note saying which cell a method's rows show by default where its agent has a published cell:
+    that cell, or that its runs did not evaluate it (and how to); None for the other agents."""
+    own = published_cell(agent)
+    if own is None:
+        return None
+    K, N = own
+    if cell == own:
+        return f"{method}: its rows show K={K}, N={N}, the cell {agent}'s published numbers are (its own policy)"
+    return (
+        f"{method}: its runs did not evaluate K={K}, N={N}, the cell {agent}'s published numbers are; its rows show "
+        f"K={cell[0]}, N={cell[1]} (evaluate it with `sorl eval RUN --K {K} --N {N}`)"
+    )
 
 
 def _score(r: RunRecord, cell: tuple[int, int]) -> float | None:
@@ -457,6 +488,8 @@ def table_rows(
         if cell is None:
             dk, dn = default_cell(recs)
             cell = (K if K is not None else dk, N if N is not None else dn)
+            if (note := default_cell_note(method, recs[0].agent, cell)) is not None:
+                notes.append(note)
         missing = [r for r in recs if _score(r, cell) is None]
         if missing:
             notes.append(
@@ -521,8 +554,10 @@ def table_rows(
 def comparison_note() -> str:
     """Which (K, N) each side of `--compare` is."""
     return (
-        "ours: the row's cell (default: the largest K evaluated, N = 1; --K/--N pick another); "
-        f"paper: the published number, {paper.PUBLISHED_CELL} (no best-of-N; the one-step baselines have no K)"
+        "ours: the row's cell (default: the agent's published cell where it has one and its runs evaluated it, else "
+        "the largest K evaluated, N = 1; --K/--N pick another); "
+        f"paper: the published number, {paper.PUBLISHED_CELL} (no best-of-N; the one-step baselines have no K) "
+        "unless its agent's published cell says otherwise"
     )
 
 

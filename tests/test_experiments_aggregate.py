@@ -302,3 +302,22 @@ def test_a_run_fine_tuned_online_is_its_own_row(tmp_path):
     (offline[1] / "config.json").write_text("{}")
     rows, _ = aggregate.table_rows(aggregate.load_runs([tmp_path]), levels=("task",))
     assert {r.method for r in rows} == {"sorl steps=1000", "sorl steps=500 +online 500"}
+
+
+def test_an_agent_with_a_published_cell_reports_it_by_default(tmp_path):
+    """IFQL's published numbers are its cell (10, 32) (its PUBLISHED_CELL): where its runs evaluated that cell, the
+    table shows it by default and says so (before: the largest K with N = 1, here 8); where they did not, today's rule
+    and a note saying how to evaluate it. Other agents keep the largest K with N = 1."""
+    for seed in (1, 2):
+        write_run(tmp_path / "a", "cube-single-play-task1", "ifql", seed, {(1, 1): 0.1, (8, 1): 0.2, (10, 32): 0.9})
+        write_run(tmp_path / "b", "scene-play-task1", "ifql", seed, {(1, 1): 0.1, (8, 1): 0.4})
+        write_run(tmp_path / "a", "cube-single-play-task1", "sorl", seed, {(8, 1): 0.5, (8, 4): 0.7})
+    rows, notes = aggregate.table_rows(aggregate.load_runs([tmp_path / "a"]), levels=("task",))
+    (ifql,) = rows_by(rows, agent="ifql")
+    assert (ifql.K, ifql.N, ifql.mean) == (10, 32, pytest.approx(90.0))
+    assert (rows_by(rows, agent="sorl")[0].K, rows_by(rows, agent="sorl")[0].N) == (8, 1)
+    assert any("K=10, N=32, the cell ifql's published numbers are" in n for n in notes)
+    rows, notes = aggregate.table_rows(aggregate.load_runs([tmp_path / "b"]), levels=("task",))
+    assert (rows[0].K, rows[0].N) == (8, 1)
+    assert any("did not evaluate K=10, N=32" in n and "sorl eval RUN --K 10 --N 32" in n for n in notes)
+    assert "published cell" in aggregate.comparison_note()
