@@ -16,6 +16,7 @@ from agents.ifql import IFQLAgent
 from agents.iql import IQLAgent
 from agents.rebrac import ReBRACAgent
 from agents.sorl import SORLAgent
+from agents.srpo import SRPOAgent
 from sorl.agent import check_own_config
 from sorl.errors import SorlError, suggest
 
@@ -29,6 +30,7 @@ AGENTS: dict[str, type] = {
     "ifql": IFQLAgent,  # flow BC policy, the best of N flow samples by an IQL critic (FQL's IDQL-for-flows baseline)
     "fawac": FAWACAgent,  # flow policy, advantage-weighted flow matching (FQL's AWR-for-flows baseline)
     "fbrac": FBRACAgent,  # flow policy, Q term backpropagated through its Euler ODE (FQL's BPTT baseline)
+    "srpo": SRPOAgent,  # deterministic one-step policy, score-regularised by a pretrained diffusion behaviour model
 }
 
 
