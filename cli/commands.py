@@ -3,7 +3,7 @@
     sorl sweep SPEC [--launcher local|slurm|ray] [--dry-run] [--max-parallel P] [--group-seeds] ...
     sorl table RUN_DIRS_OR_SWEEP... [--format md|csv|latex] [--K K --N N] [--compare paper] [--level env]
     sorl plot scaling RUN_DIRS_OR_SWEEP... [--out plots] [--stat mean|iqm] [--formats png,pdf]
-    sorl plot compute RUN_DIRS_OR_SWEEP... [--out plots]     success against network evaluations per action
+    sorl plot compute RUN_DIRS_OR_SWEEP... [--out plots]     success against network evaluations per action, all methods
     sorl plot curves RUN_DIRS_OR_SWEEP... [--out plots] [--K K --N N] [--metrics critic/critic_loss,...]
     sorl results [PAGES_OR_DIRS...]     regenerate the committed results' tables and figures from their runs
 
@@ -239,7 +239,8 @@ class PlotCurves:
 
 @dataclass(frozen=True)
 class PlotCompute(PlotScaling):
-    """Success against inference compute (network evaluations per action): the sequential/parallel frontier."""
+    """Success against inference compute (network evaluations per action): the sequential/parallel frontier of each
+    method (compute-METHOD), and every method of the runs on one frontier figure (compute-all)."""
 
 
 PlotCommand = (

@@ -3,8 +3,9 @@
 - scaling: success against K (one line per N) and against N (one line per K), per environment and over all
   environments, one figure per method. Cells come from each run's `scaling.json` (`sorl eval`) when it has
   one, else from the final evaluation in `results.json`.
-- compute: success against network evaluations per action, every (K, N) cell a point, with the frontier of
-  sequential (K) against parallel (N) scaling.
+- compute: success against network evaluations per action (`runner.evaluation.network_evaluations`, from each
+  agent's contract), every (K, N) cell a point, with the frontier of sequential (K) against parallel (N) scaling;
+  one figure per method, then `compute-all`: every method of the study on one frontier figure.
 - curves: success (at one (K, N) cell, from `eval.csv`) and losses (from `train.csv`) against gradient updates,
   per environment and over all, every method in the same panels.
 
@@ -248,17 +249,40 @@ def plot_scaling(
 # ---------------------------------------------------------------------------------------------- compute
 
 
-def network_evaluations(K: int, N: int, critics: int = 2) -> int:
-    """Network evaluations to choose one action at (K, N): K policy steps for each of N candidates, and, when
-    N > 1, each candidate scored by every critic of the ensemble (N = 1 asks no critic)."""
-    return K * N + (N * critics if N > 1 else 0)
+def _agent_cls(agent: str) -> Any:
+    """The registered class of `agent` (its contract: `GRID_NOTES`, `PUBLISHED_CELL`); None for an agent this version
+    does not have (the contract's defaults)."""
+    from agents import AGENTS
+
+    return AGENTS.get(agent)
 
 
-def _critics(recs: Sequence[RunRecord]) -> int:
-    try:
-        return int(recs[0].settings.get("num_critics", 2))
-    except (TypeError, ValueError):
-        return 2
+def _cell_points(
+    recs: Sequence[RunRecord], grids: dict[int, dict], stat: str, reps: int
+) -> dict[tuple[int, int], tuple[float, float, float]]:
+    """(K, N) -> (point, ci_low, ci_high) of success (%) over `recs`, for every cell some run evaluated."""
+    cells = sorted(set().union(*(set(grids[id(r)]) for r in recs)))
+    points = {}
+    for cell in cells:
+        est = _cell_estimate(recs, grids, cell, stat, reps)
+        if np.isfinite(est[0]):
+            points[cell] = est
+    return points
+
+
+def compute_frontier(costed: Sequence[tuple[int, float, Any]]) -> list[tuple[int, float, Any]]:
+    """The frontier of (cost, success, what) points: each point that beats every cheaper-or-equal one, by cost."""
+    frontier, best = [], -math.inf
+    for cost, p, what in sorted(costed, key=lambda c: (c[0], -c[1])):
+        if p > best:
+            best = p
+            frontier.append((cost, p, what))
+    return frontier
+
+
+COMPUTE_AXIS = "network evaluations per action"
+"""The x axis of `sorl plot compute` (`runner.evaluation.network_evaluations`), defined in each figure's heading."""
+COMPUTE_COST = "x: K·N policy calls + N critic calls where N > 1 ranks the candidates"
 
 
 def plot_compute(
@@ -270,30 +294,31 @@ def plot_compute(
     reps: int = PLOT_REPS,
     title: str | None = None,
 ) -> list[Path]:
-    """Success against inference compute (network evaluations per action), every (K, N) cell a point: lines join
-    the cells of one N (sequential scaling, K growing) and the dashed line is the frontier, the best success at or
-    below each compute. One figure per method, one panel per environment and over all; returns the files."""
+    """Success against inference compute (network evaluations per action, `runner.evaluation.network_evaluations`
+    from each agent's contract), every (K, N) cell a point. One figure per method: lines join the cells of one N
+    (sequential scaling, K growing) and the dashed line is the frontier, the best success at or below each compute.
+    Then one figure of every method together, `compute-all`: each method's cells as its own labelled markers and
+    its frontier as a line, so that the inference-compute scaling of different agents is compared on one axis.
+    One panel per environment and over all; returns the files written."""
+    from runner.evaluation import network_evaluations
+
     formats = check_plot_options(stat=stat, formats=formats, reps=reps, out=out_dir)
     plt = _pyplot()
     runset = load_runs(paths)
+    methods = _by_method(runset.records)
+    grids = {id(r): r.scaling_grid() for r in runset.records}
     written: list[Path] = []
-    for method, recs in _by_method(runset.records).items():
-        grids = {id(r): r.scaling_grid() for r in recs}
-        critics = _critics(recs)
+    for method, recs in methods.items():
+        agent = _agent_cls(recs[0].agent)
         panels = _env_panels(recs)
         fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
         for col, (env, env_recs) in enumerate(panels):
             ax = axes[0][col]
-            cells = sorted(set().union(*(set(grids[id(r)]) for r in env_recs)))
-            points: dict[tuple[int, int], tuple[float, float, float]] = {}
-            for K, N in cells:
-                est = _cell_estimate(env_recs, grids, (K, N), stat, reps)
-                if np.isfinite(est[0]):
-                    points[(K, N)] = est
+            points = _cell_points(env_recs, grids, stat, reps)
             Ns = sorted({n for _, n in points})
             cmap = plt.get_cmap("viridis")
             for i, N in enumerate(Ns):
-                line = sorted((network_evaluations(K, n, critics), p, K) for (K, n), p in points.items() if n == N)
+                line = sorted((network_evaluations(agent, K, n), p, K) for (K, n), p in points.items() if n == N)
                 x = [c for c, _, _ in line]
                 y = np.array([p[0] for _, p, _ in line])
                 err = np.array([[p[0] - p[1] for _, p, _ in line], [p[2] - p[0] for _, p, _ in line]])
@@ -301,23 +326,72 @@ def plot_compute(
                 ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=2, color=color, label=f"N = {N}")
                 for cost, p, K in line:
                     ax.annotate(f"K{K}", (cost, p[0]), textcoords="offset points", xytext=(3, 3), fontsize=6)
-            frontier, best = [], -math.inf
-            for cost, p in sorted((network_evaluations(K, N, critics), p[0]) for (K, N), p in points.items()):
-                if p > best:
-                    best = p
-                    frontier.append((cost, p))
+            costed = [(network_evaluations(agent, K, N), p[0], (K, N)) for (K, N), p in points.items()]
+            frontier = compute_frontier(costed)
             if frontier:
-                xs, ys = zip(*frontier, strict=True)
+                xs, ys, _ = zip(*frontier, strict=True)
                 ax.step(xs, ys, where="post", linestyle="--", color="black", linewidth=1, label="frontier")
-            costs = sorted({network_evaluations(K, N, critics) for K, N in points})
-            if costs:
-                ax.set_xscale("log", base=2)
-                ax.set_xlim(min(costs) / 1.3, max(costs) * 1.3)
-            xname = f"network evaluations per action (K·N + {critics}N critic if N > 1)"
-            _finish_panel(ax, xname, stat, env, env_recs)
-        heading = f"Success against inference compute: {method} (final checkpoint; bars: 95% bootstrap CI)"
+            _compute_axis(ax, [network_evaluations(agent, K, N) for K, N in points])
+            _finish_panel(ax, COMPUTE_AXIS, stat, env, env_recs)
+        heading = (
+            f"Success against inference compute: {method} (final checkpoint; bars: 95% bootstrap CI; {COMPUTE_COST})"
+        )
         written += _finish_figure(plt, fig, title, heading, 1.02, Path(out_dir) / f"compute-{_safe(method)}", formats)
+    written += _plot_compute_all(plt, methods, grids, stat, reps, title, Path(out_dir), formats)
     return written
+
+
+def _plot_compute_all(
+    plt: Any,
+    methods: dict[str, list[RunRecord]],
+    grids: dict[int, dict],
+    stat: str,
+    reps: int,
+    title: str | None,
+    out_dir: Path,
+    formats: Sequence[str],
+) -> list[Path]:
+    """`compute-all`: every method of the study on one compute axis per panel (see `plot_compute`)."""
+    from runner.evaluation import network_evaluations
+
+    records = [r for recs in methods.values() for r in recs]
+    panels = _env_panels(records)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
+    colors, markers = plt.get_cmap("tab10"), "osD^vP*Xh<>p"
+    for col, (env, env_recs) in enumerate(panels):
+        ax = axes[0][col]
+        ids, costs = {id(r) for r in env_recs}, []
+        for i, (method, recs) in enumerate(methods.items()):
+            recs = [r for r in recs if id(r) in ids]
+            if not recs:
+                continue
+            agent = _agent_cls(recs[0].agent)
+            points = _cell_points(recs, grids, stat, reps)
+            costed = sorted((network_evaluations(agent, K, N), p[0], (K, N)) for (K, N), p in points.items())
+            if not costed:
+                continue
+            color, marker = colors(i % 10), markers[i % len(markers)]
+            xs, ys, _ = zip(*costed, strict=True)
+            ax.plot(xs, ys, linestyle="none", marker=marker, ms=5, color=color, alpha=0.55, label=method)
+            frontier = compute_frontier(costed)
+            fx, fy, _ = zip(*frontier, strict=True)
+            ax.step(fx, fy, where="post", color=color, linewidth=1.4, label="_frontier")  # "_": not in the legend
+            for cost, p, (K, N) in frontier:
+                ax.annotate(f"{K},{N}", (cost, p), textcoords="offset points", xytext=(3, 3), fontsize=6, color=color)
+            costs += list(xs)
+        _compute_axis(ax, costs)
+        _finish_panel(ax, COMPUTE_AXIS, stat, env, env_recs)
+    heading = (
+        "Success against inference compute, every method (markers: its (K, N) cells; line: its frontier, the best "
+        f"success at or below each compute; labels K,N)\n{COMPUTE_COST}"
+    )
+    return _finish_figure(plt, fig, title, heading, 1.02, out_dir / "compute-all", formats)
+
+
+def _compute_axis(ax: Any, costs: Sequence[int]) -> None:
+    if costs:
+        ax.set_xscale("log", base=2)
+        ax.set_xlim(min(costs) / 1.3, max(costs) * 1.3)
 
 
 # ---------------------------------------------------------------------------------------------- curves
