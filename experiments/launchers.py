@@ -34,7 +34,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -246,74 +246,89 @@ def launch_local(
     compile_cache: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run the jobs in worker processes, at most `max_parallel` at once, cores divided between the slots."""
-    cores = available_cores()
-    slots_n = max(1, min(max_parallel, len(jobs)))
-    per = max(1, len(cores) // slots_n)
-    slots: queue.Queue[int] = queue.Queue()
-    for i in range(slots_n):
-        slots.put(i)
-    procs: dict[int, subprocess.Popen] = {}
-    lock = threading.Lock()
-    stop = threading.Event()
-    outcomes: list[dict[str, Any]] = []
-
-    def run_one(job: Job) -> list[dict[str, Any]]:
-        slot = slots.get()
-        try:
-            if stop.is_set():
-                return _failed_job(job, "interrupted")
-            mine = [cores[(slot * per + j) % len(cores)] for j in range(per)]
-            runs = _with_workers(job.runs, per)
-            env = dict(os.environ)
-            env["OMP_NUM_THREADS"] = str(per)
-            if slots_n > 1:
-                env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{min(0.75, 0.9 / slots_n):.2f}")
-            if compile_cache:
-                env.setdefault("JAX_COMPILATION_CACHE_DIR", compile_cache)
-            log = Path(job.log)
-            log.parent.mkdir(parents=True, exist_ok=True)
-            result_file = log.parent / f".outcome-{uuid.uuid4().hex}.json"
-            cmd = [sys.executable, "-m", "experiments.worker", "--outcomes", str(result_file)]
-            cmd += ["--cores", ",".join(map(str, mine))]
-            if len(runs) > 1:
-                cmd.append("--log-each")
-            payload = json.dumps([dataclasses.asdict(r) for r in runs])
-            with log.open("a") as logf:
-                proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=logf, stderr=subprocess.STDOUT, env=env)
-                with lock:
-                    procs[proc.pid] = proc
-                try:
-                    proc.communicate(payload.encode())
-                finally:
-                    with lock:
-                        procs.pop(proc.pid, None)
-            try:
-                result = json.loads(result_file.read_text())
-                result_file.unlink()
-                return result
-            except (OSError, ValueError):
-                return _failed_job(job, f"worker process exited with code {proc.returncode}")
-        finally:
-            slots.put(slot)
-
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    pool = ThreadPoolExecutor(slots_n, thread_name_prefix="sorl-sweep")
+    slots = WorkerSlots(max(1, min(max_parallel, len(jobs))), compile_cache)
+    pool = ThreadPoolExecutor(slots.n, thread_name_prefix="sorl-sweep")
+    outcomes: list[dict[str, Any]] = []
     try:
-        futures = [pool.submit(run_one, job) for job in jobs]
-        for fut in as_completed(futures):
+        for fut in as_completed([pool.submit(slots.run, job) for job in jobs]):
             for o in fut.result():
                 outcomes.append(o)
                 on_outcome(o)
     except BaseException:
-        stop.set()
-        with lock:
-            for proc in procs.values():  # only the worker processes this launcher started
-                proc.terminate()
+        slots.stop()
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return outcomes
+
+
+class WorkerSlots:
+    """`n` slots, each a share of this machine's cores: a job waits for a free slot and runs in a worker process
+    (`python -m experiments.worker`) pinned to that slot's cores, its output to the job's log."""
+
+    def __init__(self, n: int, compile_cache: str | None):
+        self.n, self.compile_cache = n, compile_cache
+        self.cores = available_cores()
+        self.per = max(1, len(self.cores) // n)
+        self.free: queue.Queue[int] = queue.Queue()
+        for i in range(n):
+            self.free.put(i)
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+
+    def run(self, job: Job) -> list[dict[str, Any]]:
+        slot = self.free.get()
+        try:
+            if self.stopped.is_set():
+                return _failed_job(job, "interrupted")
+            return self.run_worker(job, [self.cores[(slot * self.per + j) % len(self.cores)] for j in range(self.per)])
+        finally:
+            self.free.put(slot)
+
+    def run_worker(self, job: Job, cores: list[int]) -> list[dict[str, Any]]:
+        """The job in one worker process on `cores`; its outcomes come back through a file the worker writes."""
+        runs = _with_workers(job.runs, self.per)
+        log = Path(job.log)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        result_file = log.parent / f".outcome-{uuid.uuid4().hex}.json"
+        cmd = [sys.executable, "-m", "experiments.worker", "--outcomes", str(result_file)]
+        cmd += ["--cores", ",".join(map(str, cores)), *(["--log-each"] if len(runs) > 1 else [])]
+        payload = json.dumps([dataclasses.asdict(r) for r in runs])
+        with log.open("a") as logf:
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=logf, stderr=subprocess.STDOUT, env=self.env())
+            with self.lock:
+                self.procs[proc.pid] = proc
+            try:
+                proc.communicate(payload.encode())
+            finally:
+                with self.lock:
+                    self.procs.pop(proc.pid, None)
+        try:
+            result = json.loads(result_file.read_text())
+            result_file.unlink()
+            return result
+        except (OSError, ValueError):
+            return _failed_job(job, f"worker process exited with code {proc.returncode}")
+
+    def env(self) -> dict[str, str]:
+        """A worker's environment: its threads, its share of the GPU's memory, the sweep's compilation cache."""
+        env = dict(os.environ)
+        env["OMP_NUM_THREADS"] = str(self.per)
+        if self.n > 1:
+            env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{min(0.75, 0.9 / self.n):.2f}")
+        if self.compile_cache:
+            env.setdefault("JAX_COMPILATION_CACHE_DIR", self.compile_cache)
+        return env
+
+    def stop(self) -> None:
+        """No new job starts; the worker processes this launcher started are terminated."""
+        self.stopped.set()
+        with self.lock:
+            for proc in self.procs.values():
+                proc.terminate()
 
 
 # ---------------------------------------------------------------------------------------------- slurm
@@ -519,6 +534,9 @@ def _import_submitit() -> Any:
     return sys.modules["submitit"]
 
 
+SLURM_HINT = "run on a Slurm login node, or use --launcher local (--submitit-cluster local tests this path here)"
+
+
 def launch_slurm(
     jobs: Sequence[Job],
     *,
@@ -530,99 +548,132 @@ def launch_slurm(
     compile_cache: str | None = None,
     poll_s: float = 5.0,
 ) -> list[dict[str, Any]]:
+    """The jobs as one Slurm job array (followed until each has a result unless `options.wait` is off), or, on
+    submitit's local/debug cluster, as local processes within a window of `max_parallel`."""
+    executor = slurm_executor(options, folder, name, len(jobs), max_parallel)
+    workers = int(options.cpus_per_task)
+    outcomes: list[dict[str, Any]] = []
+
+    def report(result: list[dict[str, Any]]) -> None:
+        for o in result:
+            outcomes.append(o)
+            on_outcome(o)
+
+    try:
+        if options.cluster != "slurm":
+            _run_windowed(executor, jobs, max(1, max_parallel or len(jobs)), workers, compile_cache, report)
+            return outcomes
+        submitted = _submit_array(executor, jobs, workers, compile_cache)
+        array_id = submitted[0].job_id.split("_")[0]
+        print(f"submitted {len(jobs)} jobs as Slurm array {array_id}", flush=True)
+        if options.wait:
+            _follow_array(array_id, list(zip(submitted, jobs, strict=True)), report, poll_s)
+    except FileNotFoundError as e:
+        raise SorlError(f"slurm launcher: {e.filename or 'sbatch'} not found; {SLURM_HINT}") from None
+    return outcomes
+
+
+def slurm_executor(options: SlurmOptions, folder: Path, name: str, n_jobs: int, max_parallel: int | None) -> Any:
+    """submitit's executor for the sweep's jobs, its parameters set (the sbatch options on a real Slurm)."""
     submitit = _import_submitit()
     if options.cluster not in ("slurm", "local", "debug"):
         raise SorlError(f"--submitit-cluster {options.cluster!r}: use slurm, local or debug")
-    hint = "run on a Slurm login node, or use --launcher local (--submitit-cluster local tests this path here)"
     try:
         executor = submitit.AutoExecutor(folder=str(folder), cluster=options.cluster)
     except (RuntimeError, ValueError, OSError) as e:
-        raise SorlError(f"slurm launcher: {_first_line(str(e))}; {hint}") from None
-    params = slurm_parameters(options, name, len(jobs), max_parallel)
+        raise SorlError(f"slurm launcher: {_first_line(str(e))}; {SLURM_HINT}") from None
+    params = slurm_parameters(options, name, n_jobs, max_parallel)
     if options.cluster != "slurm":
         params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
     try:
         executor.update_parameters(**params)
     except (NameError, AssertionError, ValueError) as e:
         raise SorlError(f"slurm launcher: bad parameter ({_first_line(str(e))})") from None
-    workers = int(options.cpus_per_task)
-    outcomes: list[dict[str, Any]] = []
+    return executor
 
-    def collect(sjob: Any, job: Job) -> None:
-        try:
-            result = sjob.result()
-        except Exception as e:  # noqa: BLE001 - the job crashed, timed out or was cancelled
-            log = str(sjob.paths.stderr)
-            result = _failed_job(job, f"submitit job {sjob.job_id} failed: {_first_line(str(e))[:300]}", log)
-        for o in result:
-            outcomes.append(o)
-            on_outcome(o)
 
+def _submit_array(executor: Any, jobs: Sequence[Job], workers: int, compile_cache: str | None) -> list[Any]:
+    try:  # submitit prints sbatch's refusal to stderr before raising it: keep that to the one line below
+        with contextlib.redirect_stderr(io.StringIO()):
+            n = len(jobs)
+            return executor.map_array(SlurmJobFunction(), [j.runs for j in jobs], [workers] * n, [compile_cache] * n)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - sbatch refused the script (submitit: FailedJobError)
+        raise SorlError(f"sbatch refused the job array: {_sbatch_refusal(e)}; nothing was submitted") from None
+
+
+def _job_result(sjob: Any, job: Job) -> list[dict[str, Any]]:
+    """A submitit job's outcomes: its result, or each of its runs failed with why."""
     try:
-        if options.cluster == "slurm":
-            try:  # submitit prints sbatch's refusal to stderr before raising it: keep that to the one line below
-                with contextlib.redirect_stderr(io.StringIO()):
-                    submitted = executor.map_array(
-                        SlurmJobFunction(), [j.runs for j in jobs], [workers] * len(jobs), [compile_cache] * len(jobs)
-                    )
-            except FileNotFoundError:
-                raise
-            except Exception as e:  # noqa: BLE001 - sbatch refused the script (submitit: FailedJobError)
-                raise SorlError(f"sbatch refused the job array: {_sbatch_refusal(e)}; nothing was submitted") from None
-            array_id = submitted[0].job_id.split("_")[0]
-            print(f"submitted {len(jobs)} jobs as Slurm array {array_id}", flush=True)
-            if not options.wait:
-                return []
-            pending = list(zip(submitted, jobs, strict=True))
-            gone: dict[str, int] = {}  # job id -> polls it has been ended (or unknown to squeue) with no result
-            while pending:
-                states = slurm_states([array_id])
-                still = []
-                for sjob, job in pending:
-                    if sjob.paths.result_pickle.exists():
-                        collect(sjob, job)
-                        continue
-                    if states is None:  # squeue cannot tell: submitit's own check (sacct)
-                        if sjob.done():
-                            collect(sjob, job)
-                        else:
-                            still.append((sjob, job))
-                        continue
-                    state = states.get(sjob.job_id, "UNKNOWN").split()[0]
-                    if state in ENDED or state == "UNKNOWN":
-                        gone[sjob.job_id] = gone.get(sjob.job_id, 0) + 1
-                        if gone[sjob.job_id] >= 3:  # the result file would be there by now
-                            state = "GONE" if state == "UNKNOWN" else state
-                            for o in _failed_job(job, _ended_without_result(sjob, state), str(sjob.paths.stderr)):
-                                outcomes.append(o)
-                                on_outcome(o)
-                            continue
-                    else:
-                        gone.pop(sjob.job_id, None)
-                    still.append((sjob, job))
-                pending = still
-                if pending:
-                    time.sleep(poll_s)
-        else:  # local / debug: submit within a window of max_parallel jobs
-            window = max(1, max_parallel or len(jobs))
-            todo = list(jobs)
-            running: list[tuple[Any, Job]] = []
-            while todo or running:
-                while todo and len(running) < window:
-                    job = todo.pop(0)
-                    running.append((executor.submit(run_job_remote, job.runs, workers, compile_cache), job))
-                still = []
-                for sjob, job in running:
-                    if sjob.done():
-                        collect(sjob, job)
-                    else:
-                        still.append((sjob, job))
-                running = still
-                if running:
-                    time.sleep(0.5)
-    except FileNotFoundError as e:
-        raise SorlError(f"slurm launcher: {e.filename or 'sbatch'} not found; {hint}") from None
-    return outcomes
+        return sjob.result()
+    except Exception as e:  # noqa: BLE001 - the job crashed, timed out or was cancelled
+        error = f"submitit job {sjob.job_id} failed: {_first_line(str(e))[:300]}"
+        return _failed_job(job, error, str(sjob.paths.stderr))
+
+
+def _follow_array(
+    array_id: str, pending: list[tuple[Any, Job]], report: Callable[[list[dict[str, Any]]], None], poll_s: float
+) -> None:
+    """Poll until every array task has reported: with its result, or as failed once it has ended without one."""
+    gone: dict[str, int] = {}  # job id -> polls it has been ended (or unknown to squeue) with no result
+    while pending:
+        states = slurm_states([array_id])
+        still = []
+        for sjob, job in pending:
+            result = _array_task_outcome(sjob, job, states, gone)
+            if result is None:
+                still.append((sjob, job))
+            else:
+                report(result)
+        pending = still
+        if pending:
+            time.sleep(poll_s)
+
+
+def _array_task_outcome(
+    sjob: Any, job: Job, states: dict[str, str] | None, gone: dict[str, int]
+) -> list[dict[str, Any]] | None:
+    """One array task's outcomes once it has ended; None while it may still run (or its result is on its way)."""
+    if sjob.paths.result_pickle.exists():
+        return _job_result(sjob, job)
+    if states is None:  # squeue cannot tell: submitit's own check (sacct)
+        return _job_result(sjob, job) if sjob.done() else None
+    state = states.get(sjob.job_id, "UNKNOWN").split()[0]
+    if state not in ENDED and state != "UNKNOWN":
+        gone.pop(sjob.job_id, None)
+        return None
+    gone[sjob.job_id] = gone.get(sjob.job_id, 0) + 1
+    if gone[sjob.job_id] < 3:  # the result file would be there by now
+        return None
+    state = "GONE" if state == "UNKNOWN" else state
+    return _failed_job(job, _ended_without_result(sjob, state), str(sjob.paths.stderr))
+
+
+def _run_windowed(
+    executor: Any,
+    jobs: Sequence[Job],
+    window: int,
+    workers: int,
+    compile_cache: str | None,
+    report: Callable[[list[dict[str, Any]]], None],
+) -> None:
+    """submitit's local/debug executor: at most `window` jobs submitted at once."""
+    todo = list(jobs)
+    running: list[tuple[Any, Job]] = []
+    while todo or running:
+        while todo and len(running) < window:
+            job = todo.pop(0)
+            running.append((executor.submit(run_job_remote, job.runs, workers, compile_cache), job))
+        still = []
+        for sjob, job in running:
+            if sjob.done():
+                report(_job_result(sjob, job))
+            else:
+                still.append((sjob, job))
+        running = still
+        if running:
+            time.sleep(0.5)
 
 
 # ------------------------------------------------------------------------------------------------ ray
@@ -646,20 +697,12 @@ def launch_ray(
     on_outcome: Callable[[dict[str, Any]], None],
     compile_cache: str | None = None,
 ) -> list[dict[str, Any]]:
+    """The jobs as Ray tasks, at most `max_parallel` at once; a local Ray instance started here is stopped after."""
     try:
         import ray
     except ImportError:
         raise SorlError("the ray launcher needs Ray: pip install 'sorl[ray]' (or pip install ray)") from None
-    started = False
-    if not ray.is_initialized():
-        try:
-            if options.address:
-                ray.init(address=options.address, log_to_driver=False)
-            else:
-                ray.init(num_cpus=options.num_cpus, include_dashboard=False, log_to_driver=False)
-                started = True
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise SorlError(f"ray launcher: cannot connect to Ray ({_first_line(str(e))[:200]})") from None
+    started = _start_ray(ray, options)
     remote = ray.remote(run_job_remote).options(
         num_cpus=options.cpus_per_run, num_gpus=options.gpus_per_run, max_retries=0
     )
@@ -692,6 +735,20 @@ def launch_ray(
         if started:
             ray.shutdown()
     return outcomes
+
+
+def _start_ray(ray: Any, options: RayOptions) -> bool:
+    """Connect to `options.address`, or start a local instance (True: this launcher started it, and stops it)."""
+    if ray.is_initialized():
+        return False
+    try:
+        if options.address:
+            ray.init(address=options.address, log_to_driver=False)
+            return False
+        ray.init(num_cpus=options.num_cpus, include_dashboard=False, log_to_driver=False)
+        return True
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise SorlError(f"ray launcher: cannot connect to Ray ({_first_line(str(e))[:200]})") from None
 
 
 # ------------------------------------------------------------------------------------ launcher options
@@ -855,11 +912,69 @@ def sweep(
     if max_parallel is not None and (isinstance(max_parallel, bool) or max_parallel < 1):
         raise SorlError(f"--max-parallel={max_parallel}: must be at least 1")
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    slurm, ray_options = slurm or SlurmOptions(), ray_options or RayOptions()
     runs = spec.runs(out=out, data_dir=data_dir)
     root = Path(runs[0].run_dir).parents[len(Path(runs[0].id).parts) - 1]
-    summary = Summary(spec.name, len(runs))
+    summary, states, pending = triage(spec.name, runs, retry_failed)
+    max_parallel = max_parallel or spec.launcher.get("max_parallel")
+    jobs = make_jobs(pending, spec.launcher.get("group_seeds", False) if group_seeds is None else group_seeds)
+    print(
+        f"sweep {spec.name}: {len(runs)} runs ({', '.join(spec.agents)}; {_n(len(spec.tasks), 'task')}; "
+        f"{_n(len(spec.seeds), 'seed')}) under {root}: {len(summary.skipped)} complete, "
+        f"{len(summary.failed_before)} failed before, {len(pending)} to run as {len(jobs)} jobs ({launcher})",
+        flush=True,
+    )
+    if dry_run:
+        print_plan(runs, states, jobs, launcher, slurm, max_parallel, pending if check_data else [])
+        return summary
+    if not jobs:
+        print(summary.line(), flush=True)
+        return summary
+    if check_data and not (launcher == "ray" and ray_options.address):
+        for note in check_datasets(pending):
+            print(note, flush=True)
+    on_outcome = Progress(summary, len(pending), progress)
+    try:
+        cache = str(root / ".jax-cache") if compile_cache else None
+        launch(launcher, jobs, on_outcome, cache, spec.name, root, max_parallel, slurm, ray_options)
+        if launcher == "slurm" and not slurm.wait:
+            summary.submitted = len(pending)
+    finally:
+        on_outcome.close()
+    print_summary(summary)
+    return summary
+
+
+def launch(
+    launcher: str,
+    jobs: Sequence[Job],
+    on_outcome: Callable[[dict[str, Any]], None],
+    compile_cache: str | None,
+    name: str,
+    root: Path,
+    max_parallel: int | None,
+    slurm: SlurmOptions,
+    ray_options: RayOptions,
+) -> None:
+    """The jobs on `launcher`, each run's outcome to `on_outcome`."""
+    if launcher == "local":
+        parallel = max_parallel or default_parallel()
+        launch_local(jobs, max_parallel=parallel, on_outcome=on_outcome, compile_cache=compile_cache)
+    elif launcher == "slurm":
+        folder = Path(slurm.folder) if slurm.folder else root / "submitit"
+        launch_slurm(jobs, options=slurm, folder=folder, name=name, max_parallel=max_parallel,
+                     on_outcome=on_outcome, compile_cache=compile_cache)  # fmt: skip
+    else:
+        launch_ray(jobs, options=ray_options, max_parallel=max_parallel, on_outcome=on_outcome,
+                   compile_cache=compile_cache)  # fmt: skip
+
+
+def triage(name: str, runs: Sequence[RunSpec], retry_failed: bool) -> tuple[Summary, dict[str, str], list[RunSpec]]:
+    """(summary with the runs already finished, each run's state, the runs left to launch): complete runs are
+    skipped, failed ones too unless `retry_failed`."""
+    summary = Summary(name, len(runs))
+    states: dict[str, str] = {}
     pending: list[RunSpec] = []
-    states = {}
     for r in runs:
         state, error = run_state(r)
         states[r.id] = state
@@ -869,92 +984,65 @@ def sweep(
             summary.failed_before.append({"id": r.id, "error": error, "log": r.log, "run_dir": r.run_dir})
         else:
             pending.append(r)
-    cfg = spec.launcher
-    max_parallel = max_parallel or cfg.get("max_parallel")
-    group_seeds = cfg.get("group_seeds", False) if group_seeds is None else group_seeds
-    jobs = make_jobs(pending, group_seeds)
+    return summary, states, pending
 
-    header = (
-        f"sweep {spec.name}: {len(runs)} runs ({', '.join(spec.agents)}; {_n(len(spec.tasks), 'task')}; "
-        f"{_n(len(spec.seeds), 'seed')}) under {root}: {len(summary.skipped)} complete, "
-        f"{len(summary.failed_before)} failed before, {len(pending)} to run as {len(jobs)} jobs ({launcher})"
-    )
-    print(header, flush=True)
-    if dry_run:
-        for r in runs:
-            print(f"  {states[r.id]:<9} {r.id}")
-        for job in jobs:
-            for r in job.runs:
-                print(f"    $ {r.command()}")
-        if launcher == "slurm" and jobs:  # the job array's sbatch options, as they will be submitted
-            options = slurm or SlurmOptions()
-            print(f"  slurm: {_n(len(jobs), 'job')} as one array, submitted with:")
-            for line in sbatch_lines(options, len(jobs), max_parallel):
-                print(f"    {line}")
-            for line in options.setup:
-                print(f"    {line}  (setup)")
-        if check_data:  # what a launch would need: one line per environment whose dataset is missing
-            for m in missing_datasets(pending):
-                print(m.line(), flush=True)
-        print("dry run: nothing launched", flush=True)
-        return summary
-    if not jobs:
-        print(summary.line(), flush=True)
-        return summary
-    if check_data and not (launcher == "ray" and (ray_options and ray_options.address)):
-        for note in check_datasets(pending):
-            print(note, flush=True)
 
-    cache = str(root / ".jax-cache") if compile_cache else None
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+def print_plan(
+    runs: Sequence[RunSpec],
+    states: Mapping[str, str],
+    jobs: Sequence[Job],
+    launcher: str,
+    slurm: SlurmOptions,
+    max_parallel: int | None,
+    check_data_of: Sequence[RunSpec],
+) -> None:
+    """`--dry-run`: each run's state, each command to run, the job array's sbatch lines, the missing datasets."""
+    for r in runs:
+        print(f"  {states[r.id]:<9} {r.id}")
+    for job in jobs:
+        for r in job.runs:
+            print(f"    $ {r.command()}")
+    if launcher == "slurm" and jobs:  # the job array's sbatch options, as they will be submitted
+        print(f"  slurm: {_n(len(jobs), 'job')} as one array, submitted with:")
+        for line in sbatch_lines(slurm, len(jobs), max_parallel):
+            print(f"    {line}")
+        for line in slurm.setup:
+            print(f"    {line}  (setup)")
+    for m in missing_datasets(check_data_of):  # what a launch would need: one line per environment lacking its data
+        print(m.line(), flush=True)
+    print("dry run: nothing launched", flush=True)
 
-        bar = tqdm(total=len(pending), unit="run", desc=f"sweep {spec.name}", dynamic_ncols=True)
 
-    def on_outcome(o: dict[str, Any]) -> None:
+class Progress:
+    """Each run's outcome counted into the sweep's summary: on a progress bar, or (without one) a line per failure."""
+
+    def __init__(self, summary: Summary, total: int, bar: bool):
+        self.summary, self.bar = summary, None
+        if bar:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="run", desc=f"sweep {summary.name}", dynamic_ncols=True)
+
+    def __call__(self, o: dict[str, Any]) -> None:
+        summary = self.summary
         (summary.done if o["status"] == "done" else summary.failed).append(o)
         msg = None if o["status"] == "done" else f"failed: {o['id']}: {o['error']} (log: {o['log']})"
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix({"done": len(summary.done), "failed": len(summary.failed)}, refresh=False)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix({"done": len(summary.done), "failed": len(summary.failed)}, refresh=False)
             if msg:
-                bar.write(msg)
+                self.bar.write(msg)
         elif msg:
             print(msg, flush=True)
 
-    try:
-        if launcher == "local":
-            parallel = max_parallel or default_parallel()
-            launch_local(jobs, max_parallel=parallel, on_outcome=on_outcome, compile_cache=cache)
-        elif launcher == "slurm":
-            options = slurm or SlurmOptions()
-            folder = Path(options.folder) if options.folder else root / "submitit"
-            launch_slurm(
-                jobs,
-                options=options,
-                folder=folder,
-                name=spec.name,
-                max_parallel=max_parallel,
-                on_outcome=on_outcome,
-                compile_cache=cache,
-            )
-            if not options.wait:
-                summary.submitted = len(pending)
-        else:
-            launch_ray(
-                jobs,
-                options=ray_options or RayOptions(),
-                max_parallel=max_parallel,
-                on_outcome=on_outcome,
-                compile_cache=cache,
-            )
-    finally:
-        if bar is not None:
-            bar.close()
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def print_summary(summary: Summary) -> None:
     print(summary.line(), flush=True)
     for o in summary.failed:
         print(f"  failed: {o['id']}: {o['error']} (log: {o['log']})", flush=True)
     for o in summary.failed_before:
         print(f"  failed before: {o['id']}: {o['error']} (results: {o['run_dir']}/results.json)", flush=True)
-    return summary
