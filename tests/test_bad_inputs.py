@@ -139,7 +139,7 @@ CASES = [
         False,
     ),
     # agents: names, keys and values
-    ("unknown-agent", [*T, "--agent", "sac"], "unknown agent", None, False),
+    ("unknown-agent", [*T, "--agent", "nosuchagent"], "unknown agent", None, False),
     ("unknown-agent-key", [*T, "--agent.nonsense=1"], "unknown setting --agent.nonsense", None, False),
     ("agent-key-typo", [*T, "--agent.q_los_coef=1"], "q_loss_coef", None, False),
     ("agent-value-type", [*T, "--agent.lr=abc"], "--agent.lr", None, False),
@@ -179,7 +179,7 @@ CASES = [
     ("spec-not-toml", ["sweep", "{tmp}/bad.json", "--dry-run"], ".toml", _spec("{}", "bad.json"), False),
     ("spec-invalid-toml", SWEEP, "not valid TOML", _spec("agents = [sorl"), False),
     ("spec-unknown-key", SWEEP, "agentz", _spec(GOOD_SPEC + "agentz = 1\n"), False),
-    ("spec-unknown-agent", SWEEP, "unknown agent", _spec(GOOD_SPEC.replace('"sorl"', '"sac"')), False),
+    ("spec-unknown-agent", SWEEP, "unknown agent", _spec(GOOD_SPEC.replace('"sorl"', '"nosuchagent"')), False),
     ("spec-unknown-task", SWEEP, "cube-single-play", _spec(TYPO_TASK), False),
     ("spec-bad-steps", SWEEP, "steps", _spec(GOOD_SPEC + "[train]\nsteps = 0\n"), False),
     ("spec-bad-K", SWEEP, "power of two", _spec(GOOD_SPEC + "[eval]\nK = [3]\n"), False),

@@ -56,7 +56,9 @@ CASES: list[Refusal] = [
         "quick-keeps-the-check", [*T, "--quick", "--agent", "iql", "--agent.alpha_actor=1"], "not of iql", kind="cli"
     ),
     # --help of something that does not exist: the error, not a page of help
-    Refusal("help-unknown-agent", ["train", "--agent", "sac", "--help"], "unknown agent 'sac'", kind="cli"),
+    Refusal(
+        "help-unknown-agent", ["train", "--agent", "nosuchagent", "--help"], "unknown agent 'nosuchagent'", kind="cli"
+    ),
     Refusal("help-unknown-task", ["train", "--agent", "fql", "--task", "nosuch", "--help"], "'nosuch'", kind="cli"),
 ]
 

@@ -96,7 +96,7 @@ def _read_only_run(tmp: Path) -> None:
 def _alien_agent(tmp: Path) -> None:
     _trained(tmp)
     cfg = json.loads((tmp / "run" / "config.json").read_text())
-    (tmp / "run" / "config.json").write_text(json.dumps({**cfg, "agent": "sac"}))
+    (tmp / "run" / "config.json").write_text(json.dumps({**cfg, "agent": "nosuchagent"}))
 
 
 def _earlier_video(tmp: Path) -> None:
