@@ -15,6 +15,7 @@ from agents.fql import FQLAgent
 from agents.ifql import IFQLAgent
 from agents.iql import IQLAgent
 from agents.rebrac import ReBRACAgent
+from agents.sac import SACAgent
 from agents.sorl import SORLAgent
 from agents.srpo import SRPOAgent
 from sorl.agent import check_own_config
@@ -31,6 +32,7 @@ AGENTS: dict[str, type] = {
     "fawac": FAWACAgent,  # flow policy, advantage-weighted flow matching (FQL's AWR-for-flows baseline)
     "fbrac": FBRACAgent,  # flow policy, Q term backpropagated through its Euler ODE (FQL's BPTT baseline)
     "srpo": SRPOAgent,  # deterministic one-step policy, score-regularised by a pretrained diffusion behaviour model
+    "sac": SACAgent,  # online only: tanh-Gaussian soft actor-critic; with --balanced-sampling, RLPD
 }
 
 

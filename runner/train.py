@@ -88,11 +88,13 @@ def resolve_agent_config(
     overrides: Mapping[str, str] | None = None,
     agent_cls: type | None = None,
     online: bool = False,
+    steps: int | None = None,
 ):
     """(AgentClass, config, env_settings): defaults, then the environment's settings, then `overrides`.
 
     `agent_cls` (default: the registry's class for `agent_name`) is the class trained under that name; `online`
-    takes the environment's offline-to-online settings where the reference's online command differs."""
+    takes the environment's offline-to-online settings where the reference's online command differs; `steps`, the
+    run's offline steps where known, is checked against the agent (`check_offline`)."""
     from agents import get_agent
     from envs.registry import agent_env_settings
 
@@ -100,12 +102,23 @@ def resolve_agent_config(
         agent_cls = get_agent(agent_name)  # checks the class itself
     else:
         check_own_config(agent_cls)
+    check_offline(agent_cls, agent_name, steps)
     settings = agent_env_settings(agent_cls, env_name, online=online)
     config = dataclasses.replace(agent_cls.Config(), **settings)
     if overrides:
         config = apply_overrides(config, dict(overrides))
     config.validate()
     return agent_cls, config, settings
+
+
+def check_offline(agent_cls: type, agent_name: str, steps: int | None) -> None:
+    """One-line SorlError for offline steps (`steps` > 0) of an online-only agent (`Agent.OFFLINE` False)."""
+    if steps and not getattr(agent_cls, "OFFLINE", True):
+        raise SorlError(
+            f"{agent_name} is an online agent, it does not train offline (--steps {steps}): run it pure-online with "
+            f"`sorl train --agent {agent_name} --task TASK --steps 0 --online-steps N`, adding --balanced-sampling "
+            "for RLPD (half of each batch from the dataset, the reference's command)"
+        )
 
 
 def ogbench_version() -> str:
@@ -245,8 +258,9 @@ class Trainer:
         task_info = resolve_task(task)
         self.task_name, self.env_name, self.agent = task_info.name, task_info.env.name, agent
         self.agent_overrides = dict(agent_overrides or {})
+        online, steps = bool(self.settings.online_steps), self.settings.steps  # steps: an online agent's refusal
         self.agent_cls, self.config, self.env_settings = resolve_agent_config(
-            agent, self.env_name, self.agent_overrides, agent_cls, online=bool(self.settings.online_steps)
+            agent, self.env_name, self.agent_overrides, agent_cls, online=online, steps=steps
         )
         # the evaluated and acting K against the agent's rule, before anything is read
         check_online_settings(self.settings, self.agent_cls, self.config, agent)

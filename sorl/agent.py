@@ -44,7 +44,9 @@ and may declare, as class attributes, what the rest of the suite reads about it:
 - `ENV_SETTINGS`, `ONLINE_ENV_SETTINGS`: its per-environment settings, offline and for online runs, each with its
   source and verified mark (`sorl.sources`; resolved for a task by `envs.registry.agent_env_settings`);
 - `PUBLISHED_COLUMN`, `PUBLISHED_AS`: the published table's column it is compared with (`sorl table --compare
-  paper`), and what produces our side of it.
+  paper`), and what produces our side of it;
+- `OFFLINE`: whether it trains offline (default True); an online-only agent (SAC) sets False, and a run with
+  offline steps (`--steps` > 0) is refused in one line before anything is written (`runner.train.check_offline`).
 
 Its `Config` declares each setting's check next to the field (`sorl.validation.setting`; shared names such as `lr`
 have one in `sorl.validation.SHARED`). A new agent is one file in `agents/` defining all of this and one line in
@@ -94,6 +96,8 @@ class Agent(flax.struct.PyTreeNode):
     PUBLISHED_CELL: ClassVar[tuple[int, int] | None] = None
     """(K, N) of its published numbers where its policy is one particular cell (`runner.evaluation.grid_note` says
     it); None: the published table's N = 1 (`experiments.paper.PUBLISHED_CELL`)."""
+    OFFLINE: ClassVar[bool] = True
+    """Whether it trains offline; False: online only (`--steps 0 --online-steps N`), offline steps refused."""
     K_POWERS_OF_TWO: ClassVar[bool] = True
     """The sampling step counts it takes (`check_K`): powers of two (the shortcut sampler's step codes d = log2 K),
     or, False, any K >= 1 (a sampler without a step-size input); either up to `max_K` where it has one."""
