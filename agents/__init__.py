@@ -12,6 +12,7 @@ from agents.fawac import FAWACAgent
 from agents.fbrac import FBRACAgent
 from agents.flow_bc import FlowBCAgent
 from agents.fql import FQLAgent
+from agents.idql import IDQLAgent
 from agents.ifql import IFQLAgent
 from agents.iql import IQLAgent
 from agents.rebrac import ReBRACAgent
@@ -33,6 +34,7 @@ AGENTS: dict[str, type] = {
     "fbrac": FBRACAgent,  # flow policy, Q term backpropagated through its Euler ODE (FQL's BPTT baseline)
     "srpo": SRPOAgent,  # deterministic one-step policy, score-regularised by a pretrained diffusion behaviour model
     "sac": SACAgent,  # online only: tanh-Gaussian soft actor-critic; with --balanced-sampling, RLPD
+    "idql": IDQLAgent,  # DDPM behaviour policy, the best of N diffusion samples by an IQL critic (IDQL)
 }
 
 
