@@ -263,7 +263,7 @@ class SACConfig(baselines.BaselineConfig):
     The reference's `tanh_squash` and `state_dependent_std` are fixed at SAC's True (`TanhGaussianActor`)."""
 
     q_agg: Literal["mean", "min"] = "min"
-    """How the target critics combine in the TD target (and the best-of-N verifier); the actor reads their mean."""
+    """How the target critics combine in the TD target and in ranking N candidates; the actor reads their mean."""
     actor_fc_scale: float = 0.01
     """Initialisation scale of the actor's mean and log-std heads."""
     target_entropy: float | None = setting(None, check=NUMBER_OR_NONE)
