@@ -37,11 +37,11 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from runner.evaluation import policy_cell
 from sorl.errors import SorlError
 
 SECTIONS = ("training", "inference", "evaluation", "seeds", "memory")
@@ -96,6 +96,15 @@ class BenchArgs:
     task: str | None = None
     """A pixel task (e.g. visual-cube-single-play): training with its settings (the image encoder, frame stacking and
     augmentation on the device) on synthetic uint8 frames; training section only (default: cube-single, states)."""
+    reference: Path | None = None
+    """A checkout of the agent's reference code (FQL's for ifql): also time its training loop against ours, in one
+    run on this machine, alternately (updates/s at the size's networks and batch)."""
+    reference_python: Path | None = None
+    """The Python of the reference's own environment (default: REFERENCE/.venv/bin/python)."""
+    reference_updates: int = 50
+    """Updates per timed window of each side in the reference comparison."""
+    reference_reps: int = 5
+    """Timed windows of each side (after one warm-up window each); the figures are their medians."""
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -372,6 +381,7 @@ def inference_cells(agent: Any, size: Size) -> list[tuple[int, int]]:
     """The (K, N) cells whose latency is measured: the size's grid along the axes that change `agent`'s action (K up
     to its `max_K`, by its own K rule; K = 1 only where its `GRID_NOTES` name K), and its own policy's cell
     (`runner.evaluation.policy_cell`: IFQL's (10, 32)), so that the figure includes the policy it acts with."""
+    from runner.evaluation import policy_cell
     from sorl.agent import K_rule
 
     max_K = None if isinstance(agent, type) else agent.max_K
@@ -386,6 +396,7 @@ def bench_inference(agent_name: str, size: Size, overrides) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
 
+    from runner.evaluation import policy_cell
     from sorl.inference import make_policy_fn
 
     agent_cls, config = agent_setup(agent_name, size, overrides)
@@ -521,13 +532,18 @@ class Runner:
 def interleaved(runners: Mapping[str, Callable[[], float]], reps: int) -> dict[str, float]:
     """Median updates/s of each runner, their calls alternated (one warm-up each) so that a change in the load of
     a shared machine hits all of them alike."""
+    return {name: statistics.median(v) for name, v in interleaved_rates(runners, reps).items()}
+
+
+def interleaved_rates(runners: Mapping[str, Callable[[], float]], reps: int) -> dict[str, list[float]]:
+    """Every timed call's updates/s of each runner, as `interleaved` alternates them."""
     for run in runners.values():
         run()
     rates: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(reps):
         for name, run in runners.items():
             rates[name].append(run())
-    return {name: statistics.median(v) for name, v in rates.items()}
+    return rates
 
 
 def _single_runner(agent_cls, config, dataset, n: int, seed: int = 0, donate: bool = True) -> Runner:
@@ -645,8 +661,6 @@ def write_synthetic_ogbench_files(data_dir: str | os.PathLike, transitions: int,
     """cube-single's train and validation files, in OGBench's layout and file names, with random contents:
     `transitions` training transitions (a tenth for validation) in episodes of 1000, so that loading them is
     exactly what a training run does with a published dataset of that size."""
-    from pathlib import Path
-
     from envs.checks import expected_layout
     from envs.datasets import dataset_paths
     from envs.registry import resolve_task
@@ -837,6 +851,216 @@ def bench_changes(agent_name: str, size: Size, overrides, dataset, training: Map
     return out
 
 
+# ------------------------------------------------------------------------------------------- reference
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A published implementation of one of our agents that `sorl bench --reference CHECKOUT` times against ours."""
+
+    what: str
+    repo: str
+    commit: str
+    """The commit our agent was checked against (a checkout at another commit is timed too, and its commit said)."""
+    module: str
+    """Its agent's module and class, imported from the checkout; the module has the reference's `get_config()`."""
+    cls: str
+    sized: Callable[[Size], dict[str, Any]]
+    """Its config keys for a bench size (the network dims and batch), on top of its `get_config()` defaults."""
+    packages: tuple[str, ...]
+    """What its own environment needs to import and train that agent, besides the JAX stack (pinned to ours)."""
+
+
+REFERENCES: dict[str, Reference] = {
+    # Registry name -> its reference. FQL's code ships IFQL (agents/ifql.py); its requirements say jax >= 0.4.26 and
+    # flax >= 0.8.4, so its environment gets this process's JAX, Flax and Optax: the same XLA on both sides.
+    "ifql": Reference(
+        what="FQL's reference IFQL (agents/ifql.py)",
+        repo="seohongpark/fql",
+        commit="719d04417cb0b206deddbc7d761b3e710c3d750c",
+        module="agents.ifql",
+        cls="IFQLAgent",
+        sized=lambda size: {
+            "actor_hidden_dims": [size.width] * size.layers,
+            "value_hidden_dims": [size.width] * size.layers,
+            "batch_size": size.batch,
+        },
+        packages=("ml_collections", "distrax"),  # distrax: imported by its utils/networks.py
+    ),
+}
+
+REFERENCE_CHILD = r"""
+import json, sys, time
+checkout, spec = sys.argv[1], json.loads(sys.stdin.readline())
+sys.path.insert(0, checkout)
+import importlib
+import jax, flax, numpy as np
+from utils.datasets import Dataset
+
+module = importlib.import_module(spec["module"])
+arrays = dict(np.load(spec["data"]))
+dataset = Dataset.create(**arrays)
+config = module.get_config()
+config.update({k: tuple(v) if isinstance(v, list) else v for k, v in spec["config"].items()})
+np.random.seed(spec["seed"])
+example = dataset.sample(1)
+agent = getattr(module, spec["cls"]).create(spec["seed"], example["observations"], example["actions"], config)
+batch_size = config["batch_size"]
+
+def updates(n):
+    # the reference's offline loop (main.py): a host-sampled batch, then the jitted update; infos read only at
+    # its log interval, so none is fetched here
+    global agent
+    start = time.perf_counter()
+    for _ in range(n):
+        agent, info = agent.update(dataset.sample(batch_size))
+    jax.block_until_ready(agent)
+    return time.perf_counter() - start
+
+updates(1)  # compiles
+print(json.dumps({"jax": jax.__version__, "flax": flax.__version__, "backend": jax.default_backend()}), flush=True)
+for line in sys.stdin:
+    n = int(line)
+    print(json.dumps({"seconds": updates(n)}), flush=True)
+"""
+"""The reference's side, run with its environment's Python from its checkout: our code (a dataset file, a timed
+loop), its agent and dataset sampler. It answers each line `n` on stdin with the seconds of n updates."""
+
+
+class ReferenceRunner:
+    """The reference's training loop in its own process and environment: each call times `n` of its updates (the
+    process waits on its stdin in between, so it takes no cores from ours)."""
+
+    def __init__(self, python: str, checkout: str, spec: Mapping[str, Any], n: int):
+        self.n = n
+        self.proc = subprocess.Popen(
+            [python, "-c", REFERENCE_CHILD, checkout],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=checkout,
+        )
+        self.info = self._answer(json.dumps(dict(spec)))
+
+    def _answer(self, line: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        answer = self.proc.stdout.readline()
+        if not answer:
+            self.close()
+            tail = (self.proc.stderr.read() if self.proc.stderr else "").strip().splitlines()[-1:] or ["no output"]
+            raise SorlError(f"the reference process stopped: {tail[0]}")
+        return json.loads(answer)
+
+    def __call__(self) -> float:
+        return self.n / self._answer(str(self.n))["seconds"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def reference_python(checkout: Path, python: str | None) -> str:
+    """The Python of the reference's own environment: `python`, else CHECKOUT/.venv/bin/python; one line naming the
+    command that makes it when there is none."""
+    path = Path(python) if python else checkout / ".venv" / "bin" / "python"
+    if not path.is_file():
+        raise SorlError(f"no Python at {path}: give the reference's environment with --reference-python, or make one: "
+                        f"{reference_setup(checkout)}")  # fmt: skip
+    return str(path)
+
+
+def reference_setup(checkout: Path, agent: str = "ifql") -> str:
+    """The commands that make the reference's environment beside its checkout, with this process's JAX stack."""
+    import importlib.metadata as md
+
+    pins = " ".join(f"{p}=={md.version(p)}" for p in ("jax", "jaxlib", "flax", "optax"))
+    extra = " ".join(REFERENCES[agent].packages) if agent in REFERENCES else ""
+    venv = checkout / ".venv"
+    return f"python3 -m venv {venv} && {venv}/bin/pip install {pins} {extra}".strip()
+
+
+def _checkout_commit(checkout: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
+    except OSError:
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def bench_reference(args: BenchArgs, size: Size, overrides, dataset_host: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Updates/s of our agent's training chunk and of its reference's training loop, at the same network size and
+    batch on the same synthetic data, timed alternately (`interleaved`) in windows of `--reference-updates` updates:
+    `--reference-reps` windows each after one warm-up window; medians and their ratio."""
+    import tempfile
+
+    from sorl.data import to_device
+
+    ref, checkout, python = check_reference(args)
+    n = args.reference_updates
+    agent_cls, config = agent_setup(args.agent, size, overrides)
+    ours = _single_runner(agent_cls, config, to_device(dataset_host), n)
+    with tempfile.TemporaryDirectory(prefix="sorl-bench-reference-") as tmp:
+        data = Path(tmp) / "data.npz"
+        terminals = np.zeros(len(dataset_host["rewards"]), np.float32)
+        terminals[-1] = 1.0  # its Dataset finds episode starts from the terminals
+        np.savez(data, terminals=terminals, **{k: np.asarray(v) for k, v in dataset_host.items()})
+        spec = {"module": ref.module, "cls": ref.cls, "config": ref.sized(size), "data": str(data), "seed": 0}
+        theirs = ReferenceRunner(python, str(checkout), spec, n)
+        try:
+            windows = interleaved_rates({"ours": ours, "reference": theirs}, args.reference_reps)
+        finally:
+            theirs.close()
+    rates = {name: statistics.median(v) for name, v in windows.items()}
+    import jax
+
+    return {
+        "reference": ref.what,
+        "repo": ref.repo,
+        "commit": _checkout_commit(checkout) or "unknown (not a git checkout)",
+        "checked_commit": ref.commit,
+        "reference_python": python,
+        "reference_jax": theirs.info.get("jax"),
+        "reference_flax": theirs.info.get("flax"),
+        "our_jax": jax.__version__,
+        "networks": network_shape(config),
+        "batch_size": config.batch_size,
+        "window_updates": n,
+        "windows": args.reference_reps,
+        "ours_updates_per_s": rates["ours"],
+        "reference_updates_per_s": rates["reference"],
+        "ours_updates_per_s_all": windows["ours"],
+        "reference_updates_per_s_all": windows["reference"],
+        "speedup": rates["ours"] / rates["reference"],
+        "note": "medians of alternating windows on the same machine and data; ours: the training chunk `sorl train` "
+        "runs (a scan of updates, batches sampled on the device); reference: its main.py's offline loop (a batch "
+        "sampled on the host, then its jitted update)",
+    }
+
+
+def check_reference(args: BenchArgs) -> tuple[Reference, Path, str]:
+    """The reference comparison's arguments, checked before anything is measured: (its entry, the checkout, the
+    Python of its environment); one line naming the flag and the fix."""
+    for flag, value in (("--reference-updates", args.reference_updates), ("--reference-reps", args.reference_reps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SorlError(f"{flag} {value}: a positive integer")
+    ref = REFERENCES.get(args.agent)
+    if ref is None:
+        have = ", ".join(sorted(REFERENCES)) or "none"
+        raise SorlError(f"--reference: no reference implementation of {args.agent} is known (known: {have})")
+    checkout = Path(args.reference or ".").expanduser().resolve()
+    if not (checkout / Path(*ref.module.split("."))).with_suffix(".py").is_file():
+        raise SorlError(f"--reference {checkout}: no {ref.module.replace('.', '/')}.py there; give a checkout of "
+                        f"{ref.repo} (e.g. git clone https://github.com/{ref.repo})")  # fmt: skip
+    return ref, checkout, reference_python(checkout, args.reference_python)
+
+
 # ----------------------------------------------------------------------------------------------- run
 
 
@@ -849,9 +1073,16 @@ def run_bench(args: BenchArgs, agent_overrides: Mapping[str, str] | None = None,
 
     get_agent(args.agent)  # one clear line for an unknown agent
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = [s for s in sections if s not in SECTIONS]
+    unknown = [s for s in sections if s not in (*SECTIONS, "reference")]
     if unknown:
-        raise SorlError(f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+        raise SorlError(f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(SECTIONS)}, reference")
+    if args.reference is not None and "reference" not in sections:
+        sections.append("reference")
+    if "reference" in sections:
+        if args.reference is None or args.task is not None:
+            raise SorlError("the reference section times the agent against its reference code on state data: give "
+                            "--reference CHECKOUT (and no --task)")  # fmt: skip
+        check_reference(args)
     size = SIZES[args.size]
     overrides = dict(agent_overrides or {})
     env, sampling = "cube-single-play", None
@@ -912,6 +1143,9 @@ def run_bench(args: BenchArgs, agent_overrides: Mapping[str, str] | None = None,
     if args.changes:
         log("measuring what each speed change buys ...")
         out["changes"] = bench_changes(args.agent, size, overrides, dataset, out["training"])
+    if "reference" in sections:
+        log(f"timing {args.agent} against its reference code, alternately ...")
+        out["reference"] = bench_reference(args, size, overrides, synthetic_dataset(size.transitions))
     out["machine"]["loadavg_at_end"] = _loadavg()
     out["machine"]["bench_process_peak_rss_bytes"] = peak_rss_bytes()
     out["bench_s"] = _now() - t0
@@ -1040,6 +1274,17 @@ def format_report(r: Mapping[str, Any]) -> str:
             if "before_flops_per_update" in v:
                 extra = f"  ({_gf(v['before_flops_per_update'])} -> {_gf(v['after_flops_per_update'])})"
             row("", f"{b:.2f} -> {a:.2f}  (x{v['speedup']:.2f}){extra}")
+    if "reference" in r:
+        ref = r["reference"]
+        lines.append(
+            f"against {ref['reference']} ({ref['repo']} at {ref['commit'][:10]}; {ref['networks']} networks, batch "
+            f"{ref['batch_size']}; jax {ref['our_jax']} here, {ref['reference_jax']} there)"
+        )
+        for side in ("ours", "reference"):
+            every = ", ".join(f"{x:.2f}" for x in ref.get(f"{side}_updates_per_s_all", []))
+            row(f"{side} updates_per_s (median)", f"{ref[f'{side}_updates_per_s']:.2f}  (all: {every})")
+        row("ours / reference", f"x{ref['speedup']:.2f}  ({ref['windows']} alternating windows of "
+                                f"{ref['window_updates']} updates each)")  # fmt: skip
     lines.append(f"bench time {r['bench_s']:.0f} s")
     return "\n".join(lines)
 

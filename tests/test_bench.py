@@ -152,3 +152,72 @@ def test_bench_json_is_strict_json_from_the_one_jsonable():
     out = json.dumps(jsonable({"a": np.float32(1.5), "b": float("nan"), (1, 2): (np.int64(3),)}), default=str)
     assert json.loads(out) == {"a": 1.5, "b": None, "(1, 2)": [3]}
     assert not hasattr(bench, "_jsonable")
+
+
+FAKE_IFQL = """
+import flax, jax, jax.numpy as jnp
+
+class IFQLAgent(flax.struct.PyTreeNode):
+    w: jax.Array
+    config: dict = flax.struct.field(pytree_node=False)
+
+    @classmethod
+    def create(cls, seed, observations, actions, config):
+        assert tuple(config["actor_hidden_dims"]) == (16,) and config["batch_size"] == 16, dict(config)
+        return cls(jnp.zeros((observations.shape[-1], actions.shape[-1])), dict(config))
+
+    @jax.jit
+    def update(self, batch):
+        grad = batch["observations"].T @ (batch["observations"] @ self.w - batch["actions"])
+        return self.replace(w=self.w - 1e-3 * grad), {"loss": jnp.mean(grad**2)}
+
+def get_config():
+    return {"actor_hidden_dims": (512,) * 4, "value_hidden_dims": (512,) * 4, "batch_size": 256}
+"""
+FAKE_DATASETS = """
+import numpy as np
+
+class Dataset(dict):
+    @classmethod
+    def create(cls, **arrays):
+        assert "terminals" in arrays
+        return cls(arrays)
+
+    def sample(self, n):
+        idx = np.random.randint(len(self["observations"]), size=n)
+        return {k: v[idx] for k, v in self.items()}
+"""
+
+
+def test_bench_times_the_agent_against_its_reference_code(tiny, tmp_path, capsys):
+    """`--reference CHECKOUT`: the reference's loop runs in its own process (here a stand-in checkout laid out as
+    FQL's, run with this Python), alternately with our training chunk; both rates and their ratio are reported."""
+    import sys
+
+    (tmp_path / "agents").mkdir()
+    (tmp_path / "utils").mkdir()
+    (tmp_path / "agents" / "ifql.py").write_text(FAKE_IFQL)
+    (tmp_path / "utils" / "datasets.py").write_text(FAKE_DATASETS)
+    cli.main(["bench", "--agent", "ifql", "--size", "small", "--json", "--reference", str(tmp_path),
+              "--reference-python", sys.executable, "--sections", "reference", "--reference-updates", "2",
+              "--reference-reps", "2"])  # fmt: skip
+    ref = json.loads(capsys.readouterr().out)["reference"]
+    assert ref["ours_updates_per_s"] > 0 and ref["reference_updates_per_s"] > 0
+    assert ref["speedup"] == pytest.approx(ref["ours_updates_per_s"] / ref["reference_updates_per_s"])
+    assert (ref["window_updates"], ref["windows"], ref["batch_size"]) == (2, 2, 16)
+    assert len(ref["ours_updates_per_s_all"]) == len(ref["reference_updates_per_s_all"]) == 2
+    assert ref["reference_jax"] == ref["our_jax"] and ref["commit"].startswith("unknown")
+    assert "ours / reference" in bench.format_report({**_report_stub(), "reference": ref})
+
+    # bad input is one line before anything is measured
+    with pytest.raises(SorlError, match="no reference implementation of sorl is known"):
+        bench.run_bench(bench.BenchArgs(agent="sorl", reference=tmp_path))
+    with pytest.raises(SorlError, match=r"no Python at .*\.venv/bin/python.*pip install jax=="):
+        bench.run_bench(bench.BenchArgs(agent="ifql", reference=tmp_path))
+    with pytest.raises(SorlError, match="no agents/ifql.py there"):
+        bench.run_bench(bench.BenchArgs(agent="ifql", reference=tmp_path / "agents"))
+
+
+def _report_stub() -> dict:
+    machine = {"cpu": "cpu", "cores": 1, "backend": "cpu", "device": "cpu", "jax_version": "x", "loadavg_at_start": 0}
+    return {"machine": machine, "agent": "ifql", "size": "small", "agent_overrides": {}, "bench_s": 1.0}
