@@ -8,6 +8,7 @@ published column, hooks); its line in `AGENTS` is the only other change a new ag
 from __future__ import annotations
 
 from agents.bc import BCAgent
+from agents.cac import CACAgent
 from agents.fawac import FAWACAgent
 from agents.fbrac import FBRACAgent
 from agents.flow_bc import FlowBCAgent
@@ -35,6 +36,7 @@ AGENTS: dict[str, type] = {
     "srpo": SRPOAgent,  # deterministic one-step policy, score-regularised by a pretrained diffusion behaviour model
     "sac": SACAgent,  # online only: tanh-Gaussian soft actor-critic; with --balanced-sampling, RLPD
     "idql": IDQLAgent,  # DDPM behaviour policy, the best of N diffusion samples by an IQL critic (IDQL)
+    "cac": CACAgent,  # consistency policy, consistency training + Q term through its sampling steps (FQL's CAC)
 }
 
 
