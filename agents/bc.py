@@ -23,7 +23,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from sorl import baselines as B
+from sorl import baselines
 from sorl.agent import Agent
 from sorl.inference import validate_K_N
 from sorl.validation import check_config
@@ -56,14 +56,14 @@ class BCAgent(Agent):
 
     def policy(self, actor_params: Params, observations: Array) -> tuple[Array, Array]:
         """`(mean, log_std)` of the Gaussian policy."""
-        return B.actor_head(self.config, self.action_dim).apply({"params": actor_params}, observations)
+        return baselines.actor_head(self.config, self.action_dim).apply({"params": actor_params}, observations)
 
     # --------------------------------------------------------------------------------------------- losses
 
     def bc_loss(self, batch: Batch, actor_params: Params) -> tuple[Array, dict[str, Array]]:
         """`-mean log pi(a | x)` over the batch's dataset actions."""
         mean, log_std = self.policy(actor_params, batch["observations"])
-        log_prob = B.gaussian_log_prob(mean, log_std, batch["actions"])
+        log_prob = baselines.gaussian_log_prob(mean, log_std, batch["actions"])
         loss = -log_prob.mean()
         mse = jnp.mean((mean - batch["actions"]) ** 2)
         return loss, {"actor_loss": loss, "bc_log_prob": log_prob.mean(), "mse": mse, "std": jnp.exp(log_std).mean()}
@@ -75,10 +75,10 @@ class BCAgent(Agent):
 
         def total(params):
             loss, info = self.bc_loss(batch, params["actor"])
-            return loss, B.prefixed(actor=info)
+            return loss, baselines.prefixed(actor=info)
 
         # The update draws no randomness; the agent's key still advances, as for every agent.
-        return B.joint_update(self, total, jax.random.split(self.rng)[0])
+        return baselines.joint_update(self, total, jax.random.split(self.rng)[0])
 
     # ------------------------------------------------------------------------------------------ inference
 
@@ -92,7 +92,7 @@ class BCAgent(Agent):
         """Online data collection: a draw of the Gaussian policy (the reference acts at temperature 1)."""
         validate_K_N(K, N, self.max_K)
         mean, log_std = self.policy(self.params["actor"], observations)
-        return B.gaussian_sample(mean, log_std, rng)
+        return baselines.gaussian_sample(mean, log_std, rng)
 
     # --------------------------------------------------------------------------------------------- create
 
@@ -101,8 +101,8 @@ class BCAgent(Agent):
         cls, rng: Array | int, example_observations: Array, example_actions: Array, config: BCConfig | None = None
     ) -> BCAgent:
         config = BCConfig() if config is None else config
-        networks = lambda obs, act, action_dim: {"actor": (B.actor_head(config, action_dim), (obs,))}  # noqa: E731
-        return cls(**B.initial_fields(rng, config, example_observations, example_actions, networks, targets=[]))
+        networks = lambda obs, act, action_dim: {"actor": (baselines.actor_head(config, action_dim), (obs,))}  # noqa: E731
+        return cls(**baselines.initial_fields(rng, config, example_observations, example_actions, networks, targets=[]))
 
 
 # ------------------------------------------------------------------------------------------------- config

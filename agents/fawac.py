@@ -31,8 +31,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from sorl import baselines as B
-from sorl import shortcut
+from sorl import baselines, shortcut
 from sorl.agent import Agent
 from sorl.inference import sample_best_of_n, validate_K_N
 from sorl.networks import ShortcutVelocityNet, encode
@@ -106,11 +105,11 @@ class FAWACAgent(Agent):
 
     def q_values(self, critic_params: Params, observations: Array, actions: Array) -> Array:
         """`Q_j(x, a)`, `[members, B]`."""
-        return B.critic_def(self.config).apply({"params": critic_params}, observations, actions)
+        return baselines.critic_def(self.config).apply({"params": critic_params}, observations, actions)
 
     def v(self, value_params: Params, observations: Array) -> Array:
         """`V(x)`, `[B]`."""
-        return B.critic_def(self.config, num_members=1).apply({"params": value_params}, observations)[0]
+        return baselines.critic_def(self.config, num_members=1).apply({"params": value_params}, observations)[0]
 
     def _noise(self, rng: Array, observations: Array) -> Array:
         return jax.random.normal(rng, (*observations.shape[:-1], self.action_dim))
@@ -126,7 +125,7 @@ class FAWACAgent(Agent):
         next_actions = self.flow_actions(actor, next_observations, self._noise(rng, next_observations),
                                          self.config.flow_steps)  # fmt: skip
         target_critic = jax.lax.stop_gradient(self.target_params["critic"])
-        next_q = B.aggregate(self.q_values(target_critic, next_observations, next_actions), self.config.q_agg)
+        next_q = baselines.aggregate(self.q_values(target_critic, next_observations, next_actions), self.config.q_agg)
         y = jax.lax.stop_gradient(batch["rewards"] + self.config.discount * batch["masks"] * next_q)
         q = self.q_values(params["critic"], batch["observations"], batch["actions"])
         loss = jnp.mean((q - y) ** 2)
@@ -177,10 +176,10 @@ class FAWACAgent(Agent):
             critic_loss, critic_info = self.critic_loss(batch, params, critic_rng)
             value_loss, value_info = self.value_loss(batch, params)
             actor_loss, actor_info = self.actor_loss(batch, params, actor_rng)
-            info = B.prefixed(critic=critic_info, value=value_info, actor=actor_info)
+            info = baselines.prefixed(critic=critic_info, value=value_info, actor=actor_info)
             return critic_loss + value_loss + actor_loss, info
 
-        return B.joint_update(self, total, new_rng)
+        return baselines.joint_update(self, total, new_rng)
 
     # ------------------------------------------------------------------------------------------ inference
 
@@ -194,7 +193,7 @@ class FAWACAgent(Agent):
             return self.flow_actions(actor, obs, self._noise(key, obs), K)
 
         def score_fn(obs: Array, actions: Array) -> Array:
-            return B.aggregate(self.q_values(self.params["critic"], obs, actions), self.config.q_agg)
+            return baselines.aggregate(self.q_values(self.params["critic"], obs, actions), self.config.q_agg)
 
         return sample_best_of_n(sample_fn, score_fn, observations, rng, N)
 
@@ -208,17 +207,17 @@ class FAWACAgent(Agent):
 
         def networks(obs: Array, act: Array, action_dim: int):
             return {
-                "critic": (B.critic_def(config), (obs, act)),
-                "value": (B.critic_def(config, num_members=1), (obs,)),
+                "critic": (baselines.critic_def(config), (obs, act)),
+                "value": (baselines.critic_def(config, num_members=1), (obs,)),
                 "actor": (_actor_def(config, action_dim), (obs, act, act[..., :1])),
             }
 
-        return cls(**B.initial_fields(rng, config, example_observations, example_actions, networks, ["critic"]))
+        return cls(**baselines.initial_fields(rng, config, example_observations, example_actions, networks, ["critic"]))
 
 
 def _actor_def(config: FAWACConfig, action_dim: int) -> ShortcutVelocityNet:
     # A shortcut velocity net called without a step code is a plain flow-matching field v(x, a_t, t).
-    dims = B.hidden_dims(config.actor_layer_size, config.actor_num_layers)
+    dims = baselines.hidden_dims(config.actor_layer_size, config.actor_num_layers)
     return ShortcutVelocityNet(
         action_dim=action_dim, hidden_dims=dims, layer_norm=config.actor_layer_norm, encoder=config.encoder
     )
@@ -228,7 +227,7 @@ def _actor_def(config: FAWACConfig, action_dim: int) -> ShortcutVelocityNet:
 
 
 @dataclass(frozen=True)
-class FAWACConfig(B.BaselineConfig):
+class FAWACConfig(baselines.BaselineConfig):
     """The FQL reference's shared defaults plus FAWAC's own keys; per-environment values: `FAWACAgent.ENV_SETTINGS`."""
 
     q_agg: Literal["mean", "min"] = "mean"

@@ -32,8 +32,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from sorl import baselines as B
-from sorl import shortcut
+from sorl import baselines, shortcut
 from sorl.agent import Agent
 from sorl.inference import sample_best_of_n, validate_K_N
 from sorl.networks import ShortcutVelocityNet, encode
@@ -85,7 +84,7 @@ class FBRACAgent(Agent):
         return lambda obs, a_t, t, d=None: net.apply({"params": flow_params}, obs, a_t, t, encoded=True)
 
     def q_values(self, critic_params: Params, observations: Array, actions: Array) -> Array:
-        return B.critic_def(self.config).apply({"params": critic_params}, observations, actions)
+        return baselines.critic_def(self.config).apply({"params": critic_params}, observations, actions)
 
     def flow_actions(self, flow_params: Params, observations: Array, noise: Array, steps: int) -> Array:
         """`clip(ODE(x, noise))` with `steps` Euler steps; differentiable through every step (nothing stopped)."""
@@ -142,7 +141,7 @@ class FBRACAgent(Agent):
                                          self.config.flow_steps)  # fmt: skip
         next_actions = jax.lax.stop_gradient(next_actions)
         target_critic = jax.lax.stop_gradient(self.target_params["critic"])
-        next_q = B.aggregate(self.q_values(target_critic, next_observations, next_actions), self.config.q_agg)
+        next_q = baselines.aggregate(self.q_values(target_critic, next_observations, next_actions), self.config.q_agg)
         target = batch["rewards"] + self.config.discount * batch["masks"] * next_q
         q = self.q_values(params["critic"], batch["observations"], batch["actions"])
         loss = jnp.mean((q - target) ** 2)
@@ -158,9 +157,9 @@ class FBRACAgent(Agent):
         def total(params):
             critic_loss, critic_info = self.critic_loss(batch, params, critic_rng)
             actor_loss, actor_info = self.actor_loss(batch, params, actor_rng)
-            return critic_loss + actor_loss, B.prefixed(critic=critic_info, actor=actor_info)
+            return critic_loss + actor_loss, baselines.prefixed(critic=critic_info, actor=actor_info)
 
-        return B.joint_update(self, total, new_rng)
+        return baselines.joint_update(self, total, new_rng)
 
     # ------------------------------------------------------------------------------------------ inference
 
@@ -174,7 +173,7 @@ class FBRACAgent(Agent):
             return self.flow_actions(flow, obs, self._noise(key, obs), K)
 
         def score_fn(obs: Array, actions: Array) -> Array:
-            return B.aggregate(self.q_values(self.params["critic"], obs, actions), self.config.q_agg)
+            return baselines.aggregate(self.q_values(self.params["critic"], obs, actions), self.config.q_agg)
 
         return sample_best_of_n(sample_fn, score_fn, observations, rng, N)
 
@@ -188,16 +187,16 @@ class FBRACAgent(Agent):
 
         def networks(obs: Array, act: Array, action_dim: int):
             return {
-                "critic": (B.critic_def(config), (obs, act)),
+                "critic": (baselines.critic_def(config), (obs, act)),
                 "actor_flow": (_flow_def(config, action_dim), (obs, act, act[..., :1])),
             }
 
-        return cls(**B.initial_fields(rng, config, example_observations, example_actions, networks, ["critic"]))
+        return cls(**baselines.initial_fields(rng, config, example_observations, example_actions, networks, ["critic"]))
 
 
 def _flow_def(config: FBRACConfig, action_dim: int) -> ShortcutVelocityNet:
     # A shortcut velocity net called without a step code is a plain flow-matching field v(x, a_t, t).
-    dims = B.hidden_dims(config.actor_layer_size, config.actor_num_layers)
+    dims = baselines.hidden_dims(config.actor_layer_size, config.actor_num_layers)
     return ShortcutVelocityNet(
         action_dim=action_dim, hidden_dims=dims, layer_norm=config.actor_layer_norm, encoder=config.encoder
     )
@@ -207,7 +206,7 @@ def _flow_def(config: FBRACConfig, action_dim: int) -> ShortcutVelocityNet:
 
 
 @dataclass(frozen=True)
-class FBRACConfig(B.BaselineConfig):
+class FBRACConfig(baselines.BaselineConfig):
     """The reference ports' `agents/fbrac.py` keys and defaults; per-environment values: `FBRACAgent.ENV_SETTINGS`."""
 
     q_agg: Literal["mean", "min"] = "mean"

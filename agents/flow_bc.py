@@ -23,8 +23,7 @@ from typing import ClassVar
 import jax
 
 from agents.sorl import ShortcutPolicy, SORLConfig, actor_network
-from sorl import baselines as B
-from sorl import shortcut
+from sorl import baselines, shortcut
 from sorl.config import field_docs
 from sorl.inference import validate_K_N
 from sorl.validation import check_config
@@ -56,9 +55,9 @@ class FlowBCAgent(ShortcutPolicy):
 
         def total(params):
             loss, info = self.actor_loss(batch, params["actor"], actor_rng)
-            return loss, B.prefixed(actor=info)
+            return loss, baselines.prefixed(actor=info)
 
-        return B.joint_update(self, total, new_rng)
+        return baselines.joint_update(self, total, new_rng)
 
     def sample_actions(self, observations: Array, rng: Array, K: int = 1, N: int = 1) -> Array:
         """`[B, A]` actions from K-step shortcut sampling; any N gives the N = 1 sample (no verifier, see above)."""
@@ -77,7 +76,7 @@ class FlowBCAgent(ShortcutPolicy):
             scalars = act[..., :1]  # example flow time t and step code d
             return {"actor": (actor_network(config, action_dim), (obs, act, scalars, scalars))}
 
-        return cls(**B.initial_fields(rng, config, example_observations, example_actions, networks, ["actor"]))
+        return cls(**baselines.initial_fields(rng, config, example_observations, example_actions, networks, ["actor"]))
 
 
 POLICY_KEYS = (

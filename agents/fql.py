@@ -26,8 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sorl import baselines as B
-from sorl import shortcut
+from sorl import baselines, shortcut
 from sorl.agent import Agent
 from sorl.inference import sample_best_of_n, validate_K_N
 from sorl.networks import MLP, ShortcutVelocityNet, encode, encoder_module
@@ -110,7 +109,7 @@ class FQLAgent(Agent):
         return _onestep_def(self.config, self.action_dim).apply({"params": onestep_params}, observations, noise)
 
     def q_values(self, critic_params: Params, observations: Array, actions: Array) -> Array:
-        return B.critic_def(self.config).apply({"params": critic_params}, observations, actions)
+        return baselines.critic_def(self.config).apply({"params": critic_params}, observations, actions)
 
     def flow_actions(self, flow_params: Params, observations: Array, noise: Array) -> Array:
         """The flow BC policy's action from `noise` with `flow_steps` Euler steps, clipped."""
@@ -174,7 +173,7 @@ class FQLAgent(Agent):
         next_actions = self.onestep_actions(params["actor_onestep_flow"], next_observations, noise)
         next_actions = jax.lax.stop_gradient(jnp.clip(next_actions, -1, 1))
         target_critic = jax.lax.stop_gradient(self.target_params["critic"])
-        next_q = B.aggregate(self.q_values(target_critic, next_observations, next_actions), self.config.q_agg)
+        next_q = baselines.aggregate(self.q_values(target_critic, next_observations, next_actions), self.config.q_agg)
         target = batch["rewards"] + self.config.discount * batch["masks"] * next_q
         q = self.q_values(params["critic"], batch["observations"], batch["actions"])
         loss = jnp.mean((q - target) ** 2)
@@ -190,9 +189,9 @@ class FQLAgent(Agent):
         def total(params):
             critic_loss, critic_info = self.critic_loss(batch, params, critic_rng)
             actor_loss, actor_info = self.actor_loss(batch, params, actor_rng)
-            return critic_loss + actor_loss, B.prefixed(critic=critic_info, actor=actor_info)
+            return critic_loss + actor_loss, baselines.prefixed(critic=critic_info, actor=actor_info)
 
-        return B.joint_update(self, total, new_rng)
+        return baselines.joint_update(self, total, new_rng)
 
     # ------------------------------------------------------------------------------------------ inference
 
@@ -206,7 +205,7 @@ class FQLAgent(Agent):
             return jnp.clip(self.onestep_actions(onestep, obs, self._noise(key, obs)), -1, 1)
 
         def score_fn(obs: Array, actions: Array) -> Array:
-            return B.aggregate(self.q_values(self.params["critic"], obs, actions), self.config.q_agg)
+            return baselines.aggregate(self.q_values(self.params["critic"], obs, actions), self.config.q_agg)
 
         return sample_best_of_n(sample_fn, score_fn, observations, rng, N)
 
@@ -218,25 +217,25 @@ class FQLAgent(Agent):
     ) -> FQLAgent:
         def networks(obs: Array, act: Array, action_dim: int):
             return {
-                "critic": (B.critic_def(config), (obs, act)),
+                "critic": (baselines.critic_def(config), (obs, act)),
                 "actor_bc_flow": (_flow_def(config, action_dim), (obs, act, act[..., :1])),
                 "actor_onestep_flow": (_onestep_def(config, action_dim), (obs, act)),
             }
 
         config = FQLConfig() if config is None else config
-        return cls(**B.initial_fields(rng, config, example_observations, example_actions, networks, ["critic"]))
+        return cls(**baselines.initial_fields(rng, config, example_observations, example_actions, networks, ["critic"]))
 
 
 def _flow_def(config: FQLConfig, action_dim: int) -> ShortcutVelocityNet:
     # A shortcut velocity net called without a step code is a plain flow-matching field v(x, a_t, t).
-    dims = B.hidden_dims(config.actor_layer_size, config.actor_num_layers)
+    dims = baselines.hidden_dims(config.actor_layer_size, config.actor_num_layers)
     return ShortcutVelocityNet(
         action_dim=action_dim, hidden_dims=dims, layer_norm=config.actor_layer_norm, encoder=config.encoder
     )
 
 
 def _onestep_def(config: FQLConfig, action_dim: int) -> OneStepPolicy:
-    dims = B.hidden_dims(config.actor_layer_size, config.actor_num_layers)
+    dims = baselines.hidden_dims(config.actor_layer_size, config.actor_num_layers)
     return OneStepPolicy(
         action_dim=action_dim, hidden_dims=dims, layer_norm=config.actor_layer_norm, encoder=config.encoder
     )
@@ -246,7 +245,7 @@ def _onestep_def(config: FQLConfig, action_dim: int) -> OneStepPolicy:
 
 
 @dataclass(frozen=True)
-class FQLConfig(B.BaselineConfig):
+class FQLConfig(baselines.BaselineConfig):
     """The reference's `agents/fql.py` keys and defaults; per-environment values: `FQLAgent.ENV_SETTINGS`."""
 
     q_agg: Literal["mean", "min"] = "mean"

@@ -31,8 +31,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from sorl import baselines as B
-from sorl import shortcut
+from sorl import baselines, shortcut
 from sorl.agent import Agent
 from sorl.inference import sample_best_of_n, validate_K_N
 from sorl.networks import ShortcutVelocityNet, encode
@@ -97,7 +96,7 @@ class IFQLAgent(Agent):
 
     def q_values(self, critic_params: Params, observations: Array, actions: Array) -> Array:
         """`Q_j(x, a)` of both members, `[2, B]`."""
-        return B.critic_def(self.config).apply({"params": critic_params}, observations, actions)
+        return baselines.critic_def(self.config).apply({"params": critic_params}, observations, actions)
 
     def q(self, critic_params: Params, observations: Array, actions: Array) -> Array:
         """`min_j Q_j(x, a)`, `[B]`: the value target's and the verifier's (the reference has no `q_agg`)."""
@@ -105,7 +104,7 @@ class IFQLAgent(Agent):
 
     def v(self, value_params: Params, observations: Array) -> Array:
         """`V(x)`, `[B]`."""
-        return B.critic_def(self.config, num_members=1).apply({"params": value_params}, observations)[0]
+        return baselines.critic_def(self.config, num_members=1).apply({"params": value_params}, observations)[0]
 
     def _noise(self, rng: Array, observations: Array) -> Array:
         return jax.random.normal(rng, (*observations.shape[:-1], self.action_dim))
@@ -117,7 +116,7 @@ class IFQLAgent(Agent):
         # The regression target is a constant: no gradient to the target critic.
         q = self.q(jax.lax.stop_gradient(self.target_params["critic"]), batch["observations"], batch["actions"])
         v = self.v(params["value"], batch["observations"])
-        loss = B.expectile_loss(q - v, self.config.expectile).mean()
+        loss = baselines.expectile_loss(q - v, self.config.expectile).mean()
         return loss, {"value_loss": loss, "v_mean": v.mean(), "v_max": v.max(), "v_min": v.min()}
 
     def critic_loss(self, batch: Batch, params: dict[str, Params]) -> tuple[Array, dict[str, Array]]:
@@ -154,10 +153,10 @@ class IFQLAgent(Agent):
             value_loss, value_info = self.value_loss(batch, params)
             critic_loss, critic_info = self.critic_loss(batch, params)
             actor_loss, actor_info = self.actor_loss(batch, params, actor_rng)
-            info = B.prefixed(value=value_info, critic=critic_info, actor=actor_info)
+            info = baselines.prefixed(value=value_info, critic=critic_info, actor=actor_info)
             return value_loss + critic_loss + actor_loss, info
 
-        return B.joint_update(self, total, new_rng)
+        return baselines.joint_update(self, total, new_rng)
 
     # ------------------------------------------------------------------------------------------ inference
 
@@ -189,17 +188,17 @@ class IFQLAgent(Agent):
 
         def networks(obs: Array, act: Array, action_dim: int):
             return {
-                "value": (B.critic_def(config, num_members=1), (obs,)),
-                "critic": (B.critic_def(config), (obs, act)),
+                "value": (baselines.critic_def(config, num_members=1), (obs,)),
+                "critic": (baselines.critic_def(config), (obs, act)),
                 "actor_flow": (_flow_def(config, action_dim), (obs, act, act[..., :1])),
             }
 
-        return cls(**B.initial_fields(rng, config, example_observations, example_actions, networks, ["critic"]))
+        return cls(**baselines.initial_fields(rng, config, example_observations, example_actions, networks, ["critic"]))
 
 
 def _flow_def(config: IFQLConfig, action_dim: int) -> ShortcutVelocityNet:
     # The reference's ActorVectorField: an MLP on [x, a_t, t] (a shortcut velocity net called without a step code).
-    dims = B.hidden_dims(config.actor_layer_size, config.actor_num_layers)
+    dims = baselines.hidden_dims(config.actor_layer_size, config.actor_num_layers)
     return ShortcutVelocityNet(
         action_dim=action_dim, hidden_dims=dims, layer_norm=config.actor_layer_norm, encoder=config.encoder
     )
@@ -209,7 +208,7 @@ def _flow_def(config: IFQLConfig, action_dim: int) -> ShortcutVelocityNet:
 
 
 @dataclass(frozen=True)
-class IFQLConfig(B.BaselineConfig):
+class IFQLConfig(baselines.BaselineConfig):
     """The reference's `agents/ifql.py` keys and defaults (4x512 networks, LayerNorm in the value and critic only,
     Adam 3e-4, batch 256, discount 0.99, tau 0.005, two critics); per-environment values: `IFQLAgent.ENV_SETTINGS`."""
 

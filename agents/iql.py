@@ -24,7 +24,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from sorl import baselines as B
+from sorl import baselines
 from sorl.agent import Agent
 from sorl.inference import validate_K_N
 from sorl.sources import FQL_PIXEL_EXAMPLE, FQL_README, RECALLED, THIRD_PARTY_IQL, VISUAL, unverified, verified
@@ -79,16 +79,16 @@ class IQLAgent(Agent):
 
     def policy(self, actor_params: Params, observations: Array) -> tuple[Array, Array]:
         """`(mean, log_std)` of the Gaussian policy."""
-        return B.actor_head(self.config, self.action_dim).apply({"params": actor_params}, observations)
+        return baselines.actor_head(self.config, self.action_dim).apply({"params": actor_params}, observations)
 
     def q(self, critic_params: Params, observations: Array, actions: Array) -> Array:
         """`agg_j Q_j(x, a)`, `[B]`."""
-        qs = B.critic_def(self.config).apply({"params": critic_params}, observations, actions)
-        return B.aggregate(qs, self.config.q_agg)
+        qs = baselines.critic_def(self.config).apply({"params": critic_params}, observations, actions)
+        return baselines.aggregate(qs, self.config.q_agg)
 
     def v(self, value_params: Params, observations: Array) -> Array:
         """`V(x)`, `[B]`."""
-        return B.critic_def(self.config, num_members=1).apply({"params": value_params}, observations)[0]
+        return baselines.critic_def(self.config, num_members=1).apply({"params": value_params}, observations)[0]
 
     # --------------------------------------------------------------------------------------------- losses
 
@@ -97,7 +97,7 @@ class IQLAgent(Agent):
         # The regression target is a constant: no gradient to the target critic.
         q = self.q(jax.lax.stop_gradient(self.target_params["critic"]), batch["observations"], batch["actions"])
         v = self.v(params["value"], batch["observations"])
-        loss = B.expectile_loss(q - v, self.config.expectile).mean()
+        loss = baselines.expectile_loss(q - v, self.config.expectile).mean()
         return loss, {"value_loss": loss, "v_mean": v.mean(), "v_max": v.max(), "v_min": v.min()}
 
     def critic_loss(self, batch: Batch, params: dict[str, Params]) -> tuple[Array, dict[str, Array]]:
@@ -105,7 +105,9 @@ class IQLAgent(Agent):
         # The TD target is a constant: no gradient to the value network through V(x').
         next_v = self.v(jax.lax.stop_gradient(params["value"]), batch["next_observations"])
         y = batch["rewards"] + self.config.discount * batch["masks"] * next_v
-        qs = B.critic_def(self.config).apply({"params": params["critic"]}, batch["observations"], batch["actions"])
+        qs = baselines.critic_def(self.config).apply(
+            {"params": params["critic"]}, batch["observations"], batch["actions"]
+        )
         loss = jnp.mean(jnp.sum((qs - y) ** 2, axis=0))
         return loss, {"critic_loss": loss, "q_mean": qs.mean(), "q_max": qs.max(), "q_min": qs.min()}
 
@@ -118,7 +120,7 @@ class IQLAgent(Agent):
         advantage = q - v
         weights = jnp.minimum(jnp.exp(self.config.alpha * advantage), ADVANTAGE_WEIGHT_MAX)
         mean, log_std = self.policy(params["actor"], observations)
-        log_prob = B.gaussian_log_prob(mean, log_std, actions)
+        log_prob = baselines.gaussian_log_prob(mean, log_std, actions)
         loss = -jnp.mean(weights * log_prob)
         mse = jnp.mean((mean - actions) ** 2)
         info = {"actor_loss": loss, "adv": advantage.mean(), "bc_log_prob": log_prob.mean(), "mse": mse}
@@ -134,11 +136,11 @@ class IQLAgent(Agent):
             value_loss, value_info = self.value_loss(batch, params)
             critic_loss, critic_info = self.critic_loss(batch, params)
             actor_loss, actor_info = self.actor_loss(batch, params)
-            info = B.prefixed(value=value_info, critic=critic_info, actor=actor_info)
+            info = baselines.prefixed(value=value_info, critic=critic_info, actor=actor_info)
             return value_loss + critic_loss + actor_loss, info
 
         # The update draws no randomness; the agent's key still advances, as for every agent.
-        return B.joint_update(self, total, jax.random.split(self.rng)[0])
+        return baselines.joint_update(self, total, jax.random.split(self.rng)[0])
 
     # ------------------------------------------------------------------------------------------ inference
 
@@ -150,12 +152,12 @@ class IQLAgent(Agent):
         mode = jnp.clip(mean, -1, 1)
 
         def sample_fn(_obs: Array, key: Array) -> Array:
-            return B.gaussian_sample(mean, log_std, key)
+            return baselines.gaussian_sample(mean, log_std, key)
 
         def score_fn(obs: Array, actions: Array) -> Array:
             return self.q(self.params["critic"], obs, actions)
 
-        return B.best_of_mode_and_samples(mode, sample_fn, score_fn, observations, rng, N)
+        return baselines.best_of_mode_and_samples(mode, sample_fn, score_fn, observations, rng, N)
 
     def exploration_actions(self, observations: Array, rng: Array, K: int = 1, N: int = 1) -> Array:
         """Online data collection: a draw of the Gaussian policy (the reference acts at temperature 1); for N > 1
@@ -164,7 +166,7 @@ class IQLAgent(Agent):
             return self.sample_actions(observations, rng, K=K, N=N)
         validate_K_N(K, N, self.max_K)
         mean, log_std = self.policy(self.params["actor"], observations)
-        return B.gaussian_sample(mean, log_std, rng)
+        return baselines.gaussian_sample(mean, log_std, rng)
 
     # --------------------------------------------------------------------------------------------- create
 
@@ -174,18 +176,18 @@ class IQLAgent(Agent):
     ) -> IQLAgent:
         config = IQLConfig() if config is None else config
         networks = lambda obs, act, action_dim: {  # noqa: E731
-            "value": (B.critic_def(config, num_members=1), (obs,)),
-            "critic": (B.critic_def(config), (obs, act)),
-            "actor": (B.actor_head(config, action_dim), (obs,)),
+            "value": (baselines.critic_def(config, num_members=1), (obs,)),
+            "critic": (baselines.critic_def(config), (obs, act)),
+            "actor": (baselines.actor_head(config, action_dim), (obs,)),
         }
-        return cls(**B.initial_fields(rng, config, example_observations, example_actions, networks, ["critic"]))
+        return cls(**baselines.initial_fields(rng, config, example_observations, example_actions, networks, ["critic"]))
 
 
 # ------------------------------------------------------------------------------------------------- config
 
 
 @dataclass(frozen=True)
-class IQLConfig(B.BaselineConfig):
+class IQLConfig(baselines.BaselineConfig):
     """The reference's `agents/iql.py` keys and defaults (AWR actor); per-env values: `IQLAgent.ENV_SETTINGS`."""
 
     q_agg: Literal["mean", "min"] = "min"

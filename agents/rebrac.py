@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sorl import baselines as B
+from sorl import baselines
 from sorl.agent import Agent
 from sorl.errors import SorlError
 from sorl.inference import validate_K_N
@@ -95,13 +95,13 @@ class ReBRACAgent(Agent):
     def prepare_dataset(dataset: dict[str, Array]) -> dict[str, Array]:
         """The training dataset with `next_actions` added (`sorl.baselines.with_next_actions`), for the critic's
         behaviour-cloning penalty. The training loop calls this once, before sampling batches."""
-        return B.with_next_actions(dataset)
+        return baselines.with_next_actions(dataset)
 
     # ------------------------------------------------------------------------------------------- networks
 
     def actions(self, actor_params: Params, observations: Array) -> Array:
         """`pi(x) = tanh(mean)`, in (-1, 1)."""
-        mean, _ = B.actor_head(self.config, self.action_dim).apply({"params": actor_params}, observations)
+        mean, _ = baselines.actor_head(self.config, self.action_dim).apply({"params": actor_params}, observations)
         return jnp.tanh(mean)
 
     def smoothing_noise(self, rng: Array, shape: tuple[int, ...]) -> Array:
@@ -109,7 +109,7 @@ class ReBRACAgent(Agent):
         return jnp.clip(cfg.actor_noise * jax.random.normal(rng, shape), -cfg.actor_noise_clip, cfg.actor_noise_clip)
 
     def q_values(self, critic_params: Params, observations: Array, actions: Array) -> Array:
-        return B.critic_def(self.config).apply({"params": critic_params}, observations, actions)
+        return baselines.critic_def(self.config).apply({"params": critic_params}, observations, actions)
 
     # --------------------------------------------------------------------------------------------- losses
 
@@ -121,7 +121,7 @@ class ReBRACAgent(Agent):
         target = jax.lax.stop_gradient(self.target_params)
         next_actions = self.actions(target["actor"], next_observations)
         next_actions = jnp.clip(next_actions + self.smoothing_noise(rng, next_actions.shape), -1, 1)
-        next_q = B.aggregate(self.q_values(target["critic"], next_observations, next_actions), cfg.q_agg)
+        next_q = baselines.aggregate(self.q_values(target["critic"], next_observations, next_actions), cfg.q_agg)
         if cfg.alpha_critic > 0:
             if "next_actions" not in batch:
                 raise SorlError(
@@ -139,7 +139,7 @@ class ReBRACAgent(Agent):
         actions = self.actions(params["actor"], batch["observations"])
         # Policy improvement must not move the critic.
         critic_params = jax.lax.stop_gradient(self.params["critic"])
-        q = B.aggregate(self.q_values(critic_params, batch["observations"], actions), self.config.q_agg)
+        q = baselines.aggregate(self.q_values(critic_params, batch["observations"], actions), self.config.q_agg)
         q_loss = -jnp.mean(q * jax.lax.stop_gradient(1.0 / jnp.abs(q).mean()))
         mse = jnp.sum((actions - batch["actions"]) ** 2, axis=-1).mean()
         bc_loss = self.config.alpha_actor * mse
@@ -176,22 +176,22 @@ class ReBRACAgent(Agent):
             params, opt_state = self._separate_adam_steps(grads, is_actor_step)
         targets = jax.lax.cond(
             is_actor_step,
-            lambda: B.ema_targets(self.params, self.target_params, self.config.tau),
+            lambda: baselines.ema_targets(self.params, self.target_params, self.config.tau),
             lambda: self.target_params,
         )
         agent = self.replace(rng=new_rng, step=self.step + 1, params=params, target_params=targets, opt_state=opt_state)
-        info = B.prefixed(critic=critic_info, actor=actor_info)
+        info = baselines.prefixed(critic=critic_info, actor=actor_info)
         return agent, {**info, "critic/grad_norm": optax.global_norm(critic_grads)}
 
     def _shared_adam_step(self, grads: dict[str, Params]) -> tuple[dict[str, Params], Any]:
         """The reference's optimiser: one Adam state over {actor, critic}, one step per update."""
-        tx = B.ModuleOptimizer.of(self.config).tx
+        tx = baselines.ModuleOptimizer.of(self.config).tx
         updates, opt_state = tx.update(grads, self.opt_state, self.params)
         return optax.apply_updates(self.params, updates), opt_state
 
     def _separate_adam_steps(self, grads: dict[str, Params], is_actor_step: Array) -> tuple[dict[str, Params], Any]:
         """The ReBRAC paper's scheme: the critic's Adam steps every update, the actor's only on actor updates."""
-        optimizer = B.ModuleOptimizer.of(self.config)
+        optimizer = baselines.ModuleOptimizer.of(self.config)
         params, opt_state, _ = optimizer.step(self.params, self.opt_state, grads, names=["critic"])
         return jax.lax.cond(
             is_actor_step,
@@ -211,9 +211,9 @@ class ReBRACAgent(Agent):
             return jnp.clip(mode + self.smoothing_noise(key, mode.shape), -1, 1)
 
         def score_fn(obs: Array, actions: Array) -> Array:
-            return B.aggregate(self.q_values(self.params["critic"], obs, actions), self.config.q_agg)
+            return baselines.aggregate(self.q_values(self.params["critic"], obs, actions), self.config.q_agg)
 
-        return B.best_of_mode_and_samples(mode, sample_fn, score_fn, observations, rng, N)
+        return baselines.best_of_mode_and_samples(mode, sample_fn, score_fn, observations, rng, N)
 
     def exploration_actions(self, observations: Array, rng: Array, K: int = 1, N: int = 1) -> Array:
         """Online data collection: `clip(pi(x) + clipped N(0, actor_noise^2))` (the reference's temperature 1); for
@@ -231,19 +231,19 @@ class ReBRACAgent(Agent):
         cls, rng: Array | int, example_observations: Array, example_actions: Array, config: ReBRACConfig | None = None
     ) -> ReBRACAgent:
         config = ReBRACConfig() if config is None else config
-        fields = B.initial_fields(
+        fields = baselines.initial_fields(
             rng,
             config,
             example_observations,
             example_actions,
             lambda obs, act, action_dim: {
-                "actor": (B.actor_head(config, action_dim), (obs,)),
-                "critic": (B.critic_def(config), (obs, act)),
+                "actor": (baselines.actor_head(config, action_dim), (obs,)),
+                "critic": (baselines.critic_def(config), (obs, act)),
             },
             targets=["actor", "critic"],
         )
         if config.shared_adam:  # one Adam state over both networks, as the reference's single TrainState
-            fields["opt_state"] = B.ModuleOptimizer.of(config).tx.init(fields["params"])
+            fields["opt_state"] = baselines.ModuleOptimizer.of(config).tx.init(fields["params"])
         return cls(**fields)
 
 
@@ -256,7 +256,7 @@ def _floats(info: dict[str, Array], **extra: Array | float) -> dict[str, Array]:
 
 
 @dataclass(frozen=True)
-class ReBRACConfig(B.BaselineConfig):
+class ReBRACConfig(baselines.BaselineConfig):
     """The reference's `agents/rebrac.py` keys and defaults; per-environment values: `ReBRACAgent.ENV_SETTINGS`."""
 
     q_agg: Literal["mean", "min"] = "min"

@@ -19,13 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from sorl.errors import SorlError
+from sorl.validation import is_power_of_two  # also imported from here (sorl.agent)
 
 Array = jax.Array
 VelocityFn = Callable[[Array, Array, Array | float, Array | float], Array]
-
-
-def is_power_of_two(n: int) -> bool:
-    return isinstance(n, int | np.integer) and not isinstance(n, bool) and n >= 1 and (n & (n - 1)) == 0
 
 
 def interpolant(a0: Array, a1: Array, t: Array | float, eps: float = 1e-5) -> Array:

@@ -54,7 +54,9 @@ def check_positive(name: str, value: Any, allow_none: bool = False) -> None:
 
 
 def is_power_of_two(v: Any) -> bool:
-    return is_integer(v) and v >= 1 and v & (v - 1) == 0
+    """1, 2, 4, 8, ...: the one test for K and for `denoise_timesteps` (sampler and setting checks alike). numpy
+    integers count, since a K may come from an array of K values; bools never do."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 and v & (v - 1) == 0
 
 
 # The named checks agents' fields reference (`setting(default, check=NON_NEGATIVE)`).
@@ -64,7 +66,8 @@ UNIT_INTERVAL = Check(lambda v: is_number(v) and 0 <= v <= 1, "must be in [0, 1]
 HALF_OPEN_UNIT = Check(lambda v: is_number(v) and 0 <= v < 1, "must be in [0, 1)")
 OPEN_CLOSED_UNIT = Check(lambda v: is_number(v) and 0 < v <= 1, "must be in (0, 1]")
 OPEN_UNIT = Check(lambda v: is_number(v) and 0 < v < 1, "must be in (0, 1)")
-POWER_OF_TWO = Check(is_power_of_two, "must be a power of two (1, 2, 4, 8, ...)")
+# A setting must also be a Python int (what the flags and config.json give), as every integer setting here.
+POWER_OF_TWO = Check(lambda v: is_integer(v) and is_power_of_two(v), "must be a power of two (1, 2, 4, 8, ...)")
 POSITIVE_INTEGER = Check(lambda v: is_integer(v) and v >= 1, "must be a positive integer")
 NON_NEGATIVE_INTEGER = Check(lambda v: is_integer(v) and v >= 0, "must be a non-negative integer")
 BOOL = Check(lambda v: isinstance(v, bool), "must be true or false")

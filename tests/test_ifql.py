@@ -25,7 +25,7 @@ from runner.evaluation import grid_note, validate_grid
 from runner.online import check_online_settings
 from runner.settings import TrainSettings
 from runner.train import resolve_agent_config
-from sorl import baselines as B
+from sorl import baselines
 from sorl.errors import SorlError
 from sorl.inference import make_policy_fn
 from sorl.networks import ShortcutVelocityNet
@@ -55,11 +55,11 @@ def make_agent(config: IFQLConfig = TINY) -> IFQLAgent:
 
 
 def value_net(params, x):
-    return B.critic_def(TINY, num_members=1).apply({"params": params}, x)[0]
+    return baselines.critic_def(TINY, num_members=1).apply({"params": params}, x)[0]
 
 
 def critic_net(params, x, a):
-    return B.critic_def(TINY).apply({"params": params}, x, a)  # [2, B]: q1, q2
+    return baselines.critic_def(TINY).apply({"params": params}, x, a)  # [2, B]: q1, q2
 
 
 def flow_net(params, x, a_t, t):
