@@ -2,7 +2,7 @@
 code and no run layer (no run directory, checkpoints, resume or worker processes: `sorl train` adds those, runner/).
 
     python examples/minimal_sorl.py                                    # cube-single, a generated 100-episode dataset
-    python examples/minimal_sorl.py --task toy --steps 1000 --agent.lr 3e-3 --agent.q-loss-coef 30
+    python examples/minimal_sorl.py --task toy --steps 1000 --agent.lr 3e-3 --agent.q_loss_coef 30
 
 The pieces: the agent and its losses (agents/sorl.py), the K-step shortcut sampler and the best-of-N verifier it
 calls (sorl/shortcut.py, sorl/inference.py), the on-device dataset and batch sampler (sorl/data.py), OGBench's
