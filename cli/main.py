@@ -488,7 +488,8 @@ class KProbeArgs:
     """Probe how a K-step policy's actions change with K, on held-out dataset transitions."""
 
     run_dir: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
-    """Run directory of a trained run whose policy's action K changes (any agent without K in its GRID_NOTES)."""
+    """Run directory of a trained run whose policy samples with K steps that change its action (SORL, flow BC, IFQL,
+    ...; not a one-step policy)."""
     states: int = 4096
     """Validation-dataset transitions to probe (drawn without replacement)."""
     seed: int = 0
