@@ -22,7 +22,7 @@ privileged `info`, never on the observation, so a visual dataset follows exactly
 twin's dataset of the same seed, with frames instead of state vectors. Frames are rendered headless in worker
 processes (always spawned, even for one worker: MuJoCo reads MUJOCO_GL once, when first imported) with the
 backend `envs.rendering.gl_backend` finds: EGL (a GPU's, or Mesa's software renderer on a CPU), else OSMesa.
-Rendering dominates: see README, "Pixel-based tasks", for the measured frames/s per worker.
+Rendering dominates: see docs/data.md, "Pixel-based tasks", for the measured frames/s per worker.
 
 Determinism: episode `i` of split `s` (0 train, 1 validation) draws *all* its randomness from
 `SeedSequence(seed, spawn_key=(s, i))`: the env's `reset(seed=...)`, its action space, and numpy's global RNG
