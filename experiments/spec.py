@@ -237,7 +237,9 @@ class Spec:
 
         where = f"{agent} on {task.env.name}" + (f" ({label})" if label else "")
         try:
-            _, config, _ = resolve_agent_config(agent, task.env.name, overrides)
+            steps = self.train.get("steps", TrainSettings.steps)
+            online = bool(self.train.get("online_steps"))
+            _, config, _ = resolve_agent_config(agent, task.env.name, overrides, online=online, steps=steps)
         except SorlError as e:
             raise SorlError(f"{self.where()}: {where}: {e}") from None
         eval_scope = "eval" + (f".{agent}" if "K" in self.eval_by_agent.get(agent, {}) else "")

@@ -64,6 +64,9 @@ CASES: list[Refusal] = [
             _spec(GOOD + "[settings]\ndenoise_timesteps = 4\nmax_k_backprop = 4\n[eval.sorl]\nK = [8]\n"), "spec"),
     Refusal("spec-online-K-above-agent", SWEEP, "[train] online_K = 16",
             _spec(GOOD + "[train]\nonline_steps = 100\nonline_K = 16\n"), "spec"),
+    # an online-only agent (Agent.OFFLINE False) with offline steps: refused at load, as `sorl train` refuses it
+    Refusal("spec-online-agent-offline-steps", SWEEP, "sac is an online agent, it does not train offline",
+            _spec(GOOD.replace('"sorl"', '"sac"') + "[train]\nsteps = 1000\n"), "spec"),
     # a launch whose data must be fetched: refused before anything is submitted (the dry run only says so)
     Refusal("launch-data-not-generatable", LAUNCH, "datasets missing and not generatable here: antmaze-large-navigate",
             _spec(GOOD.replace("cube-single-play-task1", "antmaze-large-navigate-task1")), "spec"),
