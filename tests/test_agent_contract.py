@@ -132,7 +132,7 @@ class ToyAgent(Agent):
         "puzzle-3x3-play": unverified("a guess", gain=0.5),
     }
     ONLINE_ENV_SETTINGS = {"cube-single-play": verified("the toy's online notes", gain=5.0)}
-    PUBLISHED_COLUMN = "IDQL"
+    PUBLISHED_COLUMN = "Toy"  # a column the `toy` fixture adds to the published table (every real one is claimed)
     PUBLISHED_AS = "toy: a linear policy"
 
     @classmethod
@@ -175,8 +175,11 @@ def _dataset(n=64):
 
 @pytest.fixture
 def toy(monkeypatch):
-    """The toy registered as `toy`: the one change a new agent needs besides its file."""
+    """The toy registered as `toy`: the one change a new agent needs besides its file; the published table gets
+    a column of its own for it (`paper.COLUMNS`, a number on cube-single)."""
     monkeypatch.setitem(agents.AGENTS, "toy", ToyAgent)
+    monkeypatch.setattr(paper, "COLUMNS", (*paper.COLUMNS, "Toy"))
+    monkeypatch.setitem(paper.PUBLISHED, "cube-single", {**paper.PUBLISHED["cube-single"], "Toy": (42.0, None)})
     return ToyAgent
 
 
@@ -226,8 +229,8 @@ def test_toy_env_settings_apply_to_runs_sources_and_the_published_table(toy, tmp
     assert agent_env_settings(toy, "visual-cube-single-play") == {"gain": 3.0}  # its state twin's (no encoder)
     # `sorl table --compare paper`: the toy is compared with the column it names.
     table = paper.published("paper")
-    assert paper.published_value(table, "cube-single-play", "toy") == table["cube-single"]["IDQL"]
-    assert paper.our_side()["IDQL"] == "toy: a linear policy"
+    assert paper.published_value(table, "cube-single-play", "toy") == (42.0, None) == table["cube-single"]["Toy"]
+    assert paper.our_side()["Toy"] == "toy: a linear policy"
 
     # A whole run through the registry (no agent class handed in) trains with the task's settings.
     def load_task(task_name, data_dir=None, *, success_timing="pre", episodes=None):
