@@ -290,7 +290,7 @@ steps = 20
 log_interval = 10
 eval_interval = 20
 [eval]
-K = [1, 3]
+K = [3]
 N = [1, 2]
 episodes = 1
 max_episode_steps = 8
@@ -322,12 +322,12 @@ def test_sorl_sweep_eval_and_table_end_to_end(data_dir, tmp_path, capsys):  # no
     assert {"actor/bc_loss", "actor/q_loss", "critic/critic_loss"} <= set(rows[0])
     res = json.loads((run_dir / "results.json").read_text())
     assert res["status"] == "complete" and res["agent"] == "cac"
-    assert [(r["K"], r["N"]) for r in res["final"]] == [(1, 1), (1, 2), (3, 1), (3, 2)]
+    assert [(r["K"], r["N"]) for r in res["final"]] == [(3, 1), (3, 2)]
 
-    cli.main(["eval", str(run_dir), "--K", "5", "--N", "1,2", "--episodes", "1", "--workers", "1", "--seed", "4"])
+    cli.main(["eval", str(run_dir), "--K", "5", "--N", "2", "--episodes", "1", "--workers", "1", "--seed", "4"])
     scaling = json.loads((run_dir / "scaling.json").read_text())
     grid = scaling["grid"] if isinstance(scaling, dict) and "grid" in scaling else scaling
-    assert sorted((g["K"], g["N"]) for g in grid) == [(5, 1), (5, 2)]
+    assert [(g["K"], g["N"]) for g in grid] == [(5, 2)]  # any K, not only the trained one or a power of two
 
     capsys.readouterr()
     cli.main(["table", str(tmp_path / "runs"), "--format", "csv"])
