@@ -109,7 +109,8 @@ def consistency_training_loss(
     `mean over action dims of (f_theta(x0 + sigma_{n+1} z, sigma_{n+1}) - stopgrad f_target(x0 + sigma_n z,
     sigma_n))^2`, averaged over the batch (CAC's `Consistency.loss` with `WeightedL2`). `target_net_fn` is the EMA
     network (CM's `theta^-`); no gradient reaches anything through the target. `scale_by_gap` multiplies each
-    example by `100 / (sigma_{n+1} - sigma_n)` (CAC's `scale_consis_loss`, on for its antmaze and kitchen tasks).
+    example by `100 / (sigma_{n+1} - sigma_n)` (CAC's `scale_consis_loss`: its offline.py keeps a per-task value but
+    never passes it on, so every official run scales).
     `N` (>= 2) may be traced, e.g. `training_discretisation(step, total)` inside a scanned training chunk.
     """
     batch_shape = x0.shape[:-1]
