@@ -17,6 +17,9 @@
     success_timing = "post"                   # "post" = the published protocol (ogbench < 1.2)
     train_episodes = 1000                     # optional: episodes if a missing dataset must be generated
     keep_checkpoints = 3                      # optional: checkpoints kept on disk
+    [train.sac]                               # optional per-agent [train] values (an online-only agent's budget)
+    steps = 0
+    online_steps = 100_000
 
     # [train] and [eval] keys, defaults and checks are runner.settings.TrainSettings fields (`spec=` there)
     [eval]                                    # the (K, N) grid evaluated during and at the end of training
@@ -177,6 +180,7 @@ class Spec:
     train: dict[str, Any]
     eval: dict[str, Any]
     eval_by_agent: dict[str, dict[str, Any]]
+    train_by_agent: dict[str, dict[str, Any]]
     settings: dict[tuple[str | None, str | None], dict[str, Any]]
     """(environment or None, agent or None) -> settings."""
     grid: dict[str | None, dict[str, list[Any]]]
@@ -222,28 +226,31 @@ class Spec:
     def eval_for(self, agent: str) -> dict[str, Any]:
         return {**self.eval, **self.eval_by_agent.get(agent, {})}
 
+    def train_for(self, agent: str) -> dict[str, Any]:
+        return {**self.train, **self.train_by_agent.get(agent, {})}
+
     def check(self) -> None:
         """Every (agent, variant, task) of the spec resolved and checked as its runs would be, before any runs:
         one SorlError naming the spec key and the task for a combination all of whose runs would fail (a pixel
         option on a state task, online steps on a pixel task or with stacked frames, a K the agent cannot take)."""
         for agent in self.agents:
-            ev = self.eval_for(agent)
             for label, vsettings in self.agent_variants(agent):
                 for task in self.tasks:
-                    self._checked(agent, label, task, self.overrides(agent, task.env.name, vsettings), ev)
+                    self._checked(agent, label, task, self.overrides(agent, task.env.name, vsettings))
 
-    def _checked(self, agent: str, label: str, task: Any, overrides: Mapping[str, str], ev: Mapping[str, Any]):
+    def _checked(self, agent: str, label: str, task: Any, overrides: Mapping[str, str]):
         from runner.train import resolve_agent_config
 
         where = f"{agent} on {task.env.name}" + (f" ({label})" if label else "")
+        train, ev = self.train_for(agent), self.eval_for(agent)
         try:
-            steps = self.train.get("steps", TrainSettings.steps)
-            online = bool(self.train.get("online_steps"))
+            steps = train.get("steps", TrainSettings.steps)
+            online = bool(train.get("online_steps"))
             _, config, _ = resolve_agent_config(agent, task.env.name, overrides, online=online, steps=steps)
         except SorlError as e:
             raise SorlError(f"{self.where()}: {where}: {e}") from None
         eval_scope = "eval" + (f".{agent}" if "K" in self.eval_by_agent.get(agent, {}) else "")
-        check_run_settings(self.where(), agent, task, config, self.train, ev, eval_scope)
+        check_run_settings(self.where(), agent, task, config, train, ev, eval_scope)
         return config
 
     def runs(self, out: str | Path | None = None, data_dir: str | Path | None = None) -> list[RunSpec]:
@@ -253,12 +260,12 @@ class Spec:
         data = str(Path(data).expanduser().absolute()) if data else None
         result: list[RunSpec] = []
         for agent in self.agents:
-            ev = self.eval_for(agent)
-            train = TrainSettings.from_spec(self.train, ev, data_dir=data, progress=False).to_dict()
+            train = TrainSettings.from_spec(self.train_for(agent), self.eval_for(agent), data_dir=data, progress=False)
+            train = train.to_dict()
             for label, vsettings in self.agent_variants(agent):
                 for task in self.tasks:
                     overrides = self.overrides(agent, task.env.name, vsettings)
-                    self._checked(agent, label, task, overrides, ev)
+                    self._checked(agent, label, task, overrides)
                     for seed in self.seeds:
                         run_id = runs.run_path(task.name, agent, seed, safe_name(label) if label else None).as_posix()
                         log = root / "logs" / (run_id.replace("/", "__") + ".log")
@@ -312,7 +319,13 @@ EvalValues = create_model("EvalValues", __base__=Table, **{k: (Any, None) for k 
 
 
 class EvalTable(EvalValues):
-    """[eval], whose other keys are [eval.AGENT] tables of the same keys (`eval_by_agent`)."""
+    """[eval], whose other keys are [eval.AGENT] tables of the same keys (`by_agent`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class TrainTableAll(TrainTable):
+    """[train], whose other keys are [train.AGENT] tables of the same keys (`by_agent`)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -368,7 +381,7 @@ class SpecFile(Table):
     """[1, 2, 3], 3, "1-8" or "1-4,7": `parse_seeds`."""
     out: NonEmpty | None = None
     data_dir: NonEmpty | None = None
-    train: TrainTable = TrainTable()
+    train: TrainTableAll = TrainTableAll()
     eval: EvalTable = EvalTable()
     settings: dict[str, Any] = {}
     """Settings scopes ([settings], [settings.AGENT], [settings.ENV], [settings.ENV.AGENT]): `Scopes`."""
@@ -409,7 +422,8 @@ def unknown_key(table: tuple[str | int, ...], key: str) -> str:
     model: type[BaseModel] = SpecFile
     for part in table:
         field = model.model_fields.get(str(part))
-        model = field.annotation if field is not None else EvalValues  # the one table named by the user: [eval.AGENT]
+        # the tables named by the user: [eval.AGENT], [train.AGENT]
+        model = field.annotation if field is not None else {"train": TrainTable}.get(str(table[0]), EvalValues)
     valid = list(model.model_fields)
     what = f"key in [{'.'.join(map(str, table))}]" if table else "top-level key"
     return f"unknown {what} {key!r}{suggest(key, valid)}; valid: {', '.join(valid)}"
@@ -484,7 +498,8 @@ def parse_spec(raw: Mapping[str, Any], path: Path | None = None) -> Spec:
         data_dir=file.data_dir,
         train={**TRAIN_DEFAULTS, **section_values("train", given(file.train), "train", fail)},
         eval={**EVAL_DEFAULTS, **section_values("eval", given(file.eval), "eval", fail)},
-        eval_by_agent=eval_by_agent(file.eval.model_extra or {}, fail),
+        eval_by_agent=by_agent("eval", file.eval.model_extra or {}, fail),
+        train_by_agent=by_agent("train", file.train.model_extra or {}, fail, given(file.train)),
         settings=scopes.settings(file.settings),
         grid=scopes.grid(file.grid),
         variants=scopes.variants(file.variants),
@@ -516,29 +531,37 @@ def spec_tasks(environments: list[str], tasks: list[str], fail: Fail) -> list[An
     return list(dict.fromkeys(found))
 
 
-def section_values(section: str, table: Mapping[str, Any], scope: str, fail: Fail) -> dict[str, Any]:
+def section_values(
+    section: str, table: Mapping[str, Any], scope: str, fail: Fail, base: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """A [train] / [eval] table's values, each checked by its TrainSettings field (`scope.key=...: ...`); `steps = 0`
-    beside `online_steps` is a pure-online run, as `sorl train --steps 0 --online-steps N` is."""
+    beside `online_steps` (in this table or in `base`, the [train] an agent's [train.AGENT] goes on top of) is a
+    pure-online run, as `sorl train --steps 0 --online-steps N` is."""
     steps = table.get("steps")
-    pure_online = section == "train" and type(steps) is int and steps == 0 and table.get("online_steps")
+    online_steps = table.get("online_steps", (base or {}).get("online_steps"))
+    pure_online = section == "train" and type(steps) is int and steps == 0 and online_steps
     return {
         key: 0 if pure_online and key == "steps" else TrainSettings.spec_value(section, key, v, f"{scope}.{key}", fail)
         for key, v in table.items()
     }
 
 
-def eval_by_agent(tables: Mapping[str, Any], fail: Fail) -> dict[str, dict[str, Any]]:
-    """[eval.AGENT] tables (the [eval] keys that are not its fields): one agent's own [eval] values."""
+def by_agent(
+    section: str, tables: Mapping[str, Any], fail: Fail, base: Mapping[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """[eval.AGENT] / [train.AGENT] tables (the section's keys that are not its fields): one agent's own values,
+    on top of the section's (`base`: the section as written)."""
     from agents import AGENTS
 
+    model = {"train": TrainTable, "eval": EvalValues}[section]
     out = {}
     for key, table in tables.items():
         if not isinstance(table, Mapping):
-            raise fail(unknown_key(("eval",), key))
+            raise fail(unknown_key((section,), key))
         if key not in AGENTS:
-            raise fail(f"[eval.{key}]: unknown agent{suggest(key, list(AGENTS))}")
-        values = given(validated(EvalValues, table, fail, ("eval", key)))
-        out[key] = section_values("eval", values, f"eval.{key}", fail)
+            raise fail(f"[{section}.{key}]: unknown agent{suggest(key, list(AGENTS))}")
+        values = given(validated(model, table, fail, (section, key)))
+        out[key] = section_values(section, values, f"{section}.{key}", fail, base)
     return out
 
 

@@ -106,6 +106,15 @@ name = "paper"
     assert rel.overrides == {"released_update": "True"} and rel.id.startswith("released/")
 
 
+def test_train_per_agent_tables_go_on_top_of_train(tmp_path):
+    # An online-only agent beside an offline-to-online one: [train.sac] is its own pure-online budget.
+    text = 'agents = ["sorl", "sac"]\ntasks = ["cube-single-play-task2"]\nseeds = [1]\nout = "{out}"\n'
+    text += "[train]\nsteps = 100\nonline_steps = 50\n[train.sac]\nsteps = 0\nbalanced_sampling = true\n"
+    runs = {r.agent: r.train for r in load_spec(write(tmp_path, text)).runs()}
+    assert (runs["sorl"]["steps"], runs["sorl"]["online_steps"], runs["sorl"]["balanced_sampling"]) == (100, 50, False)
+    assert (runs["sac"]["steps"], runs["sac"]["online_steps"], runs["sac"]["balanced_sampling"]) == (0, 50, True)
+
+
 def test_seeds_parsing():
     assert parse_seeds("1-8") == list(range(1, 9))
     assert parse_seeds("1-3,7, 2") == [1, 2, 3, 7]
@@ -133,6 +142,12 @@ def test_seeds_parsing():
         ('agents = ["sorl"]\ntasks = ["cube-single-play"]\n[launcher.slurm]\nqoz = 1', "[launcher.slurm] 'qoz'"),
         ('agents = ["sorl"]\ntasks = ["cube-single-play"]\n[launcher.slurm]\ntime = 0', "launcher.slurm.time=0"),
         ('agents = ["sorl"]\ntasks = ["cube-single-play"]\n[eval.sorl]\nk = [1]', "unknown key in [eval.sorl] 'k'"),
+        (
+            'agents = ["sorl"]\ntasks = ["cube-single-play"]\n[train.sorl]\nstep = 1',
+            "unknown key in [train.sorl] 'step'",
+        ),
+        ('agents = ["sorl"]\ntasks = ["cube-single-play"]\n[train.sorll]\nsteps = 1', "[train.sorll]: unknown agent"),
+        ('agents = ["sac"]\ntasks = ["cube-single-play"]\n[train.sac]\nsteps = 5', "sac is an online agent"),
         ('agents = ["sorl"]\ntasks = ["cube-single-play"]\n[settings.cube-single-play]\nfoo = 1', "'foo'"),
         ('agents = ["sorl"]\ntasks = ["cube-single-play"]\n[settings.nowhere]\nfoo = 1', "neither an agent nor"),
         ('agents = []\ntasks = ["cube-single-play"]', "expands to no runs"),
