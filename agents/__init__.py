@@ -33,10 +33,10 @@ AGENTS: dict[str, type] = {
     "ifql": IFQLAgent,  # flow BC policy, the best of N flow samples by an IQL critic (FQL's IDQL-for-flows baseline)
     "fawac": FAWACAgent,  # flow policy, advantage-weighted flow matching (FQL's AWR-for-flows baseline)
     "fbrac": FBRACAgent,  # flow policy, Q term backpropagated through its Euler ODE (FQL's BPTT baseline)
-    "srpo": SRPOAgent,  # deterministic one-step policy, score-regularised by a pretrained diffusion behaviour model
-    "sac": SACAgent,  # online only: tanh-Gaussian soft actor-critic; with --balanced-sampling, RLPD
     "idql": IDQLAgent,  # DDPM behaviour policy, the best of N diffusion samples by an IQL critic (IDQL)
+    "srpo": SRPOAgent,  # deterministic one-step policy, score-regularised by a pretrained diffusion behaviour model
     "cac": CACAgent,  # consistency policy, consistency training + Q term through its sampling steps (FQL's CAC)
+    "sac": SACAgent,  # online only: tanh-Gaussian soft actor-critic; with --balanced-sampling, RLPD
 }
 
 

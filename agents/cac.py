@@ -86,6 +86,9 @@ class CACAgent(Agent):
     # not be read here and experiments/paper.py has no CAC column: no published column until it does.
     PUBLISHED_COLUMN = None
     PUBLISHED_AS = ""
+    PUBLISHED_CELL = (2, 1)
+    """(K, N) of its reference policy: the official code's 2 consistency steps (`consistency_steps`), one sample:
+    what it acts with when no cell is asked for (`runner.evaluation.policy_cell`)."""
 
     # ------------------------------------------------------------------------------------------- networks
 
@@ -300,7 +303,8 @@ class CACConfig(baselines.BaselineConfig):
     grad_clip_norm: float = 1.0
     """Global-norm gradient clip per network (the CAC code's `grad_norm` default 1.0; its D4RL runs set 1 to 10)."""
     eta: float = setting(1.0, check=NON_NEGATIVE)
-    """Weight of the Q term against the consistency loss (the CAC code's `eta`, default 1.0; tuned per task)."""
+    """Weight of the Q term against the consistency loss (the CAC code's `eta`, default 1.0; its D4RL runs set it
+    by task)."""
     consistency_steps: int = setting(2, check=POSITIVE_INTEGER)
     """Consistency sampling steps of the Q term's actions, the critic target's next actions and `sample_actions`'
     default K (the CAC code's `T`: 2 on 18 of its 20 D4RL tasks)."""

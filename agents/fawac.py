@@ -85,6 +85,9 @@ class FAWACAgent(Agent):
     # is claimed until they are (experiments/paper.py has none for FAWAC).
     PUBLISHED_COLUMN = None
     PUBLISHED_AS = ""
+    PUBLISHED_CELL = (10, 1)
+    """(K, N) of its reference policy: `flow_steps` = 10 Euler steps, one sample (no best-of-N): what it acts with
+    when no cell is asked for (`runner.evaluation.policy_cell`: online acting, bench, the table's default cell)."""
 
     # ------------------------------------------------------------------------------------------- networks
 

@@ -75,6 +75,9 @@ class FBRACAgent(Agent):
     }
     PUBLISHED_COLUMN = None  # the published table (experiments.paper.COLUMNS) has no FBRAC column
     PUBLISHED_AS = ""
+    PUBLISHED_CELL = (10, 1)
+    """(K, N) of its reference policy: the 10 Euler steps it is trained through, one sample: what it acts with when
+    no cell is asked for (`runner.evaluation.policy_cell`: online acting, bench, the table's default cell)."""
 
     # ------------------------------------------------------------------------------------------- networks
 

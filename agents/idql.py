@@ -252,8 +252,7 @@ class IDQLConfig(baselines.BaselineConfig):
     """T, the steps of the trained DDPM chain: `sample_actions`' default K and the largest K it takes. 10: unverified
     (the FQL paper's OGBench setup as recalled; the official D4RL code uses T = 5)."""
     beta_schedule: Literal["vp", "cosine", "linear"] = setting("vp", check=SCHEDULE)
-    """Noise schedule of the chain (`sorl.diffusion.make_schedule`); 'vp' is the official code's default and launcher
-    value."""
+    """Noise schedule of the chain: 'vp' (the official code's default and launcher value), 'cosine' or 'linear'."""
 
 
 IDQLAgent.Config = IDQLConfig

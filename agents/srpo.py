@@ -369,9 +369,9 @@ class SRPOConfig(baselines.BaselineConfig):
     policy_t_max: float = setting(0.98, check=OPEN_CLOSED_UNIT)
     """Largest noise level t of the policy loss."""
     behavior_weight_decay: float = setting(0.01, check=NON_NEGATIVE)
-    """AdamW weight decay of the behaviour model (torch's AdamW default, which the reference keeps)."""
+    """Decoupled weight decay of the behaviour model's Adam (torch's default for it, which the reference keeps)."""
     policy_lr_decay_steps: int = setting(500_000, check=NON_NEGATIVE_INTEGER)
-    """Policy updates over which its learning rate decays to 0 by a cosine (the reference's CosineAnnealingLR over
+    """Policy updates over which its learning rate decays to 0 by a cosine (the reference's cosine annealing over
     its whole policy phase); 0 keeps it constant. Default: the policy phase of a 1M-update run, unverified."""
     actor_fc_scale: float = 1.0
     """Initial scale of the policy's output layer (the reference's plain torch init, not the baselines' 0.01)."""

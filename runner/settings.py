@@ -151,11 +151,13 @@ class TrainSettings:
     """Online updates draw half of each batch from the dataset and half from a separate buffer of the online
     transitions (default: uniformly over one buffer that starts as the dataset), as the reference's flag."""
     online_K: int | None = option(None, check="optional-positive", spec=("train", "online_K"), record=("online", "K"))
-    """Sampling steps of the acting policy in the online phase (default: 1, the released SORL code's)."""
+    """Sampling steps of the acting policy in the online phase (default: the agent's own policy's, e.g. SORL's 1 as the
+    released code, IFQL's 10)."""
     online_N: int | None = option(
         None, check="optional-positive", spec=("train", "online_N"), record=("online", "N"), command="if-changed"
     )
-    """Best-of-N candidates of the acting policy in the online phase (default: 1, the released code's)."""
+    """Best-of-N candidates of the acting policy in the online phase (default: the agent's own policy's, e.g. SORL's 1
+    as the released code, IFQL's 32)."""
     buffer_size: int | None = option(
         None, check="optional-positive", spec=("train", "buffer_size"), record=("online", "buffer_size"),
         command="if-changed",
@@ -267,7 +269,7 @@ class TrainSettings:
             elif section == "online":
                 from runner.online import recorded_online  # imports jax: not on every `sorl` command's path
 
-                value = recorded_online(self)[key]  # the acting (K, N) and the buffer size used, defaults resolved
+                value = recorded_online(self)[key]  # defaults resolved; the run's own agent: Trainer.run_config
             out.setdefault(section, {})[key] = value
         return out
 

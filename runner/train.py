@@ -389,7 +389,7 @@ class Trainer:
                 f"run directory {run.path} holds a run with success_timing="
                 f"{previous.get('success_timing')!r}; choose another --run-dir or delete that one"
             )
-        check_same_online(run.path, previous, self.settings)  # acting (K, N), sampling, buffer, offline steps
+        check_same_online(run.path, previous, self.settings, self.agent_cls)  # acting (K, N), sampling, buffer, ...
 
     def run_config(self, seed: int) -> dict[str, Any]:
         """config.json: the run's identity, versions, agent config, data and the recorded settings."""
@@ -423,7 +423,7 @@ class Trainer:
                 "p_aug": self.sampling.p_aug,
             },
             "eval": {**recorded["eval"], "seed": seed, "success_unit": runs.SUCCESS_UNIT},
-            **({"online": recorded["online"]} if self.settings.online_steps else {}),
+            **({"online": recorded_online(self.settings, self.agent_cls)} if self.settings.online_steps else {}),
         }
 
     # ------------------------------------------------------------------------------------ data, resume
@@ -553,10 +553,11 @@ class Trainer:
     def online_runner(self, g: Group, states: Sequence[Mapping[str, Any]]) -> OnlineSeeds:
         """The online phase's runner for the group's seeds (`runner.online`), from their training states."""
         s = self.settings
+        K, N = acting_policy(s, self.agent_cls)  # the flags', else the agent's own policy
         return OnlineSeeds(
             states, [sr.seed for sr in g.runs], int(states[0]["step"]), dataset=self.dataset,
             online_steps=int(s.online_steps or 0), task_name=self.task_name, success_timing=s.success_timing,
-            balanced=s.balanced_sampling, K=s.online_K, N=s.online_N, buffer_size=s.buffer_size,
+            balanced=s.balanced_sampling, K=K, N=N, buffer_size=s.buffer_size,
             make_env=self.make_env, on_episode=lambda i, row: self.log_episode(g.runs[i], row),
             live=[sr.error is None for sr in g.runs], say=g.say,
         )  # fmt: skip
@@ -754,7 +755,7 @@ class Trainer:
         )
         if isinstance(g.runner, OnlineSeeds):  # it acts no more; results.json says where its online phase stopped
             g.runner.stop(g.runs.index(sr), step)
-            sr.results["online"] = online_summary(sr, self.settings, g.runner)
+            sr.results["online"] = online_summary(sr, self.settings, g.runner, self.agent_cls)
         sr.run.try_write_results(sr.results)
         sr.sink.results(sr.results)
         if len(self.seeds) > 1:
@@ -776,7 +777,7 @@ class Trainer:
                 "wall_s": time.perf_counter() - self.t0,
             }
             if s.online_steps:
-                sr.results["online"] = online_summary(sr, s, g.runner)
+                sr.results["online"] = online_summary(sr, s, g.runner, self.agent_cls)
             if len(self.seeds) > 1:
                 sr.results["timing"]["seeds_in_batch"] = [x.seed for x in g.runs]
                 sr.results["timing"]["seeds_strategy"] = self.strategy
@@ -823,7 +824,7 @@ class Trainer:
         return [sr.results for sr in self.runs]
 
 
-def online_summary(sr: SeedRun, s: TrainSettings, runner: Any) -> dict[str, Any]:
+def online_summary(sr: SeedRun, s: TrainSettings, runner: Any, agent_cls: type) -> dict[str, Any]:
     """results.json's `online` section: the phase's settings, its episodes (from online.csv), the evaluation at
     the end of the offline phase (from eval.csv), and the environment's speed measured in this process."""
     episodes = sr.online_log.rows()
@@ -831,12 +832,12 @@ def online_summary(sr: SeedRun, s: TrainSettings, runner: Any) -> dict[str, Any]
     returns = [float(r["return"]) for r in episodes]
     last = max(1, len(episodes) // 10)
     online = isinstance(runner, OnlineSeeds)
-    K, N = acting_policy(s)
+    K, N = acting_policy(s, agent_cls)
     return {
         "steps": s.online_steps,
         "offline_steps": s.steps,
         "balanced_sampling": s.balanced_sampling,
-        "buffer_size": recorded_online(s)["buffer_size"],
+        "buffer_size": recorded_online(s, agent_cls)["buffer_size"],
         "K": K,
         "N": N,
         "stopped_at": runner.stopped_at(sr.seed) if online else None,

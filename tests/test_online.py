@@ -562,3 +562,18 @@ def test_the_acting_policy_is_the_agents_own_unless_the_flags_set_it():
     online_lib.check_same_online("run", {"online": recorded, "train": {"steps": s.steps}}, s, ifql)
     with pytest.raises(SorlError, match=r"--online-K 10 \(now 1\), --online-N 32 \(now 1\)"):
         online_lib.check_same_online("run", {"online": recorded, "train": {"steps": s.steps}}, s, sorl)
+
+
+def test_a_run_acts_records_and_resumes_with_the_agents_own_policy(tmp_path, stand_in, monkeypatch):
+    """An agent whose own policy is (4, 2) (its PUBLISHED_CELL) acts with it when --online-K/-N are not given: the
+    opening line, config.json and results.json say so, and the run continues with the same default; asking for
+    another cell on the same run directory is refused."""
+    from test_train_loop import TinyAgent
+
+    monkeypatch.setattr(TinyAgent, "PUBLISHED_CELL", (4, 2))
+    res = _online(tmp_path)
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (cfg["online"]["K"], cfg["online"]["N"]) == (4, 2) and (res["online"]["K"], res["online"]["N"]) == (4, 2)
+    assert _online(tmp_path, online_steps=30)["online"]["K"] == 4  # continued: the same policy, not refused
+    with pytest.raises(SorlError, match=r"--online-K 4 \(now 1\)"):
+        _online(tmp_path, online_steps=35, online_K=1)
