@@ -90,19 +90,15 @@ def check_probe(
     N: int = 1,
     seed: int = 0,
     needs_verifier: bool = False,
-    needs_K: bool = False,
 ) -> tuple[runs.RunDir, dict[str, Any]]:
     """A probe's arguments checked against the run before anything is built or compiled: the run directory and
-    its config, state observations, the agent (a Q verifier when `needs_verifier`, a K-step sampler when
-    `needs_K`), every K one the agent takes (`Agent.check_K`), N and the seed, and a complete checkpoint. One SorlError
-    naming the argument and the fix; returns (run, config.json)."""
-    import inspect
-
+    its config, state observations, the agent (a Q verifier when `needs_verifier`), every K one the agent takes
+    (`Agent.check_K`), N and the seed, and a complete checkpoint. One SorlError naming the argument and the fix;
+    returns (run, config.json)."""
     from agents import AGENTS
     from experiments.spec import agent_max_K
     from runner.checkpoint import latest_step
     from runner.evaluation import check_grid_values, validate_grid
-    from sorl.agent import Agent
     from sorl.config import config_from_dict
 
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -123,11 +119,6 @@ def check_probe(
         raise SorlError(f"{run.config} is corrupt or from an unknown agent ({name!r}); retrain the run")
     if needs_verifier and not hasattr(agent_cls, "aggregated_q"):
         raise SorlError(f"{run.path}: agent {name!r} has no Q verifier (best-of-N); probe a SORL run")
-    if needs_K and inspect.getattr_static(agent_cls, "max_K", None) is inspect.getattr_static(Agent, "max_K"):
-        raise SorlError(
-            f"{run.path}: agent {name!r} samples its action in one step, so K changes nothing; "
-            "probe a K-step agent (sorl, flow-bc)"
-        )
     try:
         max_K = agent_max_K(name, config_from_dict(agent_cls.Config, cfg["agent_config"]))
     except SorlError as e:
