@@ -29,7 +29,7 @@ AGENTS: dict[str, type] = {
     "rebrac": ReBRACAgent,
     "iql": IQLAgent,
     "bc": BCAgent,  # Gaussian BC, the published table's BC column
-    "flow-bc": FlowBCAgent,  # shortcut-policy BC (named "bc" before Gaussian BC existed)
+    "flow-bc": FlowBCAgent,  # behaviour cloning with SORL's shortcut policy (CHANGELOG: its former name)
     "ifql": IFQLAgent,  # flow BC policy, the best of N flow samples by an IQL critic (FQL's IDQL-for-flows baseline)
     "fawac": FAWACAgent,  # flow policy, advantage-weighted flow matching (FQL's AWR-for-flows baseline)
     "fbrac": FBRACAgent,  # flow policy, Q term backpropagated through its Euler ODE (FQL's BPTT baseline)

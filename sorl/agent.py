@@ -55,8 +55,8 @@ pick it up from there (tests/test_agent_contract.py checks the contract for ever
 
 A variant made by subclassing an agent (say, SORL with another `update`) needs a `Config` class of its own, even an
 empty subclass of the parent's: jaxlib's PyTreeDef equality compares a dataclass node's fields and static data but
-not its type, so a subclass whose config equals its parent's can be served the parent's compiled programs (it did,
-in about one trace in ten, in a probe). `check_own_config` refuses such a class where agents are looked up.
+not its type, so a subclass whose config equals its parent's can be served the parent's compiled programs
+(CHANGELOG.md). `check_own_config` refuses such a class where agents are looked up.
 """
 
 from __future__ import annotations
