@@ -395,6 +395,14 @@ def default_cell(records: Sequence[RunRecord]) -> tuple[int, int]:
     return max(c[0] for c in cells if c[1] == n), n
 
 
+def method_cell(records: Sequence[RunRecord], K: int | None, N: int | None) -> tuple[int, int]:
+    """The (K, N) cell a method's rows and curves report: `--K`/`--N` where given, the rest from `default_cell`."""
+    if K is not None and N is not None:
+        return K, N
+    default_K, default_N = default_cell(records)
+    return (K if K is not None else default_K, N if N is not None else default_N)
+
+
 def default_cell_note(method: str, agent: str, cell: tuple[int, int]) -> str | None:
     """The table's note saying which cell a method's rows show by default where its agent has a published cell:
     that cell, or that its runs did not evaluate it (and how to); None for the other agents."""

@@ -15,6 +15,7 @@ Lines are the mean over runs (tasks weighted by their runs; `--stat iqm` for the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Sequence
@@ -28,8 +29,8 @@ from experiments.aggregate import (
     RunRecord,
     check_cell_K,
     check_table_options,
-    default_cell,
     load_runs,
+    method_cell,
     read_csv,
     stratified_bootstrap_ci,
     to_float,
@@ -431,87 +432,131 @@ def plot_curves(
     runset = load_runs(paths)
     check_cell_K(runset.records, K)
     methods = _by_method(runset.records)
-    evals = {id(r): read_csv(r.path / "eval.csv") for r in runset.records}
-    trains = {id(r): read_csv(r.path / "train.csv") for r in runset.records}
-    validations = {id(r): read_csv(r.path / "validation.csv") for r in runset.records}  # `val/<loss>` columns
-    columns: list[str] = []
-    for rows in trains.values():
-        for c in rows[0] if rows else []:
-            if c not in columns and c not in ("step", "updates_per_s", "time_s"):
-                columns.append(c)
-    if metrics:
-        unknown = [m for m in metrics if m not in columns]
-        if unknown:
-            from sorl.errors import suggest
-
-            raise SorlError(
-                f"--metrics: {unknown[0]!r} is not a train.csv column{suggest(unknown[0], columns)}; "
-                f"columns: {', '.join(columns)}"
-            )
-        metrics = list(metrics)
-    else:
-        metrics = default_metrics(columns)
-    cells = {m: (K, N) if K is not None and N is not None else None for m in methods}
-    for m, recs in methods.items():
-        if cells[m] is None:
-            dk, dn = default_cell(recs)
-            cells[m] = (K if K is not None else dk, N if N is not None else dn)
-
+    logs = _RunLogs.read(runset.records)
+    metrics = _curve_metrics(logs.train_columns(), metrics)
+    cells = {method: method_cell(recs, K, N) for method, recs in methods.items()}
     panels = _env_panels(runset.records)
     ncol = 1 + len(metrics)
     fig, axes = plt.subplots(len(panels), ncol, figsize=(4.2 * ncol, 3.0 * len(panels)), squeeze=False)
     colors = plt.get_cmap("tab10")
     for row, (env, env_recs) in enumerate(panels):
         ids = {id(r) for r in env_recs}
-        for mi, (method, recs) in enumerate(methods.items()):
+        for index, (method, recs) in enumerate(methods.items()):
             recs = [r for r in recs if id(r) in ids]
             if not recs:
                 continue
-            color = colors(mi % 10)
-            cK, cN = cells[method]
-            # success against updates
-            per_step: dict[int, dict[str, list[float]]] = {}
-            for r in recs:
-                for e in evals[id(r)]:
-                    s, k, n, v = (to_float(e.get(c)) for c in ("step", "K", "N", "success"))
-                    if None in (s, k, n, v) or (int(k), int(n)) != (cK, cN):
-                        continue
-                    per_step.setdefault(int(s), {}).setdefault(r.task, []).append(100.0 * v)
-            _curve(axes[row][0], per_step, stat, reps, color, f"{method} (K={cK}, N={cN})")
-            # losses against updates: training batches solid, validation batches (where logged) dashed
+            color = colors(index % 10)
+            _success_curve(axes[row][0], recs, logs, cells[method], stat, reps, color, method)
             for j, metric in enumerate(metrics):
-                for logs, key, style, label in (
-                    (trains, metric, "-", method),
-                    (validations, f"val/{metric}", "--", f"{method} (validation)"),
-                ):
-                    per_step = {}
-                    for r in recs:
-                        for t in logs[id(r)]:
-                            s, v = to_float(t.get("step")), to_float(t.get(key))
-                            if s is not None and v is not None:
-                                per_step.setdefault(int(s), {}).setdefault(r.task, []).append(v)
-                    _curve(axes[row][1 + j], per_step, "mean", reps, color, label, style)
-        axes[row][0].set_ylabel(f"success rate (%, {stat})")
-        _success_ylim(axes[row][0])
-        axes[row][0].set_title(f"{env} ({_describe(env_recs)}): success")
-        for j, metric in enumerate(metrics):
-            ax = axes[row][1 + j]
-            ax.set_ylabel(f"{metric} (mean over runs)")
-            ax.set_title(f"{env}: {metric}")
-            ys = [y for line in ax.get_lines() for y in line.get_ydata()]
-            if ys and min(ys) > 0 and max(ys) / min(ys) > 50:
-                ax.set_yscale("log")
-            if any(line.get_label().endswith("(validation)") for line in ax.get_lines()):
-                ax.legend(loc="best", frameon=False, fontsize=7)
-        for ax in axes[row]:
-            ax.set_xlabel("gradient updates")
-            ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4), useMathText=True)
-        axes[row][0].legend(loc="best", frameon=False)
+                _loss_curves(axes[row][1 + j], recs, logs, metric, reps, color, method)
+        _finish_curve_row(axes[row], env, env_recs, metrics, stat)
     fig.suptitle("Training curves (bands: 95% stratified-bootstrap CI over seeds within tasks)", y=1.0)
     fig.tight_layout()
     written = _save(fig, Path(out_dir), name, formats)
     plt.close(fig)
     return written
+
+
+@dataclasses.dataclass
+class _RunLogs:
+    """Each run's logged rows (keyed by `id` of its record): eval.csv, train.csv and validation.csv (`val/<loss>`
+    columns, where the run logged any)."""
+
+    evals: dict[int, list[dict[str, str]]]
+    trains: dict[int, list[dict[str, str]]]
+    validations: dict[int, list[dict[str, str]]]
+
+    @classmethod
+    def read(cls, records: Sequence[RunRecord]) -> _RunLogs:
+        def each(filename: str) -> dict[int, list[dict[str, str]]]:
+            return {id(r): read_csv(r.path / filename) for r in records}
+
+        return cls(evals=each("eval.csv"), trains=each("train.csv"), validations=each("validation.csv"))
+
+    def train_columns(self) -> list[str]:
+        """The train.csv columns a curve can show, in the order the runs first logged them."""
+        columns: list[str] = []
+        for rows in self.trains.values():
+            for c in rows[0] if rows else []:
+                if c not in columns and c not in ("step", "updates_per_s", "time_s"):
+                    columns.append(c)
+        return columns
+
+
+def _curve_metrics(columns: list[str], metrics: Sequence[str] | None) -> list[str]:
+    """The loss columns to draw: `--metrics` (each one a train.csv column) or `default_metrics`."""
+    if not metrics:
+        return default_metrics(columns)
+    unknown = [m for m in metrics if m not in columns]
+    if unknown:
+        from sorl.errors import suggest
+
+        raise SorlError(
+            f"--metrics: {unknown[0]!r} is not a train.csv column{suggest(unknown[0], columns)}; "
+            f"columns: {', '.join(columns)}"
+        )
+    return list(metrics)
+
+
+def _success_curve(
+    ax: Any,
+    recs: Sequence[RunRecord],
+    logs: _RunLogs,
+    cell: tuple[int, int],
+    stat: str,
+    reps: int,
+    color: Any,
+    method: str,
+) -> None:
+    """Success (%) at one (K, N) cell against updates, from eval.csv."""
+    per_step: dict[int, dict[str, list[float]]] = {}
+    for r in recs:
+        for e in logs.evals[id(r)]:
+            s, k, n, v = (to_float(e.get(c)) for c in ("step", "K", "N", "success"))
+            if None in (s, k, n, v) or (int(k), int(n)) != cell:
+                continue
+            per_step.setdefault(int(s), {}).setdefault(r.task, []).append(100.0 * v)
+    _curve(ax, per_step, stat, reps, color, f"{method} (K={cell[0]}, N={cell[1]})")
+
+
+def _loss_curves(
+    ax: Any, recs: Sequence[RunRecord], logs: _RunLogs, metric: str, reps: int, color: Any, method: str
+) -> None:
+    """One loss against updates: training batches solid, validation batches (where logged) dashed."""
+    for rows_of, key, style, label in (
+        (logs.trains, metric, "-", method),
+        (logs.validations, f"val/{metric}", "--", f"{method} (validation)"),
+    ):
+        per_step: dict[int, dict[str, list[float]]] = {}
+        for r in recs:
+            for t in rows_of[id(r)]:
+                s, v = to_float(t.get("step")), to_float(t.get(key))
+                if s is not None and v is not None:
+                    per_step.setdefault(int(s), {}).setdefault(r.task, []).append(v)
+        _curve(ax, per_step, "mean", reps, color, label, style)
+
+
+def _finish_curve_row(
+    axes_row: Sequence[Any], env: str, env_recs: Sequence[RunRecord], metrics: Sequence[str], stat: str
+) -> None:
+    """Labels, titles and scales of one environment's row of panels, once every method is drawn."""
+    success_ax = axes_row[0]
+    success_ax.set_ylabel(f"success rate (%, {stat})")
+    _success_ylim(success_ax)
+    success_ax.set_title(f"{env} ({_describe(env_recs)}): success")
+    for j, metric in enumerate(metrics):
+        ax = axes_row[1 + j]
+        ax.set_ylabel(f"{metric} (mean over runs)")
+        ax.set_title(f"{env}: {metric}")
+        ys = [y for line in ax.get_lines() for y in line.get_ydata()]
+        if ys and min(ys) > 0 and max(ys) / min(ys) > 50:  # losses spanning decades read better on a log scale
+            ax.set_yscale("log")
+        if any(line.get_label().endswith("(validation)") for line in ax.get_lines()):
+            ax.legend(loc="best", frameon=False, fontsize=7)
+    for ax in axes_row:
+        ax.set_xlabel("gradient updates")
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4), useMathText=True)
+    success_ax.legend(loc="best", frameon=False)
 
 
 def _curve(
