@@ -469,6 +469,14 @@ def summarize(
     )
 
 
+def _env_rank(env: str) -> int:
+    """Where `env` sorts: the registry's order, an environment it does not know after every one it does."""
+    from envs.registry import ENVIRONMENTS
+
+    order = {name: i for i, name in enumerate(ENVIRONMENTS)}
+    return order.get(env, len(order))
+
+
 def table_rows(
     runset: RunSet,
     *,
@@ -479,8 +487,6 @@ def table_rows(
     reps: int = BOOTSTRAP_REPS,
 ) -> tuple[list[Row], list[str]]:
     """(rows, notes) of the table."""
-    from envs.registry import ENVIRONMENTS
-
     bad = [lv for lv in levels if lv not in ("task", "env", "all")]
     if bad or not levels:
         raise SorlError(f"--level {','.join(levels)}: use task, env and/or all")
@@ -489,61 +495,40 @@ def table_rows(
     by_method: dict[str, list[RunRecord]] = {}
     for r in runset.records:
         by_method.setdefault(r.label, []).append(r)
-    env_order = {name: i for i, name in enumerate(ENVIRONMENTS)}
     rows: list[Row] = []
     for method, recs in by_method.items():
-        cell = (K, N) if K is not None and N is not None else None
-        if cell is None:
-            dk, dn = default_cell(recs)
-            cell = (K if K is not None else dk, N if N is not None else dn)
-            if (note := default_cell_note(method, recs[0].agent, cell)) is not None:
-                notes.append(note)
-        missing = [r for r in recs if _score(r, cell) is None]
-        if missing:
-            notes.append(
-                f"{method}: {len(missing)} runs have no K={cell[0]}, N={cell[1]} cell and are left out "
-                f"(e.g. {missing[0].path})"
-            )
-        recs = [r for r in recs if _score(r, cell) is not None]
-        if not recs:
-            continue
-        agent = recs[0].agent
-        scores: dict[str, dict[str, dict[int, float]]] = {}  # env -> task -> seed -> score
-        for r in recs:
-            scores.setdefault(r.env, {}).setdefault(r.short_task, {})[r.seed] = _score(r, cell)
-        all_groups: dict[str, dict[int, float]] = {}
-        for env in sorted(scores, key=lambda e: env_order.get(e, len(env_order))):
-            tasks = dict(sorted(scores[env].items()))
-            total = ENVIRONMENTS[env].num_tasks if env in ENVIRONMENTS else len(tasks)
-            common = dict(method=method, agent=agent, cell=cell, expected_seeds=runset.expected_seeds, reps=reps)
-            if "task" in levels:
-                for task, seeds in tasks.items():
-                    rows.append(summarize({task: seeds}, level="task", env=env, task=task, tasks_total=1, **common))
-            if "env" in levels:
-                row = summarize(tasks, level="env", env=env, task="", tasks_total=total, **common)
-                if published is not None:
-                    value = paper.published_value(published, env, agent)
-                    if value is not None:
-                        row.paper, row.paper_std = value
-                        row.paper_mark = _comparison_caveats(recs, env, agent, notes)
-                rows.append(row)
-            all_groups.update({f"{env}/{t}": s for t, s in tasks.items()})
-        if "all" in levels and len(scores) > 1:
-            rows.append(
-                summarize(
-                    all_groups,
-                    level="all",
-                    env="all",
-                    task="",
-                    method=method,
-                    agent=agent,
-                    cell=cell,
-                    tasks_total=len(all_groups),
-                    expected_seeds=runset.expected_seeds,
-                    reps=reps,
-                )
-            )
-    rows.sort(key=lambda r: (env_order.get(r.env, len(env_order)), r.level != "task", r.task, r.method))
+        cell = method_cell(recs, K, N)
+        defaulted = K is None or N is None
+        if defaulted and (note := default_cell_note(method, recs[0].agent, cell)) is not None:
+            notes.append(note)
+        recs = _runs_with_cell(method, recs, cell, notes)
+        if recs:
+            context = _MethodRows(method, recs[0].agent, cell, runset.expected_seeds, reps)
+            rows += context.rows(recs, levels, published, notes)
+    rows.sort(key=lambda r: (_env_rank(r.env), r.level != "task", r.task, r.method))
+    notes += _left_out_notes(runset)
+    if published is not None and "env" in levels:
+        if any(r.paper is not None for r in rows):
+            notes.insert(0, comparison_note())
+        else:
+            notes.append("no published number matches these environments and agents")
+    return rows, notes
+
+
+def _runs_with_cell(method: str, recs: Sequence[RunRecord], cell: tuple[int, int], notes: list[str]) -> list[RunRecord]:
+    """The runs of `method` that evaluated `cell`, with a note on those left out."""
+    missing = [r for r in recs if _score(r, cell) is None]
+    if missing:
+        notes.append(
+            f"{method}: {len(missing)} runs have no K={cell[0]}, N={cell[1]} cell and are left out "
+            f"(e.g. {missing[0].path})"
+        )
+    return [r for r in recs if _score(r, cell) is not None]
+
+
+def _left_out_notes(runset: RunSet) -> list[str]:
+    """The notes on run directories the table leaves out: unreadable, or not complete."""
+    notes = []
     if runset.corrupt:
         notes.append(f"{len(runset.corrupt)} run directories are left out as unreadable: {runset.corrupt[0][1]}")
     if runset.incomplete:
@@ -551,12 +536,84 @@ def table_rows(
             f"{len(runset.incomplete)} run directories not complete (failed or running) are left out, "
             f"e.g. {runset.incomplete[0]}"
         )
-    if published is not None and "env" in levels:
-        if any(r.paper is not None for r in rows):
-            notes.insert(0, comparison_note())
-        else:
-            notes.append("no published number matches these environments and agents")
-    return rows, notes
+    return notes
+
+
+@dataclasses.dataclass
+class _MethodRows:
+    """What every row of one method shares (the keywords of `summarize` that are not the row's own)."""
+
+    method: str
+    agent: str
+    cell: tuple[int, int]
+    expected_seeds: int | None
+    reps: int
+
+    def summarize(
+        self, groups: dict[str, dict[int, float]], *, level: str, env: str, task: str, tasks_total: int
+    ) -> Row:
+        return summarize(
+            groups,
+            level=level,
+            env=env,
+            task=task,
+            method=self.method,
+            agent=self.agent,
+            cell=self.cell,
+            tasks_total=tasks_total,
+            expected_seeds=self.expected_seeds,
+            reps=self.reps,
+        )
+
+    def rows(
+        self,
+        recs: Sequence[RunRecord],
+        levels: Sequence[str],
+        published: dict[str, dict[str, tuple[float, float | None]]] | None,
+        notes: list[str],
+    ) -> list[Row]:
+        """The method's rows at `levels`: per task, per environment (with the published number where `published`
+        has one), over every environment where there are several."""
+        scores = _scores_by_env(recs, self.cell)
+        rows: list[Row] = []
+        for env, tasks in scores.items():
+            if "task" in levels:
+                for task, seeds in tasks.items():
+                    rows.append(self.summarize({task: seeds}, level="task", env=env, task=task, tasks_total=1))
+            if "env" in levels:
+                rows.append(self.env_row(env, tasks, recs, published, notes))
+        if "all" in levels and len(scores) > 1:
+            every_task = {f"{env}/{task}": seeds for env, tasks in scores.items() for task, seeds in tasks.items()}
+            rows.append(self.summarize(every_task, level="all", env="all", task="", tasks_total=len(every_task)))
+        return rows
+
+    def env_row(
+        self,
+        env: str,
+        tasks: dict[str, dict[int, float]],
+        recs: Sequence[RunRecord],
+        published: dict[str, dict[str, tuple[float, float | None]]] | None,
+        notes: list[str],
+    ) -> Row:
+        """One environment's row, its tasks weighted equally (out of all the environment's tasks)."""
+        from envs.registry import ENVIRONMENTS
+
+        total = ENVIRONMENTS[env].num_tasks if env in ENVIRONMENTS else len(tasks)
+        row = self.summarize(tasks, level="env", env=env, task="", tasks_total=total)
+        if published is not None:
+            value = paper.published_value(published, env, self.agent)
+            if value is not None:
+                row.paper, row.paper_std = value
+                row.paper_mark = _comparison_caveats(recs, env, self.agent, notes)
+        return row
+
+
+def _scores_by_env(recs: Sequence[RunRecord], cell: tuple[int, int]) -> dict[str, dict[str, dict[int, float]]]:
+    """env -> task -> seed -> success (%) at `cell`: environments in the registry's order, tasks by name."""
+    scores: dict[str, dict[str, dict[int, float]]] = {}
+    for r in recs:
+        scores.setdefault(r.env, {}).setdefault(r.short_task, {})[r.seed] = _score(r, cell)
+    return {env: dict(sorted(scores[env].items())) for env in sorted(scores, key=_env_rank)}
 
 
 def comparison_note() -> str:
