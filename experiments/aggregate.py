@@ -724,56 +724,70 @@ def format_table(rows: Sequence[Row], fmt: str = "md", *, compare: bool = False,
                  reps: int = BOOTSTRAP_REPS) -> str:  # fmt: skip
     if fmt not in ("md", "csv", "latex"):
         raise SorlError(f"--format {fmt}: use md, csv or latex")
+    if fmt == "csv":
+        return _csv_table(rows)
     # With --compare the header says which (K, N) each side is: ours per row, the published one in its column.
     header = [h + " (ours)" if compare and h == "cell" else h for h in HEADER] + (COMPARE_HEADER if compare else [])
-    if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow(
-                {
-                    "level": r.level,
-                    "environment": r.env,
-                    "task": r.task,
-                    "method": r.method,
-                    "agent": r.agent,
-                    "K": r.K,
-                    "N": r.N,
-                    "tasks": r.tasks,
-                    "tasks_total": r.tasks_total,
-                    "seeds_min": min(r.seeds),
-                    "seeds_max": max(r.seeds),
-                    "expected_seeds": r.expected_seeds or "",
-                    "runs": r.runs,
-                    **{k: _num(getattr(r, k)) for k in ("mean", "std", "iqm", "ci_low", "ci_high")},
-                    "paper": _num(r.paper),
-                    "paper_std": _num(r.paper_std),
-                    "diff": _num(r.diff),
-                }
-            )
-        return buf.getvalue()
     body = [_cells(r, compare) for r in rows]
     if fmt == "md":
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(c) + " |" for c in body]
-        lines += ["", caption(reps)] + [f"Note: {n}" for n in notes]
-        return "\n".join(lines) + "\n"
+        return _markdown_table(header, body, notes, reps)
+    return _latex_table(header, rows, body, notes, reps)
 
-    # latex
-    def esc(s: str) -> str:
-        s = s.replace("\\", "\\textbackslash{}")
-        for a, b in (("_", "\\_"), ("%", "\\%"), ("&", "\\&"), ("#", "\\#")):
-            s = s.replace(a, b)
-        return s.replace("±", "$\\pm$").replace("−", "$-$").replace("—", "--")
 
+def _csv_table(rows: Sequence[Row]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow(
+            {
+                "level": r.level,
+                "environment": r.env,
+                "task": r.task,
+                "method": r.method,
+                "agent": r.agent,
+                "K": r.K,
+                "N": r.N,
+                "tasks": r.tasks,
+                "tasks_total": r.tasks_total,
+                "seeds_min": min(r.seeds),
+                "seeds_max": max(r.seeds),
+                "expected_seeds": r.expected_seeds or "",
+                "runs": r.runs,
+                **{k: _num(getattr(r, k)) for k in ("mean", "std", "iqm", "ci_low", "ci_high")},
+                "paper": _num(r.paper),
+                "paper_std": _num(r.paper_std),
+                "diff": _num(r.diff),
+            }
+        )
+    return buf.getvalue()
+
+
+def _markdown_table(header: Sequence[str], body: Sequence[Sequence[str]], notes: Sequence[str], reps: int) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(c) + " |" for c in body]
+    lines += ["", caption(reps)] + [f"Note: {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _latex_escape(s: str) -> str:
+    s = s.replace("\\", "\\textbackslash{}")
+    for a, b in (("_", "\\_"), ("%", "\\%"), ("&", "\\&"), ("#", "\\#")):
+        s = s.replace(a, b)
+    return s.replace("±", "$\\pm$").replace("−", "$-$").replace("—", "--")
+
+
+def _latex_table(
+    header: Sequence[str], rows: Sequence[Row], body: Sequence[Sequence[str]], notes: Sequence[str], reps: int
+) -> str:
+    """A booktabs table, a rule between environments; the notes as LaTeX comments."""
     lines = [
         "\\begin{table}[t]",
         "\\centering",
         "\\small",
         "\\begin{tabular}{" + "lll" + "c" * (len(header) - 3) + "}",
         "\\toprule",
-        " & ".join(esc(h) for h in header) + " \\\\",
+        " & ".join(_latex_escape(h) for h in header) + " \\\\",
         "\\midrule",
     ]
     prev_env = None
@@ -781,8 +795,8 @@ def format_table(rows: Sequence[Row], fmt: str = "md", *, compare: bool = False,
         if prev_env is not None and r.env != prev_env:
             lines.append("\\midrule")
         prev_env = r.env
-        lines.append(" & ".join(esc(x) for x in c) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{esc(caption(reps))}}}", "\\end{table}"]
+        lines.append(" & ".join(_latex_escape(x) for x in c) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{_latex_escape(caption(reps))}}}", "\\end{table}"]
     lines += [f"% Note: {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
@@ -884,31 +898,21 @@ def diagnostics(
         raise SorlError("--diagnostics: name train.csv columns, e.g. actor/mse,critic/q_max")
     runset = load_runs(paths)
     check_cell_K(runset.records, K)
-    from envs.registry import ENVIRONMENTS
-
-    env_order = {name: i for i, name in enumerate(ENVIRONMENTS)}
     groups: dict[tuple[str, str, str], list[RunRecord]] = {}
     for r in runset.records:
         groups.setdefault((r.env, r.short_task, r.label), []).append(r)
     known: set[str] = set()
     body: list[str] = []
-    for (env, task, method), recs in sorted(groups.items(), key=lambda g: (env_order.get(g[0][0], 99), g[0][1:])):
-        dk, dn = default_cell(recs)
+    for (env, task, method), recs in sorted(groups.items(), key=lambda g: (_env_rank(g[0][0]), g[0][1:])):
+        dk, dn = default_cell(recs)  # asked even where --K and --N both say: a method without a final evaluation fails
         cell = (K if K is not None else dk, N if N is not None else dn)
         returns = [float(r.final[cell]["return"]) for r in recs if r.final.get(cell, {}).get("return") is not None]
         values: dict[str, list[float]] = {k: [] for k in keys}
         for r in recs:
-            rows = read_csv(r.path / "train.csv")
-            known.update(rows[0] if rows else ())
-            known.update(f"{TIMING_PREFIX}{name}" for name in r.timing)
-            for k in keys:
-                if k.startswith(TIMING_PREFIX):
-                    if (v := to_float(r.timing.get(k.removeprefix(TIMING_PREFIX)))) is not None:
-                        values[k].append(v)
-                    continue
-                logged = [v for v in (to_float(row.get(k)) for row in rows) if v is not None]
-                if logged:
-                    values[k].append(float(np.mean(logged[-last:])))
+            run_values, run_keys = _run_diagnostics(r, keys, last)
+            known |= run_keys
+            for k, v in run_values.items():
+                values[k].append(v)
         cells = [env, task, method, f"K={cell[0]}, N={cell[1]}", str(len(recs)), mean_std(returns)]
         body.append("| " + " | ".join(cells + [mean_std(values[k]) for k in keys]) + " |")
     unknown = [k for k in keys if k not in known]
@@ -919,7 +923,29 @@ def diagnostics(
         )
     head = ["environment", "task", "method", "cell", "seeds", "return (mean ± std)"] + keys
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *body, ""]
-    lines.append(
+    lines.append(_diagnostics_caption(keys, last))
+    return "\n".join(lines) + "\n"
+
+
+def _run_diagnostics(r: RunRecord, keys: Sequence[str], last: int) -> tuple[dict[str, float], set[str]]:
+    """One run's value of each key it has (a train.csv column's mean over its last `last` logged values, or its
+    results.json timing entry), and every key it could have had."""
+    rows = read_csv(r.path / "train.csv")
+    run_keys = set(rows[0] if rows else ()) | {f"{TIMING_PREFIX}{name}" for name in r.timing}
+    values: dict[str, float] = {}
+    for k in keys:
+        if k.startswith(TIMING_PREFIX):
+            if (v := to_float(r.timing.get(k.removeprefix(TIMING_PREFIX)))) is not None:
+                values[k] = v
+            continue
+        logged = [v for v in (to_float(row.get(k)) for row in rows) if v is not None]
+        if logged:
+            values[k] = float(np.mean(logged[-last:]))
+    return values, run_keys
+
+
+def _diagnostics_caption(keys: Sequence[str], last: int) -> str:
+    return (
         f"Final checkpoint: mean episode return of the cell shown; each train.csv column averaged over the last "
         f"{last} values the run logged"
         + (
@@ -929,7 +955,6 @@ def diagnostics(
         )
         + "; mean ± std over seeds (— : no run logged it)."
     )
-    return "\n".join(lines) + "\n"
 
 
 def mean_std(values: Sequence[float | None], digits: int | None = None) -> str:
