@@ -17,10 +17,9 @@ training path's alone), on synthetic data with cube-single's sizes (observation 
 - memory: peak RSS of a child process that loads 1M-transition OGBench-format files (random contents) the way a
   training run does (`envs.datasets.load_task`, `sorl.data.to_device`) and trains on them, against the dataset's
   bytes on the device (target: <= 1.5 x dataset + 1.5 GiB).
-- changes (`--changes`): what each speed change buys, before and after, in this process: the released update's
-  policy gradient through the critic target; a host round trip per update instead of a scanned chunk; buffer
-  donation; recompiling per interval instead of reusing the compiled chunk; vmapped seeds drawing K per seed
-  (every switch branch runs) instead of from the shared schedule.
+- reference (`--reference CHECKOUT`): our training chunk against the agent's reference code, timed alternately.
+
+What each past speed change bought is timed by `python scripts/bench_changes.py`, not here.
 
 `--size small` runs the same code with small networks and counts, in a minute or two.
 """
@@ -50,7 +49,7 @@ OBS_DIM, ACTION_DIM = 28, 5  # cube-single
 GiB = 1024**3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Size:
     layers: int
     width: int
@@ -71,9 +70,39 @@ class Size:
 
 SIZES = {
     "paper": Size(
-        4, 512, 256, 100_000, 10, 5, (1, 2, 4, 8), (1, 4, 16), 20, 50, None, 2000, (1, 2, 4, 8), 4, 1_000_000
+        layers=4,
+        width=512,
+        batch=256,
+        transitions=100_000,
+        chunk=10,
+        reps=5,
+        Ks=(1, 2, 4, 8),
+        Ns=(1, 4, 16),
+        latency_reps=20,
+        eval_episodes=50,
+        eval_max_steps=None,
+        raw_steps=2000,
+        seeds=(1, 2, 4, 8),
+        seed_chunk=4,
+        memory_transitions=1_000_000,
     ),
-    "small": Size(2, 64, 64, 10_000, 20, 3, (1, 8), (1, 4), 10, 8, 50, 300, (1, 2, 4), 10, 100_000),
+    "small": Size(
+        layers=2,
+        width=64,
+        batch=64,
+        transitions=10_000,
+        chunk=20,
+        reps=3,
+        Ks=(1, 8),
+        Ns=(1, 4),
+        latency_reps=10,
+        eval_episodes=8,
+        eval_max_steps=50,
+        raw_steps=300,
+        seeds=(1, 2, 4),
+        seed_chunk=10,
+        memory_transitions=100_000,
+    ),
 }
 
 
@@ -89,8 +118,6 @@ class BenchArgs:
     """Print the figures as JSON instead of a table."""
     sections: str = ",".join(SECTIONS)
     """Comma-separated subset of: training, inference, evaluation, seeds, memory."""
-    changes: bool = False
-    """Also measure what each speed change buys (before/after, in this process)."""
     workers: int | None = None
     """Evaluation worker processes (default: all cores)."""
     task: str | None = None
@@ -120,7 +147,7 @@ def _cores() -> int:
     return default_workers()
 
 
-def _loadavg() -> list[float] | None:
+def load_average() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
@@ -232,7 +259,8 @@ def peak_matmul_gflops(n: int = 2048, reps: int = 5, trials: int = 3) -> dict[st
 # ------------------------------------------------------------------------------------------ training
 
 
-def _initial(agent_cls, config, seed: int, obs_dim: int = OBS_DIM):
+def initial_agent_state(agent_cls, config, seed: int, obs_dim: int = OBS_DIM):
+    """A fresh training state (agent, data key) of `seed`, as a training run starts it."""
     from runner.train import initial_state
 
     example = (np.zeros((1, obs_dim), np.float32), np.zeros((1, ACTION_DIM), np.float32))
@@ -303,7 +331,7 @@ def bench_training(
     sampling = sampling or PLAIN
     agent_cls, config = agent_setup(agent_name, size, overrides, env)
     batch = sample_batch(dataset, jax.random.PRNGKey(1), config.batch_size, sampling)
-    state = _initial(agent_cls, config, 0, int(batch["observations"].shape[-1]))
+    state = initial_agent_state(agent_cls, config, 0, int(batch["observations"].shape[-1]))
     agent, rng = distinct_buffers((state["agent"], state["data_rng"]))
     flops = update_flops(agent, batch)
     t = _now()
@@ -400,7 +428,7 @@ def bench_inference(agent_name: str, size: Size, overrides) -> dict[str, Any]:
     from sorl.inference import make_policy_fn
 
     agent_cls, config = agent_setup(agent_name, size, overrides)
-    agent = _initial(agent_cls, config, 0)["agent"]
+    agent = initial_agent_state(agent_cls, config, 0)["agent"]
     policy = make_policy_fn()
     own = policy_cell(agent)
     out = []
@@ -482,7 +510,7 @@ def bench_evaluation(agent_name: str, size: Size, overrides, workers: int | None
     raw_one = raw_physics_rate(TASK, size.raw_steps)
     raw_all = raw_physics_rate_all_cores(TASK, size.raw_steps, cores)
     agent_cls, config = agent_setup(agent_name, size, overrides)
-    agent = _initial(agent_cls, config, 0)["agent"]
+    agent = initial_agent_state(agent_cls, config, 0)["agent"]
     pool = EnvPool(TASK, size.eval_episodes, workers=workers, max_episode_steps=size.eval_max_steps)
     try:
         # Compile the policy for the pool's batch first: the figure is the steady-state throughput.
@@ -546,13 +574,13 @@ def interleaved_rates(runners: Mapping[str, Callable[[], float]], reps: int) -> 
     return rates
 
 
-def _single_runner(agent_cls, config, dataset, n: int, seed: int = 0, donate: bool = True) -> Runner:
+def single_seed_runner(agent_cls, config, dataset, n: int, seed: int = 0, donate: bool = True) -> Runner:
     """The single-seed training chunk (`runner.train.compile_chunk`, the loop's own program)."""
     import jax
 
     from runner.train import compile_chunk, distinct_buffers, train_chunk
 
-    s = _initial(agent_cls, config, seed)
+    s = initial_agent_state(agent_cls, config, seed)
     agent, rng = distinct_buffers((s["agent"], s["data_rng"]))
     if donate:
         compiled = compile_chunk(agent, rng, dataset, config.batch_size, n)
@@ -562,57 +590,57 @@ def _single_runner(agent_cls, config, dataset, n: int, seed: int = 0, donate: bo
     return Runner(compiled, agent, rng, dataset, n)
 
 
-def _stacked(agent_cls, config, S: int):
+def stacked_seeds(agent_cls, config, S: int):
+    """Seeds 0..S-1's agents and data keys stacked along a leading axis, as `runner.multiseed` vmaps them."""
     import jax.numpy as jnp
 
     from runner import multiseed
     from runner.train import distinct_buffers
 
-    states = [_initial(agent_cls, config, s) for s in range(S)]
+    states = [initial_agent_state(agent_cls, config, s) for s in range(S)]
     agents = multiseed.stack_agents([s["agent"] for s in states])
     rngs = jnp.stack([jnp.asarray(s["data_rng"]) for s in states])
     return distinct_buffers((agents, rngs))
 
 
-def bench_seeds(agent_name: str, size: Size, overrides, dataset, seeds: Sequence[int]) -> dict[str, Any]:
-    """Total updates/s of S vmapped seeds against running them one after another (the single-seed chunk's rate,
-    timed alternately with it); for the largest S also the 'loop' strategy (the CPU default of --seeds)."""
+def sequential_runner(single: Runner, S: int) -> Callable[[], float]:
+    """S chunks of the single-seed program back to back: the same length of window as S seeds' in one call."""
+
+    def run() -> float:
+        t = _now()
+        for _ in range(S):
+            single()
+        return S * single.n / (_now() - t)
+
+    return run
+
+
+def vmapped_seeds_row(agent_cls, config, dataset, single: Runner, S: int, reps: int) -> dict[str, Any]:
+    """S vmapped seeds in one compiled chunk, timed alternately with S single-seed chunks one after another."""
     from runner import multiseed
 
-    agent_cls, config = agent_setup(agent_name, size, overrides)
-    n, reps = size.seed_chunk, max(2, size.reps - 2)
-    single = _single_runner(agent_cls, config, dataset, n)
+    n = single.n
+    agents, rngs = stacked_seeds(agent_cls, config, S)
+    t = _now()
+    compiled = multiseed.compile_chunk_seeds(agents, rngs, dataset, config.batch_size, n)
+    compile_s = _now() - t
+    vmapped = Runner(compiled, agents, rngs, dataset, n, S)
+    rates = interleaved({"vmap": vmapped, "sequential": sequential_runner(single, S)}, reps)
+    return {
+        "seeds": S,
+        "total_updates_per_s": rates["vmap"],
+        "per_seed_updates_per_s": rates["vmap"] / S,
+        "sequential_updates_per_s": rates["sequential"],
+        "speedup_vs_sequential": rates["vmap"] / rates["sequential"],
+        "compile_s": compile_s,
+    }
 
-    def sequential(S: int) -> Callable[[], float]:
-        """S chunks of the single-seed program back to back: the same length of window as the S seeds'."""
 
-        def run() -> float:
-            t = _now()
-            for _ in range(S):
-                single()
-            return S * n / (_now() - t)
-
-        return run
-
-    rows = []
-    for S in seeds:
-        agents, rngs = _stacked(agent_cls, config, S)
-        t = _now()
-        compiled = multiseed.compile_chunk_seeds(agents, rngs, dataset, config.batch_size, n)
-        compile_s = _now() - t
-        rates = interleaved({"vmap": Runner(compiled, agents, rngs, dataset, n, S), "sequential": sequential(S)}, reps)
-        rows.append(
-            {
-                "seeds": S,
-                "total_updates_per_s": rates["vmap"],
-                "per_seed_updates_per_s": rates["vmap"] / S,
-                "sequential_updates_per_s": rates["sequential"],
-                "speedup_vs_sequential": rates["vmap"] / rates["sequential"],
-                "compile_s": compile_s,
-            }
-        )
-    S = seeds[-1]
-    looped = [_single_runner(agent_cls, config, dataset, n, seed=s) for s in range(S)]  # one compilation, cached
+def looped_seeds(agent_cls, config, dataset, single: Runner, S: int, reps: int) -> dict[str, Any]:
+    """Strategy 'loop' (the CPU default of --seeds): each of S seeds' own state through the single-seed chunk, timed
+    alternately with one seed's chunk run S times."""
+    n = single.n
+    looped = [single_seed_runner(agent_cls, config, dataset, n, seed=s) for s in range(S)]  # one compilation, cached
 
     def loop() -> float:
         t = _now()
@@ -620,16 +648,25 @@ def bench_seeds(agent_name: str, size: Size, overrides, dataset, seeds: Sequence
             run()
         return S * n / (_now() - t)
 
-    rates = interleaved({"loop": loop, "sequential": sequential(S)}, reps)
+    rates = interleaved({"loop": loop, "sequential": sequential_runner(single, S)}, reps)
     return {
-        "rows": rows,
-        "loop": {
-            "seeds": S,
-            "total_updates_per_s": rates["loop"],
-            "sequential_updates_per_s": rates["sequential"],
-            "speedup_vs_sequential": rates["loop"] / rates["sequential"],
-            "note": "strategy 'loop' (the CPU default): seeds one after another through the single-seed chunk",
-        },
+        "seeds": S,
+        "total_updates_per_s": rates["loop"],
+        "sequential_updates_per_s": rates["sequential"],
+        "speedup_vs_sequential": rates["loop"] / rates["sequential"],
+        "note": "strategy 'loop' (the CPU default): seeds one after another through the single-seed chunk",
+    }
+
+
+def bench_seeds(agent_name: str, size: Size, overrides, dataset, seeds: Sequence[int]) -> dict[str, Any]:
+    """Total updates/s of S vmapped seeds against running them one after another (the single-seed chunk's rate,
+    timed alternately with it); for the largest S also the 'loop' strategy (the CPU default of --seeds)."""
+    agent_cls, config = agent_setup(agent_name, size, overrides)
+    reps = max(2, size.reps - 2)
+    single = single_seed_runner(agent_cls, config, dataset, size.seed_chunk)
+    return {
+        "rows": [vmapped_seeds_row(agent_cls, config, dataset, single, S, reps) for S in seeds],
+        "loop": looped_seeds(agent_cls, config, dataset, single, seeds[-1], reps),
         "note": "S seeds vmapped in one compiled chunk; speedup = total updates/s over one single-seed run's "
         "(timed alternately), i.e. over running the S seeds one after another",
     }
@@ -708,7 +745,7 @@ def memory_child(data_dir: str, size_name: str, agent_name: str, overrides_json:
     nbytes = dataset_nbytes(dataset)
     agent_cls, config = agent_setup(agent_name, size, json.loads(overrides_json))
     dataset = agent_cls.prepare_dataset(dataset)
-    state = _initial(agent_cls, config, 0)
+    state = initial_agent_state(agent_cls, config, 0)
     agent, rng = distinct_buffers((state["agent"], state["data_rng"]))
     compiled = compile_chunk(agent, rng, dataset, config.batch_size, 2)
     for _ in range(2):
@@ -751,104 +788,6 @@ def bench_memory(agent_name: str, size_name: str, overrides) -> dict[str, Any]:
         "path": "OGBench-format files -> envs.datasets.load_task -> sorl.data.to_device -> training chunks",
         "target": "peak RSS <= 1.5 x dataset bytes + 1.5 GiB",
     }
-
-
-# ------------------------------------------------------------------------------------------- changes
-
-
-def bench_changes(agent_name: str, size: Size, overrides, dataset, training: Mapping[str, Any]) -> dict[str, Any]:
-    """Before/after updates/s of each speed change, the two timed alternately in this process (the 'after' is the
-    code as it is: the single-seed training chunk, or the vmapped seeds)."""
-    import jax
-
-    from runner import multiseed
-    from runner.train import distinct_buffers, train_chunk
-    from sorl.data import sample_batch
-
-    agent_cls, config = agent_setup(agent_name, size, overrides)
-    n, reps = size.chunk, max(3, size.reps - 2)
-    after = _single_runner(agent_cls, config, dataset, n)
-    out: dict[str, Any] = {}
-
-    def record(name: str, before: Callable[[], float], what: str, runner: Callable[[], float] = after, **extra):
-        rates = interleaved({"before": before, "after": runner}, reps)
-        out[name] = {
-            "before_updates_per_s": rates["before"],
-            "after_updates_per_s": rates["after"],
-            "speedup": rates["after"] / rates["before"],
-            "before": what,
-            **extra,
-        }
-
-    # 1. The released update lets the critic loss's gradient reach the policy through a' (and steps a shared
-    #    Adam twice); the paper's update stops it.
-    if hasattr(config, "released_update") and not config.released_update:
-        rel_cfg = dataclasses.replace(config, released_update=True)
-        released = _single_runner(agent_cls, rel_cfg, dataset, n)
-        batch = sample_batch(dataset, jax.random.PRNGKey(1), config.batch_size)
-        flops = update_flops(released.agent, batch)
-        record(
-            "stop_policy_gradient_through_critic_target",
-            released,
-            "the released update: a' sampled with gradients, one Adam stepped twice",
-            before_flops_per_update=flops["flops_per_update"],
-            after_flops_per_update=training["flops_per_update"],
-        )
-
-    # 2. A host round trip per update (sample, update, fetch the info) instead of a scanned chunk.
-    s = _initial(agent_cls, config, 0)
-    state = {"agent": distinct_buffers(s["agent"]), "key": jax.random.PRNGKey(2)}
-    update = jax.jit(lambda a, b: a.train_update(b))
-    sample = jax.jit(sample_batch, static_argnums=2)
-
-    def per_update() -> float:
-        t = _now()
-        agent, key = state["agent"], state["key"]
-        for _ in range(n):
-            key, sub = jax.random.split(key)
-            agent, info = update(agent, sample(dataset, sub, config.batch_size))
-            jax.device_get(info)
-        state["agent"], state["key"] = agent, key
-        return n / (_now() - t)
-
-    record("scan_chunk_instead_of_host_round_trip_per_update", per_update, "jitted update called once per update")
-
-    # 3. Donated agent and key buffers (updated in place) against fresh output buffers every call.
-    record("donated_buffers", _single_runner(agent_cls, config, dataset, n, donate=False), "no buffer donation")
-
-    # 4. One compiled chunk reused for every interval, against compiling anew per interval (5000 updates).
-    interval = 5000
-    ups = out["donated_buffers"]["after_updates_per_s"]
-    out["compiled_chunk_reused"] = {
-        "before_updates_per_s": interval / (interval / ups + training["compile_s"]),
-        "after_updates_per_s": ups,
-        "speedup": (interval / ups + training["compile_s"]) / (interval / ups),
-        "before": f"derived: one compilation ({training['compile_s']:.1f} s) per {interval}-update log interval",
-    }
-
-    # 5. Vmapped seeds: K drawn per seed (the step batched, so every lax.switch branch runs) against the shared
-    #    K schedule (the step shared, one branch).
-    if getattr(after.agent, "K_choices", None):
-        S = 4 if size.seeds[-1] >= 4 else size.seeds[-1]
-        agents, rngs = _stacked(agent_cls, config, S)
-        shared = Runner(
-            multiseed.compile_chunk_seeds(agents, rngs, dataset, config.batch_size, n), agents, rngs, dataset, n, S
-        )
-        agents, rngs = _stacked(agent_cls, config, S)
-        agents = agents.replace(step=jax.numpy.zeros((S,), agents.step.dtype))
-
-        def per_seed_K(a, r, d):
-            return jax.vmap(lambda a1, r1: train_chunk(a1, r1, d, batch_size=config.batch_size, num_updates=n))(a, r)
-
-        compiled = jax.jit(per_seed_K, donate_argnums=(0, 1)).lower(agents, rngs, dataset).compile()
-        record(
-            "vmapped_seeds_share_K",
-            Runner(compiled, agents, rngs, dataset, n, S),
-            f"{S} vmapped seeds drawing K per seed (every switch branch runs); figures are total updates/s",
-            runner=shared,
-            seeds=S,
-        )
-    return out
 
 
 # ------------------------------------------------------------------------------------------- reference
@@ -1005,7 +944,7 @@ def bench_reference(args: BenchArgs, size: Size, overrides, dataset_host: Mappin
     ref, checkout, python = check_reference(args)
     n = args.reference_updates
     agent_cls, config = agent_setup(args.agent, size, overrides)
-    ours = _single_runner(agent_cls, config, to_device(dataset_host), n)
+    ours = single_seed_runner(agent_cls, config, to_device(dataset_host), n)
     with tempfile.TemporaryDirectory(prefix="sorl-bench-reference-") as tmp:
         data = Path(tmp) / "data.npz"
         terminals = np.zeros(len(dataset_host["rewards"]), np.float32)
@@ -1064,14 +1003,8 @@ def check_reference(args: BenchArgs) -> tuple[Reference, Path, str]:
 # ----------------------------------------------------------------------------------------------- run
 
 
-def run_bench(args: BenchArgs, agent_overrides: Mapping[str, str] | None = None, log=print) -> dict[str, Any]:
-    """All requested sections; the figures as one dict (what --json prints)."""
-    import jax
-
-    from agents import get_agent
-    from sorl.data import sample_batch, to_device
-
-    get_agent(args.agent)  # one clear line for an unknown agent
+def requested_sections(args: BenchArgs) -> list[str]:
+    """The sections `--sections` (and `--reference`) ask for, checked before anything is measured."""
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = [s for s in sections if s not in (*SECTIONS, "reference")]
     if unknown:
@@ -1083,6 +1016,65 @@ def run_bench(args: BenchArgs, agent_overrides: Mapping[str, str] | None = None,
             raise SorlError("the reference section times the agent against its reference code on state data: give "
                             "--reference CHECKOUT (and no --task)")  # fmt: skip
         check_reference(args)
+    return sections
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on, and how loaded it was at the start."""
+    import jax
+
+    return {
+        "cpu": _cpu_model(),
+        "cores": _cores(),
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0]),
+        "jax_version": jax.__version__,
+        "python": platform.python_version(),
+        "loadavg_at_start": load_average(),
+    }
+
+
+def training_dataset(size: Size, sampling=None):
+    """The synthetic dataset on the device that training and seeds are timed on: state transitions, or a tenth as
+    many pixel transitions with `sampling`'s frame stack."""
+    from sorl.data import to_device
+
+    if sampling is not None:
+        return to_device(synthetic_pixel_dataset(size.transitions // 10), frame_stack=sampling.frame_stack)
+    return to_device(synthetic_dataset(size.transitions))
+
+
+def measure_training(
+    args: BenchArgs, size: Size, overrides, dataset, env: str, sampling, log=print
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the matmul peak, the training figures): the update's rate and FLOPs between two peak measurements, and a
+    pixel task's encoder alone."""
+    import jax
+
+    from sorl.data import sample_batch
+
+    log("measuring the matmul peak ...")
+    peak = peak_matmul_gflops()
+    log("measuring training (compiles the update once per K, then the chunk) ...")
+    t = bench_training(args.agent, size, overrides, dataset, peak["peak_gflops"], env=env, sampling=sampling)
+    # The peak again, right after: a machine shared with other work is judged by its best moment.
+    again = peak_matmul_gflops()["peak_gflops"]
+    peak["peak_gflops_before_after"] = [peak["peak_gflops"], again]
+    t["peak_gflops"] = peak["peak_gflops"] = max(peak["peak_gflops"], again)
+    t["fraction_of_peak"] = t["achieved_gflops"] / t["peak_gflops"]
+    if sampling is not None:
+        log("measuring the encoder alone ...")
+        batch = sample_batch(dataset, jax.random.PRNGKey(1), t["batch_size"], sampling)
+        t["encoder_alone"] = bench_encoder(t["encoder"], batch["observations"])
+    return peak, t
+
+
+def run_bench(args: BenchArgs, agent_overrides: Mapping[str, str] | None = None, log=print) -> dict[str, Any]:
+    """All requested sections; the figures as one dict (what --json prints)."""
+    from agents import get_agent
+
+    get_agent(args.agent)  # one clear line for an unknown agent
+    sections = requested_sections(args)
     size = SIZES[args.size]
     overrides = dict(agent_overrides or {})
     env, sampling = "cube-single-play", None
@@ -1091,43 +1083,14 @@ def run_bench(args: BenchArgs, agent_overrides: Mapping[str, str] | None = None,
     agent_setup(args.agent, size, overrides, env)  # invalid overrides fail now, not minutes in
     t0 = _now()
     out: dict[str, Any] = {
-        "machine": {
-            "cpu": _cpu_model(),
-            "cores": _cores(),
-            "backend": jax.default_backend(),
-            "device": str(jax.devices()[0]),
-            "jax_version": jax.__version__,
-            "python": platform.python_version(),
-            "loadavg_at_start": _loadavg(),
-        },
+        "machine": machine_info(),
         "size": args.size,
         "agent": args.agent,
         "agent_overrides": overrides,
     }
-    needs_data = {"training", "seeds"} & set(sections) or args.changes
-    if not needs_data:
-        dataset = None
-    elif sampling is not None:
-        dataset = to_device(synthetic_pixel_dataset(size.transitions // 10), frame_stack=sampling.frame_stack)
-    else:
-        dataset = to_device(synthetic_dataset(size.transitions))
-    if "training" in sections or args.changes:
-        log("measuring the matmul peak ...")
-        peak = peak_matmul_gflops()
-        out["matmul"] = peak
-        log("measuring training (compiles the update once per K, then the chunk) ...")
-        out["training"] = t = bench_training(
-            args.agent, size, overrides, dataset, peak["peak_gflops"], env=env, sampling=sampling
-        )
-        # The peak again, right after: a machine shared with other work is judged by its best moment.
-        again = peak_matmul_gflops()["peak_gflops"]
-        peak["peak_gflops_before_after"] = [peak["peak_gflops"], again]
-        t["peak_gflops"] = peak["peak_gflops"] = max(peak["peak_gflops"], again)
-        t["fraction_of_peak"] = t["achieved_gflops"] / t["peak_gflops"]
-        if sampling is not None:
-            log("measuring the encoder alone ...")
-            batch = sample_batch(dataset, jax.random.PRNGKey(1), t["batch_size"], sampling)
-            t["encoder_alone"] = bench_encoder(t["encoder"], batch["observations"])
+    dataset = training_dataset(size, sampling) if {"training", "seeds"} & set(sections) else None
+    if "training" in sections:
+        out["matmul"], out["training"] = measure_training(args, size, overrides, dataset, env, sampling, log)
     if "inference" in sections:
         log("measuring inference latency ...")
         out["inference"] = bench_inference(args.agent, size, overrides)
@@ -1140,13 +1103,10 @@ def run_bench(args: BenchArgs, agent_overrides: Mapping[str, str] | None = None,
     if "memory" in sections:
         log(f"measuring peak memory with {size.memory_transitions} transitions (child process) ...")
         out["memory"] = bench_memory(args.agent, args.size, overrides)
-    if args.changes:
-        log("measuring what each speed change buys ...")
-        out["changes"] = bench_changes(args.agent, size, overrides, dataset, out["training"])
     if "reference" in sections:
         log(f"timing {args.agent} against its reference code, alternately ...")
         out["reference"] = bench_reference(args, size, overrides, synthetic_dataset(size.transitions))
-    out["machine"]["loadavg_at_end"] = _loadavg()
+    out["machine"]["loadavg_at_end"] = load_average()
     out["machine"]["bench_process_peak_rss_bytes"] = peak_rss_bytes()
     out["bench_s"] = _now() - t0
     return out
@@ -1163,8 +1123,8 @@ def _pixel_task(task: str, sections: list[str], args: BenchArgs):
     if not spec.pixels:
         raise SorlError(f"--task {task}: the default bench is the state-based one; --task takes a visual-* task")
     chosen = args.sections != ",".join(SECTIONS)  # sections asked for explicitly, not the default list
-    if (chosen and set(sections) != {"training"}) or args.changes:
-        raise SorlError("--task measures training only: add --sections training (and no --changes)")
+    if chosen and set(sections) != {"training"}:
+        raise SorlError("--task measures training only: add --sections training")
     sections[:] = ["training"]
     return spec.name, Sampling(PIXEL_FRAME_STACK, PIXEL_P_AUG, PIXEL_OBSERVATION)
 
@@ -1172,6 +1132,129 @@ def _pixel_task(task: str, sections: list[str], args: BenchArgs):
 def _gf(flops: float) -> str:
     """FLOPs as GFLOP with three significant digits."""
     return f"{flops / 1e9:.3g} GFLOP"
+
+
+def _row(name: str, value: str) -> str:
+    """One figure of the table: its name in a fixed-width column, then its value."""
+    return f"  {name:<36} {value}"
+
+
+def _training_lines(t: Mapping[str, Any]) -> list[str]:
+    pixels = (
+        f", {t['task']}: encoder {t['encoder']}, frame stack {t['frame_stack']}, p_aug {t['p_aug']}"
+        if t.get("encoder")
+        else ""
+    )
+    every = ", ".join(f"{x:.2f}" for x in t["updates_per_s_all"])
+    lines = [
+        f"training ({t['networks']} networks, batch {t['batch_size']}, chunks of {t['chunk_updates']}{pixels})",
+        _row("updates_per_s (median)", f"{t['updates_per_s']:.2f}  (all: {every})"),
+        _row("compile_s (chunk)", f"{t['compile_s']:.1f}"),
+        _row("flops_per_update", _gf(t["flops_per_update"]) + (f"  ({t['K_distribution']})" if t["per_K"] else "")),
+    ]
+    for K, v in (t["per_K"] or {}).items():
+        lines.append(
+            _row(f"  K={K}", f"{_gf(v['flops'])}, {1e3 * v['update_s']:.1f} ms/update, {v['gflops']:.0f} GFLOP/s")
+        )
+    lines += [
+        _row("achieved_gflops", f"{t['achieved_gflops']:.1f}"),
+        _row("peak_gflops (2048^2 matmul)", f"{t['peak_gflops']:.1f}  (best of before/after training)"),
+        _row("fraction_of_peak", f"{100 * t['fraction_of_peak']:.0f} %"),
+    ]
+    if "encoder_alone" in t:
+        for key in ("forward", "forward_backward", "forward_backward_in_scan", "first_conv"):
+            v = t["encoder_alone"][key]
+            lines.append(
+                _row(f"  encoder {key}", f"{_gf(v['flops'])}, {1e3 * v['s']:.0f} ms, {v['gflops']:.1f} GFLOP/s")
+            )
+    return lines
+
+
+def _inference_lines(inference: Mapping[str, Any]) -> list[str]:
+    grid = inference["grid"]
+    lines = ["inference latency, ms (median)"]
+    for b in sorted({c["batch"] for c in grid}):
+        cells = [c for c in grid if c["batch"] == b]
+        latencies = "  ".join(
+            f"K={c['K']},N={c['N']}{'*' * c.get('policy', False)}: {c['latency_ms']:.2f}" for c in cells
+        )
+        lines.append(_row(f"batch {b}", latencies))
+    if any(c.get("policy") for c in grid):
+        lines.append(_row("", "* the agent's own policy (the (K, N) it acts with when asked for none)"))
+    return lines
+
+
+def _evaluation_lines(e: Mapping[str, Any]) -> list[str]:
+    return [
+        f"evaluation ({e['task']}, {e['episodes']} episodes x {e['max_episode_steps']} steps, {e['workers']} workers)",
+        _row("eval env steps/s", f"{e['eval_steps_per_s']:.0f}"),
+        _row("raw physics steps/s, 1 process", f"{e['raw_steps_per_s_one_process']:.0f}"),
+        _row("raw physics steps/s, all cores", f"{e['raw_steps_per_s_all_cores']:.0f}"),
+        _row("eval / (raw x cores)", f"{e['ratio_to_raw_x_cores']:.2f}  (target >= 0.8)"),
+        _row("eval / raw all cores", f"{e['ratio_to_raw_all_cores']:.2f}"),
+    ]
+
+
+def _seeds_lines(seeds: Mapping[str, Any]) -> list[str]:
+    lines = ["seeds_per_process (vmapped)"]
+    for s in seeds["rows"]:
+        figures = (
+            f"{s['total_updates_per_s']:.2f} updates/s total, {s['per_seed_updates_per_s']:.2f} per seed, "
+            f"x{s['speedup_vs_sequential']:.2f} vs sequential (compile {s['compile_s']:.0f} s)"
+        )
+        lines.append(_row(f"{s['seeds']} seeds", figures))
+    if "loop" in seeds:
+        lp = seeds["loop"]
+        figures = f"{lp['total_updates_per_s']:.2f} updates/s total, x{lp['speedup_vs_sequential']:.2f} vs sequential"
+        lines.append(_row(f"{lp['seeds']} seeds, strategy loop", figures))
+    return lines
+
+
+def _memory_lines(mem: Mapping[str, Any]) -> list[str]:
+    baseline, limit = mem["baseline_rss_bytes"] / 2**20, mem["limit_bytes"] / 2**20
+    return [
+        f"memory ({mem['transitions']} transitions, child process)",
+        _row("dataset bytes", f"{mem['dataset_bytes'] / 2**20:.0f} MiB"),
+        _row("peak RSS", f"{mem['peak_rss_bytes'] / 2**20:.0f} MiB (JAX baseline {baseline:.0f} MiB)"),
+        _row("limit 1.5 x dataset + 1.5 GiB", f"{limit:.0f} MiB  ({'met' if mem['within_limit'] else 'NOT met'})"),
+    ]
+
+
+def _changes_lines(changes: Mapping[str, Any]) -> list[str]:
+    """The speed changes that scripts/bench_changes.py adds (saved outputs in the results pages hold them)."""
+    lines = ["speed changes: before -> after updates/s (this process)"]
+    for name, v in changes.items():
+        flops = ""
+        if "before_flops_per_update" in v:
+            flops = f"  ({_gf(v['before_flops_per_update'])} -> {_gf(v['after_flops_per_update'])})"
+        rates = f"{v['before_updates_per_s']:.2f} -> {v['after_updates_per_s']:.2f}  (x{v['speedup']:.2f}){flops}"
+        lines += [f"  {name}", _row("", rates)]
+    return lines
+
+
+def _reference_lines(ref: Mapping[str, Any]) -> list[str]:
+    lines = [
+        f"against {ref['reference']} ({ref['repo']} at {ref['commit'][:10]}; {ref['networks']} networks, batch "
+        f"{ref['batch_size']}; jax {ref['our_jax']} here, {ref['reference_jax']} there)"
+    ]
+    for side in ("ours", "reference"):
+        every = ", ".join(f"{x:.2f}" for x in ref.get(f"{side}_updates_per_s_all", []))
+        lines.append(_row(f"{side} updates_per_s (median)", f"{ref[f'{side}_updates_per_s']:.2f}  (all: {every})"))
+    windows = f"{ref['windows']} alternating windows of {ref['window_updates']} updates each"
+    lines.append(_row("ours / reference", f"x{ref['speedup']:.2f}  ({windows})"))
+    return lines
+
+
+SECTION_LINES: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {
+    "training": _training_lines,
+    "inference": _inference_lines,
+    "evaluation": _evaluation_lines,
+    "seeds": _seeds_lines,
+    "memory": _memory_lines,
+    "changes": _changes_lines,
+    "reference": _reference_lines,
+}
+"""Each section's part of the table, in the table's order."""
 
 
 def format_report(r: Mapping[str, Any]) -> str:
@@ -1182,109 +1265,9 @@ def format_report(r: Mapping[str, Any]) -> str:
         f"machine: {m['cpu']}, {m['cores']} cores, {m['backend']} ({m['device']}), jax {m['jax_version']}; "
         f"load average {m['loadavg_at_start']} -> {m.get('loadavg_at_end')}",
     ]
-
-    def row(name: str, value: str) -> None:
-        lines.append(f"  {name:<36} {value}")
-
-    if "training" in r:
-        t = r["training"]
-        pixels = (
-            f", {t['task']}: encoder {t['encoder']}, frame stack {t['frame_stack']}, p_aug {t['p_aug']}"
-            if t.get("encoder")
-            else ""
-        )
-        lines.append(
-            f"training ({t['networks']} networks, batch {t['batch_size']}, chunks of {t['chunk_updates']}{pixels})"
-        )
-        row(
-            "updates_per_s (median)",
-            f"{t['updates_per_s']:.2f}  (all: {', '.join(f'{x:.2f}' for x in t['updates_per_s_all'])})",
-        )
-        row("compile_s (chunk)", f"{t['compile_s']:.1f}")
-        row(
-            "flops_per_update",
-            _gf(t["flops_per_update"]) + (f"  ({t['K_distribution']})" if t["per_K"] else ""),
-        )
-        for K, v in (t["per_K"] or {}).items():
-            row(
-                f"  K={K}",
-                f"{_gf(v['flops'])}, {1e3 * v['update_s']:.1f} ms/update, {v['gflops']:.0f} GFLOP/s",
-            )
-        row("achieved_gflops", f"{t['achieved_gflops']:.1f}")
-        row("peak_gflops (2048^2 matmul)", f"{t['peak_gflops']:.1f}  (best of before/after training)")
-        row("fraction_of_peak", f"{100 * t['fraction_of_peak']:.0f} %")
-        if "encoder_alone" in t:
-            e = t["encoder_alone"]
-            for key in ("forward", "forward_backward", "forward_backward_in_scan", "first_conv"):
-                v = e[key]
-                row(f"  encoder {key}", f"{_gf(v['flops'])}, {1e3 * v['s']:.0f} ms, {v['gflops']:.1f} GFLOP/s")
-    if "inference" in r:
-        lines.append("inference latency, ms (median)")
-        for b in sorted({c["batch"] for c in r["inference"]["grid"]}):
-            cells = [c for c in r["inference"]["grid"] if c["batch"] == b]
-            row(
-                f"batch {b}",
-                "  ".join(f"K={c['K']},N={c['N']}{'*' * c.get('policy', False)}: {c['latency_ms']:.2f}" for c in cells),
-            )
-        if any(c.get("policy") for c in r["inference"]["grid"]):
-            row("", "* the agent's own policy (the (K, N) it acts with when asked for none)")
-    if "evaluation" in r:
-        e = r["evaluation"]
-        lines.append(
-            f"evaluation ({e['task']}, {e['episodes']} episodes x {e['max_episode_steps']} steps, "
-            f"{e['workers']} workers)"
-        )
-        row("eval env steps/s", f"{e['eval_steps_per_s']:.0f}")
-        row("raw physics steps/s, 1 process", f"{e['raw_steps_per_s_one_process']:.0f}")
-        row("raw physics steps/s, all cores", f"{e['raw_steps_per_s_all_cores']:.0f}")
-        row("eval / (raw x cores)", f"{e['ratio_to_raw_x_cores']:.2f}  (target >= 0.8)")
-        row("eval / raw all cores", f"{e['ratio_to_raw_all_cores']:.2f}")
-    if "seeds" in r:
-        lines.append("seeds_per_process (vmapped)")
-        for s in r["seeds"]["rows"]:
-            row(
-                f"{s['seeds']} seeds",
-                f"{s['total_updates_per_s']:.2f} updates/s total, {s['per_seed_updates_per_s']:.2f} per seed, "
-                f"x{s['speedup_vs_sequential']:.2f} vs sequential (compile {s['compile_s']:.0f} s)",
-            )
-        if "loop" in r["seeds"]:
-            lp = r["seeds"]["loop"]
-            row(
-                f"{lp['seeds']} seeds, strategy loop",
-                f"{lp['total_updates_per_s']:.2f} updates/s total, x{lp['speedup_vs_sequential']:.2f} vs sequential",
-            )
-    if "memory" in r:
-        mem = r["memory"]
-        lines.append(f"memory ({mem['transitions']} transitions, child process)")
-        row("dataset bytes", f"{mem['dataset_bytes'] / 2**20:.0f} MiB")
-        row(
-            "peak RSS",
-            f"{mem['peak_rss_bytes'] / 2**20:.0f} MiB (JAX baseline {mem['baseline_rss_bytes'] / 2**20:.0f} MiB)",
-        )
-        row(
-            "limit 1.5 x dataset + 1.5 GiB",
-            f"{mem['limit_bytes'] / 2**20:.0f} MiB  ({'met' if mem['within_limit'] else 'NOT met'})",
-        )
-    if "changes" in r:
-        lines.append("speed changes: before -> after updates/s (this process)")
-        for name, v in r["changes"].items():
-            lines.append(f"  {name}")
-            b, a = v["before_updates_per_s"], v["after_updates_per_s"]
-            extra = ""
-            if "before_flops_per_update" in v:
-                extra = f"  ({_gf(v['before_flops_per_update'])} -> {_gf(v['after_flops_per_update'])})"
-            row("", f"{b:.2f} -> {a:.2f}  (x{v['speedup']:.2f}){extra}")
-    if "reference" in r:
-        ref = r["reference"]
-        lines.append(
-            f"against {ref['reference']} ({ref['repo']} at {ref['commit'][:10]}; {ref['networks']} networks, batch "
-            f"{ref['batch_size']}; jax {ref['our_jax']} here, {ref['reference_jax']} there)"
-        )
-        for side in ("ours", "reference"):
-            every = ", ".join(f"{x:.2f}" for x in ref.get(f"{side}_updates_per_s_all", []))
-            row(f"{side} updates_per_s (median)", f"{ref[f'{side}_updates_per_s']:.2f}  (all: {every})")
-        row("ours / reference", f"x{ref['speedup']:.2f}  ({ref['windows']} alternating windows of "
-                                f"{ref['window_updates']} updates each)")  # fmt: skip
+    for section, section_lines in SECTION_LINES.items():
+        if section in r:
+            lines += section_lines(r[section])
     lines.append(f"bench time {r['bench_s']:.0f} s")
     return "\n".join(lines)
 

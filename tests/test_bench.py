@@ -96,6 +96,48 @@ def test_bench_trains_a_pixel_task_on_compact_frames(tiny, capsys):
     assert len(data["observations"]) == 51 and len(data["frame_rows"]) == 50 and "next_observations" not in data
 
 
+def _bench_changes_script():
+    """scripts/bench_changes.py as a module (scripts/ is no package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_changes.py"
+    spec = importlib.util.spec_from_file_location("bench_changes", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_changes_script_times_each_speed_change_before_and_after(tiny, capsys):
+    """`python scripts/bench_changes.py`: the bench's training section, then each speed change's before/after rates
+    (alternately timed), in the output the results pages render; `sorl bench` itself has no --changes."""
+    script = _bench_changes_script()
+    script.main(["--size", "small", "--json", "--sections", "inference", "--agent.denoise_timesteps=2",
+                 "--agent.max_k_backprop=2"])  # fmt: skip
+    r = json.loads(capsys.readouterr().out)
+    assert "training" in r and "inference" in r  # training added: the changes compare against its figures
+    changes = r["changes"]
+    assert list(changes) == [
+        "stop_policy_gradient_through_critic_target",
+        "scan_chunk_instead_of_host_round_trip_per_update",
+        "donated_buffers",
+        "compiled_chunk_reused",
+        "vmapped_seeds_share_K",
+    ]
+    for v in changes.values():
+        assert v["speedup"] == pytest.approx(v["after_updates_per_s"] / v["before_updates_per_s"])
+    released = changes["stop_policy_gradient_through_critic_target"]
+    assert released["after_flops_per_update"] == r["training"]["flops_per_update"]
+    assert released["before_flops_per_update"] > released["after_flops_per_update"]
+    assert changes["vmapped_seeds_share_K"]["seeds"] == 2
+    assert "speed changes: before -> after updates/s" in bench.format_report(r)
+
+    with pytest.raises(SystemExit):
+        script.main(["--size", "small", "--task", "visual-cube-single-play"])
+    assert "--task" in capsys.readouterr().err
+    assert not hasattr(bench.BenchArgs(), "changes")
+
+
 def test_bench_rejects_unknown_sections_and_agents():
     with pytest.raises(SorlError, match="--sections"):
         bench.run_bench(bench.BenchArgs(size="small", sections="training,speed"))
