@@ -119,7 +119,7 @@ def test_a_timing_diagnostic_reads_each_runs_own_results_json(page, capsys):
 
 
 def _bench_json(before: float, after: float) -> dict:
-    """A `sorl bench --sections training --changes --json` output with one measured change."""
+    """A `python scripts/bench_changes.py --sections training --json` output with one measured change."""
     per_K = {str(K): {"flops": 1e9 * K, "update_s": 0.01 * K, "gflops": 100.0, "compile_s": 1.0} for K in (1, 8)}
     return {
         "machine": {"cpu": "Test CPU", "cores": 2, "backend": "cpu", "device": "cpu:0", "jax_version": "0",
