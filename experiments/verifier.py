@@ -140,9 +140,6 @@ def verifier_quality(
 ) -> dict[str, Any]:
     """Probe the run's final checkpoint at `states` states (episode j stopped after probe_steps[j % len]
     policy steps); the record written to verifier.json."""
-    import jax
-    import jax.numpy as jnp
-
     from envs.datasets import make_env
     from sorl.inference import make_policy_fn
     from sorl.validation import check_positive
@@ -156,11 +153,48 @@ def verifier_quality(
     gamma = float(agent.config.discount)
     policy = make_policy_fn()
     envs = [make_env(cfg["task"], success_timing=timing) for _ in range(N + 1)]
-    probe_env, copies = envs[0], envs[1:]
+    t0 = time.perf_counter()
+    records = _probe_records(
+        agent, policy, envs[0], envs[1:], K=K, states=states, probe_steps=probe_steps, seed=seed, gamma=gamma
+    )
+    return {
+        "task": cfg["task"],
+        "agent": runs.agent_name(cfg),
+        "seed": cfg["seed"],
+        "step": step,
+        "K": K,
+        "N": N,
+        "probe_seed": seed,
+        "discount": gamma,
+        "success_timing": timing,
+        "time_s": time.perf_counter() - t0,
+        "summary": summarize(records),
+        "states": records,
+    }
+
+
+def _probe_records(
+    agent: Any,
+    policy: Any,
+    probe_env: Any,
+    copies: Sequence[Any],
+    *,
+    K: int,
+    states: int,
+    probe_steps: Sequence[int],
+    seed: int,
+    gamma: float,
+) -> list[dict[str, Any]]:
+    """One record per probe state reached (an episode that ends before its probe step gives none): the Q of
+    len(copies) candidates drawn there and each candidate's Monte-Carlo outcome, one copy of the environment each."""
+    import jax
+    import jax.numpy as jnp
+
+    N = len(copies)
     spec = getattr(probe_env, "spec", None)
     limit = int(spec.max_episode_steps) if spec is not None and spec.max_episode_steps else 1000
     key = jax.random.PRNGKey(seed)
-    records, t0 = [], time.perf_counter()
+    records = []
     for j in range(states):
         key, k_probe, k_cand, k_roll = jax.random.split(key, 4)
         reset_seed = episode_seed(seed, j)
@@ -176,20 +210,7 @@ def verifier_quality(
             copies, agent, policy, reset_seed, state, np.asarray(candidates), K, gamma, limit - t, k_roll
         )
         records.append(_state_record(t, q, ret, success))
-    return {
-        "task": cfg["task"],
-        "agent": runs.agent_name(cfg),
-        "seed": cfg["seed"],
-        "step": step,
-        "K": K,
-        "N": N,
-        "probe_seed": seed,
-        "discount": gamma,
-        "success_timing": timing,
-        "time_s": time.perf_counter() - t0,
-        "summary": summarize(records),
-        "states": records,
-    }
+    return records
 
 
 def _reach_probe_state(env, agent, policy, reset_seed: int, steps: int, K: int, key) -> tuple[Any, Any, int]:
