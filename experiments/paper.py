@@ -14,7 +14,8 @@ from pathlib import Path
 from sorl.errors import SorlError
 
 COLUMNS = ("BC", "IQL", "ReBRAC", "IDQL", "FQL", "SORL")
-"""Columns of the published table; IDQL has no agent here. Each agent names its own column (`PUBLISHED_COLUMN`)."""
+"""Columns of the published table. Each agent names its own column (`PUBLISHED_COLUMN`); every column has an
+agent here (`idql` claims IDQL's)."""
 
 
 def agent_columns() -> dict[str, str]:
