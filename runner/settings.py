@@ -98,7 +98,7 @@ class TrainSettings:
     eval_workers: int | None = option(None, check="optional-positive", spec=("eval", "workers"))
     """Environment worker processes for evaluation (default: all cores)."""
     eval_envs: int | None = option(None, check="optional-positive", spec=("eval", "envs"), record=("eval", "envs"))
-    """Environments stepped at once in evaluation (default: one per episode; fewer saves memory: docs/performance.md)."""
+    """Environments stepped at once in evaluation (default: one per episode; fewer save memory: docs/performance.md)."""
     eval_max_episode_steps: int | None = option(
         None, check="optional-positive", spec=("eval", "max_episode_steps"), record=("eval", "max_episode_steps")
     )
