@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from agent_e2e import eval_grid, tiny_spec
 from test_baselines_learning import in_modes, trained
 from test_e2e import data_dir  # noqa: F401 - the tiny generated cube-single dataset, shared with SORL's e2e test
 from test_sorl_learning import make_dataset, reward
@@ -279,35 +280,9 @@ def test_per_environment_settings_resolve_for_tasks():
     assert all(not tuned.verified and tuned.source for tuned in CACAgent.ENV_SETTINGS.values())
 
 
-SPEC = """
-agents = ["cac"]
-tasks = ["cube-single-play-task1"]
-seeds = [1]
-out = "{out}"
-data_dir = "{data}"
-[train]
-steps = 20
-log_interval = 10
-eval_interval = 20
-[eval]
-K = [3]
-N = [1, 2]
-episodes = 1
-max_episode_steps = 8
-workers = 1
-[settings]
-actor_layer_size = 16
-actor_num_layers = 2
-value_layer_size = 16
-value_num_layers = 2
-batch_size = 16
-consistency_steps = 3
-"""
-
-
 def test_sorl_sweep_eval_and_table_end_to_end(data_dir, tmp_path, capsys):  # noqa: F811
-    spec = tmp_path / "cac.toml"
-    spec.write_text(SPEC.format(out=tmp_path / "runs", data=data_dir))
+    cells = dict(seed=1, K=3, N=(1, 2), episodes=1, consistency_steps=3)
+    spec = tiny_spec(tmp_path / "cac.toml", "cac", out=tmp_path / "runs", data=data_dir, **cells)
     cli.main(["sweep", str(spec), "--max-parallel", "1", "--no-progress"])
     run_dir = tmp_path / "runs" / "cube-single-play-task1" / "cac" / "seed1"
     log = (tmp_path / "runs" / "logs" / "cube-single-play-task1__cac__seed1.log").read_text()
@@ -325,9 +300,7 @@ def test_sorl_sweep_eval_and_table_end_to_end(data_dir, tmp_path, capsys):  # no
     assert [(r["K"], r["N"]) for r in res["final"]] == [(3, 1), (3, 2)]
 
     cli.main(["eval", str(run_dir), "--K", "5", "--N", "2", "--episodes", "1", "--workers", "1", "--seed", "4"])
-    scaling = json.loads((run_dir / "scaling.json").read_text())
-    grid = scaling["grid"] if isinstance(scaling, dict) and "grid" in scaling else scaling
-    assert [(g["K"], g["N"]) for g in grid] == [(5, 2)]  # any K, not only the trained one or a power of two
+    assert eval_grid(run_dir) == [(5, 2)]  # any K, not only the trained one or a power of two
 
     capsys.readouterr()
     cli.main(["table", str(tmp_path / "runs"), "--format", "csv"])

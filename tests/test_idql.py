@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from agent_e2e import eval_grid, tiny_spec, tiny_train_argv
 from test_baselines_gradients import assert_moves_only, grads_of
 from test_baselines_learning import in_modes, trained
 from test_e2e import TASK, data_dir  # noqa: F401 - the tiny generated cube-single dataset
@@ -216,35 +217,9 @@ def test_registered_with_its_config_column_and_cell():
     assert all(not tuned.verified and tuned.source for tuned in IDQLAgent.ENV_SETTINGS.values())
 
 
-SPEC = """
-agents = ["idql"]
-tasks = ["cube-single-play-task1"]
-seeds = [2]
-out = "{out}"
-data_dir = "{data}"
-[train]
-steps = 20
-log_interval = 10
-eval_interval = 20
-[eval]
-K = [3]
-N = [1, 2]
-episodes = 2
-max_episode_steps = 8
-workers = 1
-[settings]
-actor_layer_size = 16
-actor_num_layers = 2
-value_layer_size = 16
-value_num_layers = 2
-batch_size = 16
-diffusion_steps = 3
-"""
-
-
 def test_sorl_train_eval_sweep_and_table_end_to_end(data_dir, tmp_path, capsys):  # noqa: F811
-    spec = tmp_path / "tiny-idql.toml"
-    spec.write_text(SPEC.format(out=tmp_path / "runs", data=data_dir))
+    cells = dict(seed=2, K=3, N=(1, 2), diffusion_steps=3)
+    spec = tiny_spec(tmp_path / "tiny-idql.toml", "idql", out=tmp_path / "runs", data=data_dir, **cells)
     cli.main(["sweep", str(spec), "--dry-run", "--no-progress"])
     command = next(line for line in capsys.readouterr().out.splitlines() if "sorl train" in line)
     assert "--agent idql" in command and "--agent.diffusion_steps=3" in command
@@ -252,12 +227,7 @@ def test_sorl_train_eval_sweep_and_table_end_to_end(data_dir, tmp_path, capsys):
     assert f"--run-dir {run_dir}" in command
 
     # The run the sweep asks for, trained through `sorl train` with the spec's settings.
-    argv = ["train", "--task", "cube-single-play-task1", "--agent", "idql", "--steps", "20", "--seed", "2"]
-    argv += ["--run-dir", str(run_dir), "--data-dir", str(data_dir), "--log-interval", "10", "--eval-interval", "20"]
-    argv += ["--eval-episodes", "2", "--eval-K", "3", "--eval-N", "1,2", "--eval-workers", "1"]
-    argv += ["--eval-max-episode-steps", "8", "--progress", "False"]
-    argv += [f"--agent.{k}={v}" for k, v in (("actor_layer_size", 16), ("actor_num_layers", 2), ("batch_size", 16))]
-    argv += [f"--agent.{k}={v}" for k, v in (("value_layer_size", 16), ("value_num_layers", 2), ("diffusion_steps", 3))]
+    argv = tiny_train_argv("idql", run_dir=run_dir, data=data_dir, **cells)
     cli.main(argv)
     out = capsys.readouterr().out
     assert "success %" in out and "note: idql ignores" not in out  # K and N both change its action
@@ -271,9 +241,7 @@ def test_sorl_train_eval_sweep_and_table_end_to_end(data_dir, tmp_path, capsys):
     assert "1 skipped (complete)" in capsys.readouterr().out, summary
 
     cli.main(["eval", str(run_dir), "--K", "2", "--N", "4", "--episodes", "1", "--workers", "1", "--seed", "4"])
-    scaling = json.loads((run_dir / "scaling.json").read_text())
-    grid = scaling["grid"] if isinstance(scaling, dict) and "grid" in scaling else scaling
-    assert sorted((g["K"], g["N"]) for g in grid) == [(2, 4)]
+    assert eval_grid(run_dir) == [(2, 4)]
     with pytest.raises(SystemExit):  # K above T = 3: refused in one line
         cli.main(["eval", str(run_dir), "--K", "4", "--N", "1", "--episodes", "1", "--workers", "1"])
     err = capsys.readouterr().err

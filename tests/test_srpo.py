@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from agent_e2e import eval_grid, tiny_settings, tiny_spec, tiny_train_argv
 from test_baselines_gradients import assert_moves_only, grads_of
 from test_baselines_learning import in_modes, trained
 from test_e2e import TASK, data_dir  # noqa: F401 - the tiny generated cube-single dataset
@@ -254,37 +255,9 @@ def test_per_environment_settings_resolve_for_tasks():
     assert all(not tuned.verified and tuned.source for tuned in SRPOAgent.ENV_SETTINGS.values())
 
 
-SIZES = dict(actor_layer_size=16, actor_num_layers=2, value_layer_size=16, value_num_layers=2, batch_size=16)
-SPEC = """
-agents = ["srpo"]
-tasks = ["cube-single-play-task1"]
-seeds = [2]
-out = "{out}"
-data_dir = "{data}"
-[train]
-steps = 20
-log_interval = 10
-eval_interval = 20
-[eval]
-K = [1]
-N = [1, 2]
-episodes = 2
-max_episode_steps = 8
-workers = 1
-[settings]
-actor_layer_size = 16
-actor_num_layers = 2
-value_layer_size = 16
-value_num_layers = 2
-batch_size = 16
-pretrain_steps = 10
-diffusion_steps = 20
-"""
-
-
 def test_sorl_train_eval_sweep_and_table_end_to_end(data_dir, tmp_path, capsys):  # noqa: F811
-    spec = tmp_path / "tiny-srpo.toml"
-    spec.write_text(SPEC.format(out=tmp_path / "runs", data=data_dir))
+    cells = dict(seed=2, K=1, N=(1, 2), pretrain_steps=10, diffusion_steps=20)
+    spec = tiny_spec(tmp_path / "tiny-srpo.toml", "srpo", out=tmp_path / "runs", data=data_dir, **cells)
     cli.main(["sweep", str(spec), "--dry-run", "--no-progress"])
     command = next(line for line in capsys.readouterr().out.splitlines() if "sorl train" in line)
     assert "--agent srpo" in command and "--agent.pretrain_steps=10" in command
@@ -293,11 +266,7 @@ def test_sorl_train_eval_sweep_and_table_end_to_end(data_dir, tmp_path, capsys):
 
     # The run the sweep asks for, trained through `sorl train` with the spec's settings: 10 pretraining updates,
     # then 10 of the policy.
-    argv = ["train", "--task", "cube-single-play-task1", "--agent", "srpo", "--steps", "20", "--seed", "2"]
-    argv += ["--run-dir", str(run_dir), "--data-dir", str(data_dir), "--log-interval", "10", "--eval-interval", "20"]
-    argv += ["--eval-episodes", "2", "--eval-K", "1", "--eval-N", "1,2", "--eval-workers", "1"]
-    argv += ["--eval-max-episode-steps", "8", "--progress", "False"]
-    argv += [f"--agent.{k}={v}" for k, v in {**SIZES, "pretrain_steps": 10, "diffusion_steps": 20}.items()]
+    argv = tiny_train_argv("srpo", run_dir=run_dir, data=data_dir, **cells)
     cli.main(argv)
     out = capsys.readouterr().out
     assert "success %" in out and "note: srpo ignores" in out  # K and N do not change its action
@@ -314,9 +283,7 @@ def test_sorl_train_eval_sweep_and_table_end_to_end(data_dir, tmp_path, capsys):
     assert "1 skipped (complete)" in capsys.readouterr().out
 
     cli.main(["eval", str(run_dir), "--K", "1", "--N", "1,4", "--episodes", "1", "--workers", "1", "--seed", "4"])
-    scaling = json.loads((run_dir / "scaling.json").read_text())
-    grid = scaling["grid"] if isinstance(scaling, dict) and "grid" in scaling else scaling
-    assert sorted((g["K"], g["N"]) for g in grid) == [(1, 1), (1, 4)]
+    assert eval_grid(run_dir) == [(1, 1), (1, 4)]
 
     capsys.readouterr()
     cli.main(["table", str(tmp_path / "runs"), "--format", "csv"])
@@ -335,7 +302,7 @@ def _srpo_command(run_dir, data) -> list[str]:
     argv += ["--eval-interval", str(KILL_STEPS), "--eval-episodes", "1", "--eval-K", "1", "--eval-N", "1"]
     argv += ["--eval-workers", "1", "--eval-max-episode-steps", "3", "--progress", "False"]
     argv += ["--run-dir", str(run_dir), "--data-dir", str(data)]
-    sizes = {**SIZES, "actor_num_layers": 1, "value_num_layers": 1, "batch_size": 8}
+    sizes = {**tiny_settings(), "actor_num_layers": 1, "value_num_layers": 1, "batch_size": 8}
     return argv + [f"--agent.{k}={v}" for k, v in {**sizes, "pretrain_steps": KILL_PRETRAIN}.items()]
 
 
