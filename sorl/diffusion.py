@@ -153,6 +153,61 @@ def respaced(schedule: Schedule, timesteps: np.ndarray) -> Schedule:
     return Schedule(1.0 - alphas, alphas, alpha_bars)
 
 
+class _Step(NamedTuple):
+    """What the sampler's scan hands each reverse step: the visited step's index `t` and its respaced schedule
+    entries, whether it is the step to the data, and its noise key."""
+
+    t: Array
+    beta: Array
+    alpha: Array
+    alpha_bar: Array
+    alpha_bar_prev: Array
+    is_last: Array
+    key: Array
+
+
+def _check_sampler(method: str, variance: str) -> None:
+    """One-line errors for an unknown sampler or reverse-step variance, before anything is traced."""
+    if method not in ("ddpm", "ddim"):
+        raise SorlError(f"unknown diffusion sampler {method!r}; use 'ddpm' or 'ddim'")
+    if variance not in ("beta", "posterior"):
+        raise SorlError(f"unknown reverse-step variance {variance!r}; use 'beta' or 'posterior'")
+
+
+def _reverse_steps(schedule: Schedule, K: int, rng: Array) -> _Step:
+    """The K visited steps, ascending (`sampling_timesteps`), with the respaced schedule's entries (`respaced`)."""
+    timesteps = sampling_timesteps(schedule.T, K)
+    steps = respaced(schedule, timesteps)
+    alpha_bar_prev = jnp.concatenate([jnp.ones((1,), steps.alpha_bars.dtype), steps.alpha_bars[:-1]])
+    last = jnp.arange(K) == 0  # the step to the data (index 0 of the visited steps) adds no noise
+    return _Step(
+        jnp.asarray(timesteps),
+        steps.betas,
+        steps.alphas,
+        steps.alpha_bars,
+        alpha_bar_prev,
+        last,
+        jax.random.split(rng, K),
+    )
+
+
+def _ddpm_step(x: Array, eps: Array, s: _Step, temperature: float, variance: str) -> Array:
+    """DDPM Algorithm 2 (IDQL's `ddpm_sampler`): `x <- (x - beta / sqrt(1 - alpha_bar) eps) / sqrt(alpha) +
+    temperature sigma z`, no noise at the last step."""
+    mean = (x - s.beta / jnp.sqrt(1.0 - s.alpha_bar) * eps) / jnp.sqrt(s.alpha)
+    z = jax.random.normal(s.key, x.shape, dtype=x.dtype)
+    # sigma^2: beta (IDQL) or the posterior variance (1 - alpha_bar_prev) / (1 - alpha_bar) beta (DDPM eq. 7)
+    var = s.beta if variance == "beta" else (1.0 - s.alpha_bar_prev) / (1.0 - s.alpha_bar) * s.beta
+    return mean + jnp.where(s.is_last, 0.0, temperature * jnp.sqrt(var)) * z
+
+
+def _ddim_step(x: Array, eps: Array, s: _Step) -> Array:
+    """DDIM eq. 12 with sigma = 0 (deterministic): `x0_hat = (x - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar)`,
+    `x <- sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_bar_prev) eps`."""
+    x0_hat = (x - jnp.sqrt(1.0 - s.alpha_bar) * eps) / jnp.sqrt(s.alpha_bar)
+    return jnp.sqrt(s.alpha_bar_prev) * x0_hat + jnp.sqrt(1.0 - s.alpha_bar_prev) * eps
+
+
 def sample(
     eps_fn: EpsFn,
     observations: Array,
@@ -171,57 +226,29 @@ def sample(
     Start from `x ~ N(0, I)` at step `tau_K = T-1` and walk down the visited steps `tau_K > ... > tau_1`
     (`sampling_timesteps(T, K)`; all T of them when K = T) of the respaced schedule (`respaced`), with, at each:
 
-    - `method="ddpm"` (IDQL's `ddpm_sampler`; DDPM Algorithm 2 with `sigma_t^2 = beta_t`): `x <- (x - beta /
-      sqrt(1 - alpha_bar) eps) / sqrt(alpha) + temperature sigma z`, no noise at the last step; `sigma^2 = beta`
-      (`variance="beta"`, IDQL) or the posterior variance `(1 - alpha_bar_prev) / (1 - alpha_bar) beta`
-      (`variance="posterior"`, DDPM eq. 7, the other choice of DDPM §3.2). With K < T the betas are the respaced
-      ones: Nichol & Dhariwal 2021's strided sampling. With few steps `sigma^2 = beta` over-disperses and the
-      posterior variance under-disperses (tests/test_diffusion.py measures both).
-    - `method="ddim"` (Song, Meng & Ermon 2021, "DDIM", arXiv:2010.02502, eq. 12 with sigma = 0, deterministic):
-      `x0_hat = (x - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar)`, `x <- sqrt(alpha_bar_prev) x0_hat +
-      sqrt(1 - alpha_bar_prev) eps`.
+    - `method="ddpm"` (`_ddpm_step`, DDPM Algorithm 2): `sigma^2 = beta` (`variance="beta"`, IDQL) or the
+      posterior variance (`variance="posterior"`, DDPM eq. 7, the other choice of DDPM §3.2). With K < T the betas
+      are the respaced ones: Nichol & Dhariwal 2021's strided sampling. With few steps `sigma^2 = beta`
+      over-disperses and the posterior variance under-disperses (tests/test_diffusion.py measures both).
+    - `method="ddim"` (`_ddim_step`; Song, Meng & Ermon 2021, "DDIM", arXiv:2010.02502): deterministic.
 
     `eps_fn` is told the original step index `tau_k`. `clip_each_step` clips `x` to [-1, 1] after every step, as
     IDQL does by default (`clip_sampler=True`). `K` and `method` are static; the steps run in a `lax.scan` (one
     network call each, differentiable), so any T compiles once per K. For best-of-N, wrap it as
     `lambda obs, key: sample(eps_fn, obs, key, schedule, K, A)` and hand that to `sorl.inference.sample_best_of_n`.
     """
-    if method not in ("ddpm", "ddim"):
-        raise SorlError(f"unknown diffusion sampler {method!r}; use 'ddpm' or 'ddim'")
-    if variance not in ("beta", "posterior"):
-        raise SorlError(f"unknown reverse-step variance {variance!r}; use 'beta' or 'posterior'")
-    timesteps = sampling_timesteps(schedule.T, K)
-    steps = respaced(schedule, timesteps)
-    alpha_bar_prev = jnp.concatenate([jnp.ones((1,), steps.alpha_bars.dtype), steps.alpha_bars[:-1]])
+    _check_sampler(method, variance)
     batch_shape = observations.shape[:-1]
     init_rng, step_rng = jax.random.split(rng)
+    steps = _reverse_steps(schedule, K, step_rng)
     x = jax.random.normal(init_rng, (*batch_shape, action_dim))
-    last = jnp.arange(K) == 0  # the step to the data (index 0 of the visited steps) adds no noise
 
-    def step(x: Array, inputs: tuple[Array, ...]) -> tuple[Array, None]:
-        t, beta, alpha, alpha_bar, alpha_bar_prev_t, is_last, key = inputs
-        eps = eps_fn(observations, x, as_column(t.astype(jnp.float32), batch_shape))
-        if method == "ddpm":
-            mean = (x - beta / jnp.sqrt(1.0 - alpha_bar) * eps) / jnp.sqrt(alpha)
-            z = jax.random.normal(key, x.shape, dtype=x.dtype)
-            # sigma^2: beta (IDQL) or the posterior variance (1 - alpha_bar_prev) / (1 - alpha_bar) beta (DDPM eq. 7)
-            var = beta if variance == "beta" else (1.0 - alpha_bar_prev_t) / (1.0 - alpha_bar) * beta
-            x = mean + jnp.where(is_last, 0.0, temperature * jnp.sqrt(var)) * z
-        else:
-            x0_hat = (x - jnp.sqrt(1.0 - alpha_bar) * eps) / jnp.sqrt(alpha_bar)
-            x = jnp.sqrt(alpha_bar_prev_t) * x0_hat + jnp.sqrt(1.0 - alpha_bar_prev_t) * eps
+    def step(x: Array, s: _Step) -> tuple[Array, None]:
+        eps = eps_fn(observations, x, as_column(s.t.astype(jnp.float32), batch_shape))
+        x = _ddpm_step(x, eps, s, temperature, variance) if method == "ddpm" else _ddim_step(x, eps, s)
         if clip_each_step:
             x = jnp.clip(x, -1.0, 1.0)
         return x, None
 
-    inputs = (
-        jnp.asarray(timesteps),
-        steps.betas,
-        steps.alphas,
-        steps.alpha_bars,
-        alpha_bar_prev,
-        last,
-        jax.random.split(step_rng, K),
-    )
-    x, _ = jax.lax.scan(step, x, inputs, reverse=True)  # tau_K (noise) first, tau_1 last
+    x, _ = jax.lax.scan(step, x, steps, reverse=True)  # tau_K (noise) first, tau_1 last
     return jnp.clip(x, -1.0, 1.0)
