@@ -338,53 +338,92 @@ def ensure_dataset(
     fetch = not spec.generatable and download is not False and download_mod.downloads_allowed()
     if fetch:
         download_mod.base_urls(mirrors)  # a bad $SORL_MIRRORS is one line before anything is read
-
-    def ready() -> bool:
-        known = manifest.entries(directory) if directory.is_dir() else {}
-        state = _state(spec, directory, known)
-        if state == "present":
-            _check_dataset(spec, directory, (train, val))
-            return True
-        if state == "pending":
-            raise SorlError(
-                f"{spec.dataset_name} in {directory} is incomplete (a generation was interrupted or is still "
-                f"running); {_fix_hint(spec, directory)}"
-            )
-        if state == "partial":
-            if fetch:
-                return False  # the missing one is downloaded
-            have, lack = (train, val) if train.is_file() else (val, train)
-            raise SorlError(
-                f"{lack} is missing but {have.name} is there; "
-                + (
-                    f"regenerate both with `sorl data generate {spec.name} --force{_dir_flag(directory)}`"
-                    if spec.generatable
-                    else f"put the published {lack.name} at {lack}"
-                )
-            )
-        return False
-
-    if ready():
+    if _dataset_ready(spec, directory, fetch):
         return train, val
-    if not spec.generatable and not fetch:
+    if not spec.generatable:
+        _download_missing(spec, directory, fetch=fetch, download=download, mirrors=mirrors, progress=progress)
+        return train, val
+    if not generate:
+        raise SorlError(f"{train} is missing; generate it with `sorl data generate {spec.name}{_dir_flag(directory)}`")
+    _generate_missing(
+        spec,
+        directory,
+        episodes=episodes,
+        workers=workers,
+        seed=seed,
+        max_episode_steps=max_episode_steps,
+        long=long,
+        progress=progress,
+    )
+    return train, val
+
+
+def _dataset_ready(spec: EnvSpec, directory: Path, fetch: bool) -> bool:
+    """True when both files are present (and pass `_check_dataset`); False when missing, or half present and the
+    missing one is to be downloaded (`fetch`); SorlError, saying how to repair, for a half or pending dataset."""
+    train, val = dataset_paths(spec, directory)
+    known = manifest.entries(directory) if directory.is_dir() else {}
+    state = _state(spec, directory, known)
+    if state == "present":
+        _check_dataset(spec, directory, (train, val))
+        return True
+    if state == "pending":
+        raise SorlError(
+            f"{spec.dataset_name} in {directory} is incomplete (a generation was interrupted or is still "
+            f"running); {_fix_hint(spec, directory)}"
+        )
+    if state == "partial":
+        if fetch:
+            return False  # the missing one is downloaded
+        have, lack = (train, val) if train.is_file() else (val, train)
+        raise SorlError(
+            f"{lack} is missing but {have.name} is there; "
+            + (
+                f"regenerate both with `sorl data generate {spec.name} --force{_dir_flag(directory)}`"
+                if spec.generatable
+                else f"put the published {lack.name} at {lack}"
+            )
+        )
+    return False
+
+
+def _download_missing(
+    spec: EnvSpec, directory: Path, *, fetch: bool, download: bool | None, mirrors: Sequence[str], progress: bool
+) -> None:
+    """A missing dataset that cannot be generated: refused when downloads are off (`fetch` False), else located on a
+    host and fetched under the dataset's lock, unless another process fetched it meanwhile."""
+    train, val = dataset_paths(spec, directory)
+    if not fetch:
         off = "--no-download" if download is False else f"${download_mod.NO_DOWNLOAD_ENV}"
         raise SorlError(
             _placement_message(
                 spec, train, val, f"; downloads are off ({off}): {_download_command(spec, directory)} fetches them"
             )
         )
-    if not spec.generatable:
-        _check_writable(directory)
-        plan = download_mod.locate(download_mod.Published(spec.dataset_name, spec), directory, mirrors=mirrors)
-        with _dataset_lock(directory, spec):
-            if not ready():  # else another process downloaded it while we waited for the lock
-                why = f"{spec.dataset_name} is missing and cannot be generated here (--no-download or "
-                why += f"{download_mod.NO_DOWNLOAD_ENV}=1 would refuse): "
-                download_mod.fetch(plan, progress=progress, why=why, each=False)
-                ready()
-        return train, val
-    if not generate:
-        raise SorlError(f"{train} is missing; generate it with `sorl data generate {spec.name}{_dir_flag(directory)}`")
+    _check_writable(directory)
+    plan = download_mod.locate(download_mod.Published(spec.dataset_name, spec), directory, mirrors=mirrors)
+    with _dataset_lock(directory, spec):
+        if not _dataset_ready(spec, directory, fetch):  # else another process downloaded it while we waited
+            why = f"{spec.dataset_name} is missing and cannot be generated here (--no-download or "
+            why += f"{download_mod.NO_DOWNLOAD_ENV}=1 would refuse): "
+            download_mod.fetch(plan, progress=progress, why=why, each=False)
+            _dataset_ready(spec, directory, fetch)
+
+
+def _generate_missing(
+    spec: EnvSpec,
+    directory: Path,
+    *,
+    episodes: int | None,
+    workers: int | None,
+    seed: int,
+    max_episode_steps: int | None,
+    long: bool,
+    progress: bool,
+) -> None:
+    """A missing generatable dataset: refused if it would take longer than `LONG_GENERATION_S` without `long`, else
+    generated under the dataset's lock, unless another process generated it meanwhile."""
+    train, _ = dataset_paths(spec, directory)
     s, n_workers, eta = generation_estimate(spec, episodes, max_episode_steps, seed, workers)
     if eta > LONG_GENERATION_S and not long:  # before anything is created
         raise SorlError(
@@ -394,8 +433,8 @@ def ensure_dataset(
         )
     _check_writable(directory)
     with _dataset_lock(directory, spec):
-        if ready():  # another process generated it while we waited for the lock
-            return train, val
+        if _dataset_ready(spec, directory, fetch=False):  # another process generated it while we waited for the lock
+            return
         print(f"dataset {spec.dataset_name} not found in {directory}: generating it (run once, then reused)")
         _generate(
             spec,
@@ -406,7 +445,6 @@ def ensure_dataset(
             max_episode_steps=max_episode_steps,
             progress=progress,
         )
-    return train, val
 
 
 # ---------------------------------------------------------------------------------------------- loading
