@@ -701,6 +701,33 @@ def cli_generate(
     specs = _specs(tasks)
     directory = _resolve_dir(data_dir)
     # Everything the user can get wrong is checked before anything is generated.
+    todo = _generation_todo(specs, directory, force)
+    if not long:  # a generation of hours (a visual dataset on CPU) starts only when asked for
+        _refuse_long_generations(todo, episodes, max_episode_steps, seed, workers)
+    if any(run for _, run in todo):
+        _check_writable(directory)
+    for spec, run in todo:
+        if not run:
+            print(f"{spec.dataset_name}: already in {directory} (use --force to regenerate)")
+            continue
+        with _dataset_lock(directory, spec):
+            if not force and _state(spec, directory, manifest.entries(directory)) == "present":
+                print(f"{spec.dataset_name}: generated meanwhile by another process in {directory}")
+                continue
+            _generate(
+                spec,
+                directory,
+                episodes=episodes,
+                workers=workers,
+                seed=seed,
+                max_episode_steps=max_episode_steps,
+                progress=progress,
+            )
+
+
+def _generation_todo(specs: Sequence[EnvSpec], directory: Path, force: bool) -> list[tuple[EnvSpec, bool]]:
+    """(spec, whether to generate it) for each dataset `sorl data generate` was asked for; SorlError for one half
+    present (unless `force`) or one that cannot be generated here."""
     known = manifest.entries(directory) if directory.is_dir() else {}
     todo = []
     for spec in specs:
@@ -720,32 +747,23 @@ def cli_generate(
             how = f"; {_download_command(spec, directory)} fetches them"
             raise SorlError(_placement_message(spec, train, val, how))
         todo.append((spec, True))
-    if not long:  # a generation of hours (a visual dataset on CPU) starts only when asked for
-        for spec, run in todo:
-            s, n_workers, eta = generation_estimate(spec, episodes, max_episode_steps, seed, workers)
-            if run and eta > LONG_GENERATION_S:
-                raise SorlError(
-                    f"{_too_long(spec, eta, s, n_workers)}: not started. Add --long to start it (Ctrl-C stops it and "
-                    "keeps nothing), or use fewer --train-episodes"
-                )
-    if any(run for _, run in todo):
-        _check_writable(directory)
+    return todo
+
+
+def _refuse_long_generations(
+    todo: Sequence[tuple[EnvSpec, bool]],
+    episodes: int | None,
+    max_episode_steps: int | None,
+    seed: int,
+    workers: int | None,
+) -> None:
+    """SorlError for the first generation in `todo` estimated at more than `LONG_GENERATION_S` (`--long` starts it)."""
     for spec, run in todo:
-        if not run:
-            print(f"{spec.dataset_name}: already in {directory} (use --force to regenerate)")
-            continue
-        with _dataset_lock(directory, spec):
-            if not force and _state(spec, directory, manifest.entries(directory)) == "present":
-                print(f"{spec.dataset_name}: generated meanwhile by another process in {directory}")
-                continue
-            _generate(
-                spec,
-                directory,
-                episodes=episodes,
-                workers=workers,
-                seed=seed,
-                max_episode_steps=max_episode_steps,
-                progress=progress,
+        s, n_workers, eta = generation_estimate(spec, episodes, max_episode_steps, seed, workers)
+        if run and eta > LONG_GENERATION_S:
+            raise SorlError(
+                f"{_too_long(spec, eta, s, n_workers)}: not started. Add --long to start it (Ctrl-C stops it and "
+                "keeps nothing), or use fewer --train-episodes"
             )
 
 
