@@ -543,13 +543,23 @@ def load_task(
                 task.name, dataset_path=str(train_path), dataset_only=True, cur_env=env, compact_dataset=spec.pixels
             )
     except Exception as e:  # noqa: BLE001 - a damaged file can fail in many ways inside numpy/zipfile/zlib
-        for path in (train_path, val_path):
-            problem = _readable(path)
-            if problem:
-                raise _bad_file(spec, path, f"is corrupt ({problem})") from None
-        raise _bad_file(
-            spec, train_path, f"(or {val_path.name}) could not be loaded ({type(e).__name__}: {e})"
-        ) from None
+        raise _unloadable(spec, train_path, val_path, e) from None
+    train, val = _in_memory_layout(spec, train, val)
+    return env, train, val
+
+
+def _unloadable(spec: EnvSpec, train_path: Path, val_path: Path, error: Exception) -> SorlError:
+    """The error for files ogbench could not load: the corrupt one named when a zip check finds it, else both."""
+    for path in (train_path, val_path):
+        problem = _readable(path)
+        if problem:
+            return _bad_file(spec, path, f"is corrupt ({problem})")
+    return _bad_file(spec, train_path, f"(or {val_path.name}) could not be loaded ({type(error).__name__}: {error})")
+
+
+def _in_memory_layout(spec: EnvSpec, train: dict, val: dict) -> tuple[dict, dict]:
+    """The loaded splits as training takes them: float32 arrays, except a pixel task's frames (uint8, once each in
+    the compact layout of `sorl.data.compact_pixel_dataset`)."""
     for split in (train, val):
         for k, v in split.items():
             if v.dtype != np.float32 and not (spec.pixels and k in ("observations", "next_observations")):
@@ -558,7 +568,7 @@ def load_task(
         from sorl.data import compact_pixel_dataset
 
         train, val = compact_pixel_dataset(train), compact_pixel_dataset(val)
-    return env, train, val
+    return train, val
 
 
 # ------------------------------------------------------------------------------------------ verification
