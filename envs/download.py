@@ -313,6 +313,71 @@ class Plan:
     failures: dict[str, list[str]]
 
 
+def _announce_transfer(
+    pub: Published,
+    directory: Path,
+    todo: Sequence[tuple[Path, str, list[tuple[str, int | None]]]],
+    announce: Callable[[str], None],
+    why: str,
+) -> None:
+    """The transfer's one line (files, sizes, first host); SorlError before any byte is fetched when the announced
+    sizes do not fit on the disk."""
+    sizes = [hosts[0][1] for _, _, hosts in todo]
+    total = " + ".join("size unknown" if s is None else manifest.human_size(s) for s in sizes)
+    first = todo[0][2][0][0].rsplit("/", 1)[0]
+    announce(f"{why}downloading {' and '.join(p.name for p, _, _ in todo)} ({total}) from {first}/ to {directory}")
+    free = shutil.disk_usage(directory).free
+    need = sum(s or 0 for s in sizes)
+    if need > free:
+        raise SorlError(
+            f"{directory} has {manifest.human_size(free)} free, {pub.name} needs {manifest.human_size(need)}; "
+            "free some space or pass --data-dir (or set $OGBENCH_DATA_DIR) to a larger disk"
+        )
+
+
+def _expected_sha256(entry: dict, force: bool) -> str | None:
+    """The sha256 a re-fetched file must have: the manifest's, when it recorded a complete published or downloaded
+    file, unless `force` accepts new bytes."""
+    recorded = entry.get("provenance") in ("downloaded", "published") and entry.get("status") == "complete"
+    return entry.get("sha256") if recorded and not force else None
+
+
+def _fetch_file(
+    plan: Plan,
+    path: Path,
+    split: str,
+    hosts: list[tuple[str, int | None]],
+    *,
+    staging: Path,
+    expected: str | None,
+    failures: list[str],
+    progress: bool,
+) -> tuple[str, str, int] | None:
+    """One file from the first of `hosts` whose copy passes `_verify`, moved into place and recorded in the manifest:
+    (its URL, sha256, size), or None when no host gave a good copy (each one's reason appended to `failures`)."""
+    pub, directory = plan.pub, plan.directory
+    for url, size in hosts:
+        try:
+            staged = _get(url, staging, path.name, progress)
+        except _HostFailed as e:
+            failures.append(f"{url}: {e}")
+            continue
+        digest, problem = _verify(pub, staged, size, expected)
+        if problem:
+            failures.append(f"{url}: the file {problem}")
+            staged.unlink(missing_ok=True)
+            continue
+        os.replace(staged, path)
+        stamp = manifest.stamp(path)
+        new = manifest.make_entry(
+            path, provenance="downloaded", dataset=pub.name, split=split, sha256=digest, verified=stamp
+        )
+        new["source"] = url
+        manifest.update(directory, {path.name: new})
+        return url, digest, stamp["size"]
+    return None
+
+
 def locate(pub: Published, directory: Path, *, mirrors: Sequence[str] = (), force: bool = False) -> Plan:
     """Ask each host (HEAD) for the dataset's missing files (all of them with `force`): where each is and how big,
     before anything is written, so that an unreachable host or a missing file is one line that leaves no trace.
@@ -350,52 +415,24 @@ def fetch(plan: Plan, *, force: bool = False, progress: bool = True, announce: C
     staging = directory / STAGING / pub.name
     shutil.rmtree(staging, ignore_errors=True)  # what a killed attempt left: it starts over
     try:
-        sizes = [hosts[0][1] for _, _, hosts in todo]
-        total = " + ".join("size unknown" if s is None else manifest.human_size(s) for s in sizes)
-        first = todo[0][2][0][0].rsplit("/", 1)[0]
-        announce(f"{why}downloading {' and '.join(p.name for p, _, _ in todo)} ({total}) from {first}/ to {directory}")
-        free = shutil.disk_usage(directory).free
-        need = sum(s or 0 for s in sizes)
-        if need > free:
-            raise SorlError(
-                f"{directory} has {manifest.human_size(free)} free, {pub.name} needs {manifest.human_size(need)}; "
-                "free some space or pass --data-dir (or set $OGBENCH_DATA_DIR) to a larger disk"
-            )
+        _announce_transfer(pub, directory, todo, announce, why)
         written = []
         for path, split, hosts in todo:
-            entry = known.get(path.name) or {}
-            recorded = entry.get("provenance") in ("downloaded", "published") and entry.get("status") == "complete"
-            expected = entry.get("sha256") if recorded and not force else None
+            expected = _expected_sha256(known.get(path.name) or {}, force)
             failures = plan.failures.setdefault(path.name, [])
-            for url, size in hosts:
-                try:
-                    staged = _get(url, staging, path.name, progress)
-                except _HostFailed as e:
-                    failures.append(f"{url}: {e}")
-                    continue
-                digest, problem = _verify(pub, staged, size, expected)
-                if problem:
-                    failures.append(f"{url}: the file {problem}")
-                    staged.unlink(missing_ok=True)
-                    continue
-                os.replace(staged, path)
-                stamp = manifest.stamp(path)
-                new = manifest.make_entry(
-                    path, provenance="downloaded", dataset=pub.name, split=split, sha256=digest, verified=stamp
-                )
-                new["source"] = url
-                manifest.update(directory, {path.name: new})
-                if each:
-                    size = manifest.human_size(stamp["size"])
-                    announce(f"wrote {path} ({size}, sha256 {digest[:12]}..., from {url})")
-                written.append(path)
-                break
-            else:
+            got = _fetch_file(
+                plan, path, split, hosts, staging=staging, expected=expected, failures=failures, progress=progress
+            )
+            if got is None:
                 kept = f" ({', '.join(p.name for p in written)} is in place)" if written else ""
                 raise SorlError(
                     f"could not download {path.name}: {'; '.join(failures)}{kept}; nothing else was written; "
                     f"run the same command again to retry, or {manual_hint(pub.paths(directory))}"
                 )
+            url, digest, size = got
+            if each:
+                announce(f"wrote {path} ({manifest.human_size(size)}, sha256 {digest[:12]}..., from {url})")
+            written.append(path)
         return written
     except OSError as e:
         raise SorlError(f"could not write {pub.name} to {directory}: {e.strerror or e}") from None
