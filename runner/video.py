@@ -226,55 +226,125 @@ def record_episodes(
 
     Raises a one-line SorlError before any work when no headless renderer works here (`gl_backend`).
     """
-    from envs.rendering import gl_backend
-    from runner.pixels import eval_pool
-
-    validate_grid((K,), (N,), getattr(agent, "max_K", None), agent)
-    check_video_size(size, pixels=pixels)
-    if episodes < 1:
-        raise SorlError(f"video episodes={episodes}: must be a positive integer")
-    gl_backend()  # no renderer: one line now
-    existing = check_video_files(run_dir, step=step, K=K, N=N, episodes=episodes, replace=replace)
+    existing = _check_filming(agent, run_dir, step=step, K=K, N=N, episodes=episodes, size=size, pixels=pixels,
+                              replace=replace)  # fmt: skip
     if policy is None:
         from sorl.inference import make_policy_fn
 
         policy = make_policy_fn()
-    videos = Path(run_dir) / VIDEO_DIR
+    videos, staging = _staging_dir(run_dir)
     try:
-        videos.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".recording-", dir=videos))  # final names appear only when complete
-    except OSError as e:
-        raise SorlError(f"cannot write videos to {videos}: {e.strerror or e}") from None
-    start = time.perf_counter()
-    try:
-        recorders = RecordingEnvs(str(staging), size, pixels)
-        pool = eval_pool(
-            task_name, episodes, renders=True, frame_stack=frame_stack, make_env=recorders, workers=workers,
-            success_timing=success_timing, max_episode_steps=max_episode_steps,
+        result, timing = _film(
+            agent, policy, task_name, staging, K=K, N=N, episodes=episodes, seed=seed, size=size, pixels=pixels,
+            frame_stack=frame_stack, workers=workers, success_timing=success_timing,
+            max_episode_steps=max_episode_steps,
         )  # fmt: skip
-        started = time.perf_counter()
-        with pool:
-            act = cell_actor(policy, agent, K, N, evaluation_key(seed))
-            result = run_episodes(pool, act, episodes, seed)
-        timing = {"startup_s": started - start, "episodes_s": time.perf_counter() - started}
-        per = result["per_episode"]
-        out = []
-        for i in range(episodes):
-            path = videos / video_name(step, K, N, i)
-            (staging / f"{episode_seed(seed, i)}.mp4").replace(path)
-            out.append(
-                {
-                    "path": path, "episode": i, "success": bool(per["success"][i]), "length": int(per["length"][i]),
-                    "frames": int(per["length"][i]) + 1, "replaced": path in existing, **timing,
-                }
-            )  # fmt: skip
-        return out
+        return _move_into_place(staging, videos, result, timing, existing, step=step, K=K, N=N, seed=seed,
+                                episodes=episodes)  # fmt: skip
     except RuntimeError as e:  # a rendering worker failed: its first line, not the worker's whole traceback
         raise SorlError(f"filming failed ({str(e).splitlines()[0]}); videos written before are kept") from e
     except OSError as e:  # the disk, while moving the finished videos into place
         raise SorlError(f"could not write videos to {videos}: {e.strerror or e}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_filming(
+    agent: Any,
+    run_dir: Path | str,
+    *,
+    step: int,
+    K: int,
+    N: int,
+    episodes: int,
+    size: int,
+    pixels: bool,
+    replace: bool,
+) -> list[Path]:
+    """Every refusal `record_episodes` makes before any work, as one-line SorlErrors: the cell, the video size, the
+    episode count, the headless renderer and the files in the way; returns the videos that will be replaced."""
+    from envs.rendering import gl_backend
+
+    validate_grid((K,), (N,), getattr(agent, "max_K", None), agent)
+    check_video_size(size, pixels=pixels)
+    if episodes < 1:
+        raise SorlError(f"video episodes={episodes}: must be a positive integer")
+    gl_backend()  # no renderer: one line now
+    return check_video_files(run_dir, step=step, K=K, N=N, episodes=episodes, replace=replace)
+
+
+def _staging_dir(run_dir: Path | str) -> tuple[Path, Path]:
+    """(the run's videos directory, a new temporary directory in it for the recorders): final names appear only when
+    every episode is complete."""
+    videos = Path(run_dir) / VIDEO_DIR
+    try:
+        videos.mkdir(parents=True, exist_ok=True)
+        return videos, Path(tempfile.mkdtemp(prefix=".recording-", dir=videos))
+    except OSError as e:
+        raise SorlError(f"cannot write videos to {videos}: {e.strerror or e}") from None
+
+
+def _film(
+    agent: Any,
+    policy: Callable[..., Any],
+    task_name: str,
+    staging: Path,
+    *,
+    K: int,
+    N: int,
+    episodes: int,
+    seed: int,
+    size: int,
+    pixels: bool,
+    frame_stack: int,
+    workers: int | None,
+    success_timing: str,
+    max_episode_steps: int | None,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Run the episodes in recording environments that write `staging/<reset seed>.mp4`: (`run_episodes`' result,
+    the wall times `startup_s` of the workers and their environments and `episodes_s` of the episodes)."""
+    from runner.pixels import eval_pool
+
+    start = time.perf_counter()
+    recorders = RecordingEnvs(str(staging), size, pixels)
+    pool = eval_pool(
+        task_name, episodes, renders=True, frame_stack=frame_stack, make_env=recorders, workers=workers,
+        success_timing=success_timing, max_episode_steps=max_episode_steps,
+    )  # fmt: skip
+    started = time.perf_counter()
+    with pool:
+        act = cell_actor(policy, agent, K, N, evaluation_key(seed))
+        result = run_episodes(pool, act, episodes, seed)
+    return result, {"startup_s": started - start, "episodes_s": time.perf_counter() - started}
+
+
+def _move_into_place(
+    staging: Path,
+    videos: Path,
+    result: dict[str, Any],
+    timing: dict[str, float],
+    existing: Sequence[Path],
+    *,
+    step: int,
+    K: int,
+    N: int,
+    seed: int,
+    episodes: int,
+) -> list[dict[str, Any]]:
+    """Each filmed episode's video moved from its reset seed's name in `staging` to its final name in `videos`,
+    in episode order; one dict per video (`record_episodes`)."""
+    per = result["per_episode"]
+    out = []
+    for i in range(episodes):
+        path = videos / video_name(step, K, N, i)
+        (staging / f"{episode_seed(seed, i)}.mp4").replace(path)
+        out.append(
+            {
+                "path": path, "episode": i, "success": bool(per["success"][i]), "length": int(per["length"][i]),
+                "frames": int(per["length"][i]) + 1, "replaced": path in existing, **timing,
+            }
+        )  # fmt: skip
+    return out
 
 
 def describe(videos: Sequence[dict[str, Any]]) -> list[str]:
