@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
-from cli.parse_errors import after_parsing, compact_parse_errors
+from cli import parse_errors
 from runner.safety import Interrupted
 from runner.settings import TrainSettings
 from sorl.config import _FALSE, _TRUE, split_agent_overrides
@@ -549,19 +549,31 @@ def command_flags() -> dict[str, set[str]]:
     return commands
 
 
-def explain_unrecognized(line: str, argv: list[str]) -> str:
-    """tyro's 'Unrecognized options: --steps ...' for a flag another command takes: which command takes it."""
-    m = re.search(r"Unrecognized (?:or misplaced )?options: (--[\w-]+)", line)
-    if not m or not argv:
-        return line
-    flag, commands = m.group(1), command_flags()
-    command = " ".join(argv[:2]) if " ".join(argv[:2]) in commands else argv[0]
+def _command_of(argv: list[str]) -> str:
+    """The command ('eval', 'data generate', ...) that argv runs, as `command_flags` names it ('' if none)."""
+    commands = command_flags()
+    two = " ".join(argv[:2])
+    return two if two in commands else argv[0] if argv and argv[0] in commands else ""
+
+
+def explain_unrecognized(flag: str, argv: list[str]) -> str | None:
+    """A flag that the command does not take but another command does: which command takes it (None otherwise)."""
+    commands, command = command_flags(), _command_of(argv)
     owners = [c for c, flags in commands.items() if flag in flags]
-    if command not in commands or not owners or command in owners:
-        return line
+    if not command or not owners or command in owners:
+        return None
     return (
         f"`sorl {command}` does not take {flag}: it is an option of {', '.join(f'`sorl {o}`' for o in owners)} "
         f"(`sorl {command} --help` lists what `sorl {command}` takes)"
+    )
+
+
+def one_line_errors(argv: list[str], parsed: list[str] | None = None) -> Any:
+    """tyro's parse errors of `sorl ARGV` as one line (`cli.parse_errors`); `parsed` is the part tyro reads."""
+    return parse_errors.one_line_errors(
+        argv if parsed is None else parsed,
+        flags=lambda: command_flags().get(_command_of(argv), set(_COMMANDS)),  # no command yet: the commands
+        explain=lambda flag: explain_unrecognized(flag, argv),
     )
 
 
@@ -583,7 +595,7 @@ def train_help(argv: list[str]) -> None:
 
     section = agent_help.render(_option_value(argv, "--agent"), _option_value(argv, "--task"))  # errors first
     try:
-        with compact_parse_errors():
+        with one_line_errors(["train", *argv]):
             tyro.cli(agent_help.with_agent_names(TrainArgs), args=["--help"], prog="sorl train")
     except SystemExit as e:
         if e.code not in (0, None):
@@ -602,22 +614,21 @@ def main(argv: list[str] | None = None) -> None:
         if argv and argv[0] == "bench" and overrides:  # the generic path below cannot pass the overrides
             from experiments.bench import bench_from_cli
 
-            with compact_parse_errors(lambda line: explain_unrecognized(line, argv)):
+            with one_line_errors(argv, argv[1:]):
                 bench_args = tyro.cli(BenchArgs, args=argv[1:], prog="sorl bench")
             bench_from_cli(bench_args, overrides)
             return
         if argv and argv[0] == "train" and any(a in ("-h", "--help") for a in argv[1:]):
             train_help(argv[1:])
         elif argv and argv[0] == "train":
-            with compact_parse_errors(lambda line: explain_unrecognized(line, argv)):  # tyro's as one line
+            with one_line_errors(argv, argv[1:]):
                 args = tyro.cli(TrainArgs, args=argv[1:], prog="sorl train")
             if args.seeds is not None and any(a == "--seed" or a.startswith("--seed=") for a in argv[1:]):
                 raise SorlError("--seed and --seeds are exclusive: one seed with --seed S, several with --seeds 1-8")
             train(args, overrides)
         else:
-            commands = {name: after_parsing(fn) for name, fn in _COMMANDS.items()}
-            with compact_parse_errors(lambda line: explain_unrecognized(line, argv)):
-                tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="sorl")
+            with one_line_errors(argv):
+                tyro.extras.subcommand_cli_from_dict(_COMMANDS, args=argv, prog="sorl")
     except SorlError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

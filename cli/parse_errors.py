@@ -1,173 +1,104 @@
-"""tyro's boxed parse errors reprinted as one `error: ...` line (exit code 2), for every `sorl` subcommand.
+"""tyro's parse errors as one `error: ...` line (exit code 2), built from tyro's structured error events.
 
-`compact_parse_errors()` holds stderr while tyro parses; a parse error (SystemExit with a boxed message) becomes
-one line. `after_parsing(fn)` wraps a command function so stderr is the terminal again before it runs.
+tyro reports each rejected command line as an event (`tyro._errors`: the failing argument, the bad value, the
+accepted choices) just before it draws its error box; `one_line_errors` turns that event into a `SorlError`, so no
+box is drawn and nothing rendered is read back. `tyro._errors` is private to tyro: pyproject.toml pins the minor
+version it was written against, and an event this module does not know still ends as one line.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import io
-import re
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-_BOX_EDGE = "╭╰┌└"
-_SIDES = "│┃|"
+from tyro import _errors as events
+
+from sorl.errors import SorlError, suggest
+
+Explain = Callable[[str], str | None]
+"""An unrecognized flag -> a better line than 'unrecognized' (e.g. the command that does take it), or None."""
 
 
-def _unboxed(lines: list[str]) -> list[str] | None:
-    """tyro's error drawn without UTF-8 (stdout in another encoding): ` Title`, a rule ` ----`, then the content
-    indented by two spaces; as the content lines of a box (`│ ...`), or None if `lines` are not such an error."""
-    for i in range(len(lines) - 1):
-        rule = lines[i + 1].strip()
-        if lines[i].startswith(" ") and lines[i].strip() and len(rule) > 3 and set(rule) == {"-"}:
-            return ["│" + line[1:] for line in lines[i + 2 :] if line.startswith("  ")]
-    return None
+def _flags(argument: Any) -> str:
+    """An argument as the user knows it: its flags (canonical first, then aliases) or its positional metavar."""
+    lowered = argument.lowered
+    if lowered.name_or_flags and lowered.name_or_flags[0].startswith("-"):
+        return "/".join(lowered.name_or_flags)
+    return str(lowered.metavar or argument.display_name()).upper()
 
 
-def _compact(text: str) -> str | None:
-    """tyro's boxed error as one line, or None if `text` holds no box."""
-    text = _ANSI.sub("", text)
-    lines = text.splitlines()
-    if not any(line.strip()[:1] in _BOX_EDGE for line in lines if line.strip()):
-        unboxed = _unboxed(lines)
-        if unboxed is None:
-            return None
-        lines = unboxed
-    sections: list[list[str]] = [[]]
-    help_hint = ""
-    for line in lines:
-        s = line.strip()
-        if not s or s[0] in _BOX_EDGE:
-            continue
-        if s[0] in _SIDES:
-            s = s[1:]
-        if s and s[-1] in _SIDES:
-            s = s[:-1]
-        body = s.rstrip()
-        stripped = body.strip()
-        if not stripped:
-            continue
-        if set(stripped) <= set("─━-"):
-            sections.append([])
-            continue
-        indent = len(body) - len(body.lstrip())
-        sections[-1].append((indent, stripped))  # type: ignore[arg-type]
-    out: list[str] = []
-    for sec in sections:
-        if not sec:
-            continue
-        first = sec[0][1]
-        if first.startswith("For full helptext"):
-            words = " ".join(t for _, t in sec)
-            m = re.search(r"(?:run|see):?\s+(.+?--help)", words)
-            help_hint = m.group(1) if m else ""
-            continue
-        if first.startswith("Argument helptext"):
-            continue
-        base = min(i for i, _ in sec)
-        kept = [t for i, t in sec if i - base <= 4]
-        out.append(" ".join(kept))
-    if not out:
-        return None
-    msg = "; ".join(out)
-    msg = re.sub(r"\s+", " ", msg).strip()
-    if help_hint:
-        msg += f" (see `{help_hint}`)"
-    return msg
+def _typed_value(argv: Sequence[str], argument: Any) -> str | None:
+    """The value the user gave `argument` on `argv` (the last one, as argparse keeps the last)."""
+    flags = argument.lowered.name_or_flags
+    value = None
+    for i, arg in enumerate(argv):
+        name, eq, rest = arg.partition("=")
+        if name in flags:
+            value = rest if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+    return value
 
 
-class _StderrCapture(io.TextIOBase):
-    """Holds what is written to stderr while parsing; `release()` stops capturing (and replays nothing)."""
-
-    def __init__(self, real: Any):
-        self.real = real
-        self.buffer_text = io.StringIO()
-        self.capturing = True
-
-    def _target(self) -> Any:
-        # A stale capture can outlive the stream it wrapped (pytest's capsys closes its own per test): fall back
-        # to the process's stderr rather than fail on a closed file.
-        return sys.__stderr__ if getattr(self.real, "closed", False) else self.real
-
-    def write(self, s: str) -> int:
-        if self.capturing:
-            return self.buffer_text.write(s)
-        return self._target().write(s)
-
-    def flush(self) -> None:
-        if not self.capturing:
-            self._target().flush()
-
-    def isatty(self) -> bool:
-        return False if self.capturing else self.real.isatty()
-
-    def fileno(self) -> int:
-        return self.real.fileno()
-
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return getattr(self.real, "encoding", "utf-8")
-
-    def release(self) -> None:
-        if self.capturing:
-            self.capturing = False
-            self._target().write(self.buffer_text.getvalue())
-            self.buffer_text = io.StringIO()
+def _unrecognized(event: Any, flags: Callable[[], Iterable[str]] | None, explain: Explain | None) -> str:
+    tokens = list(event.tokens)
+    first = next((t.partition("=")[0] for t in tokens if t.startswith("-")), tokens[0] if tokens else "")
+    if first.startswith("-") and explain is not None:
+        better = explain(first)
+        if better:
+            return better
+    hint = suggest(first, flags()) if first and flags is not None else ""
+    return f"Unrecognized options: {' '.join(tokens)}{hint} (see `{event.prog} --help`)"
 
 
-_active_capture: list[_StderrCapture] = []
-
-
-def parsed() -> None:
-    """Call once the command line is parsed: stderr goes to the terminal again (see `compact_parse_errors`)."""
-    while _active_capture:
-        cap = _active_capture.pop()
-        cap.release()
-        if sys.stderr is cap:
-            sys.stderr = cap.real
-
-
-def after_parsing(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a command function run by tyro so that stderr is restored before it starts."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        parsed()
-        return fn(*args, **kwargs)
-
-    return wrapper
+def message(
+    event: Any, argv: Sequence[str], flags: Callable[[], Iterable[str]] | None = None, explain: Explain | None = None
+) -> str:
+    """One line for a tyro parse-error event: the flag, the value given and what is accepted."""
+    help_hint = f"`{event.prog} --help` lists what it takes"
+    if isinstance(event, events.UnrecognizedArgs):
+        return _unrecognized(event, flags, explain)
+    if isinstance(event, events.MissingArgs):
+        missing = ", ".join(_flags(a.arg) for a in event.missing_arguments)
+        suffix = event.missing_arguments[0].source_parser.prog_suffix if event.missing_arguments else ""
+        prog = f"{event.prog} {suffix}".strip()
+        return f"Missing required argument of `{prog}`: {missing} (`{prog} --help` lists what it takes)"
+    if isinstance(event, events.MissingSubcommand):
+        names = ", ".join(event.subcommand_spec.parser_from_name)
+        found = f" (got {event.found_token!r})" if event.found_token else ""
+        return f"Missing command{found}: `{event.prog}` takes one of {names}"
+    if isinstance(event, events.InvalidChoice):
+        choices = ", ".join(event.choices)
+        return f"{_flags(event.argument)}={event.value!r}: expected one of {choices}"
+    if isinstance(event, events.BadValue):
+        flag, metavar = _flags(event.argument), event.argument.lowered.metavar
+        if event.reason == "too_few_values":
+            return f"{flag} needs a value ({metavar})" if metavar else f"{flag} needs a value"
+        return f"{flag} takes no value (got {event.offending_value!r})"
+    if isinstance(event, events.InstantiationFailure) and event.argument is not None:
+        flag, metavar = _flags(event.argument), event.argument.lowered.metavar
+        value = _typed_value(argv, event.argument)
+        given = f"={value!r}" if value is not None else ""
+        return f"{flag}{given}: expected {metavar or 'another value'}"
+    if isinstance(event, events.InstantiationFailure):
+        return f"{event.message} ({help_hint})"
+    if isinstance(event, events.MutexConflict):
+        return f"{event.first_token} and {event.second_token} are exclusive: give one"
+    # An event added by a later tyro: still one line, pointing at the help.
+    return f"the command line was not understood ({help_hint})"
 
 
 @contextlib.contextmanager
-def compact_parse_errors(rewrite: Callable[[str], str] | None = None) -> Iterator[None]:
-    """Within: stderr is held until `parsed()`; a tyro parse error (SystemExit with a boxed message) becomes
-    one line `error: ...` on stderr (`rewrite(line)` if given) and exit code 2. Help (`--help`, exit 0) is passed
-    through unchanged."""
-    real = sys.stderr
-    cap = _StderrCapture(real)
-    _active_capture.append(cap)
-    sys.stderr = cap
-    try:
+def one_line_errors(
+    argv: Sequence[str], flags: Callable[[], Iterable[str]] | None = None, explain: Explain | None = None
+) -> Iterator[None]:
+    """Within: a tyro parse error of `argv` raises `SorlError(message(...))` instead of drawing tyro's box.
+
+    `flags()` gives the command's own flags, for a 'did you mean' (only asked for on an unrecognized flag);
+    `explain` may say more about an unrecognized flag.
+    """
+
+    def hook(event: Any) -> None:
+        raise SorlError(message(event, argv, flags, explain))
+
+    with events.on_parse_error(hook):
         yield
-    except SystemExit as e:
-        held = cap.buffer_text.getvalue() if cap.capturing else ""
-        failed = e.code not in (0, None)
-        line = _compact(held) if failed and held else None
-        if line is not None and rewrite is not None:
-            line = rewrite(line)
-        if line is not None:
-            cap.buffer_text = io.StringIO()
-            parsed()
-            print(f"error: {line}", file=real, flush=True)
-            raise SystemExit(2) from None
-        parsed()
-        raise
-    finally:
-        parsed()
-        if sys.stderr is cap:
-            sys.stderr = real

@@ -284,19 +284,19 @@ def _check_arguments(kind: str, args: list[str], command: str, base: Path) -> No
 
 
 def _parse(cls: type, args: list[str], command: str):
-    """tyro's parse of a block's arguments; a parse error is one SorlError carrying tyro's message as one line."""
+    """tyro's parse of a block's arguments; a parse error is one SorlError naming the block."""
     import contextlib
     import io
 
-    from cli.parse_errors import _compact
+    from cli.parse_errors import one_line_errors
 
-    held = io.StringIO()
     try:
-        with contextlib.redirect_stderr(held), contextlib.redirect_stdout(io.StringIO()):
+        with one_line_errors(args), contextlib.redirect_stdout(io.StringIO()):
             return tyro.cli(cls, args=args, prog=command.split()[0])
-    except SystemExit:
-        why = _compact(held.getvalue()) or "see `sorl " + command.split()[0] + " --help`"
-        raise SorlError(f"bad arguments in results block '{command}': {why}") from None
+    except SorlError as e:
+        raise SorlError(f"bad arguments in results block '{command}': {e}") from None
+    except SystemExit:  # a block asking for --help: nothing to run
+        raise SorlError(f"bad arguments in results block '{command}': see `sorl {command.split()[0]} --help`") from None
 
 
 def _relative(text: str, base: Path) -> str:
