@@ -29,6 +29,8 @@ from typing import Annotated, Any, Literal
 import tyro
 
 from cli import parse_errors
+from cli.values import IntTuple, int_tuple
+from runner.evaluation import parse_int_list
 from runner.safety import Interrupted
 from runner.settings import TrainSettings
 from sorl.config import _FALSE, _TRUE, split_agent_overrides
@@ -81,6 +83,20 @@ def normalize_argv(argv: list[str]) -> list[str]:
         i += 1
     return out
 
+
+def int_list(canonical: str, older: str) -> Any:
+    """`--eval-K 1,2,4,8`: a comma-separated list of ints, parsed once as tyro reads the flag."""
+    return int_tuple((canonical, older), parse_int_list, "INT,...", lambda: _ARGV)
+
+
+def _parse_seeds(text: str, _flag: str) -> IntTuple:
+    from runner.multiseed import parse_seeds  # JAX: imported when a command needs it, not for `sorl --help`
+
+    return parse_seeds(text)
+
+
+seed_list = int_tuple(("--seeds",), _parse_seeds, "SEEDS", lambda: _ARGV)
+"""`--seeds 1-8` or `--seeds 1,3,5`: the seeds, parsed once as tyro reads the flag."""
 
 # ----------------------------------------------------------------------------------------------- data
 
@@ -215,7 +231,7 @@ class TrainArgs(TrainSettings):
     are listed below."""
     seed: int = 0
     """Seed of the run (the default run directory is runs/TASK/AGENT/seedS)."""
-    seeds: str | None = None
+    seeds: Annotated[IntTuple, seed_list] | None = None
     """Several seeds in one process, e.g. 1-8 or 1,3,5 (not with --seed); one run dir each, as --seed S (R/seedS)."""
     seeds_strategy: Literal["auto", "vmap", "loop"] = "auto"
     """--seeds as one vmapped batch, or in a loop over the one-seed program (CPU); auto: loop on CPU, else vmap."""
@@ -282,10 +298,10 @@ class EvalArgs:
 
     run_dir: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
     """Run directory written by `sorl train` (its config.json and checkpoints)."""
-    K: Annotated[str, alias("--eval-K")] = "1,2,4,8"
+    K: Annotated[IntTuple, alias("--eval-K"), int_list("--eval-K", "--K")] = (1, 2, 4, 8)
     """Sampling steps evaluated (comma-separated powers of two, at most the trained maximum); --K is the older
     spelling."""
-    N: Annotated[str, alias("--eval-N")] = "1,4,16"
+    N: Annotated[IntTuple, alias("--eval-N"), int_list("--eval-N", "--N")] = (1, 4, 16)
     """Best-of-N candidate counts evaluated (comma-separated, >= 1); --N is the older spelling."""
     episodes: Annotated[int, alias("--eval-episodes")] = 50
     """Evaluation episodes per (K, N) cell; --episodes is the older spelling."""
@@ -335,8 +351,7 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
     from runner.tracking import Tracking
     from runner.train import load_run
 
-    Ks = evaluation.parse_int_list(args.K, spelled("--eval-K", "--K"))
-    Ns = evaluation.parse_int_list(args.N, spelled("--eval-N", "--N"))
+    Ks, Ns = args.K, args.N
     check_positive(spelled("--eval-episodes", "--episodes"), args.episodes)
     for field in ("workers", "envs", "max_episode_steps", "video_episodes", "video_K"):
         flag = f"--{field.replace('_', '-')}"

@@ -76,7 +76,7 @@ def test_train_writes_the_run_directory_and_evaluates(agent, data_dir, tmp_path,
     assert all(0.0 <= r["success"] <= 1.0 and r["episodes"] == 2 for r in res["final"])
 
     # The checkpoint loads back into the agent's class and evaluates, as `sorl eval` does.
-    grid = cli.eval_from_cli(cli.EvalArgs(run_dir, K="1", N="2", episodes=1, workers=1, seed=4))
+    grid = cli.eval_from_cli(cli.EvalArgs(run_dir, K=(1,), N=(2,), episodes=1, workers=1, seed=4))
     assert [(g["K"], g["N"]) for g in grid] == [(1, 2)]
 
 

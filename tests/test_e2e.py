@@ -101,7 +101,7 @@ def test_train_checkpoint_evaluate(data_dir, tmp_path, capsys):
         assert -15 <= r["return"] <= 0  # cube-single rewards are -1 (not done) or 0 per step
 
     # evaluate the last checkpoint over a grid, as `sorl eval` does
-    grid = cli.eval_from_cli(cli.EvalArgs(run_dir, K="1,2", N="1,2", episodes=2, workers=1, seed=5))
+    grid = cli.eval_from_cli(cli.EvalArgs(run_dir, K=(1, 2), N=(1, 2), episodes=2, workers=1, seed=5))
     out = capsys.readouterr().out
     assert "N=1" in out and "N=2" in out
     scaling = json.loads((run_dir / "scaling.json").read_text())
@@ -110,8 +110,8 @@ def test_train_checkpoint_evaluate(data_dir, tmp_path, capsys):
     with (run_dir / "scaling.csv").open() as f:
         assert [(int(r["K"]), int(r["N"])) for r in csv.DictReader(f)] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     # reproducible: the same seed gives the same numbers
-    again = cli.eval_from_cli(cli.EvalArgs(run_dir, K="1,2", N="1,2", episodes=2, workers=1, seed=5))
+    again = cli.eval_from_cli(cli.EvalArgs(run_dir, K=(1, 2), N=(1, 2), episodes=2, workers=1, seed=5))
     assert [(g["success"], g["return"]) for g in again] == [(g["success"], g["return"]) for g in grid]
 
     with pytest.raises(SorlError, match="above the largest"):
-        cli.eval_from_cli(cli.EvalArgs(run_dir, K="4", N="1", episodes=1, workers=1))
+        cli.eval_from_cli(cli.EvalArgs(run_dir, K=(4,), N=(1,), episodes=1, workers=1))

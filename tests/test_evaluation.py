@@ -246,7 +246,7 @@ def _eval(run, capsys, *flags: str) -> tuple[dict, str]:
     return json.loads((run / "scaling.json").read_text()), capsys.readouterr().out
 
 
-def _eval_grid(run, capsys, K: str, N: str) -> tuple[dict, str, list[dict]]:
+def _eval_grid(run, capsys, K: tuple[int, ...], N: tuple[int, ...]) -> tuple[dict, str, list[dict]]:
     grid = cli.eval_from_cli(cli.EvalArgs(run, K=K, N=N, episodes=2, workers=1))
     return json.loads((run / "scaling.json").read_text()), capsys.readouterr().out, json.loads(json.dumps(grid))
 
@@ -258,7 +258,7 @@ def _cells(scaling: dict) -> list[tuple[int, int]]:
 def test_eval_keeps_the_cells_it_does_not_redo(trained, capsys):
     first, _ = _eval(trained, capsys, "--K", "1,2,4", "--N", "1")
     assert _cells(first) == [(1, 1), (2, 1), (4, 1)]
-    second, out, grid = _eval_grid(trained, capsys, K="1", N="1,3")
+    second, out, grid = _eval_grid(trained, capsys, K=(1,), N=(1, 3))
     # the earlier cells not evaluated now are kept as they were; (1, 1), evaluated again, is the new one
     assert _cells(second) == [(1, 1), (1, 3), (2, 1), (4, 1)]
     assert second["grid"][2:] == first["grid"][1:] and second["grid"][:2] == grid

@@ -236,7 +236,7 @@ OLD = ["--K", "1,2", "--N", "4", "--episodes", "3", "--workers", "2", "--envs", 
 def test_both_spellings_parse_to_the_same_eval(monkeypatch):
     new = _parsed_eval(monkeypatch, NEW)
     old = _parsed_eval(monkeypatch, OLD)
-    assert new == old == cli.EvalArgs(cli.Path("some/run"), K="1,2", N="4", episodes=3, workers=2, envs=1)
+    assert new == old == cli.EvalArgs(cli.Path("some/run"), K=(1, 2), N=(4,), episodes=3, workers=2, envs=1)
 
 
 def test_progress_false_is_no_progress(monkeypatch):
