@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
-from cli import parse_errors
+from cli import agent_args, parse_errors
 from cli.values import IntTuple, int_tuple
 from runner.evaluation import parse_int_list
 from runner.safety import Interrupted
@@ -201,7 +201,7 @@ QUICK_PRESET: dict[str, object] = {
     "eval_N": "1,4",
     "train_episodes": 100,
 }
-QUICK_AGENT_PRESET = {
+QUICK_AGENT_PRESET: dict[str, Any] = {
     "actor_layer_size": "256",
     "actor_num_layers": "2",
     "value_layer_size": "256",
@@ -240,14 +240,14 @@ class TrainArgs(TrainSettings):
     quick: Annotated[bool, tyro.conf.arg(help=_quick_help())] = False
 
 
-def apply_quick_preset(args: TrainArgs, agent_overrides: dict[str, str]) -> tuple[TrainArgs, dict[str, str]]:
+def apply_quick_preset(args: TrainArgs, agent_overrides: dict[str, Any]) -> tuple[TrainArgs, dict[str, Any]]:
     """Fill in QUICK_PRESET where `args` still holds the plain default."""
     defaults = TrainArgs(task=args.task)
     changes = {k: v for k, v in QUICK_PRESET.items() if getattr(args, k) == getattr(defaults, k)}
     return dataclasses.replace(args, **changes), {**QUICK_AGENT_PRESET, **agent_overrides}
 
 
-def train(args: Annotated[TrainArgs, tyro.conf.arg(name="")], agent_overrides: dict[str, str] | None = None) -> None:
+def train(args: Annotated[TrainArgs, tyro.conf.arg(name="")], agent_overrides: dict[str, Any] | None = None) -> None:
     """Train one agent on one task (offline, then online with --online-steps); writes one run directory per seed."""
     agent_overrides = agent_overrides or {}
     keys = check_agent_keys(args.agent, agent_overrides)
@@ -257,7 +257,7 @@ def train(args: Annotated[TrainArgs, tyro.conf.arg(name="")], agent_overrides: d
     train_from_cli(args, agent_overrides)
 
 
-def check_agent_keys(agent: str, overrides: dict[str, str]) -> list[str]:
+def check_agent_keys(agent: str, overrides: dict[str, Any]) -> list[str]:
     """The settings of `agent`; one error line for an override it does not have, naming the agents that have it."""
     from agents import AGENTS, get_agent
     from sorl.errors import suggest
@@ -274,7 +274,7 @@ def check_agent_keys(agent: str, overrides: dict[str, str]) -> list[str]:
     return keys
 
 
-def train_from_cli(args: TrainArgs, agent_overrides: dict[str, str]) -> dict[str, Any] | list[dict[str, Any]]:
+def train_from_cli(args: TrainArgs, agent_overrides: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
     """`sorl train ...` (one seed) and `sorl train --seeds 1-8 ...` (several)."""
     from runner import train as train_lib
 
@@ -619,16 +619,35 @@ def train_help(argv: list[str]) -> None:
     print(section)
 
 
+def parse_train(argv: list[str]) -> tuple[TrainArgs, dict[str, str]]:
+    """`sorl train ...` as its arguments and the agent settings typed on it (`cli.agent_args`): a first parse
+    for --agent, then one with that agent's settings as typed flags."""
+    with one_line_errors(argv, argv[1:]):
+        first, _ = tyro.cli(TrainArgs, args=argv[1:], prog="sorl train", return_unknown_args=True)
+    agent = first.agent
+
+    def explain(flag: str) -> str | None:
+        if flag.startswith(agent_args.PREFIX):  # raises: the agents that do have the setting
+            check_agent_keys(agent, {flag[len(agent_args.PREFIX) :].replace("-", "_"): ""})
+        return explain_unrecognized(flag, argv)
+
+    parser = agent_args.with_agent_settings(TrainArgs, agent)
+    with parse_errors.one_line_errors(argv[1:], flags=lambda: command_flags()["train"], explain=explain):
+        args = tyro.cli(parser, args=argv[1:], prog="sorl train")
+    return args, agent_args.overrides_of(argv[1:])
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     _ARGV[:] = argv
     try:
-        argv, overrides = split_agent_overrides(normalize_argv(argv))
-        if overrides and (not argv or argv[0] not in ("train", "bench")):
+        argv = normalize_argv(argv)
+        if agent_args.typed_keys(argv) and (not argv or argv[0] not in ("train", "bench")):
             raise SorlError("--agent.KEY=VALUE overrides only apply to `sorl train` (and `sorl bench`)")
-        if argv and argv[0] == "bench" and overrides:  # the generic path below cannot pass the overrides
+        if argv and argv[0] == "bench" and agent_args.typed_keys(argv):  # the generic path cannot pass them
             from experiments.bench import bench_from_cli
 
+            argv, overrides = split_agent_overrides(argv)
             with one_line_errors(argv, argv[1:]):
                 bench_args = tyro.cli(BenchArgs, args=argv[1:], prog="sorl bench")
             bench_from_cli(bench_args, overrides)
@@ -636,8 +655,7 @@ def main(argv: list[str] | None = None) -> None:
         if argv and argv[0] == "train" and any(a in ("-h", "--help") for a in argv[1:]):
             train_help(argv[1:])
         elif argv and argv[0] == "train":
-            with one_line_errors(argv, argv[1:]):
-                args = tyro.cli(TrainArgs, args=argv[1:], prog="sorl train")
+            args, overrides = parse_train(argv)
             if args.seeds is not None and any(a == "--seed" or a.startswith("--seed=") for a in argv[1:]):
                 raise SorlError("--seed and --seeds are exclusive: one seed with --seed S, several with --seeds 1-8")
             train(args, overrides)

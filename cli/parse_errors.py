@@ -20,9 +20,23 @@ Explain = Callable[[str], str | None]
 """An unrecognized flag -> a better line than 'unrecognized' (e.g. the command that does take it), or None."""
 
 
-def _flags(argument: Any) -> str:
+def _spelling(argv: Sequence[str], flag: str) -> str | None:
+    """How `argv` spelled `flag` (tyro reads - and _ alike in a flag's name), or None if it is not there."""
+    for arg in argv:
+        name = arg.partition("=")[0]
+        if name.replace("_", "-") == flag.replace("_", "-"):
+            return name
+    return None
+
+
+def _flags(argument: Any, argv: Sequence[str] | None = None) -> str:
     """An argument as the user knows it: its flags (canonical first, then aliases) or its positional metavar."""
     lowered = argument.lowered
+    if len(lowered.name_or_flags) == 1 and lowered.name_or_flags[0].startswith("-") and argv is not None:
+        # tyro takes `--agent.q_agg` for its `--agent.q-agg`: named as the user wrote it
+        spelling = _spelling(argv, lowered.name_or_flags[0])
+        if spelling is not None:
+            return spelling
     if lowered.name_or_flags and lowered.name_or_flags[0].startswith("-"):
         return "/".join(lowered.name_or_flags)
     return str(lowered.metavar or argument.display_name()).upper()
@@ -30,11 +44,11 @@ def _flags(argument: Any) -> str:
 
 def _typed_value(argv: Sequence[str], argument: Any) -> str | None:
     """The value the user gave `argument` on `argv` (the last one, as argparse keeps the last)."""
-    flags = argument.lowered.name_or_flags
+    flags = {f.replace("_", "-") for f in argument.lowered.name_or_flags}
     value = None
     for i, arg in enumerate(argv):
         name, eq, rest = arg.partition("=")
-        if name in flags:
+        if name.replace("_", "-") in flags:
             value = rest if eq else (argv[i + 1] if i + 1 < len(argv) else None)
     return value
 
@@ -68,14 +82,14 @@ def message(
         return f"Missing command{found}: `{event.prog}` takes one of {names}"
     if isinstance(event, events.InvalidChoice):
         choices = ", ".join(event.choices)
-        return f"{_flags(event.argument)}={event.value!r}: expected one of {choices}"
+        return f"{_flags(event.argument, argv)}={event.value!r}: expected one of {choices}"
     if isinstance(event, events.BadValue):
-        flag, metavar = _flags(event.argument), event.argument.lowered.metavar
+        flag, metavar = _flags(event.argument, argv), event.argument.lowered.metavar
         if event.reason == "too_few_values":
             return f"{flag} needs a value ({metavar})" if metavar else f"{flag} needs a value"
         return f"{flag} takes no value (got {event.offending_value!r})"
     if isinstance(event, events.InstantiationFailure) and event.argument is not None:
-        flag, metavar = _flags(event.argument), event.argument.lowered.metavar
+        flag, metavar = _flags(event.argument, argv), event.argument.lowered.metavar
         value = _typed_value(argv, event.argument)
         given = f"={value!r}" if value is not None else ""
         return f"{flag}{given}: expected {metavar or 'another value'}"

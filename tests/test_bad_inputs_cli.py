@@ -26,6 +26,8 @@ CASES: list[Refusal] = [
     # the older and the canonical spelling of one flag: a bad value names both, or the one typed
     Refusal("alias-not-an-int", ["eval", RUN, "--episodes", "abc"], "--eval-episodes/--episodes", kind="cli"),
     Refusal("canonical-K-not-an-int", ["eval", RUN, "--eval-K", "1,x"], "--eval-K: 'x' is not an integer", kind="cli"),
+    Refusal("alias-K-empty-item", ["eval", RUN, "--K", "1,,2"], "--K: expected comma-separated integers", kind="cli"),
+    Refusal("alias-N-not-an-int", ["eval", RUN, "--N", "x"], "--N: 'x' is not an integer", kind="cli"),
     Refusal("canonical-envs-zero", ["eval", RUN, "--eval-envs", "0"], "--eval-envs=0: must be a positive", kind="cli"),
     Refusal("alias-envs-zero", ["eval", RUN, "--envs", "0"], "--envs=0: must be a positive", kind="cli"),
     Refusal(

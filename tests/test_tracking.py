@@ -181,7 +181,7 @@ def test_tensorboard_scalars_equal_the_run_files(tmp_path, stand_in, capsys):
                 assert_close(tb[col][int(row["step"])], float(value))
 
     # `sorl eval RUN --logger tensorboard` adds the scaling grid at the checkpoint's step
-    cli.eval_from_cli(cli.EvalArgs(run, K="1,2", N="1,3", episodes=2, workers=1, logger="tensorboard"))
+    cli.eval_from_cli(cli.EvalArgs(run, K=(1, 2), N=(1, 3), episodes=2, workers=1, logger="tensorboard"))
     scaling = json.loads((run / "scaling.json").read_text())
     tb = tensorboard_scalars(run / "tensorboard")
     for cell in scaling["grid"]:
