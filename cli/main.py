@@ -5,9 +5,9 @@
     sorl eval RUN_DIR --eval-K 1,2,4,8 --eval-N 1,4,16
     sorl sweep SPEC [--launcher local|slurm|ray] | table RUNS... | plot scaling|curves RUNS...   (experiments/)
 
-Agent hyperparameters use the reference code's dotted names (`--agent.q_loss_coef=100`); they are
-split off argv before tyro parses the rest, because their valid set depends on `--agent`; `sorl train --help`
-prints them after tyro's help (`cli.agent_help`).
+Agent hyperparameters use the reference code's dotted names (`--agent.q_loss_coef=100`); their valid set
+depends on `--agent`, so `sorl train` is parsed once for `--agent` and then with that agent's settings as typed
+flags (`cli.agent_args`); `sorl train --help` prints every agent's settings after tyro's help (`cli.agent_help`).
 
 One spelling per idea across the subcommands: a flag means the same thing wherever it appears, and `sorl eval`
 takes `sorl train`'s evaluation flags (`--eval-K`, `--eval-episodes`, ...). Older spellings stay accepted as
