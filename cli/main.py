@@ -33,7 +33,7 @@ from cli.values import IntTuple, int_tuple
 from runner.evaluation import parse_int_list
 from runner.safety import Interrupted
 from runner.settings import TrainSettings
-from sorl.config import _FALSE, _TRUE, split_agent_overrides
+from sorl.config import _FALSE, _TRUE
 from sorl.errors import SorlError
 from sorl.validation import check_positive
 
@@ -619,11 +619,12 @@ def train_help(argv: list[str]) -> None:
     print(section)
 
 
-def parse_train(argv: list[str]) -> tuple[TrainArgs, dict[str, str]]:
-    """`sorl train ...` as its arguments and the agent settings typed on it (`cli.agent_args`): a first parse
-    for --agent, then one with that agent's settings as typed flags."""
+def parse_with_agent(cls: type, argv: list[str]) -> tuple[Any, dict[str, str]]:
+    """`sorl train ...` or `sorl bench ...` as its arguments (`cls`, with an `agent` field) and the agent settings
+    typed on it (`cli.agent_args`): a first parse for --agent, then one with that agent's settings as flags."""
+    prog = f"sorl {argv[0]}"
     with one_line_errors(argv, argv[1:]):
-        first, _ = tyro.cli(TrainArgs, args=argv[1:], prog="sorl train", return_unknown_args=True)
+        first, _ = tyro.cli(cls, args=argv[1:], prog=prog, return_unknown_args=True)
     agent = first.agent
 
     def explain(flag: str) -> str | None:
@@ -631,9 +632,9 @@ def parse_train(argv: list[str]) -> tuple[TrainArgs, dict[str, str]]:
             check_agent_keys(agent, {flag[len(agent_args.PREFIX) :].replace("-", "_"): ""})
         return explain_unrecognized(flag, argv)
 
-    parser = agent_args.with_agent_settings(TrainArgs, agent)
-    with parse_errors.one_line_errors(argv[1:], flags=lambda: command_flags()["train"], explain=explain):
-        args = tyro.cli(parser, args=argv[1:], prog="sorl train")
+    parser = agent_args.with_agent_settings(cls, agent)
+    with parse_errors.one_line_errors(argv[1:], flags=lambda: command_flags()[argv[0]], explain=explain):
+        args = tyro.cli(parser, args=argv[1:], prog=prog)
     return args, agent_args.overrides_of(argv[1:])
 
 
@@ -647,15 +648,12 @@ def main(argv: list[str] | None = None) -> None:
         if argv and argv[0] == "bench" and agent_args.typed_keys(argv):  # the generic path cannot pass them
             from experiments.bench import bench_from_cli
 
-            argv, overrides = split_agent_overrides(argv)
-            with one_line_errors(argv, argv[1:]):
-                bench_args = tyro.cli(BenchArgs, args=argv[1:], prog="sorl bench")
-            bench_from_cli(bench_args, overrides)
+            bench_from_cli(*parse_with_agent(BenchArgs, argv))
             return
         if argv and argv[0] == "train" and any(a in ("-h", "--help") for a in argv[1:]):
             train_help(argv[1:])
         elif argv and argv[0] == "train":
-            args, overrides = parse_train(argv)
+            args, overrides = parse_with_agent(TrainArgs, argv)
             if args.seeds is not None and any(a == "--seed" or a.startswith("--seed=") for a in argv[1:]):
                 raise SorlError("--seed and --seeds are exclusive: one seed with --seed S, several with --seeds 1-8")
             train(args, overrides)
