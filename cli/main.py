@@ -84,9 +84,10 @@ def normalize_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def int_list(canonical: str, older: str) -> Any:
-    """`--eval-K 1,2,4,8`: a comma-separated list of ints, parsed once as tyro reads the flag."""
-    return int_tuple((canonical, older), parse_int_list, "INT,...", lambda: _ARGV)
+def int_list(*flags: str) -> Any:
+    """`--eval-K 1,2,4,8`: a comma-separated list of ints, parsed once as tyro reads the flag (`flags`: its
+    spellings, the canonical one first)."""
+    return int_tuple(flags, parse_int_list, "INT,...", lambda: _ARGV)
 
 
 def _parse_seeds(text: str, _flag: str) -> IntTuple:
@@ -238,6 +239,9 @@ class TrainArgs(TrainSettings):
     run_dir: Path | None = None
     """Run directory (default: runs/TASK/AGENT/seedS)."""
     quick: Annotated[bool, tyro.conf.arg(help=_quick_help())] = False
+    # The grid as typed (`--eval-K 1,2,4,8`), parsed once by tyro; the fields' help is TrainSettings'.
+    eval_K: Annotated[IntTuple, int_list("--eval-K")] = TrainSettings.__dataclass_fields__["eval_K"]  # type: ignore[assignment]
+    eval_N: Annotated[IntTuple, int_list("--eval-N")] = TrainSettings.__dataclass_fields__["eval_N"]  # type: ignore[assignment]
 
 
 def apply_quick_preset(args: TrainArgs, agent_overrides: dict[str, Any]) -> tuple[TrainArgs, dict[str, Any]]:
@@ -344,24 +348,14 @@ def evaluate(args: Annotated[EvalArgs, tyro.conf.arg(name="")]) -> None:
 def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
     """`sorl eval RUN_DIR --eval-K ... --eval-N ...`: evaluate the run's last checkpoint over the grid.
 
-    Writes scaling.json and scaling.csv in the run directory and prints the table.
+    Writes scaling.json and scaling.csv in the run directory and prints the table. Every refusal comes before the
+    evaluation: nothing is written if the command is refused.
     """
     from runner import evaluation, runs
     from runner.pixels import eval_pool, run_observations
-    from runner.tracking import Tracking
     from runner.train import load_run
 
-    Ks, Ns = args.K, args.N
-    check_positive(spelled("--eval-episodes", "--episodes"), args.episodes)
-    for field in ("workers", "envs", "max_episode_steps", "video_episodes", "video_K"):
-        flag = f"--{field.replace('_', '-')}"
-        name = flag if field.startswith("video") else spelled(f"--eval-{flag[2:]}", flag)
-        check_positive(name, getattr(args, field), allow_none=True)
-    if args.video_episodes or args.video_only:
-        check_videos(args)
-    max_steps = args.max_episode_steps
-    evaluation.check_grid_values(Ks, Ns)  # positive integers; which K the agent takes once it is loaded
-    tracking = Tracking.of(args)  # a bad --logger is refused before the evaluation, not after it
+    tracking = check_eval_flags(args)
     run = runs.RunDir(args.run_dir)
     cfg = run.read_config()
     pixels, frame_stack = run_observations(cfg)  # evaluated as its training evaluated it: frames stacked, rendered
@@ -370,34 +364,25 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
 
         check_video_size(args.video_size, pixels=pixels)  # a pixel task's size: now, not after the grid
     agent, step = load_run(run)
-    name = runs.agent_name(cfg)
-    if args.video_episodes and args.video_K:  # a K the agent does not take: said now, not after the grid
-        evaluation.validate_grid((args.video_K,), (args.video_N,), agent.max_K, agent, name)
-    if not args.video_only:
-        evaluation.validate_grid(Ks, Ns, agent.max_K, agent, name)
-        note = evaluation.grid_note(agent, runs.agent_name(cfg), Ks, Ns)
-        if note:
-            print(note, flush=True)
-    if max_steps is None:
-        max_steps = cfg.get("eval", {}).get("max_episode_steps")
+    check_grid_of(args, agent, cfg)
+    max_steps = args.max_episode_steps or cfg.get("eval", {}).get("max_episode_steps")
     envs = args.envs or cfg.get("eval", {}).get("envs")  # a memory cap set in training holds
     timing = cfg.get("success_timing", "pre")
-    # what the command would write, checked before the evaluation: nothing is written if it is refused
     if args.video_episodes:
         from runner import video
 
-        video_K = args.video_K or video.default_video_K(Ks, agent.max_K)
+        video_K = args.video_K or video.default_video_K(args.K, agent.max_K)
         video.check_video_files(
             run.path, step=step, K=video_K, N=args.video_N, episodes=args.video_episodes, replace=args.replace
         )
     if args.video_only:
-        film_from_cli(args, cfg, agent, step, Ks, timing, max_steps)
+        film_from_cli(args, cfg, agent, step, args.K, timing, max_steps)
         return []
     runs.check_writable(run.path, "run directory", files=[run.scaling_json, run.scaling_csv])
     header = runs.scaling_header(cfg, step, eval_seed=args.seed, episodes=args.episodes, max_episode_steps=max_steps)
-    kept = run.plan_scaling(header, [(K, N) for K in Ks for N in Ns], replace=args.replace)
+    kept = run.plan_scaling(header, [(K, N) for K in args.K for N in args.N], replace=args.replace)
     print(
-        f"evaluating {run.path} (step {step}) on {cfg['task']}: K={list(Ks)} N={list(Ns)}, "
+        f"evaluating {run.path} (step {step}) on {cfg['task']}: K={list(args.K)} N={list(args.N)}, "
         f"{args.episodes} episodes, success_timing={timing}",
         flush=True,
     )
@@ -406,22 +391,62 @@ def eval_from_cli(args: EvalArgs) -> list[dict[str, Any]]:
         workers=args.workers, success_timing=timing, max_episode_steps=max_steps,
     )  # fmt: skip
     with pool:
-        grid = evaluation.evaluate(agent, cfg["task"], Ks, Ns, args.episodes, seed=args.seed, pool=pool, progress=True)
+        grid = evaluation.evaluate(agent, cfg["task"], args.K, args.N, args.episodes, seed=args.seed, pool=pool,
+                                   progress=True)  # fmt: skip
     run.write_scaling(
         cfg, step, grid, eval_seed=args.seed, episodes=args.episodes, max_episode_steps=max_steps, kept=kept
     )
+    report_grid(run, cfg, step, args.episodes, grid, kept, tracking)
+    if args.video_episodes:
+        film_from_cli(args, cfg, agent, step, args.K, timing, max_steps)
+    return grid
+
+
+def check_eval_flags(args: EvalArgs) -> Any:
+    """`sorl eval`'s flags on their own (before the run is read): one error line naming the flag as typed. Returns
+    the experiment tracking asked for (a bad --logger is refused before the evaluation, not after it)."""
+    from runner.evaluation import check_grid_values
+    from runner.tracking import Tracking
+
+    check_positive(spelled("--eval-episodes", "--episodes"), args.episodes)
+    for field in ("workers", "envs", "max_episode_steps", "video_episodes", "video_K"):
+        flag = f"--{field.replace('_', '-')}"
+        name = flag if field.startswith("video") else spelled(f"--eval-{flag[2:]}", flag)
+        check_positive(name, getattr(args, field), allow_none=True)
+    if args.video_episodes or args.video_only:
+        check_videos(args)
+    check_grid_values(args.K, args.N)  # positive integers; which K the agent takes once it is loaded
+    return Tracking.of(args)
+
+
+def check_grid_of(args: EvalArgs, agent: Any, cfg: dict[str, Any]) -> None:
+    """The grid (and the filmed cell) against the loaded agent's K rule; the note on axes that cannot change its
+    action or where its published numbers are."""
+    from runner import evaluation, runs
+
+    name = runs.agent_name(cfg)
+    if args.video_episodes and args.video_K:  # a K the agent does not take: said now, not after the grid
+        evaluation.validate_grid((args.video_K,), (args.video_N,), agent.max_K, agent, name)
+    if not args.video_only:
+        evaluation.validate_grid(args.K, args.N, agent.max_K, agent, name)
+        note = evaluation.grid_note(agent, name, args.K, args.N)
+        if note:
+            print(note, flush=True)
+
+
+def report_grid(run: Any, cfg: dict[str, Any], step: int, episodes: int, grid: list, kept: list, tracking: Any) -> None:
+    """The evaluated grid to the experiment tracker (appending to the training run's) and as a printed table."""
+    from runner import evaluation, runs
+
     if tracking:
         sink = tracking.open(run.path, cfg)  # appends: the training run's tracker run continues
         sink.scaling(step, grid)
         sink.close()
-    title = f"{cfg['task']}  agent={runs.agent_name(cfg)}  seed={cfg['seed']}  step={step}  ({args.episodes} episodes)"
+    title = f"{cfg['task']}  agent={runs.agent_name(cfg)}  seed={cfg['seed']}  step={step}  ({episodes} episodes)"
     print(evaluation.format_grid(grid, title))
     print(f"wrote {run.scaling_json} and {run.scaling_csv}")
     if kept:
         print(f"kept from the earlier {runs.SCALING_JSON} (not evaluated now): {runs.format_cells(kept)}")
-    if args.video_episodes:
-        film_from_cli(args, cfg, agent, step, Ks, timing, max_steps)
-    return grid
 
 
 def check_videos(args: EvalArgs) -> None:

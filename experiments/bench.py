@@ -1,4 +1,4 @@
-"""The performance benchmark: `sorl bench [--agent A] [--size paper|small] [--json]` or `python -m experiments.bench`.
+"""The performance benchmark: `sorl bench [--agent A] [--size paper|small] [--json]`.
 
 Everything is measured in this one process (the memory figure in a child process, so that its peak RSS is the
 training path's alone), on synthetic data with cube-single's sizes (observation 28, action 5) unless noted:
@@ -1283,23 +1283,3 @@ def bench_from_cli(args: BenchArgs, agent_overrides: Mapping[str, str] | None = 
     else:
         print(format_report(result))
     return result
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m experiments.bench ...` (agent overrides as --agent.KEY=VALUE, as for `sorl train`)."""
-    import tyro
-
-    from sorl.config import split_agent_overrides
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        rest, overrides = split_agent_overrides(argv)
-        args = tyro.cli(BenchArgs, args=rest, prog="python -m experiments.bench")
-        bench_from_cli(args, overrides)
-    except SorlError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
-
-
-if __name__ == "__main__":
-    main()

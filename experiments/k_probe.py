@@ -37,7 +37,7 @@ import numpy as np
 
 from experiments.aggregate import mean_std
 from runner import runs
-from runner.evaluation import parse_int_list, policy_cell
+from runner.evaluation import policy_cell
 from runner.train import load_run
 from sorl.errors import SorlError
 from sorl.validation import check_positive
@@ -53,7 +53,7 @@ def probe_Ks(agent: Any) -> list[int]:
 
     rule = K_rule(agent)
     max_K = None if isinstance(agent, type) else getattr(agent, "max_K", None)
-    finest = max_K or max(policy_cell(agent)[0], *parse_int_list(TrainSettings().eval_K, "eval_K"))
+    finest = max_K or max(policy_cell(agent)[0], *TrainSettings().eval_K)
     if not rule.takes_K(finest, max_K):  # a power-of-two rule without a maximum: its largest power below
         finest = 2 ** (finest.bit_length() - 1)
     Ks = [2**i for i in range(finest.bit_length()) if 2**i < finest and rule.takes_K(2**i, max_K)]

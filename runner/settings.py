@@ -86,10 +86,10 @@ class TrainSettings:
     """Updates between evaluations (one is always run at the end)."""
     eval_episodes: int = option(50, check="positive", spec=("eval", "episodes"), record=("eval", "episodes"))
     """Evaluation episodes per (K, N) cell."""
-    eval_K: str = option("1,2,4,8", check="int-list", spec=("eval", "K"), record=("eval", "K"))
+    eval_K: tuple[int, ...] = option((1, 2, 4, 8), check="int-list", spec=("eval", "K"), record=("eval", "K"))
     """Sampling steps evaluated during and after training (comma-separated; those the agent takes: powers of two
     for the shortcut policies)."""
-    eval_N: str = option("1", check="int-list", spec=("eval", "N"), record=("eval", "N"))
+    eval_N: tuple[int, ...] = option((1,), check="int-list", spec=("eval", "N"), record=("eval", "N"))
     """Best-of-N candidate counts evaluated (comma-separated)."""
     checkpoint_interval: int | None = option(
         None, check="optional-positive", spec=("train", "checkpoint_interval"), record=("train", "checkpoint_interval")
@@ -177,15 +177,21 @@ class TrainSettings:
     progress: bool = option(True, command=False)
     """Show the progress bar (--no-progress for logs without it; --progress False is the older spelling)."""
 
+    def __post_init__(self) -> None:
+        # The grid is parsed once, here: the command line hands over tuples (tyro, `cli.main.int_list`), the Python
+        # API may pass "1,2,4,8", a spec TOML lists; one SorlError naming the setting otherwise.
+        for name in ("eval_K", "eval_N"):
+            object.__setattr__(self, name, parse_int_list(getattr(self, name), name))
+
     # ------------------------------------------------------------------------------------ derived values
 
     @property
     def Ks(self) -> tuple[int, ...]:
-        return parse_int_list(self.eval_K, "eval_K")
+        return self.eval_K
 
     @property
     def Ns(self) -> tuple[int, ...]:
-        return parse_int_list(self.eval_N, "eval_N")
+        return self.eval_N
 
     @property
     def video_cell(self) -> tuple[int, int]:
@@ -263,7 +269,7 @@ class TrainSettings:
             if f.name == "checkpoint_interval":
                 value = self.checkpoint_every  # the interval the run used
             elif f.metadata["check"] == "int-list":
-                value = list(parse_int_list(value, f.name))
+                value = list(value)
             elif isinstance(value, Path):
                 value = str(value)
             elif section == "online":
@@ -285,6 +291,8 @@ class TrainSettings:
             flag = f"--{f.name.replace('_', '-')}"
             if isinstance(value, bool) and when:
                 parts.append(flag if value else f"--no-{flag[2:]}")
+            elif isinstance(value, tuple) and when:
+                parts.append(f"{flag} {','.join(str(v) for v in value)}")
             elif when and value is not None and value != "":
                 parts.append(f"{flag} {value}")
         return parts
@@ -311,10 +319,8 @@ class TrainSettings:
     def spec_value(cls, section: str, key: str, value: Any, what: str, fail: Callable[[str], Exception]) -> Any:
         """A spec value checked by its field's own check, in the spec's form (integer lists as lists)."""
         f = cls.spec_fields(section)[key]
-        if f.metadata["check"] == "int-list" and isinstance(value, list):
-            value = ",".join(str(v) for v in value) if all(type(v) is int for v in value) else repr(value)
-        elif f.metadata["check"] == "int-list" and type(value) is int:
-            value = str(value)
+        if f.metadata["check"] == "int-list" and isinstance(value, list) and not all(type(v) is int for v in value):
+            value = repr(value)  # named as written in the spec, not item by item
         try:
             check_value(f, value, what)
         except SorlError as e:
@@ -329,7 +335,7 @@ class TrainSettings:
             fields = cls.spec_fields(section)
             for key, value in table.items():
                 f = fields[key]
-                values[f.name] = ",".join(str(v) for v in value) if f.metadata["check"] == "int-list" else value
+                values[f.name] = tuple(value) if f.metadata["check"] == "int-list" else value
         return cls(**values)
 
 

@@ -196,18 +196,13 @@ def run(args: BenchArgs, agent_overrides: Mapping[str, str] | None = None, log=p
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python scripts/bench_changes.py ...` (agent overrides as --agent.KEY=VALUE, as for `sorl bench`)."""
-    import tyro
-
+    """`python scripts/bench_changes.py ...` (agent overrides as --agent.KEY=VALUE, typed as for `sorl bench`)."""
+    from cli.main import parse_with_agent
     from runner.runs import jsonable
-    from sorl.config import split_agent_overrides
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        rest, overrides = split_agent_overrides(argv)
-        args = tyro.cli(
-            BenchArgs, args=rest, prog="python scripts/bench_changes.py", description=__doc__.splitlines()[0]
-        )
+        args, overrides = parse_with_agent(BenchArgs, ["bench", *argv])
         log = functools.partial(print, file=sys.stderr if args.json else sys.stdout, flush=True)  # JSON on stdout alone
         result = run(args, overrides, log=log)
     except SorlError as e:

@@ -1,8 +1,9 @@
-"""Typed agent configs from command-line strings and JSON, with one-line errors.
+"""Typed agent configs from recorded values, with one-line errors.
 
-`--agent.KEY=VALUE` arrives as strings; each is coerced to the dataclass field's declared type (bool, int, float,
-str, Literal, Optional, tuples), so `--agent.lr=1e-4`, `--agent.normalize_q_loss=false` and `--agent.q_agg=min`
-work as in the reference code's flags.
+The command line's `--agent.KEY=VALUE` are typed by tyro (`cli.agent_args`); what reaches this module are the
+recorded forms of settings: the words a run or a sweep records in config.json's `agent_overrides` and prints in its
+commands, a spec's TOML values, config.json's `agent_config`. Each is read as the dataclass field's declared type
+(bool, int, float, str, Literal, Optional, tuples) with the reference's spellings (`false`, `none`, `1,2`).
 """
 
 from __future__ import annotations
@@ -162,27 +163,6 @@ def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
     if callable(validate):
         validate()
     return config
-
-
-def split_agent_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
-    """Pull `--agent.KEY=VALUE` / `--agent.KEY VALUE` out of argv."""
-    rest: list[str] = []
-    overrides: dict[str, str] = {}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("--agent."):
-            key, eq, value = arg[len("--agent.") :].partition("=")
-            if not eq:
-                if i + 1 >= len(argv):
-                    raise SorlError(f"--agent.{key} needs a value: --agent.{key}=VALUE")
-                value = argv[i + 1]
-                i += 1
-            overrides[key.replace("-", "_")] = value
-        else:
-            rest.append(arg)
-        i += 1
-    return rest, overrides
 
 
 def field_docs(cls: type) -> dict[str, str]:

@@ -140,7 +140,7 @@ def _spec(tmp_path, agents_, K):
 
 
 def test_a_spec_asks_each_agent_it_names(anyk, tmp_path):
-    assert [r.train["eval_K"] for r in _spec(tmp_path, '["anyk"]', "[1, 3, 10]").runs()] == ["1,3,10"]
+    assert [r.train["eval_K"] for r in _spec(tmp_path, '["anyk"]', "[1, 3, 10]").runs()] == [(1, 3, 10)]
     with pytest.raises(SorlError) as e:
         _spec(tmp_path, '["anyk", "sorl"]', "[1, 10]").runs()
     message = "[eval] K = 10 on cube-single-play-singletask-task2-v0: K=10: the number of sampling steps must be a "

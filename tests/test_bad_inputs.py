@@ -149,8 +149,8 @@ CASES = [
     ("agent-key-elsewhere", ["eval", "x", "--agent.lr=1"], "only apply to `sorl train`", None, False),
     # K and N
     ("K-not-power-of-two", [*T, "--eval-K", "1,3"], "power of two", None, False),
-    ("K-not-a-number", [*T, "--eval-K", "1,x"], "eval_K", None, False),
-    ("K-empty-item", [*T, "--eval-K", "1,,2"], "eval_K", None, False),
+    ("K-not-a-number", [*T, "--eval-K", "1,x"], "--eval-K", None, False),
+    ("K-empty-item", [*T, "--eval-K", "1,,2"], "--eval-K", None, False),
     ("N-zero", [*T, "--eval-N", "0"], "N=0", None, False),
     ("K-above-trained", [*TINY, "--eval-K", "8"], "above", None, True),
     ("M-not-power-of-two", [*T, "--agent.denoise_timesteps=3"], "denoise_timesteps", None, False),
