@@ -2,6 +2,7 @@
 
     sorl sweep SPEC [--launcher local|slurm|ray] [--dry-run] [--max-parallel P] [--group-seeds] ...
     sorl table RUN_DIRS_OR_SWEEP... [--format md|csv|latex] [--K K --N N] [--compare paper] [--level env]
+               [--phase final|offline|both]
     sorl plot scaling RUN_DIRS_OR_SWEEP... [--out plots] [--stat mean|iqm] [--formats png,pdf]
     sorl plot compute RUN_DIRS_OR_SWEEP... [--out plots]     success against network evaluations per action, all methods
     sorl plot curves RUN_DIRS_OR_SWEEP... [--out plots] [--K K --N N] [--metrics critic/critic_loss,...]
@@ -160,6 +161,10 @@ class TableArgs:
     """'paper': the published numbers (experiments/paper.py) side by side, and our difference; or a .md file."""
     reps: int = 2000
     """Bootstrap resamples for the IQM confidence interval."""
+    phase: str = "final"
+    """Runs with an online phase (--online-steps): final (the final evaluation, after the online phase), offline
+    (the evaluation at the end of the offline phase) or both (side by side, and their difference; a run trained
+    online only shows — before)."""
     diagnostics: str | None = None
     """train.csv columns (comma-separated, e.g. actor/mse,critic/q_max) or results.json timing entries
     (timing/updates_per_s, timing/wall_s): instead of success, a table of each method's final return at its cell
@@ -175,13 +180,22 @@ def table(args: Annotated[TableArgs, tyro.conf.arg(name="")]) -> None:
     from experiments.aggregate import table as make_table
 
     if args.diagnostics is not None:
+        if args.phase != "final":  # the logs near the end of training: there is no offline-phase view of them
+            raise SorlError(f"--phase {args.phase} with --diagnostics: diagnostics are of the end of training only")
         from experiments.aggregate import diagnostics
 
         text = diagnostics(args.paths, args.diagnostics.split(","), last=args.last, K=args.K, N=args.N)
     else:
         levels = [lv.strip() for lv in args.level.split(",") if lv.strip()]
         text = make_table(
-            args.paths, fmt=args.format, K=args.K, N=args.N, levels=levels, compare=args.compare, reps=args.reps
+            args.paths,
+            fmt=args.format,
+            K=args.K,
+            N=args.N,
+            levels=levels,
+            compare=args.compare,
+            reps=args.reps,
+            phase=args.phase,
         )
     if args.output is not None:
         try:

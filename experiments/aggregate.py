@@ -14,7 +14,9 @@ Statistics (success in %, from each run's `results.json` "final" grid: the final
 Methods are the agents, split by the settings (resolved agent config, offline budget, success timing) that differ
 between runs of one agent on one environment (the grid of a sweep): e.g. "sorl alpha=1.0" and "sorl alpha=10.0".
 A run fine-tuned online (config.json's `online` section) is its own method, "sorl +online 500000" (its online steps,
-and the online settings that differ between such runs), never averaged with offline-only runs. Each
+and the online settings that differ between such runs), never averaged with offline-only runs; `--phase offline`
+or `both` (`PHASES`) reports such runs' evaluation at the end of their offline phase (results.json's
+`online.offline_final`) alone or beside the final one, at the same cell (a run trained online only has none). Each
 row says which (K, N) cell it reports; the default is the agent's published cell where it has one (its
 `PUBLISHED_CELL`: IFQL's 10 flow steps and 32 candidates) and the runs evaluated it, else the largest K with N = 1
 that the method's runs evaluated (`--K`/`--N` pick another); a note says which, for an agent with a published cell.
@@ -115,6 +117,9 @@ class RunRecord:
     """config.json's `online` section when the run had an online phase (steps, K, N, balanced_sampling), else {}."""
     timing: dict[str, Any] = dataclasses.field(default_factory=dict)
     """results.json's `timing` (updates_per_s, train_s, compile_s, wall_s), as measured on the run's machine."""
+    offline_final: dict[tuple[int, int], dict[str, Any]] | None = None
+    """A run with an online phase: the grid evaluated at the end of its offline phase (results.json's
+    `online.offline_final`; {} for a run trained online only, `--steps 0`). None: the run had no online phase."""
 
     @property
     def short_task(self) -> str:
@@ -181,6 +186,7 @@ def load_record(run_dir: Path) -> RunRecord | None:
             final=final,
             timing=results["timing"] if isinstance(results.get("timing"), dict) else {},
             online=online,
+            offline_final=_offline_grid(results) if online else None,
         )
     except (KeyError, TypeError, ValueError, SorlError):
         return None
@@ -197,6 +203,13 @@ def _phases(results: dict[str, Any], config: dict[str, Any]) -> tuple[dict[str, 
     if offline is None and total is not None:
         offline = int(total) - int(online.get("steps") or 0)
     return online, offline
+
+
+def _offline_grid(results: dict[str, Any]) -> dict[tuple[int, int], dict[str, Any]]:
+    """The (K, N) cells a run with an online phase evaluated at the end of its offline phase ({} when it had none:
+    trained online only, or a results.json without the `online` section)."""
+    section = results.get("online") if isinstance(results.get("online"), dict) else {}
+    return {(int(r["K"]), int(r["N"])): r for r in section.get("offline_final") or []}
 
 
 def _settings(results: dict[str, Any], config: dict[str, Any]) -> dict[str, str]:
@@ -507,12 +520,19 @@ def table_rows(
             rows += context.rows(recs, levels, published, notes)
     rows.sort(key=lambda r: (_env_rank(r.env), r.level != "task", r.task, r.method))
     notes += _left_out_notes(runset)
-    if published is not None and "env" in levels:
-        if any(r.paper is not None for r in rows):
-            notes.insert(0, comparison_note())
-        else:
-            notes.append("no published number matches these environments and agents")
+    if published is not None:
+        _add_comparison_notes(rows, levels, notes)
     return rows, notes
+
+
+def _add_comparison_notes(rows: Sequence[Row], levels: Sequence[str], notes: list[str]) -> None:
+    """With --compare: which (K, N) each side is (first), or that no published number matched."""
+    if "env" not in levels:
+        return
+    if any(r.paper is not None for r in rows):
+        notes.insert(0, comparison_note())
+    else:
+        notes.append("no published number matches these environments and agents")
 
 
 def _runs_with_cell(method: str, recs: Sequence[RunRecord], cell: tuple[int, int], notes: list[str]) -> list[RunRecord]:
@@ -650,6 +670,130 @@ def _comparison_caveats(recs: Sequence[RunRecord], env: str, agent: str, notes: 
     return mark
 
 
+# ----------------------------------------------------------------------------------------------- phases
+
+PHASES = ("final", "offline", "both")
+"""`sorl table --phase`: the final evaluation (after the online phase where a run has one), the evaluation at the
+end of the offline phase (runs with an online phase only: results.json's `online.offline_final`), or both."""
+
+RowKey = tuple[str, str, str, str]
+
+
+def _row_key(r: Row) -> RowKey:
+    return (r.level, r.env, r.task, r.method)
+
+
+@dataclasses.dataclass
+class PhaseRow:
+    """One row of `--phase both`: a method's runs before their online phase and after it, at one (K, N) cell."""
+
+    after: Row
+    """The final evaluation (the row `--phase final` shows)."""
+    before: Row | None
+    """The evaluation at the end of the offline phase; None where the runs had none (trained online only)."""
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.before is None else self.after.mean - self.before.mean
+
+
+def check_phase(phase: str, compare: str | None = None) -> None:
+    """`--phase` (and `--compare` beside it), checked before any run is read."""
+    if phase not in PHASES:
+        raise SorlError(
+            f"--phase {phase}: use final (the final evaluation), offline (the end of the offline phase) or both"
+        )
+    if phase == "both" and compare:
+        raise SorlError("--compare with --phase both: compare one phase (--phase final or --phase offline)")
+
+
+def check_online_phase(records: Sequence[RunRecord], phase: str) -> None:
+    """One SorlError naming the runs without an online phase where `phase` asks for the evaluation before it."""
+    missing = [r for r in records if r.offline_final is None]
+    if phase == "final" or not missing:
+        return
+    named = ", ".join(str(r.path) for r in missing[:3]) + (f" and {len(missing) - 3} more" if missing[3:] else "")
+    runs_had = "1 run had" if len(missing) == 1 else f"{len(missing)} runs had"
+    raise SorlError(
+        f"--phase {phase}: {runs_had} no online phase, so nothing was evaluated before one ({named}); "
+        "give only runs trained with --online-steps, or use --phase final"
+    )
+
+
+def phase_rows(
+    runset: RunSet,
+    *,
+    K: int | None = None,
+    N: int | None = None,
+    levels: Sequence[str] = ("task", "env", "all"),
+    compare: str | None = None,
+    reps: int = BOOTSTRAP_REPS,
+) -> tuple[list[PhaseRow], list[str]]:
+    """(rows, notes) of `--phase offline|both`: each row of the final evaluation (`table_rows`) beside the same
+    runs' row at the end of their offline phase, at the same (K, N) cell, so that the two differ only by the online
+    phase. `compare` puts the published numbers beside the offline phase's rows (the paper's are offline)."""
+    check_online_phase(runset.records, "offline")
+    after, notes = table_rows(runset, K=K, N=N, levels=levels, reps=reps)
+    cells = {r.method: (r.K, r.N) for r in after}
+    published = paper.published(compare) if compare else None
+    by_method: dict[str, list[RunRecord]] = {}
+    for r in runset.records:
+        by_method.setdefault(r.label, []).append(r)
+    before: dict[RowKey, Row] = {}
+    for method, recs in by_method.items():
+        if method in cells:  # a method with no row after the online phase has none before it either
+            context = _MethodRows(method, recs[0].agent, cells[method], runset.expected_seeds, reps)
+            before.update((_row_key(r), r) for r in _offline_rows(context, recs, levels, published, notes))
+    paired = [PhaseRow(r, before.get(_row_key(r))) for r in after]
+    if published is not None:
+        _add_comparison_notes([p.before for p in paired if p.before is not None], levels, notes)
+    return paired, notes
+
+
+def _offline_rows(
+    context: _MethodRows,
+    recs: Sequence[RunRecord],
+    levels: Sequence[str],
+    published: dict[str, dict[str, tuple[float, float | None]]] | None,
+    notes: list[str],
+) -> list[Row]:
+    """One method's rows at the end of its offline phase: its runs with their `offline_final` grids as final."""
+    before = [dataclasses.replace(r, final=r.offline_final or {}) for r in recs]
+    if not any(r.final for r in before):
+        why = "trained online only (--steps 0)" if all(r.steps == 0 for r in recs) else "no `online.offline_final`"
+        notes.append(f"{context.method}: {why}, so nothing was evaluated before its online phase")
+        return []
+    before = _runs_with_cell(f"{context.method} (before online)", before, context.cell, notes)
+    return context.rows(before, levels, published, notes) if before else []
+
+
+def _phase_table(
+    runset: RunSet,
+    phase: str,
+    *,
+    fmt: str,
+    K: int | None,
+    N: int | None,
+    levels: Sequence[str],
+    compare: str | None,
+    reps: int,
+) -> str:
+    """The text of `sorl table --phase offline|both`."""
+    check_online_phase(runset.records, phase)  # first: its refusal names the --phase asked for
+    paired, notes = phase_rows(runset, K=K, N=N, levels=levels, compare=compare, reps=reps)
+    if not paired:
+        raise SorlError(NO_CELL)
+    if phase == "both":
+        return format_phase_table(paired, fmt, notes=notes, reps=reps)
+    rows = [p.before for p in paired if p.before is not None]
+    if not rows:
+        raise SorlError(
+            "--phase offline: no run of these was evaluated at the end of an offline phase at its method's cell "
+            "(runs trained online only, --steps 0, have none); use --phase final"
+        )
+    return format_table(rows, fmt, compare=compare is not None, notes=notes, reps=reps, phase="offline")
+
+
 # ------------------------------------------------------------------------------------------- formatting
 
 
@@ -661,22 +805,26 @@ def _signed(x: float | None) -> str:
     return "—" if x is None or not np.isfinite(x) else f"{x:+.1f}"
 
 
-def _cells(r: Row, compare: bool) -> list[str]:
+def _lead_cells(r: Row) -> list[str]:
+    """What a row is: environment, task(s), method, cell and seeds."""
     if r.level == "task":
         name = r.task
     elif r.tasks == r.tasks_total:
         name = f"all {r.tasks} tasks"
     else:
         name = f"{r.tasks}/{r.tasks_total} tasks"
-    cells = [
-        r.env,
-        name,
-        r.method,
-        f"K={r.K}, N={r.N}",
-        r.seeds_text(),
-        f"{_f(r.mean)} ± {_f(r.std)}",
-        f"{_f(r.iqm)} [{_f(r.ci_low)}, {_f(r.ci_high)}]",
-    ]
+    return [r.env, name, r.method, f"K={r.K}, N={r.N}", r.seeds_text()]
+
+
+def _stat_cells(r: Row | None) -> list[str]:
+    """mean ± std and IQM [CI]; dashes for a phase the row's runs did not have."""
+    if r is None:
+        return ["—", "—"]
+    return [f"{_f(r.mean)} ± {_f(r.std)}", f"{_f(r.iqm)} [{_f(r.ci_low)}, {_f(r.ci_high)}]"]
+
+
+def _cells(r: Row, compare: bool) -> list[str]:
+    cells = _lead_cells(r) + _stat_cells(r)
     if compare:
         paper_text = "—" if r.paper is None else _f(r.paper, 0) + (f" ± {_f(r.paper_std, 0)}" if r.paper_std else "")
         paper_text += r.paper_mark
@@ -711,17 +859,30 @@ CSV_FIELDS = [
 ]
 
 
-def caption(reps: int) -> str:
+CAPTION_WHAT = {
+    "final": "Success rate (%) of the final checkpoint, per (K, N) cell shown: K sampling steps, "
+    "best-of-N candidates. ",
+    "offline": "Success rate (%) at the end of the offline phase (before the online phase), per (K, N) cell shown: "
+    "K sampling steps, best-of-N candidates. ",
+    "both": "Success rate (%) before the online phase (the evaluation at the end of the offline phase) and after it "
+    "(the final checkpoint), per (K, N) cell shown: K sampling steps, best-of-N candidates; after − before: the "
+    "difference of the means (— : no offline phase, a run trained online only). ",
+}
+"""The caption's first sentence for each --phase."""
+
+
+def caption(reps: int, phase: str = "final") -> str:
     return (
-        "Success rate (%) of the final checkpoint, per (K, N) cell shown: K sampling steps, best-of-N candidates. "
-        "mean ± std over seeds (environment rows: tasks weighted equally, std over seeds of the task average); "
+        CAPTION_WHAT[phase]
+        + "mean ± std over seeds (environment rows: tasks weighted equally, std over seeds of the task average); "
         f"IQM with a 95 % stratified-bootstrap CI ({reps} resamples of seeds within tasks). "
         "seeds: seeds per task (a/b: a of the b the sweep asks for)."
     )
 
 
 def format_table(rows: Sequence[Row], fmt: str = "md", *, compare: bool = False, notes: Sequence[str] = (),
-                 reps: int = BOOTSTRAP_REPS) -> str:  # fmt: skip
+                 reps: int = BOOTSTRAP_REPS, phase: str = "final") -> str:  # fmt: skip
+    """One phase's table (`phase` "final" or "offline": which evaluation the caption says the rows are)."""
     if fmt not in ("md", "csv", "latex"):
         raise SorlError(f"--format {fmt}: use md, csv or latex")
     if fmt == "csv":
@@ -730,43 +891,96 @@ def format_table(rows: Sequence[Row], fmt: str = "md", *, compare: bool = False,
     header = [h + " (ours)" if compare and h == "cell" else h for h in HEADER] + (COMPARE_HEADER if compare else [])
     body = [_cells(r, compare) for r in rows]
     if fmt == "md":
-        return _markdown_table(header, body, notes, reps)
-    return _latex_table(header, rows, body, notes, reps)
+        return _markdown_table(header, body, notes, caption(reps, phase))
+    return _latex_table(header, rows, body, notes, caption(reps, phase))
+
+
+def format_phase_table(
+    paired: Sequence[PhaseRow], fmt: str = "md", *, notes: Sequence[str] = (), reps: int = BOOTSTRAP_REPS
+) -> str:
+    """The table of `--phase both`: each row's success before the online phase and after it, and the difference."""
+    if fmt not in ("md", "csv", "latex"):
+        raise SorlError(f"--format {fmt}: use md, csv or latex")
+    if fmt == "csv":
+        return _phase_csv_table(paired)
+    stats = HEADER[len(HEADER) - 2 :]
+    header = HEADER[:-2] + [f"{side}: {h}" for side in ("before online", "after online") for h in stats]
+    header.append("after − before")
+    body = [_lead_cells(p.after) + _stat_cells(p.before) + _stat_cells(p.after) + [_signed(p.delta)] for p in paired]
+    if fmt == "md":
+        return _markdown_table(header, body, notes, caption(reps, "both"))
+    return _latex_table(header, [p.after for p in paired], body, notes, caption(reps, "both"))
+
+
+STAT_FIELDS = ("mean", "std", "iqm", "ci_low", "ci_high")
+PHASE_CSV_FIELDS = (
+    CSV_FIELDS[: CSV_FIELDS.index("mean")]
+    + [f"{side}_{k}" for side in ("before", "after") for k in STAT_FIELDS]
+    + ["delta"]
+)
+"""`--phase both --format csv`: before_*: the end of the offline phase (empty: none), after_*: the final
+evaluation, delta: after_mean - before_mean."""
+
+
+def _csv_lead(r: Row) -> dict[str, Any]:
+    """The csv fields saying what a row is."""
+    return {
+        "level": r.level,
+        "environment": r.env,
+        "task": r.task,
+        "method": r.method,
+        "agent": r.agent,
+        "K": r.K,
+        "N": r.N,
+        "tasks": r.tasks,
+        "tasks_total": r.tasks_total,
+        "seeds_min": min(r.seeds),
+        "seeds_max": max(r.seeds),
+        "expected_seeds": r.expected_seeds or "",
+        "runs": r.runs,
+    }
+
+
+def _csv_text(fields: Sequence[str], records: Iterable[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")
+    w.writeheader()
+    w.writerows(records)
+    return buf.getvalue()
 
 
 def _csv_table(rows: Sequence[Row]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow(
+    return _csv_text(
+        CSV_FIELDS,
+        (
             {
-                "level": r.level,
-                "environment": r.env,
-                "task": r.task,
-                "method": r.method,
-                "agent": r.agent,
-                "K": r.K,
-                "N": r.N,
-                "tasks": r.tasks,
-                "tasks_total": r.tasks_total,
-                "seeds_min": min(r.seeds),
-                "seeds_max": max(r.seeds),
-                "expected_seeds": r.expected_seeds or "",
-                "runs": r.runs,
-                **{k: _num(getattr(r, k)) for k in ("mean", "std", "iqm", "ci_low", "ci_high")},
+                **_csv_lead(r),
+                **{k: _num(getattr(r, k)) for k in STAT_FIELDS},
                 "paper": _num(r.paper),
                 "paper_std": _num(r.paper_std),
                 "diff": _num(r.diff),
             }
-        )
-    return buf.getvalue()
+            for r in rows
+        ),
+    )
 
 
-def _markdown_table(header: Sequence[str], body: Sequence[Sequence[str]], notes: Sequence[str], reps: int) -> str:
+def _phase_csv_table(paired: Sequence[PhaseRow]) -> str:
+    def stats(r: Row | None, side: str) -> dict[str, str]:
+        return {f"{side}_{k}": "" if r is None else _num(getattr(r, k)) for k in STAT_FIELDS}
+
+    return _csv_text(
+        PHASE_CSV_FIELDS,
+        ({**_csv_lead(p.after), **stats(p.before, "before"), **stats(p.after, "after"), "delta": _num(p.delta)}
+         for p in paired),
+    )  # fmt: skip
+
+
+def _markdown_table(header: Sequence[str], body: Sequence[Sequence[str]], notes: Sequence[str], text: str) -> str:
+    """The table, then its caption `text` and the notes."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(c) + " |" for c in body]
-    lines += ["", caption(reps)] + [f"Note: {n}" for n in notes]
+    lines += ["", text] + [f"Note: {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -778,7 +992,7 @@ def _latex_escape(s: str) -> str:
 
 
 def _latex_table(
-    header: Sequence[str], rows: Sequence[Row], body: Sequence[Sequence[str]], notes: Sequence[str], reps: int
+    header: Sequence[str], rows: Sequence[Row], body: Sequence[Sequence[str]], notes: Sequence[str], text: str
 ) -> str:
     """A booktabs table, a rule between environments; the notes as LaTeX comments."""
     lines = [
@@ -796,7 +1010,7 @@ def _latex_table(
             lines.append("\\midrule")
         prev_env = r.env
         lines.append(" & ".join(_latex_escape(x) for x in c) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{_latex_escape(caption(reps))}}}", "\\end{table}"]
+    lines += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{_latex_escape(text)}}}", "\\end{table}"]
     lines += [f"% Note: {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
@@ -849,6 +1063,9 @@ def check_reps(reps: int) -> None:
                         f"{BOOTSTRAP_REPS} for tables)")  # fmt: skip
 
 
+NO_CELL = "no run has the requested (K, N) cell; `sorl table --help` shows how to pick one"
+
+
 def table(
     paths: Sequence[str | Path],
     *,
@@ -858,9 +1075,11 @@ def table(
     levels: Sequence[str] = ("task", "env", "all"),
     compare: str | None = None,
     reps: int = BOOTSTRAP_REPS,
+    phase: str = "final",
 ) -> str:
-    """The text of `sorl table`."""
+    """The text of `sorl table`; `phase` (`PHASES`): the final evaluation, the end of the offline phase, or both."""
     check_table_options(K=K, N=N, reps=reps)
+    check_phase(phase, compare)
     if fmt not in ("md", "csv", "latex"):
         raise SorlError(f"--format {fmt}: use md, csv or latex")
     if not levels or any(lv not in ("task", "env", "all") for lv in levels):
@@ -869,9 +1088,11 @@ def table(
         paper.published(compare)  # a missing or unreadable --compare file: said before any run is read
     runset = load_runs(paths)
     check_cell_K(runset.records, K)
+    if phase != "final":
+        return _phase_table(runset, phase, fmt=fmt, K=K, N=N, levels=levels, compare=compare, reps=reps)
     rows, notes = table_rows(runset, K=K, N=N, levels=levels, compare=compare, reps=reps)
     if not rows:
-        raise SorlError("no run has the requested (K, N) cell; `sorl table --help` shows how to pick one")
+        raise SorlError(NO_CELL)
     return format_table(rows, fmt, compare=compare is not None, notes=notes, reps=reps)
 
 
