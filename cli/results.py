@@ -206,7 +206,7 @@ def render_block(command: str, base: Path, staged: list[tuple[Path, Path | None]
             return _relative(text, base)
         levels = [lv.strip() for lv in t.level.split(",") if lv.strip()]
         paths = [str(base / p) for p in t.paths]
-        text = table(paths, fmt=t.format, K=t.K, N=t.N, levels=levels, compare=t.compare, reps=t.reps)
+        text = table(paths, fmt=t.format, K=t.K, N=t.N, levels=levels, compare=t.compare, reps=t.reps, phase=t.phase)
         return _relative(text, base)
     if kind in ("plot scaling", "plot compute", "plot curves"):
         cls = {"plot scaling": PlotScaling, "plot compute": PlotCompute, "plot curves": PlotCurves}[kind]

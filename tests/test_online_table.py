@@ -166,9 +166,6 @@ def test_the_online_page_asks_for_both_phases_and_regenerates_without_runs(roots
     assert (parsed.phase, parsed.paths, parsed.level) == ("both", ("runs",), "task")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="cli/results.py render_block does not pass TableArgs.phase to aggregate.table yet"
-)
 def test_the_page_block_renders_both_phases_once_its_runs_exist(roots, tmp_path):
     page = tmp_path / "README.md"
     runs = tmp_path / "runs"
