@@ -74,10 +74,10 @@ max_k_backprop = [1, 4]
         "max_k_backprop": "4",
     }
     assert r.task == "cube-single-play-singletask-task3-v0" and r.seed == 2 and r.env == "cube-single-play"
-    assert r.train["eval_K"] == "1,2" and r.train["eval_episodes"] == 3 and r.train["steps"] == 100
+    assert r.train["eval_K"] == (1, 2) and r.train["eval_episodes"] == 3 and r.train["steps"] == 100
     assert r.run_dir == str(tmp_path / "runs" / r.id) and r.log.endswith("__seed2.log")
     s = by_id["alpha=3.0/scene-play-task2/fql/seed1"]
-    assert s.overrides == {"batch_size": "64", "alpha": "3.0"} and s.train["eval_K"] == "1"
+    assert s.overrides == {"batch_size": "64", "alpha": "3.0"} and s.train["eval_K"] == (1,)
     assert "--agent.alpha=3.0" in s.command() and "--eval-K 1" in s.command()
     # seeds of one (agent, variant, task) group together for --group-seeds
     jobs = launchers.make_jobs(runs, group_seeds=True)
