@@ -217,12 +217,17 @@ class CACAgent(Agent):
 
     # ------------------------------------------------------------------------------------------ inference
 
+    def aggregated_q(self, observations: Array, actions: Array, K: Array | float | None = None) -> Array:
+        """`min_j Q'_j(x, a)` of the target critic, `[B]`: the score best-of-N ranks candidates by (the verifier
+        probe's, `experiments.verifier`); the critic does not read K, accepted for the probe's signature."""
+        return self.q_values(self.target_params["critic"], observations, actions).min(axis=0)
+
     def sample_actions(self, observations: Array, rng: Array, K: int | None = None, N: int = 1) -> Array:
         """`[B, A]`: N consistency samples of K steps each, the best by the target critic's `min_j Q'_j(x, a)`;
         N = 1 is one sample and asks no critic. K defaults to `consistency_steps` (the trained policy's)."""
         K = self.config.consistency_steps if K is None else K
         validate_K_N(K, N, self.max_K, self)
-        actor, target_critic = self.params["actor"], self.target_params["critic"]
+        actor = self.params["actor"]
         features = self.features(actor, observations)  # once for every candidate and step
         denoiser = self.denoiser(actor)
 
@@ -230,7 +235,7 @@ class CACAgent(Agent):
             return consistency.sample(denoiser, features, key, K, self.action_dim)
 
         def score_fn(obs: Array, actions: Array) -> Array:
-            return self.q_values(target_critic, obs, actions).min(axis=0)
+            return self.aggregated_q(obs, actions, K)
 
         return sample_best_of_n(sample_fn, score_fn, observations, rng, N)
 

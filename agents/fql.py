@@ -195,6 +195,11 @@ class FQLAgent(Agent):
 
     # ------------------------------------------------------------------------------------------ inference
 
+    def aggregated_q(self, observations: Array, actions: Array, K: Array | float | None = None) -> Array:
+        """`agg_j Q_j(x, a)` (`q_agg`) of the current critic, `[B]`: the score best-of-N ranks candidates by (the
+        verifier probe's, `experiments.verifier`); the critic does not read K, accepted for the probe's signature."""
+        return baselines.aggregate(self.q_values(self.params["critic"], observations, actions), self.config.q_agg)
+
     def sample_actions(self, observations: Array, rng: Array, K: int = 1, N: int = 1) -> Array:
         """`[B, A]` actions of the one-step policy; K is accepted (any power of two) and ignored; N > 1 keeps the
         best of N noises by `agg_j Q_j(x, a)`."""
@@ -205,7 +210,7 @@ class FQLAgent(Agent):
             return jnp.clip(self.onestep_actions(onestep, obs, self._noise(key, obs)), -1, 1)
 
         def score_fn(obs: Array, actions: Array) -> Array:
-            return baselines.aggregate(self.q_values(self.params["critic"], obs, actions), self.config.q_agg)
+            return self.aggregated_q(obs, actions, K)
 
         return sample_best_of_n(sample_fn, score_fn, observations, rng, N)
 

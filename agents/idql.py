@@ -187,6 +187,11 @@ class IDQLAgent(Agent):
         features = self.actor_features(actor_params, observations)
         return diffusion.sample(self.noise_prediction(actor_params), features, rng, self.schedule, K, self.action_dim)
 
+    def aggregated_q(self, observations: Array, actions: Array, K: Array | float | None = None) -> Array:
+        """`min_j Q'_j(x, a)` of the target critic, `[B]`: the score best-of-N ranks candidates by (the verifier
+        probe's, `experiments.verifier`); the critic does not read K, accepted for the probe's signature."""
+        return self.q(self.target_params["critic"], observations, actions)
+
     def sample_actions(self, observations: Array, rng: Array, K: int | None = None, N: int | None = None) -> Array:
         """`[B, A]`: N diffusion samples of K denoising steps each, the best by the target critic's `min_j Q_j(x,
         a)`; N = 1 is one diffusion sample and asks no critic. K and N default to `diffusion_steps` and
@@ -194,7 +199,7 @@ class IDQLAgent(Agent):
         K = self.config.diffusion_steps if K is None else K
         N = self.config.num_samples if N is None else N
         validate_K_N(K, N, self.max_K, self)
-        actor_params, critic_params = self.params["actor_diffusion"], self.target_params["critic"]
+        actor_params = self.params["actor_diffusion"]
         features = self.actor_features(actor_params, observations)  # once for every candidate and step
         eps_fn, schedule = self.noise_prediction(actor_params), self.schedule
 
@@ -202,7 +207,7 @@ class IDQLAgent(Agent):
             return diffusion.sample(eps_fn, features, key, schedule, K, self.action_dim)
 
         def score_fn(obs: Array, actions: Array) -> Array:
-            return self.q(critic_params, obs, actions)
+            return self.aggregated_q(obs, actions, K)
 
         return sample_best_of_n(sample_fn, score_fn, observations, rng, N)
 

@@ -160,13 +160,18 @@ class IFQLAgent(Agent):
 
     # ------------------------------------------------------------------------------------------ inference
 
+    def aggregated_q(self, observations: Array, actions: Array, K: Array | float | None = None) -> Array:
+        """`min_j Q_j(x, a)` of the current critic, `[B]`: the score best-of-N ranks candidates by (the verifier
+        probe's, `experiments.verifier`); the critic does not read K, accepted for the probe's signature."""
+        return self.q(self.params["critic"], observations, actions)
+
     def sample_actions(self, observations: Array, rng: Array, K: int | None = None, N: int | None = None) -> Array:
         """`[B, A]`: N flow samples of K Euler steps each (clipped), the best by `min_j Q_j(x, a)`; N = 1 is one
         flow sample and asks no critic. K and N default to `flow_steps` and `num_samples`: the reference's policy."""
         K = self.config.flow_steps if K is None else K
         N = self.config.num_samples if N is None else N
         validate_K_N(K, N, self.max_K, self)
-        flow_params, critic_params = self.params["actor_flow"], self.params["critic"]
+        flow_params = self.params["actor_flow"]
         features = self.flow_features(flow_params, observations)  # once for every candidate and step
         velocity = self.flow_velocity(flow_params)
 
@@ -174,7 +179,7 @@ class IFQLAgent(Agent):
             return jnp.clip(shortcut.euler(velocity, features, self._noise(key, obs), K), -1.0, 1.0)
 
         def score_fn(obs: Array, actions: Array) -> Array:
-            return self.q(critic_params, obs, actions)
+            return self.aggregated_q(obs, actions, K)
 
         return sample_best_of_n(sample_fn, score_fn, observations, rng, N)
 

@@ -2,10 +2,12 @@
 
 Best-of-N helps only if the critic ranks candidate actions the way their outcomes do. At probe states visited
 by the policy itself, `verifier_quality` draws N candidate first actions with K sampling steps (the
-candidates best-of-N would choose among), scores each with the verifier (`agg_j Q_j(x, a, K)`, exactly as
-`sample_actions(K, N)` does), and measures each candidate's Monte-Carlo outcome: N copies of the environment are
-put in the probe state (MuJoCo `set_state`), each takes its candidate, and then every copy follows the agent's
-K-step policy (N = 1) to the end of the episode. Per probe state it records the Spearman rank correlation
+candidates best-of-N would choose among: N independent samples of the N = 1 policy), scores each with the
+agent's verifier (`aggregated_q(x, a, K)`, exactly the score its `sample_actions(K, N)` ranks by: SORL's
+`agg_j Q_j(x, a, K)`, IFQL's and IDQL's `min_j Q_j(x, a)`, K ignored where the critic does not read it), and
+measures each candidate's Monte-Carlo outcome: N copies of the environment are put in the probe state (MuJoCo
+`set_state`), each takes its candidate, and then every copy follows the agent's K-step policy (N = 1, whatever the
+agent's own policy cell) to the end of the episode. Per probe state it records the Spearman rank correlation
 between Q and the discounted return, and what picking by Q gives against picking at random (the mean
 candidate) and against the best candidate in hindsight. It also records Q against the realised return
 (overestimation).
@@ -13,6 +15,11 @@ candidate) and against the best candidate in hindsight. It also records Q agains
 One Monte-Carlo rollout per candidate is a noisy estimate of its value (the continuation is stochastic), so a
 rank correlation near zero means "Q does not rank better than noise", not that every Q is wrong; the argmax
 and mean-candidate success rates are the quantity best-of-N actually changes.
+
+Every agent whose best-of-N ranks N policy samples with a critic has `aggregated_q` and is probed (`verifier_agents`);
+an agent without one is refused in one line naming those that have it. Agents whose best-of-N keeps their
+deterministic N = 1 action among the candidates (`sorl.baselines.best_of_mode_and_samples`) have none: N samples of
+that policy would be N copies of one action. The K is checked against the agent's own rule (`Agent.check_K`).
 
 `sorl verifier RUN_DIR --K 4 --N 32 --states 16` writes verifier.json into the run directory; `format_verifier`
 renders a table of several runs for the results pages.
@@ -82,6 +89,21 @@ def _set_physics_state(env: Any, state: dict[str, Any]) -> None:
     u._ik._data.qpos[:] = state["ik_qpos"]
 
 
+def verifier_agents() -> list[str]:
+    """The registered agents the verifier probe takes: those with `aggregated_q`, the score their best-of-N ranks
+    candidates by."""
+    from agents import AGENTS
+
+    return [name for name, cls in AGENTS.items() if hasattr(cls, "aggregated_q")]
+
+
+def _no_verifier(where: Any, name: str) -> SorlError:
+    return SorlError(
+        f"{where}: agent {name!r} does not rank best-of-N policy samples with a critic (no `aggregated_q`); the "
+        f"verifier probe needs an agent that does: {', '.join(verifier_agents())}"
+    )
+
+
 def check_probe(
     run_dir: str | Path,
     probe: str,
@@ -118,7 +140,7 @@ def check_probe(
     if agent_cls is None or not isinstance(cfg.get("agent_config"), dict) or "task" not in cfg:
         raise SorlError(f"{run.config} is corrupt or from an unknown agent ({name!r}); retrain the run")
     if needs_verifier and not hasattr(agent_cls, "aggregated_q"):
-        raise SorlError(f"{run.path}: agent {name!r} has no Q verifier (best-of-N); probe a SORL run")
+        raise _no_verifier(run.path, name)
     try:
         max_K = agent_max_K(name, config_from_dict(agent_cls.Config, cfg["agent_config"]))
     except SorlError as e:
@@ -147,8 +169,6 @@ def verifier_quality(
     check_positive("--states", states)
     run, cfg = check_probe(run_dir, "verifier probe", Ks=(K,), N=N, seed=seed, needs_verifier=True)
     agent, step = load_run(run)
-    if not hasattr(agent, "aggregated_q"):
-        raise SorlError(f"{run.path}: agent {runs.agent_name(cfg)!r} has no Q verifier (best-of-N); probe a SORL run")
     timing = cfg.get("success_timing", "pre")
     gamma = float(agent.config.discount)
     policy = make_policy_fn()

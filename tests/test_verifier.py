@@ -1,15 +1,24 @@
-"""The Q-verifier probe (`sorl verifier`): rank correlation, the state copies its rollouts start from, the summary."""
+"""The Q-verifier probe (`sorl verifier`): rank correlation, the state copies its rollouts start from, the summary,
+every agent's verifier score against its best-of-N, an IFQL run probed through the CLI, and the agents refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from agents import AGENTS, get_agent
+from cli import main as cli
 from envs.datasets import make_env
 from experiments import verifier
+from sorl.config import config_to_dict
 from sorl.errors import SorlError
+
+TINY = dict(actor_layer_size=16, actor_num_layers=2, value_layer_size=16, value_num_layers=2, batch_size=8)
 
 
 def test_spearman_known_cases():
@@ -75,3 +84,95 @@ def test_probe_of_a_tiny_sorl_run(tiny_sorl_run):
 def test_a_run_without_a_verifier_is_refused(tmp_path):
     with pytest.raises(SorlError, match="no verifier.json"):
         verifier.format_verifier([tmp_path])
+
+
+def _tiny_agent(name: str, obs_dim: int = 3, action_dim: int = 2):
+    cls = get_agent(name)
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    config = dataclasses.replace(cls.Config(), **{k: v for k, v in TINY.items() if k in fields})
+    return cls.create(0, jnp.zeros((1, obs_dim)), jnp.zeros((1, action_dim)), config)
+
+
+def test_the_probed_agents_are_the_registered_ones_with_a_verifier_score():
+    assert verifier.verifier_agents() == [n for n, c in AGENTS.items() if hasattr(c, "aggregated_q")]
+    assert {"sorl", "ifql", "idql", "cac", "fawac", "fbrac", "fql"} <= set(verifier.verifier_agents())
+    assert not {"bc", "flow-bc", "srpo"} & set(verifier.verifier_agents())  # nothing to rank
+
+
+@pytest.mark.parametrize("name", verifier.verifier_agents())
+def test_aggregated_q_is_the_score_best_of_n_picks_by(name):
+    """The candidates by hand (candidate i from `split(rng, N)[i]`, as `sample_best_of_n`), scored with
+    `aggregated_q`: their argmax is the action `sample_actions(K, N)` returns."""
+    agent, K, N = _tiny_agent(name), 2, 5
+    obs = jax.random.normal(jax.random.PRNGKey(1), (4, 3))
+    rng = jax.random.PRNGKey(2)
+    candidates = jnp.stack([agent.sample_actions(obs, key, K=K, N=1) for key in jax.random.split(rng, N)])
+    scores = np.stack([np.asarray(agent.aggregated_q(obs, c, K)) for c in candidates])  # [N, B]
+    assert scores.shape == (N, 4) and np.all(np.ptp(scores, axis=0) > 0)  # an untrained critic still ranks them
+    picked = np.asarray(candidates)[np.argmax(scores, axis=0), np.arange(4)]
+    np.testing.assert_allclose(np.asarray(agent.sample_actions(obs, rng, K=K, N=N)), picked, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_ifql_run(tiny_sorl_run, tmp_path_factory):
+    """An IFQL run of 20 updates (2x16 networks, its own 10 flow steps) on the tiny SORL run's dataset."""
+    from runner import train
+
+    _, data, task = tiny_sorl_run
+    run = tmp_path_factory.mktemp("tiny-ifql-run") / "run"
+    train.train(
+        task, "ifql", seed=2, run_dir=run, data_dir=data, steps=20, log_interval=10, eval_interval=20,
+        eval_episodes=1, eval_K="1", eval_N="1", eval_workers=1, eval_max_episode_steps=5,
+        agent_overrides={k: str(v) for k, v in TINY.items()}, progress=False,
+    )  # fmt: skip
+    return run, task
+
+
+def test_an_ifql_run_is_probed_through_the_cli_at_its_own_K(tiny_ifql_run, capsys):
+    run, task = tiny_ifql_run
+    cli.main(["verifier", str(run), "--K", "10", "--N", "3", "--states", "1", "--seed", "1"])
+    assert f"{task} ifql seed 2 | 20 | 10 | 3 | 1 |" in capsys.readouterr().out
+    record = json.loads((run / verifier.VERIFIER_JSON).read_text())
+    assert (record["agent"], record["K"], record["N"], record["probe_seed"], record["step"]) == ("ifql", 10, 3, 1, 20)
+    assert record["summary"]["states"] == 1 and set(record["summary"]) >= {"spearman_mean", "overestimation"}
+    (state,) = record["states"]
+    assert state["t"] == 0 and len(state["q"]) == len(state["mc_return"]) == len(state["success"]) == 3
+    assert state["argmax_return"] == pytest.approx(state["mc_return"][int(np.argmax(state["q"]))])
+
+
+def _fake_run(tiny_sorl_run, tmp_path, name: str, **config):
+    """A run directory whose config.json is `name`'s (no checkpoint: every check here comes before it is read)."""
+    sorl_run, _, _ = tiny_sorl_run
+    cfg = json.loads((sorl_run / "config.json").read_text())
+    cls = get_agent(name)
+    cfg.update(agent=name, agent_config=config_to_dict(dataclasses.replace(cls.Config(), **config)))
+    run = tmp_path / name
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(cfg))
+    return run
+
+
+@pytest.mark.parametrize("name", ["bc", "iql"])
+def test_an_agent_without_a_verifier_score_is_refused_in_one_line(tiny_sorl_run, tmp_path, capsys, name):
+    """BC ranks nothing; IQL's best-of-N keeps its mode among the candidates, which N policy samples cannot draw."""
+    run = _fake_run(tiny_sorl_run, tmp_path, name)
+    with pytest.raises(SystemExit):
+        cli.main(["verifier", str(run), "--K", "1", "--N", "4"])
+    takers = ", ".join(verifier.verifier_agents())
+    line = (
+        f"error: {run}: agent {name!r} does not rank best-of-N policy samples with a critic (no `aggregated_q`); "
+        f"the verifier probe needs an agent that does: {takers}\n"
+    )
+    assert capsys.readouterr().err == line
+
+
+@pytest.mark.parametrize(
+    ("name", "K", "refusal"),
+    [("fql", 10, "power of two"), ("idql", 16, "above the diffusion steps"), ("fql", 4, None), ("cac", 7, None)],
+)
+def test_the_probe_s_K_is_one_the_agent_takes(tiny_sorl_run, tmp_path, name, K, refusal):
+    run = _fake_run(tiny_sorl_run, tmp_path, name)
+    if refusal is None:  # past the K: only the missing checkpoint is left
+        refusal = "no complete checkpoint"
+    with pytest.raises(SorlError, match=refusal):
+        verifier.check_probe(run, "verifier probe", Ks=(K,), N=4, needs_verifier=True)
