@@ -496,10 +496,11 @@ def bench(args: Annotated[BenchArgs, tyro.conf.arg(name="")]) -> None:
 
 @dataclass(frozen=True)
 class VerifierArgs:
-    """Probe a SORL run's Q verifier: rank agreement between Q and best-of-N candidates' actual returns."""
+    """Probe a run's Q verifier: rank agreement between Q and best-of-N candidates' actual returns."""
 
     run_dir: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
-    """Run directory of a trained SORL run."""
+    """Run directory of a trained run whose agent ranks best-of-N policy samples with a critic (a run of another
+    agent is refused with the list of those that do)."""
     K: int = 4
     """Sampling steps of the candidates and of the policy that continues after them."""
     N: int = 32
@@ -511,7 +512,7 @@ class VerifierArgs:
 
 
 def verifier(args: Annotated[VerifierArgs, tyro.conf.arg(name="")]) -> None:
-    """Probe a SORL run's Q verifier against best-of-N candidates' actual returns; writes verifier.json."""
+    """Probe a run's Q verifier against best-of-N candidates' actual returns; writes verifier.json."""
     from experiments import verifier as v
     from runner.evaluation import check_grid_values
 

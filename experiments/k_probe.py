@@ -10,9 +10,11 @@ state, samples from that same noise with every probed K, and records per K
   is the same quantity averaged over the K's the Q term drew);
 - `to_finest`: the mean squared distance from the finest probed K's action of the same noise: how far the coarse
   sampler lands from the finest one (0 there; for SORL what self-consistency is there to keep small);
-- `q`: the verifier's mean value of the sampled actions, `agg_j Q_j(x, a_K, K)` (agents whose critic reads K);
-- `q_data`: the verifier's mean value of the dataset actions scored with the same K; `q - q_data` is the
-  improvement over the data that the critic credits the K-step policy with.
+- `q`: the verifier's mean value of the sampled actions, `agg_j Q_j(x, a_K, K)`, for every agent with a best-of-N
+  verifier (`aggregated_q`; a critic that does not read K, e.g. IFQL's, scores the K-step action alone);
+- `q_data`: the verifier's mean value of the dataset actions scored with the same K (the same at every K where the
+  critic does not read K); `q - q_data` is the improvement over the data that the critic credits the K-step
+  policy with.
 
 Which K are probed is the agent's own rule (`sorl.agent.Agent.check_K`, `probe_Ks`): the powers of two up to the
 finest K, which is its trained maximum `max_K` (SORL's M) or, for an agent without one (a plain flow field, any
