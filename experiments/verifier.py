@@ -99,7 +99,7 @@ def verifier_agents() -> list[str]:
 
 def _no_verifier(where: Any, name: str) -> SorlError:
     return SorlError(
-        f"{where}: agent {name!r} does not rank best-of-N policy samples with a critic (no `aggregated_q`); the "
+        f"{where}: agent {name!r} has no Q verifier (it does not rank best-of-N policy samples with a critic); the "
         f"verifier probe needs an agent that does: {', '.join(verifier_agents())}"
     )
 

@@ -160,7 +160,7 @@ def test_an_agent_without_a_verifier_score_is_refused_in_one_line(tiny_sorl_run,
         cli.main(["verifier", str(run), "--K", "1", "--N", "4"])
     takers = ", ".join(verifier.verifier_agents())
     line = (
-        f"error: {run}: agent {name!r} does not rank best-of-N policy samples with a critic (no `aggregated_q`); "
+        f"error: {run}: agent {name!r} has no Q verifier (it does not rank best-of-N policy samples with a critic); "
         f"the verifier probe needs an agent that does: {takers}\n"
     )
     assert capsys.readouterr().err == line
