@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -173,12 +174,21 @@ def _cell_estimate(
     return _estimate(groups, stat, reps)
 
 
-def _finish_panel(ax: Any, xname: str, stat: str, env: str, recs: Sequence[RunRecord]) -> None:
+def _finish_panel(
+    ax: Any, xname: str, stat: str, env: str, recs: Sequence[RunRecord], *, legend_outside: bool = False
+) -> None:
+    """Axis labels, limits, the panel's title and legend. `legend_outside`: the legend to the right of the axes,
+    each entry naming its own runs (methods of one study may have different seeds so far), the title only the
+    environment."""
     ax.set_xlabel(xname)
     ax.set_ylabel(f"success rate (%, {stat})")
     _success_ylim(ax)
-    ax.set_title(f"{env} ({_describe(recs)})")
-    ax.legend(loc="best", frameon=False)
+    if legend_outside:
+        ax.set_title(env)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8)
+    else:
+        ax.set_title(f"{env} ({_describe(recs)})")
+        ax.legend(loc="best", frameon=False)
 
 
 def _finish_figure(
@@ -357,7 +367,8 @@ def _plot_compute_all(
 
     records = [r for recs in methods.values() for r in recs]
     panels = _env_panels(records)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
+    width = 7.5 * len(panels)  # room for a legend beside each panel
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 4.6), squeeze=False)
     colors, markers = plt.get_cmap("tab10"), "osD^vP*Xh<>p"
     for col, (env, env_recs) in enumerate(panels):
         ax = axes[0][col]
@@ -373,7 +384,8 @@ def _plot_compute_all(
                 continue
             color, marker = colors(i % 10), markers[i % len(markers)]
             xs, ys, _ = zip(*costed, strict=True)
-            ax.plot(xs, ys, linestyle="none", marker=marker, ms=5, color=color, alpha=0.55, label=method)
+            label = f"{method}: {_describe(recs)}"
+            ax.plot(xs, ys, linestyle="none", marker=marker, ms=5, color=color, alpha=0.55, label=label)
             frontier = compute_frontier(costed)
             fx, fy, _ = zip(*frontier, strict=True)
             ax.step(fx, fy, where="post", color=color, linewidth=1.4, label="_frontier")  # "_": not in the legend
@@ -381,11 +393,13 @@ def _plot_compute_all(
                 ax.annotate(f"{K},{N}", (cost, p), textcoords="offset points", xytext=(3, 3), fontsize=6, color=color)
             costs += list(xs)
         _compute_axis(ax, costs)
-        _finish_panel(ax, COMPUTE_AXIS, stat, env, env_recs)
-    heading = (
+        _finish_panel(ax, COMPUTE_AXIS, stat, env, env_recs, legend_outside=True)
+    heading = textwrap.fill(
         "Success against inference compute, every method (markers: its (K, N) cells; line: its frontier, the best "
-        f"success at or below each compute; labels K,N)\n{COMPUTE_COST}"
+        "success at or below each compute; labels K,N)",
+        width=int(14 * width),  # characters per line that fit the figure's width at the title's font size
     )
+    heading = f"{heading}\n{COMPUTE_COST}"
     return _finish_figure(plt, fig, title, heading, 1.02, out_dir / "compute-all", formats)
 
 
