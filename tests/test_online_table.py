@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import shlex
 from pathlib import Path
 
@@ -150,20 +149,21 @@ def test_the_cli_prints_both_phases_side_by_side(roots, capsys):
 
 
 def _readme_block_command() -> str:
-    """The results block the online study's page names in its prose (it goes in with the runs)."""
-    text = ONLINE_README.read_text()
-    (command,) = re.findall(r"`<!-- results: (.*?) -->`", text)
-    return command
+    """The command of the online study's one results block."""
+    (block,) = results.read_page(ONLINE_README).blocks
+    return block.command
 
 
-def test_the_online_page_asks_for_both_phases_and_regenerates_without_runs(roots):
-    # no marker line while its runs do not exist (a block whose runs are missing would stop `sorl results`)
-    assert results.pages([ONLINE_README]) == [] and results.read_page(ONLINE_README).blocks == []
+def test_the_online_page_asks_for_both_phases_of_its_own_runs(roots):
+    # the committed page regenerates from its own runs directory: a block whose runs were missing would stop
+    # `sorl results`
+    assert results.pages([ONLINE_README]) == [ONLINE_README]
     kind, args = results._command_words(_readme_block_command())
     assert kind == "table"
     results._check_arguments(kind, args, _readme_block_command(), ONLINE_README.parent)
     parsed = results._parse(TableArgs, args, _readme_block_command())
     assert (parsed.phase, parsed.paths, parsed.level) == ("both", ("runs",), "task")
+    assert (ONLINE_README.parent / "runs").is_dir()
 
 
 def test_the_page_block_renders_both_phases_once_its_runs_exist(roots, tmp_path):
