@@ -158,10 +158,11 @@ def test_the_online_page_asks_for_both_phases_of_its_own_runs(roots):
     # the committed page regenerates from its own runs directory: a block whose runs were missing would stop
     # `sorl results`
     assert results.pages([ONLINE_README]) == [ONLINE_README]
-    kind, args = results._command_words(_readme_block_command())
+    command = _readme_block_command()
+    kind, args = results._command_words(command)
     assert kind == "table"
-    results._check_arguments(kind, args, _readme_block_command(), ONLINE_README.parent)
-    parsed = results._parse(TableArgs, args, _readme_block_command())
+    results._check_arguments(kind, args, command, ONLINE_README.parent)
+    parsed = results._parse(TableArgs, args, command)
     assert (parsed.phase, parsed.paths, parsed.level) == ("both", ("runs",), "task")
     assert (ONLINE_README.parent / "runs").is_dir()
 
