@@ -533,6 +533,20 @@ def _add_comparison_notes(rows: Sequence[Row], levels: Sequence[str], notes: lis
         notes.insert(0, comparison_note())
     else:
         notes.append("no published number matches these environments and agents")
+    uncompared = _agents_without_a_published_column(rows)
+    if uncompared:
+        notes.append(
+            f"{', '.join(uncompared)}: no published number to compare with (their paper column shows —): the "
+            f"published table (experiments/paper.py: {', '.join(paper.COLUMNS)}) has no column for them"
+        )
+
+
+def _agents_without_a_published_column(rows: Sequence[Row]) -> list[str]:
+    """The registered agents among `rows` whose `PUBLISHED_COLUMN` is None, in the rows' order."""
+    from agents import AGENTS
+
+    found = [r.agent for r in rows if r.agent in AGENTS and AGENTS[r.agent].PUBLISHED_COLUMN is None]
+    return list(dict.fromkeys(found))
 
 
 def _runs_with_cell(method: str, recs: Sequence[RunRecord], cell: tuple[int, int], notes: list[str]) -> list[RunRecord]:

@@ -126,6 +126,21 @@ def test_comparison_footnotes_unverified_settings_and_the_sorl_update(tmp_path):
     assert update.startswith("sorl released_update=False on cube-single-play")
     out = aggregate.format_table(rows, compare=True, notes=notes)
     assert "| 91† |" in out and "Note: † rebrac on cube-single-play" in out
+    assert not any("no published number to compare with" in n for n in notes)
+
+
+def test_agents_without_a_published_column_are_named_in_a_note(tmp_path):
+    # SRPO and CAC have no column in the published table: their rows show no paper number and one note names both
+    # (once, whatever their number of rows); IQL's row is compared as usual.
+    for agent in ("srpo", "cac", "iql"):
+        for seed in (1, 2):
+            write_run(tmp_path, "cube-single-play-task1", agent, seed, {(1, 1): 0.5})
+    rows, notes = aggregate.table_rows(aggregate.load_runs([tmp_path]), levels=("env", "task"), compare="paper")
+    papers = {r.method: r.paper for r in rows if r.level == "env"}
+    assert papers == {"cac": None, "iql": 83, "srpo": None}
+    (missing,) = [n for n in notes if "no published number to compare with" in n]
+    assert missing.startswith("cac, srpo: ") or missing.startswith("srpo, cac: ")
+    assert "iql" not in missing.split(":")[0]
 
 
 def test_a_corrupt_results_file_is_reported_not_skipped(tmp_path):
